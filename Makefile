@@ -1,0 +1,33 @@
+# llmd-kn developer entry points. `make test` is what CI runs.
+SHELL := /usr/bin/env bash
+GO ?= go
+# Seconds each fuzz target runs in `make test`.
+FUZZTIME ?= 4s
+
+.PHONY: test verify unit fuzz build bench
+
+## test: everything CI checks: formatting, vet, unit and integration tests
+## (with the race detector), and a short run of every fuzz target.
+test: verify unit fuzz
+
+## verify: gofmt and go vet must be clean.
+verify:
+	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## unit: all tests, race detector on.
+unit:
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+## fuzz: each fuzz target for $(FUZZTIME).
+fuzz:
+	FUZZTIME=$(FUZZTIME) GO=$(GO) ./hack/fuzz.sh
+
+## build: the binaries, into bin/.
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+## bench: the benchmarks whose figures docs/benchmarks/ reports.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
