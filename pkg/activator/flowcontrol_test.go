@@ -1,0 +1,233 @@
+package activator
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// capGate admits while fewer than capacity requests are admitted.
+type capGate struct {
+	mu       sync.Mutex
+	ready    bool
+	capacity int
+}
+
+func (g *capGate) gate(_ Tier, admitted int) (bool, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.ready, admitted < g.capacity
+}
+
+func (g *capGate) set(ready bool, capacity int) {
+	g.mu.Lock()
+	g.ready, g.capacity = ready, capacity
+	g.mu.Unlock()
+}
+
+func tier(t *testing.T, name string) Tier {
+	t.Helper()
+	tr, ok := DefaultTiers().Get(name)
+	if !ok {
+		t.Fatalf("no tier %s", name)
+	}
+	return tr
+}
+
+func waitQueued(t *testing.T, f *FlowController, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		total := 0
+		for _, v := range f.Stats().Queued {
+			total += v
+		}
+		if total == n {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("queue never reached %d", n)
+}
+
+func TestFlowAdmitsImmediatelyWithCapacity(t *testing.T) {
+	g := &capGate{ready: true, capacity: 1}
+	f := NewFlowController(DefaultTiers(), FlowLimits{}, g.gate, nil)
+	rel, err := f.Acquire(context.Background(), tier(t, "standard"), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Stats().Admitted != 1 {
+		t.Fatal("not counted as admitted")
+	}
+	rel()
+	rel() // idempotent
+	if f.Stats().Admitted != 0 {
+		t.Fatalf("admitted = %d after release", f.Stats().Admitted)
+	}
+}
+
+func TestFlowCriticalOvertakesQueuedBatch(t *testing.T) {
+	g := &capGate{ready: true, capacity: 0}
+	f := NewFlowController(DefaultTiers(), FlowLimits{}, g.gate, nil)
+	order := make(chan string, 2)
+	var wg sync.WaitGroup
+	start := func(name string) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rel, err := f.Acquire(context.Background(), tier(t, name), 1)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- name
+			rel()
+		}()
+	}
+	start("batch")
+	waitQueued(t, f, 1)
+	start("critical")
+	waitQueued(t, f, 2)
+	g.set(true, 1)
+	f.Notify()
+	wg.Wait()
+	if first := <-order; first != "critical" {
+		t.Fatalf("%s dispatched first, want critical", first)
+	}
+}
+
+func TestFlowShedsBatchForCriticalWhenFull(t *testing.T) {
+	g := &capGate{ready: true, capacity: 0}
+	f := NewFlowController(DefaultTiers(), FlowLimits{MaxQueued: 1}, g.gate, nil)
+	batchErr := make(chan error, 1)
+	go func() {
+		_, err := f.Acquire(context.Background(), tier(t, "batch"), 1)
+		batchErr <- err
+	}()
+	waitQueued(t, f, 1)
+	crit := make(chan error, 1)
+	go func() {
+		rel, err := f.Acquire(context.Background(), tier(t, "critical"), 1)
+		if err == nil {
+			rel()
+		}
+		crit <- err
+	}()
+	var rej *RejectError
+	if err := <-batchErr; !errors.As(err, &rej) || rej.Status != http.StatusTooManyRequests || rej.RetryAfter <= 0 {
+		t.Fatalf("batch request: %v, want a 429 with Retry-After", err)
+	}
+	waitQueued(t, f, 1)
+	g.set(true, 1)
+	f.Notify()
+	if err := <-crit; err != nil {
+		t.Fatalf("critical request: %v", err)
+	}
+}
+
+func TestFlowQueueFullWithNothingToShed(t *testing.T) {
+	g := &capGate{ready: true, capacity: 0}
+	f := NewFlowController(DefaultTiers(), FlowLimits{MaxQueued: 1}, g.gate, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _, _ = f.Acquire(ctx, tier(t, "critical"), 1) }()
+	waitQueued(t, f, 1)
+	cases := []struct {
+		tier   string
+		status int
+	}{{"standard", http.StatusServiceUnavailable}, {"batch", http.StatusTooManyRequests}}
+	for _, c := range cases {
+		_, err := f.Acquire(context.Background(), tier(t, c.tier), 1)
+		var rej *RejectError
+		if !errors.As(err, &rej) || rej.Status != c.status {
+			t.Errorf("%s into a full queue: %v, want status %d", c.tier, err, c.status)
+		}
+	}
+}
+
+func TestFlowQueueDeadline(t *testing.T) {
+	g := &capGate{ready: true, capacity: 0}
+	tr := tier(t, "standard")
+	tr.MaxQueueTime = Duration(20 * time.Millisecond)
+	f := NewFlowController(DefaultTiers(), FlowLimits{}, g.gate, nil)
+	_, err := f.Acquire(context.Background(), tr, 1)
+	var rej *RejectError
+	if !errors.As(err, &rej) || rej.Status != http.StatusServiceUnavailable {
+		t.Fatalf("got %v, want 503 after the queue deadline", err)
+	}
+	if st := f.Stats(); st.Queued["standard"] != 0 || st.Bytes != 0 {
+		t.Fatalf("timed-out waiter left in queue: %+v", st)
+	}
+}
+
+func TestFlowClientGoneLeavesNoTrace(t *testing.T) {
+	g := &capGate{ready: false}
+	var pokes atomic.Int32
+	f := NewFlowController(DefaultTiers(), FlowLimits{}, g.gate, func() { pokes.Add(1) })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		_, err := f.Acquire(ctx, tier(t, "standard"), 100)
+		done <- err
+	}()
+	waitQueued(t, f, 1)
+	if pokes.Load() != 1 {
+		t.Fatalf("autoscaler poked %d times for a request waiting on a revision at zero", pokes.Load())
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v", err)
+	}
+	if st := f.Stats(); st.Queued["standard"] != 0 || st.Bytes != 0 || st.Admitted != 0 {
+		t.Fatalf("state after cancel: %+v", st)
+	}
+}
+
+func TestFlowReleaseAdmitsNext(t *testing.T) {
+	g := &capGate{ready: true, capacity: 1}
+	f := NewFlowController(DefaultTiers(), FlowLimits{}, g.gate, nil)
+	rel, err := f.Acquire(context.Background(), tier(t, "standard"), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error)
+	go func() {
+		r2, err := f.Acquire(context.Background(), tier(t, "standard"), 1)
+		if err == nil {
+			r2()
+		}
+		got <- err
+	}()
+	waitQueued(t, f, 1)
+	rel()
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseTiersRejectsBadTables(t *testing.T) {
+	cases := map[string]string{
+		"empty":         "tiers: []",
+		"bad name":      "tiers:\n- name: Critical\n  maxQueueTime: 1s\n",
+		"duplicate":     "tiers:\n- name: a\n  maxQueueTime: 1s\n- name: a\n  maxQueueTime: 1s\n",
+		"no deadline":   "tiers:\n- name: a\n",
+		"bad duration":  "tiers:\n- name: a\n  maxQueueTime: soon\n",
+		"unknown field": "tiers:\n- name: a\n  maxQueueTime: 1s\n  colour: red\n",
+		"negative sat":  "tiers:\n- name: a\n  maxQueueTime: 1s\n  maxSaturation: -1\n",
+		"negative ttft": "tiers:\n- name: a\n  maxQueueTime: 1s\n  ttft: -1s\n",
+	}
+	for name, doc := range cases {
+		if _, err := ParseTiers([]byte(doc)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	tiers := DefaultTiers()
+	if got := tiers.Names(); len(got) != 3 || got[0] != "critical" || got[2] != "batch" {
+		t.Fatalf("default tiers order %v", got)
+	}
+}

@@ -1,0 +1,151 @@
+package activator
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// TierHeader carries a request's SLO tier; it is the only x-llm-d-* header a
+// client may send.
+const TierHeader = "X-Llm-D-Slo-Tier"
+
+// Tier is an SLO class: its latency targets, its priority in flow control,
+// and how long its requests may wait in the activator.
+type Tier struct {
+	Name string `json:"name"`
+	// Priority orders tiers: higher is admitted first.
+	Priority int `json:"priority"`
+	// TTFT and TPOT are the latency targets (0: none).
+	TTFT Duration `json:"ttft,omitempty"`
+	TPOT Duration `json:"tpot,omitempty"`
+	// Sheddable requests may be refused with 429 when the revision is
+	// saturated and its queue is full, in favour of higher tiers.
+	Sheddable bool `json:"sheddable,omitempty"`
+	// MaxQueueTime bounds the time a request waits in the activator.
+	MaxQueueTime Duration `json:"maxQueueTime"`
+	// MaxSaturation is the pool saturation (llm-d's detector: 1 means
+	// saturated) up to which requests of this tier are dispatched; above it
+	// they wait. 0 means no limit.
+	MaxSaturation float64 `json:"maxSaturation,omitempty"`
+}
+
+// Duration is a time.Duration that reads and writes as "1.5s" in YAML/JSON.
+type Duration time.Duration
+
+// UnmarshalJSON parses a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %s: %w", b, err)
+	}
+	if v < 0 {
+		return fmt.Errorf("invalid duration %s: negative", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return []byte(`"` + time.Duration(d).String() + `"`), nil
+}
+
+// Tiers is the tier table (ConfigMap config-llmd-tiers in a cluster).
+type Tiers struct {
+	byName map[string]Tier
+	order  []string // by priority, highest first
+}
+
+// DefaultTiersYAML is the built-in tier table.
+const DefaultTiersYAML = `tiers:
+- name: critical
+  priority: 100
+  ttft: 500ms
+  tpot: 50ms
+  maxQueueTime: 30s
+- name: standard
+  priority: 50
+  ttft: 2s
+  tpot: 100ms
+  maxQueueTime: 60s
+  maxSaturation: 1
+- name: batch
+  priority: 0
+  sheddable: true
+  maxQueueTime: 10m
+  maxSaturation: 0.8
+`
+
+// ParseTiers reads a tier table, rejecting bad entries with the field named.
+func ParseTiers(data []byte) (*Tiers, error) {
+	var doc struct {
+		Tiers []Tier `json:"tiers"`
+	}
+	if err := yaml.UnmarshalStrict(data, &doc); err != nil {
+		return nil, fmt.Errorf("tiers: %w", err)
+	}
+	if len(doc.Tiers) == 0 {
+		return nil, fmt.Errorf("tiers: at least one tier is required")
+	}
+	t := &Tiers{byName: map[string]Tier{}}
+	for i, tier := range doc.Tiers {
+		path := fmt.Sprintf("tiers[%d]", i)
+		switch {
+		case !validTierName(tier.Name):
+			return nil, fmt.Errorf("%s.name: %q must be a lowercase DNS label", path, tier.Name)
+		case t.has(tier.Name):
+			return nil, fmt.Errorf("%s.name: duplicate tier %q", path, tier.Name)
+		case tier.MaxQueueTime <= 0:
+			return nil, fmt.Errorf("%s.maxQueueTime: must be positive (nothing waits forever)", path)
+		case tier.MaxSaturation < 0 || math.IsNaN(tier.MaxSaturation):
+			return nil, fmt.Errorf("%s.maxSaturation: must not be negative", path)
+		}
+		t.byName[tier.Name] = tier
+		t.order = append(t.order, tier.Name)
+	}
+	sort.SliceStable(t.order, func(i, j int) bool {
+		return t.byName[t.order[i]].Priority > t.byName[t.order[j]].Priority
+	})
+	return t, nil
+}
+
+// DefaultTiers returns the built-in table.
+func DefaultTiers() *Tiers {
+	t, err := ParseTiers([]byte(DefaultTiersYAML))
+	if err != nil {
+		panic(err)
+	}
+	return t
+}
+
+func (t *Tiers) has(name string) bool { _, ok := t.byName[name]; return ok }
+
+// Get returns a tier by name.
+func (t *Tiers) Get(name string) (Tier, bool) {
+	tier, ok := t.byName[name]
+	return tier, ok
+}
+
+// Names lists the tiers, highest priority first.
+func (t *Tiers) Names() []string { return append([]string(nil), t.order...) }
+
+func validTierName(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for i, c := range s {
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c == '-' && i > 0 && i < len(s)-1:
+		default:
+			return false
+		}
+	}
+	return true
+}
