@@ -1,0 +1,137 @@
+package activator
+
+import (
+	"bytes"
+	"encoding/json"
+	"time"
+)
+
+// Usage is the OpenAI usage block of an answer.
+type Usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+	Details          *struct {
+		CachedTokens int `json:"cached_tokens"`
+	} `json:"prompt_tokens_details,omitempty"`
+}
+
+// CachedTokens returns prompt_tokens_details.cached_tokens, or 0.
+func (u *Usage) CachedTokens() int {
+	if u == nil || u.Details == nil {
+		return 0
+	}
+	return u.Details.CachedTokens
+}
+
+// Meter watches an answer pass through the proxy and measures it: time to
+// first byte, SSE events and their timing, and the usage block (the last
+// SSE event that carries one, or the JSON body). It implements Observer.
+type Meter struct {
+	now       func() time.Time
+	start     time.Time
+	code      int
+	first     time.Time
+	last      time.Time
+	events    int
+	usage     *Usage
+	line      []byte
+	body      []byte
+	streaming bool
+}
+
+const maxMeteredBody = 1 << 20
+
+// NewMeter starts measuring at start; now is the clock (time.Now in
+// production).
+func NewMeter(start time.Time, streaming bool, now func() time.Time) *Meter {
+	return &Meter{now: now, start: start, streaming: streaming}
+}
+
+// Status records the upstream status code.
+func (m *Meter) Status(code int) { m.code = code }
+
+// Chunk records a piece of the body.
+func (m *Meter) Chunk(b []byte) {
+	t := m.now()
+	if m.first.IsZero() {
+		m.first = t
+	}
+	m.last = t
+	if !m.streaming {
+		if len(m.body)+len(b) <= maxMeteredBody {
+			m.body = append(m.body, b...)
+		}
+		return
+	}
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			if len(m.line)+len(b) <= maxMeteredBody {
+				m.line = append(m.line, b...)
+			}
+			return
+		}
+		m.line = append(m.line, b[:i]...)
+		m.event(m.line)
+		m.line = m.line[:0]
+		b = b[i+1:]
+	}
+}
+
+func (m *Meter) event(line []byte) {
+	data, ok := bytes.CutPrefix(line, []byte("data:"))
+	if !ok {
+		return
+	}
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 || bytes.Equal(data, []byte("[DONE]")) {
+		return
+	}
+	m.events++
+	if bytes.Contains(data, []byte(`"usage":{`)) || bytes.Contains(data, []byte(`"usage": {`)) {
+		var c struct {
+			Usage *Usage `json:"usage"`
+		}
+		if json.Unmarshal(data, &c) == nil && c.Usage != nil {
+			m.usage = c.Usage
+		}
+	}
+}
+
+// Result is what the meter measured once the answer is complete.
+type Result struct {
+	Code   int
+	TTFB   time.Duration // first body byte after start (TTFT for a stream)
+	E2E    time.Duration
+	Events int
+	Usage  *Usage
+}
+
+// Finish returns the measurements.
+func (m *Meter) Finish() Result {
+	r := Result{Code: m.code, Events: m.events}
+	end := m.now()
+	r.E2E = end.Sub(m.start)
+	if !m.first.IsZero() {
+		r.TTFB = m.first.Sub(m.start)
+	}
+	if !m.streaming && len(m.body) > 0 {
+		var c struct {
+			Usage *Usage `json:"usage"`
+		}
+		if json.Unmarshal(m.body, &c) == nil {
+			m.usage = c.Usage
+		}
+	}
+	r.Usage = m.usage
+	return r
+}
+
+// TPOT is the mean time per output token after the first.
+func (r Result) TPOT() (time.Duration, bool) {
+	if r.Usage == nil || r.Usage.CompletionTokens < 2 || r.TTFB == 0 {
+		return 0, false
+	}
+	return (r.E2E - r.TTFB) / time.Duration(r.Usage.CompletionTokens-1), true
+}

@@ -1,0 +1,200 @@
+package activator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Proxy forwards a request to one endpoint and streams the answer back.
+type Proxy struct {
+	Client *http.Client
+}
+
+// NewProxy returns a proxy with a transport suited to many long streams to
+// few hosts.
+func NewProxy() *Proxy {
+	tr := &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          1000,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: 0, // a long prefill may precede the headers
+		DisableCompression:    true,
+	}
+	return &Proxy{Client: &http.Client{Transport: tr}}
+}
+
+// RetryableError is an upstream failure that happened before any byte
+// reached the client: the request may go to another endpoint.
+type RetryableError struct {
+	Endpoint string
+	Err      error
+}
+
+func (e *RetryableError) Error() string { return fmt.Sprintf("endpoint %s: %v", e.Endpoint, e.Err) }
+func (e *RetryableError) Unwrap() error { return e.Err }
+
+// Observer sees a response as it passes: the status, then each chunk of
+// the body in order. It must not retain the chunk.
+type Observer interface {
+	Status(code int)
+	Chunk(b []byte)
+}
+
+// Forward sends body to base+path with the inbound request's headers and
+// streams the response to w, flushing after every read so that SSE events
+// reach the client as they are produced. A connection failure or a 503 from
+// the endpoint (a draining pod) before anything is written returns a
+// *RetryableError and writes nothing. Client cancellation cancels the
+// upstream request through ctx.
+func (p *Proxy) Forward(ctx context.Context, w http.ResponseWriter, in *http.Request, base, path string, body []byte, obs Observer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("build upstream request: %w", err)
+	}
+	copyHeaders(req.Header, in.Header)
+	removeHopHeaders(req.Header)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Del("Content-Length")
+	req.ContentLength = int64(len(body))
+	resp, err := p.Client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return &RetryableError{Endpoint: base, Err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusServiceUnavailable {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return &RetryableError{Endpoint: base, Err: errors.New("503 Service Unavailable")}
+	}
+	if obs != nil {
+		obs.Status(resp.StatusCode)
+	}
+	h := w.Header()
+	copyHeaders(h, resp.Header)
+	removeHopHeaders(h)
+	h.Del("Content-Length")
+	if resp.ContentLength >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	w.WriteHeader(resp.StatusCode)
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if obs != nil {
+				obs.Chunk(buf[:n])
+			}
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return fmt.Errorf("write to client: %w", werr)
+			}
+			_ = rc.Flush()
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("read from endpoint %s after the response started: %w", base, rerr)
+		}
+	}
+}
+
+func copyHeaders(dst, src http.Header) {
+	for k, vv := range src {
+		dst[k] = append([]string(nil), vv...)
+	}
+}
+
+// prefillKVParams is what llm-d's routing sidecar sends a prefill pod: ask
+// for remote decode, nothing remote yet.
+var prefillKVParams = json.RawMessage(`{"do_remote_decode":true,"do_remote_prefill":false,"remote_engine_id":null,"remote_block_ids":null,"remote_host":null,"remote_port":null}`)
+
+// PrefillResult is what a prefill pod returned.
+type PrefillResult struct {
+	KVTransferParams json.RawMessage
+	CachedTokens     int
+	PromptTokens     int
+}
+
+// Prefill runs the first half of vLLM's P/D protocol: the request goes to
+// the prefill endpoint non-streaming with max_tokens 1 and
+// kv_transfer_params.do_remote_decode, and the kv_transfer_params of its
+// answer are returned for the decode request.
+func (p *Proxy) Prefill(ctx context.Context, in *http.Request, base, path string, body map[string]json.RawMessage) (*PrefillResult, error) {
+	pre := make(map[string]json.RawMessage, len(body)+2)
+	for k, v := range body {
+		pre[k] = v
+	}
+	one := json.RawMessage("1")
+	pre["max_tokens"] = one
+	if _, ok := pre["max_completion_tokens"]; ok {
+		pre["max_completion_tokens"] = one
+	}
+	pre["stream"] = json.RawMessage("false")
+	delete(pre, "stream_options")
+	pre["kv_transfer_params"] = prefillKVParams
+	data, err := json.Marshal(pre)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(data))
+	if err != nil {
+		return nil, err
+	}
+	copyHeaders(req.Header, in.Header)
+	removeHopHeaders(req.Header)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Del("Content-Length")
+	req.Header.Del("Accept")
+	resp, err := p.Client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("prefill %s: %w", base, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return nil, fmt.Errorf("prefill %s: read: %w", base, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("prefill %s: status %d: %.200s", base, resp.StatusCode, raw)
+	}
+	var out struct {
+		KVTransferParams json.RawMessage `json:"kv_transfer_params"`
+		Usage            *struct {
+			PromptTokens int `json:"prompt_tokens"`
+			Details      *struct {
+				CachedTokens int `json:"cached_tokens"`
+			} `json:"prompt_tokens_details"`
+		} `json:"usage"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return nil, fmt.Errorf("prefill %s: decode answer: %w", base, err)
+	}
+	if len(out.KVTransferParams) == 0 || string(out.KVTransferParams) == "null" {
+		return nil, fmt.Errorf("prefill %s: answer has no kv_transfer_params", base)
+	}
+	res := &PrefillResult{KVTransferParams: out.KVTransferParams}
+	if out.Usage != nil {
+		res.PromptTokens = out.Usage.PromptTokens
+		if out.Usage.Details != nil {
+			res.CachedTokens = out.Usage.Details.CachedTokens
+		}
+	}
+	return res, nil
+}

@@ -1,0 +1,155 @@
+package activator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestForwardStreamsChunksAsTheyCome(t *testing.T) {
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Hop") != "" || r.Header.Get("Connection") != "" {
+			t.Errorf("hop-by-hop header forwarded: %v", r.Header)
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: {\"choices\":[{\"text\":\"a\"}]}\n\n")
+		w.(http.Flusher).Flush()
+		<-release
+		fmt.Fprint(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7,\"prompt_tokens_details\":{\"cached_tokens\":4}}}\n\ndata: [DONE]\n\n")
+	}))
+	defer up.Close()
+	p := NewProxy()
+	var meter *Meter
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		meter = NewMeter(time.Now(), true, time.Now)
+		r.Header.Set("Connection", "X-Hop")
+		r.Header.Set("X-Hop", "1")
+		if err := p.Forward(r.Context(), w, r, up.URL, "/v1/completions", []byte(`{}`), meter); err != nil {
+			t.Error(err)
+		}
+	}))
+	defer front.Close()
+	resp, err := http.Post(front.URL, "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 256)
+	n, err := resp.Body.Read(buf)
+	if err != nil || !strings.Contains(string(buf[:n]), `"text":"a"`) {
+		t.Fatalf("first event not delivered before the stream ended: %q %v", buf[:n], err)
+	}
+	close(release)
+	rest := make([]byte, 4096)
+	total := ""
+	for {
+		n, err := resp.Body.Read(rest)
+		total += string(rest[:n])
+		if err != nil {
+			break
+		}
+	}
+	if !strings.HasSuffix(total, "data: [DONE]\n\n") {
+		t.Fatalf("stream tail %q", total)
+	}
+	r := meter.Finish()
+	if r.Events != 2 || r.Usage == nil || r.Usage.CachedTokens() != 4 || r.Usage.CompletionTokens != 2 {
+		t.Fatalf("meter: %+v usage %+v", r, r.Usage)
+	}
+}
+
+func TestForwardRetryableOnlyBeforeFirstByte(t *testing.T) {
+	draining := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer draining.Close()
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closedURL := closed.URL
+	closed.Close()
+	p := NewProxy()
+	for name, base := range map[string]string{"draining pod": draining.URL, "connection refused": closedURL} {
+		rec := httptest.NewRecorder()
+		in := httptest.NewRequest(http.MethodPost, "/v1/completions", nil)
+		err := p.Forward(context.Background(), rec, in, base, "/v1/completions", []byte(`{}`), nil)
+		var re *RetryableError
+		if !errors.As(err, &re) {
+			t.Errorf("%s: %v, want retryable", name, err)
+		}
+		if rec.Body.Len() != 0 || len(rec.Header()) != 0 {
+			t.Errorf("%s: wrote to the client before failing over", name)
+		}
+	}
+	// A 400 is the endpoint's answer, passed through, not retried.
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"error":{"message":"bad"}}`, http.StatusBadRequest)
+	}))
+	defer bad.Close()
+	rec := httptest.NewRecorder()
+	err := p.Forward(context.Background(), rec, httptest.NewRequest(http.MethodPost, "/", nil), bad.URL, "/", []byte(`{}`), nil)
+	if err != nil || rec.Code != http.StatusBadRequest {
+		t.Fatalf("400 passthrough: err=%v code=%d", err, rec.Code)
+	}
+}
+
+func TestForwardClientGoneCancelsUpstream(t *testing.T) {
+	cancelled := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		close(cancelled)
+	}))
+	defer up.Close()
+	p := NewProxy()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		done <- p.Forward(ctx, httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, "/", nil), up.URL, "/", []byte(`{}`), nil)
+	}()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	select {
+	case <-cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("upstream request not cancelled")
+	}
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestPrefillSpeaksVLLMProtocol(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]json.RawMessage
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+			t.Error(err)
+		}
+		var kv map[string]any
+		_ = json.Unmarshal(body["kv_transfer_params"], &kv)
+		if string(body["max_tokens"]) != "1" || string(body["stream"]) != "false" || body["stream_options"] != nil ||
+			kv["do_remote_decode"] != true || kv["do_remote_prefill"] != false {
+			t.Errorf("prefill request not as vLLM expects: %s", fmt.Sprint(body))
+		}
+		fmt.Fprint(w, `{"choices":[{"text":"x","finish_reason":"length"}],"usage":{"prompt_tokens":100,"completion_tokens":1,"total_tokens":101,"prompt_tokens_details":{"cached_tokens":64}},"kv_transfer_params":{"do_remote_prefill":true,"remote_block_ids":[1,2],"remote_engine_id":"e","remote_host":"h","remote_port":1}}`)
+	}))
+	defer up.Close()
+	body := map[string]json.RawMessage{"model": json.RawMessage(`"m"`), "prompt": json.RawMessage(`"hi"`),
+		"max_tokens": json.RawMessage("50"), "stream": json.RawMessage("true"), "stream_options": json.RawMessage(`{"include_usage":true}`)}
+	res, err := NewProxy().Prefill(context.Background(), httptest.NewRequest(http.MethodPost, "/", nil), up.URL, "/v1/completions", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.CachedTokens != 64 || !strings.Contains(string(res.KVTransferParams), `"remote_block_ids":[1,2]`) {
+		t.Fatalf("prefill result %+v %s", res, res.KVTransferParams)
+	}
+	if string(body["max_tokens"]) != "50" {
+		t.Fatal("prefill modified the caller's body")
+	}
+}
