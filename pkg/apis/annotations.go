@@ -1,0 +1,334 @@
+// Package apis declares llmd-kn's annotations once: their keys, types,
+// defaults, parsing and validation. The cluster webhook and the local runtime
+// both validate and default Knative Services through this package, so a
+// manifest means the same thing in both places.
+//
+// It depends on no Kubernetes client or HTTP code: callers pass the
+// annotation map and a field path prefix.
+package apis
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Annotation keys.
+const (
+	Group = "llm-d.ai/"
+
+	ModelAnnotation           = Group + "model"
+	DisaggregationAnnotation  = Group + "disaggregation"
+	RoutingProfileAnnotation  = Group + "routing-profile"
+	PDThresholdAnnotation     = Group + "pd-threshold-tokens"
+	SLOTierAnnotation         = Group + "slo-tier"
+	SLOTiersAnnotation        = Group + "slo-tiers"
+	SLOTTFTAnnotation         = Group + "slo-ttft"
+	SLOTPOTAnnotation         = Group + "slo-tpot"
+	SLOPercentileAnnotation   = Group + "slo-percentile"
+	PrefillMinScaleAnnotation = Group + "prefill-min-scale"
+	PrefillMaxScaleAnnotation = Group + "prefill-max-scale"
+	AutoscalerModeAnnotation  = Group + "autoscaler-mode"
+	SimProfileAnnotation      = Group + "sim-profile"
+
+	KnativeAutoscalingGroup        = "autoscaling.knative.dev/"
+	ClassAnnotation                = KnativeAutoscalingGroup + "class"
+	MinScaleAnnotation             = KnativeAutoscalingGroup + "min-scale"
+	MaxScaleAnnotation             = KnativeAutoscalingGroup + "max-scale"
+	InitialScaleAnnotation         = KnativeAutoscalingGroup + "initial-scale"
+	TargetBurstCapacityAnnotation  = KnativeAutoscalingGroup + "target-burst-capacity"
+	ScaleToZeroRetentionAnnotation = KnativeAutoscalingGroup + "scale-to-zero-pod-retention-period"
+
+	// AutoscalerClass is llmd-kn's PodAutoscaler class.
+	AutoscalerClass = "slo.autoscaling.llm-d.ai"
+)
+
+// Disaggregation modes.
+const (
+	DisaggregationNone          = "none"
+	DisaggregationPrefillDecode = "prefill-decode"
+)
+
+// Autoscaler modes.
+const (
+	AutoscalerAct    = "act"
+	AutoscalerAdvise = "advise"
+)
+
+// Spec is a revision's llm-d configuration, parsed from its annotations
+// with defaults applied.
+type Spec struct {
+	Model           string
+	Disaggregation  string
+	RoutingProfile  string
+	PDThreshold     int
+	DefaultTier     string
+	AllowedTiers    []string
+	TTFT, TPOT      time.Duration // 0: the tier's targets apply
+	Percentile      float64
+	MinScale        int
+	MaxScale        int // 0: unbounded
+	InitialScale    int // -1: unset
+	PrefillMinScale int
+	PrefillMaxScale int // 0: unbounded
+	AutoscalerMode  string
+	SimProfile      string
+}
+
+// Disaggregated reports whether the revision runs separate prefill pods.
+func (s Spec) Disaggregated() bool { return s.Disaggregation == DisaggregationPrefillDecode }
+
+// AllowsTier reports whether requests of tier may use this revision.
+func (s Spec) AllowsTier(tier string) bool { return slices.Contains(s.AllowedTiers, tier) }
+
+// Vocabulary is what values are valid where the set is not fixed here:
+// routing profiles, tiers and engine profiles come from other packages and
+// from configuration.
+type Vocabulary struct {
+	RoutingProfiles []string
+	Tiers           []string
+	SimProfiles     []string
+}
+
+// Defaults for keys that are absent.
+const (
+	DefaultRoutingProfile = "default"
+	DefaultPDThreshold    = 512
+	DefaultTier           = "standard"
+	DefaultPercentile     = 90
+)
+
+// FieldError is a validation failure at a field path, worded for a kn user.
+type FieldError struct {
+	Path    string
+	Message string
+}
+
+func (e *FieldError) Error() string { return e.Path + ": " + e.Message }
+
+// Errors is a list of field errors.
+type Errors []*FieldError
+
+func (es Errors) Error() string {
+	parts := make([]string, len(es))
+	for i, e := range es {
+		parts[i] = e.Error()
+	}
+	return strings.Join(parts, "; ")
+}
+
+// OrNil returns nil for an empty list.
+func (es Errors) OrNil() error {
+	if len(es) == 0 {
+		return nil
+	}
+	return es
+}
+
+// Known reports whether key is an annotation this package declares.
+func Known(key string) bool {
+	_, ok := known[key]
+	return ok
+}
+
+var known = map[string]string{
+	ModelAnnotation:           "string",
+	DisaggregationAnnotation:  "none | prefill-decode",
+	RoutingProfileAnnotation:  "routing profile name",
+	PDThresholdAnnotation:     "integer >= 0",
+	SLOTierAnnotation:         "tier name",
+	SLOTiersAnnotation:        "comma-separated tier names",
+	SLOTTFTAnnotation:         "duration",
+	SLOTPOTAnnotation:         "duration",
+	SLOPercentileAnnotation:   "number in (0, 100)",
+	PrefillMinScaleAnnotation: "integer >= 0",
+	PrefillMaxScaleAnnotation: "integer >= 0",
+	AutoscalerModeAnnotation:  "act | advise",
+	SimProfileAnnotation:      "engine profile name",
+}
+
+// Parse reads and validates the annotations of one object; path is the
+// field path of the annotation map (e.g. "spec.template.metadata.annotations")
+// and is used in error messages. Every problem is reported, not just the
+// first.
+func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, error) {
+	s := Spec{
+		Disaggregation:  DisaggregationNone,
+		RoutingProfile:  DefaultRoutingProfile,
+		PDThreshold:     DefaultPDThreshold,
+		DefaultTier:     DefaultTier,
+		AllowedTiers:    vocab.Tiers,
+		Percentile:      DefaultPercentile,
+		InitialScale:    -1,
+		AutoscalerMode:  AutoscalerAct,
+		Model:           annotations[ModelAnnotation],
+		SimProfile:      annotations[SimProfileAnnotation],
+		PrefillMinScale: 0,
+	}
+	var errs Errors
+	fail := func(key, format string, args ...any) {
+		errs = append(errs, &FieldError{Path: fmt.Sprintf("%s[%s]", path, key), Message: fmt.Sprintf(format, args...)})
+	}
+	keys := make([]string, 0, len(annotations))
+	for k := range annotations {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if strings.HasPrefix(k, Group) && !Known(k) {
+			fail(k, "unknown llm-d annotation (known: %s)", strings.Join(knownKeys(), ", "))
+		}
+	}
+	oneOf := func(key string, dst *string, allowed []string) {
+		v, ok := annotations[key]
+		if !ok {
+			return
+		}
+		if !slices.Contains(allowed, v) {
+			fail(key, "invalid value %q: must be one of %s", v, strings.Join(allowed, ", "))
+			return
+		}
+		*dst = v
+	}
+	intVal := func(key string, dst *int, minimum int) {
+		v, ok := annotations[key]
+		if !ok {
+			return
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < minimum {
+			fail(key, "invalid value %q: must be an integer >= %d", v, minimum)
+			return
+		}
+		*dst = n
+	}
+	dur := func(key string, dst *time.Duration) {
+		v, ok := annotations[key]
+		if !ok {
+			return
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > time.Hour {
+			fail(key, "invalid value %q: must be a positive duration up to 1h, like 500ms or 2s", v)
+			return
+		}
+		*dst = d
+	}
+
+	if v, ok := annotations[ModelAnnotation]; ok && (strings.TrimSpace(v) == "" || len(v) > 256) {
+		fail(ModelAnnotation, "must be a non-empty model name of at most 256 characters")
+	}
+	oneOf(DisaggregationAnnotation, &s.Disaggregation, []string{DisaggregationNone, DisaggregationPrefillDecode})
+	if len(vocab.RoutingProfiles) > 0 {
+		oneOf(RoutingProfileAnnotation, &s.RoutingProfile, vocab.RoutingProfiles)
+	}
+	intVal(PDThresholdAnnotation, &s.PDThreshold, 0)
+	if v, ok := annotations[SLOTiersAnnotation]; ok {
+		s.AllowedTiers = nil
+		for _, t := range strings.Split(v, ",") {
+			t = strings.TrimSpace(t)
+			if len(vocab.Tiers) > 0 && !slices.Contains(vocab.Tiers, t) {
+				fail(SLOTiersAnnotation, "unknown tier %q: must be among %s", t, strings.Join(vocab.Tiers, ", "))
+				continue
+			}
+			s.AllowedTiers = append(s.AllowedTiers, t)
+		}
+	}
+	if v, ok := annotations[SLOTierAnnotation]; ok {
+		s.DefaultTier = v
+	}
+	if len(vocab.Tiers) > 0 && !slices.Contains(vocab.Tiers, s.DefaultTier) {
+		fail(SLOTierAnnotation, "unknown tier %q: must be one of %s", s.DefaultTier, strings.Join(vocab.Tiers, ", "))
+	} else if len(s.AllowedTiers) > 0 && !slices.Contains(s.AllowedTiers, s.DefaultTier) {
+		fail(SLOTierAnnotation, "default tier %q is not among the allowed tiers %s", s.DefaultTier, strings.Join(s.AllowedTiers, ","))
+	}
+	dur(SLOTTFTAnnotation, &s.TTFT)
+	dur(SLOTPOTAnnotation, &s.TPOT)
+	if v, ok := annotations[SLOPercentileAnnotation]; ok {
+		p, err := strconv.ParseFloat(v, 64)
+		if err != nil || math.IsNaN(p) || p <= 0 || p >= 100 {
+			fail(SLOPercentileAnnotation, "invalid value %q: must be a number between 0 and 100, like 90 or 99.9", v)
+		} else {
+			s.Percentile = p
+		}
+	}
+	intVal(MinScaleAnnotation, &s.MinScale, 0)
+	intVal(MaxScaleAnnotation, &s.MaxScale, 0)
+	intVal(InitialScaleAnnotation, &s.InitialScale, 0)
+	if s.MaxScale > 0 && s.MinScale > s.MaxScale {
+		fail(MinScaleAnnotation, "min-scale %d is larger than max-scale %d", s.MinScale, s.MaxScale)
+	}
+	intVal(PrefillMinScaleAnnotation, &s.PrefillMinScale, 0)
+	intVal(PrefillMaxScaleAnnotation, &s.PrefillMaxScale, 0)
+	if s.PrefillMaxScale > 0 && s.PrefillMinScale > s.PrefillMaxScale {
+		fail(PrefillMinScaleAnnotation, "prefill-min-scale %d is larger than prefill-max-scale %d", s.PrefillMinScale, s.PrefillMaxScale)
+	}
+	if !s.Disaggregated() {
+		for _, k := range []string{PrefillMinScaleAnnotation, PrefillMaxScaleAnnotation} {
+			if _, ok := annotations[k]; ok {
+				fail(k, "only meaningful with %s: %s", DisaggregationAnnotation, DisaggregationPrefillDecode)
+			}
+		}
+	}
+	oneOf(AutoscalerModeAnnotation, &s.AutoscalerMode, []string{AutoscalerAct, AutoscalerAdvise})
+	if v, ok := annotations[SimProfileAnnotation]; ok && len(vocab.SimProfiles) > 0 && !slices.Contains(vocab.SimProfiles, v) {
+		fail(SimProfileAnnotation, "unknown engine profile %q: must be one of %s", v, strings.Join(vocab.SimProfiles, ", "))
+	}
+	if c, ok := annotations[ClassAnnotation]; ok && c != AutoscalerClass && hasLLMD(annotations) &&
+		annotations[AutoscalerModeAnnotation] == AutoscalerAdvise {
+		fail(AutoscalerModeAnnotation, "advise mode needs the %s autoscaler class, the revision uses %q", AutoscalerClass, c)
+	}
+	return s, errs.OrNil()
+}
+
+// Default adds what an LLM revision needs in Knative and returns the keys
+// it set: llmd-kn's autoscaler class when llm-d annotations are present and
+// no class is chosen, and target-burst-capacity -1 so that the activator
+// stays in the request path. Defaulting is idempotent and never overrides
+// a value the user set.
+func Default(annotations map[string]string) []string {
+	if !hasLLMD(annotations) {
+		return nil
+	}
+	var set []string
+	if _, ok := annotations[ClassAnnotation]; !ok {
+		annotations[ClassAnnotation] = AutoscalerClass
+		set = append(set, ClassAnnotation)
+	}
+	if _, ok := annotations[TargetBurstCapacityAnnotation]; !ok {
+		annotations[TargetBurstCapacityAnnotation] = "-1"
+		set = append(set, TargetBurstCapacityAnnotation)
+	}
+	return set
+}
+
+func hasLLMD(annotations map[string]string) bool {
+	for k := range annotations {
+		if strings.HasPrefix(k, Group) {
+			return true
+		}
+	}
+	return false
+}
+
+func knownKeys() []string {
+	ks := make([]string, 0, len(known))
+	for k := range known {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// Reference lists every annotation with its type, for documentation.
+func Reference() [][2]string {
+	out := make([][2]string, 0, len(known))
+	for _, k := range knownKeys() {
+		out = append(out, [2]string{k, known[k]})
+	}
+	return out
+}

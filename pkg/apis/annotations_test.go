@@ -1,0 +1,135 @@
+package apis
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+var vocab = Vocabulary{
+	RoutingProfiles: []string{"default", "round-robin", "kv-precise"},
+	Tiers:           []string{"critical", "standard", "batch"},
+	SimProfiles:     []string{"llama-3.1-8b-h100"},
+}
+
+const path = "spec.template.metadata.annotations"
+
+func TestParseDefaults(t *testing.T) {
+	s, err := Parse(map[string]string{}, path, vocab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Disaggregated() || s.RoutingProfile != "default" || s.DefaultTier != "standard" ||
+		s.PDThreshold != DefaultPDThreshold || s.Percentile != 90 || s.AutoscalerMode != AutoscalerAct ||
+		!s.AllowsTier("batch") || s.InitialScale != -1 {
+		t.Fatalf("defaults: %+v", s)
+	}
+}
+
+func TestParseFullSpec(t *testing.T) {
+	s, err := Parse(map[string]string{
+		ModelAnnotation:           "meta-llama/Llama-3.1-8B-Instruct",
+		DisaggregationAnnotation:  "prefill-decode",
+		RoutingProfileAnnotation:  "kv-precise",
+		PDThresholdAnnotation:     "1024",
+		SLOTierAnnotation:         "critical",
+		SLOTiersAnnotation:        "critical, standard",
+		SLOTTFTAnnotation:         "300ms",
+		SLOTPOTAnnotation:         "40ms",
+		SLOPercentileAnnotation:   "99",
+		MinScaleAnnotation:        "2",
+		MaxScaleAnnotation:        "8",
+		PrefillMinScaleAnnotation: "1",
+		PrefillMaxScaleAnnotation: "4",
+		AutoscalerModeAnnotation:  "advise",
+		SimProfileAnnotation:      "llama-3.1-8b-h100",
+	}, path, vocab)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Disaggregated() || s.PDThreshold != 1024 || s.TTFT != 300*time.Millisecond || s.TPOT != 40*time.Millisecond ||
+		s.AllowsTier("batch") || !s.AllowsTier("critical") || s.MinScale != 2 || s.PrefillMaxScale != 4 || s.Percentile != 99 {
+		t.Fatalf("spec: %+v", s)
+	}
+}
+
+func TestParseRejectsWithFieldPaths(t *testing.T) {
+	cases := []struct {
+		name string
+		ann  map[string]string
+		want string // the field path that must be named
+	}{
+		{"typo in key", map[string]string{"llm-d.ai/routing-profil": "x"}, "[llm-d.ai/routing-profil]"},
+		{"unknown profile", map[string]string{RoutingProfileAnnotation: "fastest"}, "[llm-d.ai/routing-profile]"},
+		{"bad disaggregation", map[string]string{DisaggregationAnnotation: "yes"}, "[llm-d.ai/disaggregation]"},
+		{"negative threshold", map[string]string{PDThresholdAnnotation: "-1"}, "[llm-d.ai/pd-threshold-tokens]"},
+		{"unknown tier", map[string]string{SLOTierAnnotation: "gold"}, "[llm-d.ai/slo-tier]"},
+		{"default tier not allowed", map[string]string{SLOTiersAnnotation: "critical"}, "[llm-d.ai/slo-tier]"},
+		{"bad duration", map[string]string{SLOTTFTAnnotation: "fast"}, "[llm-d.ai/slo-ttft]"},
+		{"zero duration", map[string]string{SLOTPOTAnnotation: "0s"}, "[llm-d.ai/slo-tpot]"},
+		{"percentile 100", map[string]string{SLOPercentileAnnotation: "100"}, "[llm-d.ai/slo-percentile]"},
+		{"negative scale", map[string]string{MinScaleAnnotation: "-2"}, "[autoscaling.knative.dev/min-scale]"},
+		{"min over max", map[string]string{MinScaleAnnotation: "5", MaxScaleAnnotation: "2"}, "[autoscaling.knative.dev/min-scale]"},
+		{"prefill scale without P/D", map[string]string{PrefillMinScaleAnnotation: "1"}, "[llm-d.ai/prefill-min-scale]"},
+		{"bad mode", map[string]string{AutoscalerModeAnnotation: "auto"}, "[llm-d.ai/autoscaler-mode]"},
+		{"unknown sim profile", map[string]string{SimProfileAnnotation: "gpt-5"}, "[llm-d.ai/sim-profile]"},
+		{"empty model", map[string]string{ModelAnnotation: " "}, "[llm-d.ai/model]"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse(c.ann, path, vocab)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), path+c.want) {
+				t.Fatalf("error %q does not name %s", err, path+c.want)
+			}
+			var es Errors
+			if !errors.As(err, &es) || len(es) == 0 {
+				t.Fatalf("not a field error list: %T", err)
+			}
+		})
+	}
+}
+
+func TestParseReportsEveryProblem(t *testing.T) {
+	_, err := Parse(map[string]string{SLOTTFTAnnotation: "x", SLOTPOTAnnotation: "y"}, path, vocab)
+	var es Errors
+	if !errors.As(err, &es) || len(es) != 2 {
+		t.Fatalf("want 2 errors, got %v", err)
+	}
+}
+
+func TestDefaultIsIdempotentAndRespectsUser(t *testing.T) {
+	a := map[string]string{ModelAnnotation: "m"}
+	if set := Default(a); len(set) != 2 || a[ClassAnnotation] != AutoscalerClass || a[TargetBurstCapacityAnnotation] != "-1" {
+		t.Fatalf("defaulting: %v %v", set, a)
+	}
+	if set := Default(a); len(set) != 0 {
+		t.Fatalf("second defaulting changed %v", set)
+	}
+	user := map[string]string{ModelAnnotation: "m", ClassAnnotation: "kpa.autoscaling.knative.dev"}
+	Default(user)
+	if user[ClassAnnotation] != "kpa.autoscaling.knative.dev" {
+		t.Fatal("overrode the user's class")
+	}
+	plain := map[string]string{"foo": "bar"}
+	if Default(plain); len(plain) != 1 {
+		t.Fatal("defaulted a Service without llm-d annotations")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(SLOTTFTAnnotation, "2s", MinScaleAnnotation, "3")
+	f.Add("llm-d.ai/x", "\x00", SLOPercentileAnnotation, "NaN")
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2 string) {
+		s, err := Parse(map[string]string{k1: v1, k2: v2}, path, vocab)
+		if err != nil {
+			return
+		}
+		if s.MinScale < 0 || s.PDThreshold < 0 || s.Percentile <= 0 || s.Percentile >= 100 || (s.MaxScale > 0 && s.MinScale > s.MaxScale) {
+			t.Fatalf("accepted an invalid spec: %+v", s)
+		}
+	})
+}
