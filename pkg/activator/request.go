@@ -1,0 +1,213 @@
+package activator
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
+)
+
+// Request kinds by path.
+const (
+	KindCompletion = "completion"
+	KindChat       = "chat"
+)
+
+// LLMRequest is an OpenAI request as the activator needs it: parsed once,
+// tokenized once, and kept as a field map so that the P/D steps can rewrite
+// it without a second parse.
+type LLMRequest struct {
+	Kind      string
+	Model     string
+	Stream    bool
+	MaxTokens int // 0 when the client did not say
+	Tokens    []uint32
+	Fields    map[string]json.RawMessage
+	Size      int
+}
+
+// BadRequestError is a request the activator refuses with 400 (or Status).
+type BadRequestError struct {
+	Status int
+	Msg    string
+}
+
+func (e *BadRequestError) Error() string { return e.Msg }
+
+func bad(format string, args ...any) error {
+	return &BadRequestError{Status: 400, Msg: fmt.Sprintf(format, args...)}
+}
+
+// maxPromptItems bounds prompt lists and messages, so that a small body
+// cannot expand into unbounded work.
+const maxPromptItems = 4096
+
+// ParseLLMRequest parses an OpenAI completions or chat body. It rejects
+// what vLLM would reject as malformed (wrong types, empty prompt or
+// messages, n != 1 is left to the engine) with a message naming the field,
+// and removes kv_transfer_params: only the activator may ask pods to
+// transfer KV, since its remote_host/remote_port make a pod call an address.
+func ParseLLMRequest(kind string, body []byte) (*LLMRequest, error) {
+	r := &LLMRequest{Kind: kind, Size: len(body)}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(&r.Fields); err != nil {
+		return nil, bad("request body is not a JSON object: %v", err)
+	}
+	if r.Fields == nil {
+		return nil, bad("request body is not a JSON object")
+	}
+	if dec.More() {
+		return nil, bad("request body has data after the JSON object")
+	}
+	delete(r.Fields, "kv_transfer_params")
+	if raw, ok := r.Fields["model"]; ok {
+		if err := json.Unmarshal(raw, &r.Model); err != nil {
+			return nil, bad("model: must be a string")
+		}
+	}
+	if raw, ok := r.Fields["stream"]; ok && string(raw) != "null" {
+		if err := json.Unmarshal(raw, &r.Stream); err != nil {
+			return nil, bad("stream: must be a boolean")
+		}
+	}
+	for _, key := range []string{"max_tokens", "max_completion_tokens"} {
+		raw, ok := r.Fields[key]
+		if !ok || string(raw) == "null" {
+			continue
+		}
+		var n float64
+		if err := json.Unmarshal(raw, &n); err != nil || n != math.Trunc(n) || n < 1 || n > math.MaxInt32 {
+			return nil, bad("%s: must be a positive integer", key)
+		}
+		r.MaxTokens = int(n)
+	}
+	var err error
+	switch kind {
+	case KindCompletion:
+		r.Tokens, err = promptTokens(r.Fields["prompt"])
+	case KindChat:
+		r.Tokens, err = chatTokens(r.Fields["messages"])
+	default:
+		err = bad("unknown request kind %q", kind)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func promptTokens(raw json.RawMessage) ([]uint32, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, bad("prompt: required")
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		if s == "" {
+			return nil, bad("prompt: must not be empty")
+		}
+		return tokenizer.Encode(nil, s), nil
+	}
+	var list []json.RawMessage
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, bad("prompt: must be a string, a list of strings, or a list of token ids")
+	}
+	if len(list) == 0 {
+		return nil, bad("prompt: must not be empty")
+	}
+	if len(list) > maxPromptItems {
+		return nil, bad("prompt: more than %d items", maxPromptItems)
+	}
+	// Token ids, or the first of several prompts (routing looks at the
+	// first; the engine answers all).
+	var ids []int64
+	if json.Unmarshal(raw, &ids) == nil {
+		out := make([]uint32, len(ids))
+		for i, id := range ids {
+			if id < 0 || id >= tokenizer.VocabSize {
+				return nil, bad("prompt[%d]: token id %d out of range [0, %d)", i, id, tokenizer.VocabSize)
+			}
+			out[i] = uint32(id)
+		}
+		return out, nil
+	}
+	return promptTokens(list[0])
+}
+
+func chatTokens(raw json.RawMessage) ([]uint32, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, bad("messages: required")
+	}
+	var msgs []struct {
+		Role    string          `json:"role"`
+		Content json.RawMessage `json:"content"`
+	}
+	if err := json.Unmarshal(raw, &msgs); err != nil {
+		return nil, bad("messages: must be a list of {role, content} objects")
+	}
+	if len(msgs) == 0 {
+		return nil, bad("messages: must not be empty")
+	}
+	if len(msgs) > maxPromptItems {
+		return nil, bad("messages: more than %d items", maxPromptItems)
+	}
+	tm := make([]tokenizer.Message, len(msgs))
+	for i, m := range msgs {
+		if m.Role == "" {
+			return nil, bad("messages[%d].role: required", i)
+		}
+		text, err := contentText(m.Content)
+		if err != nil {
+			return nil, bad("messages[%d].content: %v", i, err)
+		}
+		tm[i] = tokenizer.Message{Role: m.Role, Content: text}
+	}
+	return tokenizer.ApplyChatTemplate(nil, tm, true), nil
+}
+
+func contentText(raw json.RawMessage) (string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, nil
+	}
+	var parts []struct {
+		Type string `json:"type"`
+		Text string `json:"text"`
+	}
+	if err := json.Unmarshal(raw, &parts); err != nil {
+		return "", errors.New("must be a string or a list of content parts")
+	}
+	var b bytes.Buffer
+	for _, p := range parts {
+		if p.Type == "text" {
+			b.WriteString(p.Text)
+		}
+	}
+	return b.String(), nil
+}
+
+// Body returns the request as JSON, with extra fields set (nil values
+// delete the field).
+func (r *LLMRequest) Body(extra map[string]json.RawMessage) ([]byte, error) {
+	if len(extra) == 0 {
+		return json.Marshal(r.Fields)
+	}
+	m := make(map[string]json.RawMessage, len(r.Fields)+len(extra))
+	for k, v := range r.Fields {
+		m[k] = v
+	}
+	for k, v := range extra {
+		if v == nil {
+			delete(m, k)
+		} else {
+			m[k] = v
+		}
+	}
+	return json.Marshal(m)
+}

@@ -1,0 +1,87 @@
+package activator
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
+)
+
+func TestParseLLMRequest(t *testing.T) {
+	r, err := ParseLLMRequest(KindChat, []byte(`{"model":"m","stream":true,"max_tokens":20,
+		"messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi"}]}],
+		"kv_transfer_params":{"do_remote_prefill":true,"remote_host":"169.254.169.254","remote_port":80}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := tokenizer.ApplyChatTemplate(nil, []tokenizer.Message{{Role: "system", Content: "be brief"}, {Role: "user", Content: "hi"}}, true)
+	if r.Model != "m" || !r.Stream || r.MaxTokens != 20 || len(r.Tokens) != len(want) {
+		t.Fatalf("parsed %+v", r)
+	}
+	if _, ok := r.Fields["kv_transfer_params"]; ok {
+		t.Fatal("client kv_transfer_params kept: a client could make a pod call any address")
+	}
+	c, err := ParseLLMRequest(KindCompletion, []byte(`{"model":"m","prompt":[1,2,3]}`))
+	if err != nil || len(c.Tokens) != 3 || c.Tokens[2] != 3 {
+		t.Fatalf("token prompt: %v %v", c, err)
+	}
+	c, err = ParseLLMRequest(KindCompletion, []byte(`{"model":"m","prompt":["a b c","d"]}`))
+	if err != nil || len(c.Tokens) != 3 {
+		t.Fatalf("string list prompt: %v %v", c, err)
+	}
+}
+
+func TestParseLLMRequestRejects(t *testing.T) {
+	cases := []struct{ name, kind, body, field string }{
+		{"not json", KindCompletion, `{"model":`, "JSON"},
+		{"array body", KindCompletion, `[1]`, "JSON object"},
+		{"trailing data", KindCompletion, `{"prompt":"a"} {}`, "after"},
+		{"model type", KindCompletion, `{"model":1,"prompt":"a"}`, "model"},
+		{"stream type", KindCompletion, `{"stream":"yes","prompt":"a"}`, "stream"},
+		{"negative max_tokens", KindCompletion, `{"prompt":"a","max_tokens":-1}`, "max_tokens"},
+		{"huge max_tokens", KindCompletion, `{"prompt":"a","max_tokens":1e12}`, "max_tokens"},
+		{"fractional max_tokens", KindChat, `{"messages":[{"role":"user","content":"a"}],"max_completion_tokens":1.5}`, "max_completion_tokens"},
+		{"no prompt", KindCompletion, `{"model":"m"}`, "prompt"},
+		{"empty prompt", KindCompletion, `{"prompt":""}`, "prompt"},
+		{"prompt object", KindCompletion, `{"prompt":{"a":1}}`, "prompt"},
+		{"bad token id", KindCompletion, `{"prompt":[1,-2]}`, "prompt[1]"},
+		{"empty messages", KindChat, `{"messages":[]}`, "messages"},
+		{"messages type", KindChat, `{"messages":"hi"}`, "messages"},
+		{"no role", KindChat, `{"messages":[{"content":"hi"}]}`, "messages[0].role"},
+		{"content type", KindChat, `{"messages":[{"role":"user","content":5}]}`, "messages[0].content"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseLLMRequest(c.kind, []byte(c.body))
+			var br *BadRequestError
+			if !errors.As(err, &br) || br.Status != 400 || !strings.Contains(err.Error(), c.field) {
+				t.Fatalf("got %v, want a 400 naming %q", err, c.field)
+			}
+		})
+	}
+}
+
+func FuzzParseLLMRequest(f *testing.F) {
+	f.Add(`{"model":"m","prompt":"hello","max_tokens":3}`)
+	f.Add(`{"messages":[{"role":"user","content":[{"type":"text","text":"x"}]}],"stream":true}`)
+	f.Add(`{"prompt":[[1,2],[3]]}`)
+	f.Fuzz(func(t *testing.T, body string) {
+		for _, kind := range []string{KindCompletion, KindChat} {
+			r, err := ParseLLMRequest(kind, []byte(body))
+			if err != nil {
+				var br *BadRequestError
+				if !errors.As(err, &br) {
+					t.Fatalf("error of type %T: %v", err, err)
+				}
+				continue
+			}
+			if len(r.Tokens) == 0 && !(kind == KindChat) {
+				t.Fatalf("accepted a request with no prompt tokens: %q", body)
+			}
+			if _, err := r.Body(nil); err != nil {
+				t.Fatalf("re-encode: %v", err)
+			}
+		}
+	})
+}
