@@ -1,0 +1,57 @@
+package activator
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the activator's Prometheus metrics. Label values are bounded:
+// revision keys, tier names, status codes and fixed words, never a request
+// id or a prompt.
+type Metrics struct {
+	Requests        *prometheus.CounterVec
+	QueueTime       *prometheus.HistogramVec
+	TTFT            *prometheus.HistogramVec
+	TPOT            *prometheus.HistogramVec
+	Tokens          *prometheus.CounterVec
+	PredictedCached *prometheus.CounterVec
+	DecisionTime    prometheus.Histogram
+	PDDecisions     *prometheus.CounterVec
+	Rejected        *prometheus.CounterVec
+	Retries         *prometheus.CounterVec
+	Queued          *prometheus.GaugeVec
+}
+
+var latencyBuckets = []float64{.005, .01, .025, .05, .075, .1, .15, .2, .3, .5, .75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60}
+
+// NewMetrics registers the activator's metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	const ns, sub = "llmd", "activator"
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total",
+			Help: "Requests handled, by revision, SLO tier and HTTP status code."}, []string{"revision", "tier", "code"}),
+		QueueTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "queue_time_seconds",
+			Help: "Time requests waited in the activator's flow control.", Buckets: latencyBuckets}, []string{"revision", "tier"}),
+		TTFT: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "time_to_first_token_seconds",
+			Help: "Time from arrival at the activator to the first streamed event.", Buckets: latencyBuckets}, []string{"revision", "tier"}),
+		TPOT: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "time_per_output_token_seconds",
+			Help: "Mean time per output token after the first.", Buckets: []float64{.005, .01, .02, .03, .04, .05, .075, .1, .15, .2, .3, .5, 1}}, []string{"revision", "tier"}),
+		Tokens: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tokens_total",
+			Help: "Tokens by kind (prompt, completion, cached) as the endpoints reported them."}, []string{"revision", "kind"}),
+		PredictedCached: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "predicted_cached_tokens_total",
+			Help: "Prompt tokens the router predicted to be cached on the chosen endpoint (compare with tokens_total{kind=\"cached\"})."}, []string{"revision"}),
+		DecisionTime: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "routing_decision_seconds",
+			Help: "Time to take a routing decision, tokenization and hashing included.",
+			Buckets: []float64{1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3}}),
+		PDDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "pd_decisions_total",
+			Help: "Prefill/decode decisions: disaggregated, decode_only, or fallback (prefill failed)."}, []string{"revision", "decision"}),
+		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "rejected_total",
+			Help: "Requests refused by flow control, by reason (shed, queue_full, queue_timeout)."}, []string{"revision", "tier", "reason"}),
+		Retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "retries_total",
+			Help: "Requests sent to another endpoint after a failure before the first byte."}, []string{"revision"}),
+		Queued: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "queued_requests",
+			Help: "Requests waiting in flow control."}, []string{"revision", "tier"}),
+	}
+	reg.MustRegister(m.Requests, m.QueueTime, m.TTFT, m.TPOT, m.Tokens, m.PredictedCached, m.DecisionTime,
+		m.PDDecisions, m.Rejected, m.Retries, m.Queued)
+	return m
+}
