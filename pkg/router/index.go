@@ -1,0 +1,302 @@
+package router
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// slotRegistry numbers endpoints for the indexes' bitsets. Numbers are
+// reused after Forget, so the bitsets stay as narrow as the live endpoint
+// set. Lock order: slotRegistry.mu, then an index's mu.
+type slotRegistry struct {
+	mu    sync.RWMutex
+	ids   map[string]int32
+	names []string // by slot; "" when free
+	free  []int32
+}
+
+// lookup returns the slot of id or -1; the caller holds mu (read or write).
+func (r *slotRegistry) lookup(id string) int32 {
+	if s, ok := r.ids[id]; ok {
+		return s
+	}
+	return -1
+}
+
+// assign returns the slot of id, numbering it if new; the caller holds mu
+// for writing.
+func (r *slotRegistry) assign(id string) (s int32, grew bool) {
+	if s, ok := r.ids[id]; ok {
+		return s, false
+	}
+	if n := len(r.free); n > 0 {
+		s = r.free[n-1]
+		r.free = r.free[:n-1]
+		r.names[s] = id
+	} else {
+		s = int32(len(r.names))
+		r.names = append(r.names, id)
+		grew = true
+	}
+	r.ids[id] = s
+	return s, grew
+}
+
+// detach unmaps slot s from its endpoint; the slot is free once drained.
+func (r *slotRegistry) detach(s int32) {
+	delete(r.ids, r.names[s])
+	r.names[s] = ""
+}
+
+// words is the bitset width that numbers every slot.
+func (r *slotRegistry) words() int { return max(1, (len(r.names)+63)/64) }
+
+// approxIndex is llm-d's estimated prefix cache: for each endpoint, an LRU of
+// the block keys of prompts the router sent there, with a capacity in
+// blocks. It is updated by Router.Record, read by decisions.
+type approxIndex struct {
+	mu  sync.RWMutex
+	t   *holderTable
+	lru []*lru // by slot
+}
+
+// lru is one endpoint's recency list over block keys: nodes in arrays, a
+// map from key to node. head is the most recently used.
+type lru struct {
+	pos              map[uint64]int32
+	key              []uint64
+	prev, next       []int32
+	head, tail, free int32
+	cap              int
+}
+
+func newLRU(capacity int) *lru {
+	return &lru{pos: make(map[uint64]int32), head: -1, tail: -1, free: -1, cap: capacity}
+}
+
+func (l *lru) unlink(n int32) {
+	p, x := l.prev[n], l.next[n]
+	if p >= 0 {
+		l.next[p] = x
+	} else {
+		l.head = x
+	}
+	if x >= 0 {
+		l.prev[x] = p
+	} else {
+		l.tail = p
+	}
+}
+
+func (l *lru) pushFront(n int32) {
+	l.prev[n], l.next[n] = -1, l.head
+	if l.head >= 0 {
+		l.prev[l.head] = n
+	} else {
+		l.tail = n
+	}
+	l.head = n
+}
+
+// touch makes k most recent; it reports whether k is new.
+func (l *lru) touch(k uint64) bool {
+	if n, ok := l.pos[k]; ok {
+		if n != l.head {
+			l.unlink(n)
+			l.pushFront(n)
+		}
+		return false
+	}
+	var n int32
+	if l.free >= 0 {
+		n = l.free
+		l.free = l.next[n]
+		l.key[n] = k
+	} else {
+		n = int32(len(l.key))
+		if len(l.key) == cap(l.key) {
+			// Grow toward the capacity, not past it: a full list is
+			// the steady state and append's doubling would overshoot.
+			c := min(max(2*len(l.key), 64), l.cap)
+			if c <= len(l.key) {
+				c = len(l.key) + 1
+			}
+			l.key = append(make([]uint64, 0, c), l.key...)
+			l.prev = append(make([]int32, 0, c), l.prev...)
+			l.next = append(make([]int32, 0, c), l.next...)
+		}
+		l.key = append(l.key, k)
+		l.prev = append(l.prev, -1)
+		l.next = append(l.next, -1)
+	}
+	l.pos[k] = n
+	l.pushFront(n)
+	return true
+}
+
+// evict drops the least recent key and returns it.
+func (l *lru) evict() uint64 {
+	n := l.tail
+	k := l.key[n]
+	l.unlink(n)
+	delete(l.pos, k)
+	l.next[n] = l.free
+	l.free = n
+	return k
+}
+
+func (l *lru) bytes() int64 {
+	// A Go map of uint64 to int32 costs about 36 bytes per entry (measured
+	// at 31,250 entries); nodes cost 16.
+	return int64(len(l.pos))*36 + int64(cap(l.key))*16
+}
+
+// record makes slot s hold keys, most recent first, evicting beyond
+// capacity. Keys go in from the last block to the first so that a prompt's
+// head is more recent than its tail: eviction then takes tails first, as an
+// engine does, and each endpoint's holdings stay prefix-closed.
+func (a *approxIndex) record(s int32, keys []uint64, capacity int) {
+	for int(s) >= len(a.lru) {
+		a.lru = append(a.lru, nil)
+	}
+	l := a.lru[s]
+	if l == nil {
+		l = newLRU(capacity)
+		a.lru[s] = l
+	}
+	l.cap = capacity
+	for i := len(keys) - 1; i >= 0; i-- {
+		if l.touch(keys[i]) {
+			a.t.add(keys[i], int(s))
+		}
+	}
+	for len(l.pos) > l.cap {
+		a.t.remove(l.evict(), int(s))
+	}
+}
+
+// detach drops slot s's recency list and reports whether it had one; the
+// caller then clears the slot from the table, shard by shard.
+func (a *approxIndex) detach(s int32) bool {
+	if int(s) < len(a.lru) && a.lru[s] != nil {
+		a.lru[s] = nil
+		return true
+	}
+	return false
+}
+
+// KVEventKind names a KV event as vLLM does; the values are pkg/engine's.
+type KVEventKind uint8
+
+const (
+	BlockStored KVEventKind = iota + 1
+	BlockRemoved
+	AllBlocksCleared
+)
+
+func (k KVEventKind) String() string {
+	switch k {
+	case BlockStored:
+		return "BlockStored"
+	case BlockRemoved:
+		return "BlockRemoved"
+	case AllBlocksCleared:
+		return "AllBlocksCleared"
+	}
+	return fmt.Sprintf("KVEventKind(%d)", uint8(k))
+}
+
+// KVEvent is a change to an engine's prefix cache. The caller converts from
+// its transport (vLLM's msgpack over ZMQ, or pkg/engine's events in
+// process). Hashes must be computed as kvblock.Hasher does, at the precise
+// index's block size and hash seed, which is how pkg/engine and the
+// simulator compute them. Parent and TokenIDs are carried for engines whose
+// hashes the router would have to recompute (vLLM's SHA-256 keys); the
+// index does not read them yet.
+type KVEvent struct {
+	Kind      KVEventKind
+	Hashes    []uint64
+	Parent    uint64
+	HasParent bool
+	TokenIDs  []uint32
+	// BlockSize of a BlockStored event, 0 if unknown; a size other than the
+	// index's is rejected, since those keys could never match a request.
+	BlockSize int
+}
+
+// preciseIndex mirrors the engines' prefix caches from their KV events.
+// Router.Apply drives it.
+type preciseIndex struct {
+	mu        sync.RWMutex
+	t         *holderTable
+	ep        []preciseEndpoint // by slot
+	blockSize int
+	maxBlocks int
+}
+
+type preciseEndpoint struct {
+	// seen: events arrive for this endpoint, so its entries are data, not
+	// absence of data.
+	seen   bool
+	blocks int
+	resets int // overflows of maxBlocks that cleared the endpoint
+}
+
+// ErrBlockSize reports a BlockStored event at a block size other than the
+// precise index's.
+var ErrBlockSize = errors.New("router: KV event block size differs from the precise index's")
+
+// endpoint returns slot s's record, making it if needed; the caller holds
+// mu for writing.
+func (p *preciseIndex) endpoint(s int32) *preciseEndpoint {
+	for int(s) >= len(p.ep) {
+		p.ep = append(p.ep, preciseEndpoint{})
+	}
+	return &p.ep[s]
+}
+
+// store adds hashes to slot s and reports whether the slot went over its
+// bound: more blocks than an engine can hold means removals were lost, and
+// what the index holds for the endpoint is no longer trustworthy.
+func (p *preciseIndex) store(s int32, hashes []uint64) (overflow bool) {
+	e := p.endpoint(s)
+	for _, h := range hashes {
+		if p.t.add(h, int(s)) {
+			e.blocks++
+		}
+	}
+	if e.blocks > p.maxBlocks {
+		e.resets++
+		return true
+	}
+	return false
+}
+
+func (p *preciseIndex) remove(s int32, hashes []uint64) {
+	e := p.endpoint(s)
+	for _, h := range hashes {
+		if p.t.remove(h, int(s)) {
+			e.blocks--
+		}
+	}
+}
+
+// IndexStats describes one prefix index.
+type IndexStats struct {
+	// Endpoints with index data; Keys distinct blocks; Holdings
+	// (endpoint, block) pairs.
+	Endpoints, Keys, Holdings int
+	// Bytes approximates the heap the index holds.
+	Bytes int64
+}
+
+// Stats describes both indexes.
+type Stats struct {
+	Approximate, Precise IndexStats
+	// Slots numbers the endpoints the indexes know (live and recyclable).
+	Slots int
+	// PreciseResets counts endpoints cleared because they exceeded
+	// preciseIndex.maxBlocksPerEndpoint (lost BlockRemoved events).
+	PreciseResets int
+}
