@@ -14,6 +14,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/llmd-kn/llmd-kn/pkg/kvblock"
@@ -83,6 +84,36 @@ type Config struct {
 	// DisableKVEvents skips building KV events (a planner that does not
 	// need them saves the allocations).
 	DisableKVEvents bool
+	// Policy is vLLM's --scheduling-policy: FCFS (default) or Priority,
+	// where the waiting queue is ordered by (Request.Priority, arrival)
+	// and preemption takes the running request that sorts last.
+	Policy Policy
+}
+
+// Policy is a scheduling policy.
+type Policy int
+
+const (
+	PolicyFCFS Policy = iota
+	PolicyPriority
+)
+
+func (p Policy) String() string {
+	if p == PolicyPriority {
+		return "priority"
+	}
+	return "fcfs"
+}
+
+// ParsePolicy parses vLLM's --scheduling-policy values.
+func ParsePolicy(s string) (Policy, error) {
+	switch s {
+	case "fcfs", "":
+		return PolicyFCFS, nil
+	case "priority":
+		return PolicyPriority, nil
+	}
+	return 0, fmt.Errorf("unknown scheduling policy %q (want fcfs or priority)", s)
 }
 
 // Request is one generation request.
@@ -103,6 +134,9 @@ type Request struct {
 	// arrives from a prefill engine; the engine pays the transfer time for
 	// the part it does not hold locally.
 	RemotePrefill bool
+	// Priority orders the waiting queue under PolicyPriority: lower is
+	// served first (vLLM's convention). It must be 0 under FCFS.
+	Priority int
 }
 
 // FinishReason says why a request ended.
@@ -236,25 +270,67 @@ type seq struct {
 	heldUntil  time.Time
 	rng        uint64
 	first      bool
+	arrival    uint64
 }
 
 // Engine is one modelled vLLM engine.
 type Engine struct {
-	cfg     Config
-	hasher  kvblock.Hasher
-	pool    *blockPool
-	seqs    map[string]*seq
-	waiting []*seq // FCFS; front at index 0
-	running []*seq
-	loading []*seq
-	held    []*seq
-	stats   Stats
-	res     StepResult
-	pending []KVEvent
-	batch   []StepInput
-	sched   []schedItem
-	hits    []int32
-	vocab   []uint32
+	cfg      Config
+	hasher   kvblock.Hasher
+	pool     *blockPool
+	seqs     map[string]*seq
+	waiting  []*seq // FCFS; front at index 0
+	running  []*seq
+	loading  []*seq
+	held     []*seq
+	stats    Stats
+	res      StepResult
+	pending  []KVEvent
+	batch    []StepInput
+	sched    []schedItem
+	hits     []int32
+	vocab    []uint32
+	arrivals uint64
+}
+
+// before reports whether a is served before b under the priority policy.
+func before(a, b *seq) bool {
+	if a.req.Priority != b.req.Priority {
+		return a.req.Priority < b.req.Priority
+	}
+	return a.arrival < b.arrival
+}
+
+// enqueue puts s in the waiting queue: under FCFS at the back, or at the
+// front when it returns (preempted, or its remote KV arrived); under the
+// priority policy in (priority, arrival) order, so a returning request
+// regains its place.
+func (e *Engine) enqueue(s *seq, front bool) {
+	i := len(e.waiting)
+	if e.cfg.Policy == PolicyPriority {
+		for i > 0 && before(s, e.waiting[i-1]) {
+			i--
+		}
+	} else if front {
+		i = 0
+	}
+	e.waiting = append(e.waiting, nil)
+	copy(e.waiting[i+1:], e.waiting[i:])
+	e.waiting[i] = s
+}
+
+// victim is the running request to preempt: the last admitted under FCFS,
+// the one that sorts last by (priority, arrival) under the priority policy.
+func (e *Engine) victim() *seq {
+	v := e.running[len(e.running)-1]
+	if e.cfg.Policy == PolicyPriority {
+		for _, s := range e.running {
+			if before(v, s) {
+				v = s
+			}
+		}
+	}
+	return v
 }
 
 type schedItem struct {
@@ -339,6 +415,8 @@ func (e *Engine) Add(now time.Time, r Request) error {
 		return fmt.Errorf("%w: a decode engine cannot serve a remote-decode (prefill) request", ErrBadRequest)
 	case r.RemotePrefill && e.cfg.Role == RolePrefill:
 		return fmt.Errorf("%w: a prefill engine cannot serve a remote-prefill (decode) request", ErrBadRequest)
+	case r.Priority != 0 && e.cfg.Policy != PolicyPriority:
+		return fmt.Errorf("%w: priority %d requested but priority scheduling is not enabled", ErrBadRequest, r.Priority)
 	}
 	if len(r.Prompt)+r.MaxTokens > e.cfg.MaxModelLen {
 		return fmt.Errorf("%w: this model's maximum context length is %d tokens; the request has %d prompt and %d completion tokens",
@@ -353,7 +431,8 @@ func (e *Engine) Add(now time.Time, r Request) error {
 	if e.cfg.MaxWaiting > 0 && len(e.waiting) >= e.cfg.MaxWaiting {
 		return ErrQueueFull
 	}
-	s := &seq{req: r, promptLen: len(r.Prompt), first: true}
+	e.arrivals++
+	s := &seq{req: r, promptLen: len(r.Prompt), first: true, arrival: e.arrivals}
 	s.tokens = make([]uint32, len(r.Prompt), len(r.Prompt)+r.MaxTokens)
 	copy(s.tokens, r.Prompt)
 	s.hashes = e.hasher.Hashes(make([]uint64, 0, (len(r.Prompt)+r.MaxTokens)/e.cfg.BlockSize+1), s.tokens)
@@ -372,7 +451,7 @@ func (e *Engine) Add(now time.Time, r Request) error {
 		}
 	}
 	e.seqs[r.ID] = s
-	e.waiting = append(e.waiting, s)
+	e.enqueue(s, false)
 	return nil
 }
 
@@ -501,27 +580,47 @@ func (e *Engine) schedule(now time.Time) {
 	e.sched = e.sched[:0]
 	budget := e.cfg.MaxNumBatchedTokens
 	preempted := false
-	for i := 0; i < len(e.running) && budget > 0; i++ {
+	for i := 0; i < len(e.running) && budget > 0; {
 		s := e.running[i]
 		n := min(len(s.tokens)-s.computed, budget)
-		victimSelf := false
+		ok := true
 		for !e.allocSlots(s, n) {
-			v := e.running[len(e.running)-1]
-			e.running = e.running[:len(e.running)-1]
+			v := e.victim()
+			vi := slices.Index(e.running, v)
+			e.running = remove(e.running, v)
+			// Under the priority policy the victim may already be
+			// scheduled in this step: undo that.
+			for k, it := range e.sched {
+				if it.s == v {
+					budget += it.n
+					e.sched = slices.Delete(e.sched, k, k+1)
+					break
+				}
+			}
 			e.preempt(v)
 			preempted = true
 			if v == s {
-				victimSelf = true
+				ok = false
 				break
 			}
+			if vi < i {
+				i--
+			}
 		}
-		if victimSelf {
-			break
+		if !ok {
+			// s went back to waiting; e.running[i] is the next request,
+			// which may still fit in what s freed (vLLM stops here and
+			// schedules it in the next step; going on saves an empty step).
+			continue
 		}
 		e.sched = append(e.sched, schedItem{s, n})
 		budget -= n
+		i++
 	}
-	if preempted {
+	// After a preemption vLLM admits nothing new in the same step; when the
+	// preemption left nothing scheduled at all, admitting now (the freed
+	// blocks make room) avoids reporting an idle step with work pending.
+	if preempted && len(e.sched) > 0 {
 		return
 	}
 	bs := e.cfg.BlockSize
@@ -612,9 +711,7 @@ func (e *Engine) preempt(s *seq) {
 	s.computed = 0
 	s.admitted = false
 	s.state = stWaiting
-	e.waiting = append(e.waiting, nil)
-	copy(e.waiting[1:], e.waiting)
-	e.waiting[0] = s
+	e.enqueue(s, true)
 	e.stats.Preemptions++
 }
 
@@ -641,9 +738,7 @@ func (e *Engine) finishLoads(now time.Time) {
 		s.computed = s.promptLen - 1
 		s.state = stWaiting
 		e.cacheFull(s)
-		e.waiting = append(e.waiting, nil)
-		copy(e.waiting[1:], e.waiting)
-		e.waiting[0] = s
+		e.enqueue(s, true)
 	}
 	clear(e.loading[j:])
 	e.loading = e.loading[:j]

@@ -520,3 +520,40 @@ func BenchmarkStepDecode256(b *testing.B) {
 		}
 	}
 }
+
+func TestPriorityPolicyOrdersTheWaitingQueue(t *testing.T) {
+	e := newEngine(t, Config{Policy: PolicyPriority, MaxNumSeqs: 1})
+	_ = e.Add(t0, Request{ID: "running", Prompt: prompt(10, 1), MaxTokens: 3, IgnoreEOS: true, Priority: 5})
+	e.Step(t0)
+	_ = e.Add(t0, Request{ID: "batch-1", Prompt: prompt(10, 2), MaxTokens: 1, Priority: 10})
+	_ = e.Add(t0, Request{ID: "batch-2", Prompt: prompt(10, 3), MaxTokens: 1, Priority: 10})
+	_ = e.Add(t0, Request{ID: "critical", Prompt: prompt(10, 4), MaxTokens: 1, Priority: 0})
+	res, _ := drive(t, e, t0)
+	if !res["critical"].doneAt.Before(res["batch-1"].doneAt) || !res["batch-1"].doneAt.Before(res["batch-2"].doneAt) {
+		t.Fatalf("order: critical %v batch-1 %v batch-2 %v", res["critical"].doneAt, res["batch-1"].doneAt, res["batch-2"].doneAt)
+	}
+	fcfs := newEngine(t, Config{})
+	if err := fcfs.Add(t0, Request{ID: "x", Prompt: prompt(10, 1), MaxTokens: 1, Priority: 1}); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("priority under FCFS: %v", err)
+	}
+	if _, err := ParsePolicy("lifo"); err == nil {
+		t.Fatal("unknown policy accepted")
+	}
+}
+
+func TestPriorityPolicyPreemptsTheLowestPriority(t *testing.T) {
+	e := newEngine(t, Config{Policy: PolicyPriority, NumBlocks: 64})
+	_ = e.Add(t0, Request{ID: "low", Prompt: prompt(320, 1), MaxTokens: 320, IgnoreEOS: true, Priority: 9})
+	e.Step(t0)
+	_ = e.Add(t0, Request{ID: "high", Prompt: prompt(320, 2), MaxTokens: 320, IgnoreEOS: true, Priority: 1})
+	res, _ := drive(t, e, t0)
+	if e.Stats().Preemptions == 0 {
+		t.Fatal("no preemption")
+	}
+	if !res["high"].doneAt.Before(res["low"].doneAt) {
+		t.Fatal("the high-priority request did not finish first")
+	}
+	if len(res["low"].tokens) != 319 || len(res["high"].tokens) != 320 {
+		t.Fatalf("tokens low=%d high=%d", len(res["low"].tokens), len(res["high"].tokens))
+	}
+}
