@@ -106,11 +106,14 @@ type Result struct {
 	E2E    time.Duration
 	Events int
 	Usage  *Usage
+	// Streaming answers have a TTFT and a TPOT; for the others TTFB is
+	// the whole generation.
+	Streaming bool
 }
 
 // Finish returns the measurements.
 func (m *Meter) Finish() Result {
-	r := Result{Code: m.code, Events: m.events}
+	r := Result{Code: m.code, Events: m.events, Streaming: m.streaming}
 	end := m.now()
 	r.E2E = end.Sub(m.start)
 	if !m.first.IsZero() {
@@ -128,10 +131,16 @@ func (m *Meter) Finish() Result {
 	return r
 }
 
-// TPOT is the mean time per output token after the first.
+// TPOT is the mean time per output token after the first. Without a usage
+// block (a stream whose client did not ask for include_usage) each SSE
+// event is taken as one token, which is exact for vLLM's default streaming.
 func (r Result) TPOT() (time.Duration, bool) {
-	if r.Usage == nil || r.Usage.CompletionTokens < 2 || r.TTFB == 0 {
+	n := r.Events
+	if r.Usage != nil {
+		n = r.Usage.CompletionTokens
+	}
+	if !r.Streaming || n < 2 || r.TTFB == 0 {
 		return 0, false
 	}
-	return (r.E2E - r.TTFB) / time.Duration(r.Usage.CompletionTokens-1), true
+	return (r.E2E - r.TTFB) / time.Duration(n-1), true
 }

@@ -40,7 +40,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		PredictedCached: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "predicted_cached_tokens_total",
 			Help: "Prompt tokens the router predicted to be cached on the chosen endpoint (compare with tokens_total{kind=\"cached\"})."}, []string{"revision"}),
 		DecisionTime: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "routing_decision_seconds",
-			Help: "Time to take a routing decision, tokenization and hashing included.",
+			Help:    "Time to take a routing decision, tokenization and hashing included.",
 			Buckets: []float64{1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3}}),
 		PDDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "pd_decisions_total",
 			Help: "Prefill/decode decisions: disaggregated, decode_only, or fallback (prefill failed)."}, []string{"revision", "decision"}),

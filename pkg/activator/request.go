@@ -183,10 +183,17 @@ func contentText(raw json.RawMessage) (string, error) {
 	if err := json.Unmarshal(raw, &parts); err != nil {
 		return "", errors.New("must be a string or a list of content parts")
 	}
+	// Text parts joined with newlines, as vLLM's chat preprocessing does;
+	// other parts are left for the engine to accept or refuse.
 	var b bytes.Buffer
+	n := 0
 	for _, p := range parts {
 		if p.Type == "text" {
+			if n > 0 {
+				b.WriteByte('\n')
+			}
 			b.WriteString(p.Text)
+			n++
 		}
 	}
 	return b.String(), nil

@@ -149,3 +149,10 @@ func validTierName(s string) bool {
 	}
 	return true
 }
+
+// VLLMPriority maps a tier to vLLM's priority field, where lower values are
+// scheduled first: the highest tier gets 0.
+func (t *Tiers) VLLMPriority(tier Tier) int {
+	top := t.byName[t.order[0]].Priority
+	return top - tier.Priority
+}

@@ -1,0 +1,28 @@
+// Command kn-llmd is the llmd-kn command line and kn plugin: `sim` runs the
+// vLLM simulator. It only wires flags to packages; the logic lives in pkg/.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "kn-llmd",
+		Short:         "llm-d's LLM-aware serving on Knative: local runtime, simulator, benchmarks",
+		SilenceErrors: true,
+	}
+	root.AddCommand(newSimCommand())
+	root.AddCommand(newBenchCmd())
+	return root
+}
+
+func main() {
+	if err := newRootCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "kn-llmd:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,213 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
+)
+
+// simFlags are `kn-llmd sim`'s flags, named as vLLM's where vLLM has one.
+type simFlags struct {
+	host, model, profile, role    string
+	servedNames                   []string
+	port                          int
+	timeScale, gpuMemUtil         float64
+	streamChunkTokens             int
+	maxNumSeqs, maxBatchedTokens  int
+	maxModelLen, blockSize        int
+	maxWaiting, numGPUBlocks      int
+	kvEventsConfig, kvEventsEndpt string
+	advertiseHost, engineID       string
+	startupDelay                  string
+	seed, hashSeed                uint64
+	logLevel, schedulingPolicy    string
+}
+
+func newSimCommand() *cobra.Command { return bindSimFlags(&simFlags{}) }
+
+// bindSimFlags returns the sim command with its flags bound to f.
+func bindSimFlags(f *simFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "sim",
+		Short: "Run a vLLM-compatible simulator (OpenAI API, metrics, KV events, P/D)",
+		Long: `Run a drop-in stand-in for 'vllm serve' backed by the engine model:
+continuous batching, prefix caching, KV capacity and timing from a profile.
+
+  kn-llmd sim --model demo
+  curl localhost:8000/v1/completions -d '{"model":"demo","prompt":"Hello","max_tokens":8}'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("served-model-name") && len(f.servedNames) == 0 {
+				return fmt.Errorf("--served-model-name: empty name")
+			}
+			cfg, err := f.config()
+			if err != nil {
+				return err
+			}
+			cmd.SilenceUsage = true
+			srv, err := vllmsim.New(cfg)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return srv.Run(ctx)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.host, "host", "127.0.0.1", "address to listen on")
+	fl.IntVar(&f.port, "port", 8000, "port to listen on")
+	fl.StringVar(&f.model, "model", "demo", "model name or path (the root reported by /v1/models)")
+	fl.StringSliceVar(&f.servedNames, "served-model-name", nil, "names clients use for the model (repeatable or comma-separated; default: --model)")
+	fl.StringVar(&f.profile, "profile", engine.DefaultProfile, fmt.Sprintf("engine profile: a built-in name %v, or a YAML/JSON profile file (path or path#name)", engine.BuiltinProfileNames()))
+	fl.Float64Var(&f.timeScale, "time-scale", 1, "multiplies every simulated duration (0.1 runs ten times faster)")
+	fl.IntVar(&f.streamChunkTokens, "stream-chunk-tokens", 1, "decode tokens per streamed chunk (the first token is always sent alone)")
+	fl.StringVar(&f.role, "role", "both", "P/D role: prefill, decode or both")
+	fl.StringVar(&f.schedulingPolicy, "scheduling-policy", "fcfs", "fcfs, or priority: the waiting queue ordered by each request's priority field")
+	fl.IntVar(&f.maxNumSeqs, "max-num-seqs", 256, "maximum sequences in a batch")
+	fl.IntVar(&f.maxBatchedTokens, "max-num-batched-tokens", 8192, "token budget of one engine step")
+	fl.IntVar(&f.maxModelLen, "max-model-len", 0, "context length (default: the profile's model)")
+	fl.IntVar(&f.blockSize, "block-size", 16, "KV-cache block size in tokens")
+	fl.Float64Var(&f.gpuMemUtil, "gpu-memory-utilization", 0, "fraction of GPU memory for the engine (default: the profile's, 0.9)")
+	fl.IntVar(&f.numGPUBlocks, "num-gpu-blocks-override", 0, "KV capacity in blocks, overriding what the profile implies")
+	fl.IntVar(&f.maxWaiting, "max-waiting", 0, "bound on the waiting queue; past it requests get 503 (0: unbounded)")
+	fl.StringVar(&f.kvEventsConfig, "kv-events-config", "", `vLLM's KV events config, e.g. '{"enable_kv_cache_events":true,"publisher":"zmq","endpoint":"tcp://*:5557","topic":"kv@${POD_IP}@demo"}'`)
+	fl.StringVar(&f.kvEventsEndpt, "kv-events-endpoint", "", "shorthand: publish KV events over ZMQ on this endpoint (e.g. tcp://*:5557), topic kv@<advertise host>@<model>")
+	fl.StringVar(&f.startupDelay, "startup-delay", "0s", "simulated cold start: /health answers 503 until it passes (scaled by --time-scale)")
+	fl.Uint64Var(&f.seed, "seed", 0, "seed for generated tokens and output lengths")
+	fl.Uint64Var(&f.hashSeed, "hash-seed", envUint("PYTHONHASHSEED"), "seed of the KV block hashes (default: $PYTHONHASHSEED, as vLLM)")
+	fl.StringVar(&f.advertiseHost, "advertise-host", os.Getenv("POD_IP"), "host a decode engine uses to reach this one in P/D (default: $POD_IP, else --host)")
+	fl.StringVar(&f.engineID, "engine-id", "", "engine id reported in kv_transfer_params (default: random)")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func envUint(name string) uint64 {
+	v, err := strconv.ParseUint(os.Getenv(name), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
+func (f *simFlags) config() (vllmsim.Config, error) {
+	var cfg vllmsim.Config
+	for _, c := range []struct {
+		name string
+		v    int
+	}{
+		{"max-num-seqs", f.maxNumSeqs}, {"max-num-batched-tokens", f.maxBatchedTokens}, {"block-size", f.blockSize},
+		{"stream-chunk-tokens", f.streamChunkTokens}, {"port", f.port},
+	} {
+		if c.v < 1 {
+			return cfg, fmt.Errorf("--%s must be positive, got %d", c.name, c.v)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		v    int
+	}{{"max-model-len", f.maxModelLen}, {"max-waiting", f.maxWaiting}, {"num-gpu-blocks-override", f.numGPUBlocks}} {
+		if c.v < 0 {
+			return cfg, fmt.Errorf("--%s must not be negative, got %d", c.name, c.v)
+		}
+	}
+	if f.maxModelLen == 1 {
+		return cfg, fmt.Errorf("--max-model-len must be at least 2")
+	}
+	if !(f.timeScale > 0) {
+		return cfg, fmt.Errorf("--time-scale must be positive, got %v", f.timeScale)
+	}
+	if f.gpuMemUtil < 0 || f.gpuMemUtil > 1 {
+		return cfg, fmt.Errorf("--gpu-memory-utilization must be in (0, 1], got %v", f.gpuMemUtil)
+	}
+	delay, err := parseDuration(f.startupDelay)
+	if err != nil {
+		return cfg, fmt.Errorf("--startup-delay: %w", err)
+	}
+	role, err := engine.ParseRole(f.role)
+	if err != nil {
+		return cfg, fmt.Errorf("--role: %w", err)
+	}
+	policy, err := engine.ParsePolicy(f.schedulingPolicy)
+	if err != nil {
+		return cfg, fmt.Errorf("--scheduling-policy: %w", err)
+	}
+	profile, err := vllmsim.LoadProfile(f.profile)
+	if err != nil {
+		return cfg, fmt.Errorf("--profile: %w", err)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return cfg, fmt.Errorf("--log-level: %w", err)
+	}
+	names := make([]string, 0, len(f.servedNames))
+	for _, n := range f.servedNames {
+		if n == "" {
+			return cfg, fmt.Errorf("--served-model-name: empty name")
+		}
+		names = append(names, n)
+	}
+	cfg = vllmsim.Config{
+		Model: f.model, ServedModelNames: names, Profile: profile, Role: role, SchedulingPolicy: policy,
+		BlockSize: f.blockSize, MaxNumSeqs: f.maxNumSeqs, MaxNumBatchedTokens: f.maxBatchedTokens,
+		MaxModelLen: f.maxModelLen, MaxWaiting: f.maxWaiting, NumBlocks: f.numGPUBlocks,
+		GPUMemoryUtilization: f.gpuMemUtil, HashSeed: f.hashSeed, Seed: f.seed,
+		TimeScale: f.timeScale, StreamChunkTokens: f.streamChunkTokens, StartupDelay: delay,
+		EngineID: f.engineID, AdvertiseHost: f.advertiseHost, Host: f.host, Port: f.port,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+	}
+	if f.kvEventsConfig != "" {
+		kc, err := vllmsim.ParseKVEventsConfig(f.kvEventsConfig)
+		if err != nil {
+			return cfg, fmt.Errorf("--%w", err)
+		}
+		cfg.KVEvents = kc
+	}
+	if f.kvEventsEndpt != "" {
+		if f.kvEventsConfig != "" {
+			return cfg, fmt.Errorf("--kv-events-endpoint and --kv-events-config are exclusive; put the endpoint in the config")
+		}
+		host := f.advertiseHost
+		if host == "" {
+			host = f.host
+		}
+		model := f.model
+		if len(names) > 0 {
+			model = names[0]
+		}
+		kc, err := vllmsim.ParseKVEventsConfig(fmt.Sprintf(`{"enable_kv_cache_events":true,"publisher":"zmq","endpoint":%q,"topic":%q}`,
+			f.kvEventsEndpt, "kv@"+host+"@"+model))
+		if err != nil {
+			return cfg, fmt.Errorf("--kv-events-endpoint: %w", err)
+		}
+		cfg.KVEvents = kc
+	}
+	return cfg, nil
+}
+
+// parseDuration accepts Go durations ("90s", "2m") and plain seconds ("30").
+func parseDuration(s string) (time.Duration, error) {
+	if v, err := strconv.ParseFloat(s, 64); err == nil {
+		if v < 0 {
+			return 0, fmt.Errorf("must not be negative, got %s", s)
+		}
+		return time.Duration(v * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, err
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("must not be negative, got %s", s)
+	}
+	return d, nil
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
+)
+
+func TestSimRejectsBadFlags(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--time-scale", "0"}, "--time-scale"},
+		{[]string{"--time-scale", "-1"}, "--time-scale"},
+		{[]string{"--time-scale", "abc"}, "invalid argument"},
+		{[]string{"--role", "router"}, "--role"},
+		{[]string{"--scheduling-policy", "lifo"}, "--scheduling-policy"},
+		{[]string{"--max-num-seqs", "0"}, "--max-num-seqs"},
+		{[]string{"--block-size", "-16"}, "--block-size"},
+		{[]string{"--stream-chunk-tokens", "0"}, "--stream-chunk-tokens"},
+		{[]string{"--max-waiting", "-1"}, "--max-waiting"},
+		{[]string{"--gpu-memory-utilization", "1.5"}, "--gpu-memory-utilization"},
+		{[]string{"--startup-delay", "soon"}, "--startup-delay"},
+		{[]string{"--startup-delay", "-5s"}, "--startup-delay"},
+		{[]string{"--profile", "/no/such/profile.yaml"}, "--profile"},
+		{[]string{"--kv-events-config", `{"enable_kv_cache_events":true,"endpoint":"udp://x"}`}, "kv-events-config"},
+		{[]string{"--kv-events-config", `{"enable_kv_cache_events":true,"typo":1}`}, "kv-events-config"},
+		{[]string{"--kv-events-endpoint", "tcp://*:5557", "--kv-events-config", `{}`}, "exclusive"},
+		{[]string{"--served-model-name", ""}, "--served-model-name"},
+		{[]string{"--max-model-len", "99999999"}, "max model len"},
+		{[]string{"extra-arg"}, "unknown command"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			cmd := newRootCommand()
+			cmd.SetArgs(append([]string{"sim"}, tc.args...))
+			cmd.SetOut(io.Discard)
+			cmd.SetErr(io.Discard)
+			// Should a bad flag slip through, the server stops with the
+			// context instead of hanging the test.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			err := cmd.ExecuteContext(ctx)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestSimFlagsToConfig(t *testing.T) {
+	f := &simFlags{}
+	cmd := bindSimFlags(f)
+	if err := cmd.ParseFlags([]string{
+		"--model", "m", "--served-model-name", "a,b", "--served-model-name", "c", "--role", "prefill",
+		"--time-scale", "0.1", "--stream-chunk-tokens", "4", "--startup-delay", "90s", "--max-waiting", "10",
+		"--kv-events-endpoint", "tcp://*:5557", "--advertise-host", "10.1.2.3", "--profile", "qwen3-32b-2xh100",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := f.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(cfg.ServedModelNames, ",") != "a,b,c" || cfg.Role != engine.RolePrefill || cfg.TimeScale != 0.1 ||
+		cfg.StreamChunkTokens != 4 || cfg.StartupDelay != 90*time.Second || cfg.MaxWaiting != 10 ||
+		cfg.Profile.Name != "qwen3-32b-2xh100" || cfg.AdvertiseHost != "10.1.2.3" {
+		t.Fatalf("config %+v", cfg)
+	}
+	kv := cfg.KVEvents
+	if !kv.Enable || kv.Publisher != "zmq" || kv.Endpoint != "tcp://*:5557" || kv.Topic != "kv@10.1.2.3@a" {
+		t.Fatalf("kv events %+v", kv)
+	}
+}

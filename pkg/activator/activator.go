@@ -1,0 +1,631 @@
+// Package activator is llmd-kn's data plane: an OpenAI-compatible HTTP front
+// that sits in front of every LLM revision (in Knative it stays in the path,
+// target-burst-capacity -1), buffers requests while a revision scales from
+// zero, orders them by SLO tier, routes each with pkg/router to the pod
+// where it will finish soonest, runs vLLM's prefill/decode two-step, streams
+// answers through, and accounts for what passed to feed the autoscaler.
+//
+// The request path is a chain of small handlers, each testable alone, in the
+// spirit of Knative's activator: sanitize headers → read and parse the body
+// → resolve the revision → classify the tier → flow control → route and
+// proxy (with retries before the first byte and the P/D two-step) →
+// accounting. The package imports the router core, never the reverse, and
+// knows nothing of Kubernetes: the local runtime and the cluster
+// controllers tell it which revisions and pods exist.
+package activator
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llmd-kn/llmd-kn/pkg/router"
+)
+
+// Knative's revision headers, set by its ingress on the way to a revision.
+const (
+	RevisionHeader  = "Knative-Serving-Revision"
+	NamespaceHeader = "Knative-Serving-Namespace"
+	// RouteHeader carries the routing explanation when Options.Debug is set.
+	RouteHeader = "X-Llm-D-Route"
+)
+
+// Options configure an Activator. Zero fields take the documented defaults.
+type Options struct {
+	Tiers        *Tiers         // DefaultTiers()
+	RouterConfig *router.Config // router.DefaultConfig()
+	Flow         FlowLimits
+	// MaxBodyBytes bounds request bodies (16 MiB).
+	MaxBodyBytes int64
+	// ScrapeInterval is how often each pod's /metrics is read (50 ms);
+	// StaleAfter is when a pod's metrics count as unknown (4 intervals,
+	// at least 500 ms).
+	ScrapeInterval time.Duration
+	StaleAfter     time.Duration
+	// Domains are the host suffixes Host routing accepts after
+	// {service}.{namespace}: "localhost" locally, the cluster's domain
+	// (e.g. "svc.cluster.local", "example.com") in a cluster.
+	Domains []string
+	// MaxAttempts bounds the endpoints one request may try (3).
+	MaxAttempts int
+	// Debug adds the X-Llm-D-Route explanation header to answers.
+	Debug bool
+	// Poke is told that a revision has a request waiting and no ready pod.
+	Poke       func(RevisionKey)
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+	Seed       uint64
+	// Now is the clock (time.Now); ScrapeClient and Proxy the HTTP clients.
+	Now          func() time.Time
+	ScrapeClient *http.Client
+	Proxy        *Proxy
+}
+
+// Activator routes LLM requests to the pods of known revisions.
+type Activator struct {
+	opts    Options
+	metrics *Metrics
+
+	mu   sync.RWMutex
+	revs map[RevisionKey]*revision
+}
+
+// New builds an Activator.
+func New(opts Options) (*Activator, error) {
+	if opts.Tiers == nil {
+		opts.Tiers = DefaultTiers()
+	}
+	if opts.RouterConfig == nil {
+		opts.RouterConfig = router.DefaultConfig()
+	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 16 << 20
+	}
+	if opts.ScrapeInterval <= 0 {
+		opts.ScrapeInterval = 50 * time.Millisecond
+	}
+	if opts.StaleAfter <= 0 {
+		opts.StaleAfter = max(4*opts.ScrapeInterval, 500*time.Millisecond)
+	}
+	if opts.MaxAttempts <= 0 {
+		opts.MaxAttempts = 3
+	}
+	if len(opts.Domains) == 0 {
+		opts.Domains = []string{"localhost", "svc.cluster.local", "svc", "example.com"}
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.ScrapeClient == nil {
+		opts.ScrapeClient = &http.Client{Timeout: scrapeTimeout}
+	}
+	if opts.Proxy == nil {
+		opts.Proxy = NewProxy()
+	}
+	return &Activator{opts: opts, metrics: NewMetrics(opts.Registerer), revs: map[RevisionKey]*revision{}}, nil
+}
+
+// UpsertRevision adds a revision or replaces its configuration (its pods
+// and indexes are kept when only the configuration changes).
+func (a *Activator) UpsertRevision(cfg RevisionConfig) error {
+	if cfg.Key.Name == "" || cfg.Key.Namespace == "" {
+		return errors.New("activator: revision key needs a namespace and a name")
+	}
+	for _, t := range cfg.Spec.AllowedTiers {
+		if _, ok := a.opts.Tiers.Get(t); !ok {
+			return fmt.Errorf("activator: revision %s allows unknown tier %q", cfg.Key, t)
+		}
+	}
+	if len(cfg.Spec.AllowedTiers) == 0 {
+		cfg.Spec.AllowedTiers = a.opts.Tiers.Names()
+	}
+	if cfg.Spec.DefaultTier == "" {
+		cfg.Spec.DefaultTier = cfg.Spec.AllowedTiers[0]
+	}
+	rev, err := a.newRevision(cfg)
+	if err != nil {
+		return fmt.Errorf("activator: revision %s: %w", cfg.Key, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if old, ok := a.revs[cfg.Key]; ok {
+		old.cfg, old.sched = cfg, rev.sched
+		return nil
+	}
+	a.revs[cfg.Key] = rev
+	return nil
+}
+
+// RemoveRevision forgets a revision and stops watching its pods.
+func (a *Activator) RemoveRevision(key RevisionKey) {
+	a.mu.Lock()
+	rev := a.revs[key]
+	delete(a.revs, key)
+	a.mu.Unlock()
+	if rev != nil {
+		rev.close()
+	}
+}
+
+// SetPods replaces a revision's pods.
+func (a *Activator) SetPods(key RevisionKey, pods []PodSpec) error {
+	a.mu.RLock()
+	rev := a.revs[key]
+	a.mu.RUnlock()
+	if rev == nil {
+		return fmt.Errorf("activator: unknown revision %s", key)
+	}
+	rev.setPods(pods)
+	return nil
+}
+
+// Stats returns the load statistics of every revision.
+func (a *Activator) Stats() []RevisionStats {
+	a.mu.RLock()
+	revs := make([]*revision, 0, len(a.revs))
+	for _, r := range a.revs {
+		revs = append(revs, r)
+	}
+	a.mu.RUnlock()
+	now := a.opts.Now()
+	out := make([]RevisionStats, 0, len(revs))
+	for _, r := range revs {
+		s := r.stats.snapshot(now)
+		s.Revision = r.cfg.Key.String()
+		fs := r.flow.Stats()
+		s.QueuedByTier = fs.Queued
+		r.mu.RLock()
+		s.Pods = len(r.list)
+		for _, p := range r.list {
+			s.InFlight += int(p.inflight.Load())
+			p.mu.Lock()
+			if p.healthy && !p.down {
+				s.ReadyPods++
+			}
+			p.mu.Unlock()
+		}
+		r.mu.RUnlock()
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Revision < out[j].Revision })
+	return out
+}
+
+// Close stops watching every pod.
+func (a *Activator) Close() {
+	a.mu.Lock()
+	revs := a.revs
+	a.revs = map[RevisionKey]*revision{}
+	a.mu.Unlock()
+	for _, r := range revs {
+		r.close()
+	}
+}
+
+// Handler is the activator's HTTP front.
+func (a *Activator) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
+	mux.HandleFunc("GET /v1/models", a.models)
+	mux.Handle("POST /v1/completions", a.llm(KindCompletion))
+	mux.Handle("POST /v1/chat/completions", a.llm(KindChat))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "NotFoundError", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
+	})
+	return sanitize(mux)
+}
+
+// StatsHandler serves Stats as JSON (the autoscaler's feed).
+func (a *Activator) StatsHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(a.Stats())
+	})
+}
+
+// sanitize strips steering and hop-by-hop headers before anything else.
+func sanitize(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		SanitizeInbound(r.Header)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// writeError answers in OpenAI's (and vLLM's) error shape.
+func writeError(w http.ResponseWriter, status int, typ, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
+		"message": msg, "type": typ, "param": nil, "code": status,
+	}})
+}
+
+func errorType(status int) string {
+	switch status {
+	case http.StatusBadRequest:
+		return "BadRequestError"
+	case http.StatusNotFound:
+		return "NotFoundError"
+	case http.StatusRequestEntityTooLarge:
+		return "RequestEntityTooLarge"
+	case http.StatusTooManyRequests:
+		return "RateLimitError"
+	case http.StatusServiceUnavailable:
+		return "ServiceUnavailableError"
+	}
+	return "InternalServerError"
+}
+
+func (a *Activator) models(w http.ResponseWriter, r *http.Request) {
+	type model struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+	}
+	var data []model
+	seen := map[string]bool{}
+	hostRev, _ := a.byHost(r.Host)
+	a.mu.RLock()
+	for _, rev := range a.revs {
+		if hostRev != nil && rev != hostRev {
+			continue
+		}
+		for _, m := range rev.cfg.Models {
+			if !seen[m] {
+				seen[m] = true
+				data = append(data, model{ID: m, Object: "model", Created: a.opts.Now().Unix(), OwnedBy: "llmd-kn"})
+			}
+		}
+	}
+	a.mu.RUnlock()
+	sort.Slice(data, func(i, j int) bool { return data[i].ID < data[j].ID })
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"object": "list", "data": data})
+}
+
+// resolve finds the revision of a request: Knative's revision headers,
+// then the Host, then the model field. tagTier is the tier named by a
+// traffic-tag host, if any.
+func (a *Activator) resolve(r *http.Request, model string) (rev *revision, tagTier string, err error) {
+	if name := r.Header.Get(RevisionHeader); name != "" {
+		key := RevisionKey{Namespace: r.Header.Get(NamespaceHeader), Name: name}
+		a.mu.RLock()
+		rev = a.revs[key]
+		a.mu.RUnlock()
+		if rev == nil {
+			return nil, "", &BadRequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("revision %s is not served by this activator", key)}
+		}
+		return rev, "", nil
+	}
+	if rev, tag := a.byHost(r.Host); rev != nil {
+		if _, isTier := a.opts.Tiers.Get(tag); isTier {
+			tagTier = tag
+		}
+		return rev, tagTier, nil
+	}
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	var names []string
+	for _, rv := range a.revs {
+		for _, m := range rv.cfg.Models {
+			if m == model {
+				return rv, "", nil
+			}
+			names = append(names, m)
+		}
+	}
+	sort.Strings(names)
+	if model == "" {
+		return nil, "", &BadRequestError{Status: http.StatusBadRequest, Msg: "model: required (served models: " + strings.Join(names, ", ") + ")"}
+	}
+	return nil, "", &BadRequestError{Status: http.StatusNotFound,
+		Msg: fmt.Sprintf("The model `%s` does not exist. Served models: %s", model, strings.Join(names, ", "))}
+}
+
+// byHost matches {service}.{namespace}.{domain} and
+// {tag}-{service}.{namespace}.{domain}; it returns the tag, if any.
+func (a *Activator) byHost(host string) (*revision, string) {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	for _, d := range a.opts.Domains {
+		rest, ok := strings.CutSuffix(host, "."+d)
+		if !ok {
+			continue
+		}
+		svc, ns, ok := strings.Cut(rest, ".")
+		if !ok || strings.Contains(ns, ".") {
+			continue
+		}
+		a.mu.RLock()
+		var exact, tagged *revision
+		tag := ""
+		for _, rev := range a.revs {
+			if rev.cfg.Key.Namespace != ns {
+				continue
+			}
+			if rev.cfg.Service == svc {
+				exact = rev
+			} else if t, ok := strings.CutSuffix(svc, "-"+rev.cfg.Service); ok && t != "" {
+				tagged, tag = rev, t
+			}
+		}
+		a.mu.RUnlock()
+		if exact != nil {
+			return exact, ""
+		}
+		if tagged != nil {
+			return tagged, tag
+		}
+	}
+	return nil, ""
+}
+
+// llm is the chain for one OpenAI request kind.
+func (a *Activator) llm(kind string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := a.opts.Now()
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.opts.MaxBodyBytes))
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				writeError(w, http.StatusRequestEntityTooLarge, errorType(413),
+					fmt.Sprintf("request body over the limit of %d bytes", a.opts.MaxBodyBytes))
+				return
+			}
+			writeError(w, http.StatusBadRequest, "BadRequestError", "could not read the request body: "+err.Error())
+			return
+		}
+		req, err := ParseLLMRequest(kind, body)
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		rev, tagTier, err := a.resolve(r, req.Model)
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		tierName := r.Header.Get(TierHeader)
+		if tierName == "" {
+			tierName = tagTier
+		}
+		if tierName == "" {
+			tierName = rev.cfg.Spec.DefaultTier
+		}
+		tier, ok := a.opts.Tiers.Get(tierName)
+		if !ok {
+			a.fail(w, bad("unknown SLO tier %q (tiers: %s)", tierName, strings.Join(a.opts.Tiers.Names(), ", ")))
+			return
+		}
+		if !rev.cfg.Spec.AllowsTier(tier.Name) {
+			a.fail(w, bad("the %s tier is not allowed on this service (allowed: %s)", tier.Name, strings.Join(rev.cfg.Spec.AllowedTiers, ", ")))
+			return
+		}
+		a.serve(w, r, rev, tier, req, start)
+	})
+}
+
+func (a *Activator) fail(w http.ResponseWriter, err error) {
+	var br *BadRequestError
+	if errors.As(err, &br) {
+		writeError(w, br.Status, errorType(br.Status), br.Msg)
+		return
+	}
+	writeError(w, http.StatusInternalServerError, "InternalServerError", err.Error())
+}
+
+// serve runs flow control, routing, the proxy and accounting.
+func (a *Activator) serve(w http.ResponseWriter, r *http.Request, rev *revision, tier Tier, req *LLMRequest, start time.Time) {
+	revName, m := rev.cfg.Key.String(), a.metrics
+	code := http.StatusOK
+	defer func() { m.Requests.WithLabelValues(revName, tier.Name, strconv.Itoa(code)).Inc() }()
+	ctx := r.Context()
+
+	m.Queued.WithLabelValues(revName, tier.Name).Inc()
+	release, err := rev.flow.Acquire(ctx, tier, int64(req.Size))
+	m.Queued.WithLabelValues(revName, tier.Name).Dec()
+	if err != nil {
+		var rej *RejectError
+		switch {
+		case errors.As(err, &rej):
+			code = rej.Status
+			reason := "queue_timeout"
+			if strings.HasPrefix(rej.Reason, "shed") {
+				reason = "shed"
+			} else if strings.Contains(rej.Reason, "full") {
+				reason = "queue_full"
+			}
+			m.Rejected.WithLabelValues(revName, tier.Name, reason).Inc()
+			if rej.RetryAfter > 0 {
+				w.Header().Set("Retry-After", strconv.Itoa(int(rej.RetryAfter.Seconds()+0.5)))
+			}
+			writeError(w, rej.Status, errorType(rej.Status), rej.Reason)
+		default:
+			code = 499 // client gone while queued
+		}
+		rev.stats.record(requestDone{tier: tier.Name, failed: true, at: a.opts.Now()})
+		return
+	}
+	defer release()
+	m.QueueTime.WithLabelValues(revName, tier.Name).Observe(a.opts.Now().Sub(start).Seconds())
+
+	if rev.cfg.PriorityScheduling {
+		req.Fields["priority"] = json.RawMessage(strconv.Itoa(a.opts.Tiers.VLLMPriority(tier)))
+	}
+	rreq := router.Request{Model: req.Model, Tier: tier.Name, Tokens: req.Tokens, ExpectedOutput: req.MaxTokens}
+	var d router.Decision
+	exclude := map[string]bool{}
+	var lastErr error
+	for attempt := 0; attempt < a.opts.MaxAttempts; attempt++ {
+		if attempt > 0 {
+			m.Retries.WithLabelValues(revName).Inc()
+		}
+		eps := rev.snapshot(nil, exclude)
+		t0 := time.Now()
+		err := rev.sched.Decide(&d, &rreq, eps)
+		m.DecisionTime.Observe(time.Since(t0).Seconds())
+		if err != nil {
+			lastErr = err
+			break
+		}
+		res, err := a.attempt(w, r, rev, req, &d, eps, start)
+		if err == nil {
+			code = res.Code
+			a.account(rev, tier, &d, res)
+			return
+		}
+		var re *RetryableError
+		if !errors.As(err, &re) {
+			if ctx.Err() != nil {
+				code = 499
+			} else {
+				code = http.StatusBadGateway
+				a.opts.Logger.Warn("request failed after the answer started", "revision", revName, "err", err)
+			}
+			rev.stats.record(requestDone{tier: tier.Name, failed: true, at: a.opts.Now()})
+			return
+		}
+		lastErr = err
+		exclude[d.DecodeID] = true
+		if p := rev.pod(d.DecodeID); p != nil {
+			p.mu.Lock()
+			p.down = true
+			p.mu.Unlock()
+		}
+	}
+	if lastErr == nil {
+		lastErr = errNoPod
+	}
+	code = statusFor(lastErr)
+	rev.stats.record(requestDone{tier: tier.Name, failed: true, at: a.opts.Now()})
+	w.Header().Set("Retry-After", "1")
+	writeError(w, code, errorType(code), fmt.Sprintf("no endpoint of revision %s could take the request: %v", revName, lastErr))
+}
+
+// attempt sends the request to the decided endpoint(s) once.
+func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, rev *revision, req *LLMRequest, d *router.Decision, eps []router.Endpoint, start time.Time) (Result, error) {
+	revName := rev.cfg.Key.String()
+	path := "/v1/completions"
+	if req.Kind == KindChat {
+		path = "/v1/chat/completions"
+	}
+	decode := rev.pod(d.DecodeID)
+	if decode == nil {
+		return Result{}, &RetryableError{Endpoint: d.DecodeID, Err: errNoPod}
+	}
+	var extra map[string]json.RawMessage
+	prefilled := 0
+	if d.Disaggregated {
+		if pre := rev.pod(d.PrefillID); pre != nil {
+			pre.inflight.Add(1)
+			res, err := a.opts.Proxy.Prefill(r.Context(), r, pre.spec.URL, path, req.Fields)
+			pre.inflight.Add(-1)
+			if err == nil {
+				extra = map[string]json.RawMessage{"kv_transfer_params": res.KVTransferParams}
+				prefilled = res.CachedTokens
+				a.metrics.PDDecisions.WithLabelValues(revName, "disaggregated").Inc()
+			} else {
+				if r.Context().Err() != nil {
+					return Result{}, r.Context().Err()
+				}
+				a.opts.Logger.Info("prefill failed, decoding alone", "revision", revName, "prefill", d.PrefillID, "err", err)
+				a.metrics.PDDecisions.WithLabelValues(revName, "fallback").Inc()
+				d.Disaggregated = false
+			}
+		}
+	} else {
+		a.metrics.PDDecisions.WithLabelValues(revName, "decode_only").Inc()
+	}
+	body, err := req.Body(extra)
+	if err != nil {
+		return Result{}, err
+	}
+	uncached := int64(max(d.PromptTokens-max(d.PrefixHitTokens, 0), 0))
+	decode.inflight.Add(1)
+	decode.inflightTokens.Add(uncached)
+	rev.rt.Record(d)
+	meter := NewMeter(start, req.Stream, a.opts.Now)
+	obs := &firstByte{Meter: meter, onFirst: func() { decode.inflightTokens.Add(-uncached) }}
+	if a.opts.Debug {
+		w.Header().Set(RouteHeader, d.Explain(eps, 3))
+	}
+	err = a.opts.Proxy.Forward(r.Context(), w, r, decode.spec.URL, path, body, obs)
+	decode.inflight.Add(-1)
+	if !obs.seen {
+		decode.inflightTokens.Add(-uncached)
+	}
+	if err != nil {
+		if a.opts.Debug {
+			w.Header().Del(RouteHeader)
+		}
+		return Result{}, err
+	}
+	res := meter.Finish()
+	if prefilled > 0 && res.Usage != nil && res.Usage.Details != nil && res.Usage.Details.CachedTokens < prefilled {
+		// The decode pod's count covers what it loaded; the prefiller's
+		// cache hits are reported too, as llm-d's sidecar does.
+		res.Usage.Details.CachedTokens = prefilled
+	}
+	return res, nil
+}
+
+// firstByte calls onFirst once, at the first body chunk.
+type firstByte struct {
+	*Meter
+	onFirst func()
+	seen    bool
+}
+
+func (f *firstByte) Chunk(b []byte) {
+	if !f.seen {
+		f.seen = true
+		f.onFirst()
+	}
+	f.Meter.Chunk(b)
+}
+
+// account records a finished request in metrics and revision stats.
+func (a *Activator) account(rev *revision, tier Tier, d *router.Decision, res Result) {
+	revName, m := rev.cfg.Key.String(), a.metrics
+	done := requestDone{tier: tier.Name, failed: res.Code >= 400, usage: res.Usage, predictedCached: d.PrefixHitTokens,
+		disaggregated: d.Disaggregated, at: a.opts.Now()}
+	if res.Code < 400 {
+		if res.Streaming && res.TTFB > 0 {
+			m.TTFT.WithLabelValues(revName, tier.Name).Observe(res.TTFB.Seconds())
+			done.ttft = res.TTFB
+		}
+		if tpot, ok := res.TPOT(); ok {
+			m.TPOT.WithLabelValues(revName, tier.Name).Observe(tpot.Seconds())
+			done.tpot = tpot
+		}
+		if u := res.Usage; u != nil {
+			m.Tokens.WithLabelValues(revName, "prompt").Add(float64(u.PromptTokens))
+			m.Tokens.WithLabelValues(revName, "completion").Add(float64(u.CompletionTokens))
+			m.Tokens.WithLabelValues(revName, "cached").Add(float64(u.CachedTokens()))
+		}
+		if d.PrefixHitTokens > 0 {
+			m.PredictedCached.WithLabelValues(revName).Add(float64(d.PrefixHitTokens))
+		}
+	}
+	rev.stats.record(done)
+}

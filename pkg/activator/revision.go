@@ -1,0 +1,342 @@
+package activator
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/kvevents"
+	"github.com/llmd-kn/llmd-kn/pkg/router"
+)
+
+// RevisionKey names a Knative revision.
+type RevisionKey struct {
+	Namespace, Name string
+}
+
+func (k RevisionKey) String() string { return k.Namespace + "/" + k.Name }
+
+// RevisionConfig is what the activator needs to know of a revision.
+type RevisionConfig struct {
+	Key RevisionKey
+	// Service is the Knative Service the revision belongs to; Host routing
+	// (`{service}.{namespace}.{domain}` and `{tag}-{service}...`) reaches
+	// the Service's routed revision.
+	Service string
+	// Models are the model names clients may ask for.
+	Models []string
+	// Spec is the parsed llm-d configuration (pkg/apis).
+	Spec apis.Spec
+	// Rates describe the engines' speed for the ttft-cost scorer; zero
+	// values leave it to the scorer's default profile.
+	Rates router.Rates
+	// PriorityScheduling says the pods run vLLM with
+	// --scheduling-policy priority: the activator then sends each
+	// request's tier as vLLM's priority field, so that inside the engine
+	// too a critical request overtakes waiting batch work.
+	PriorityScheduling bool
+}
+
+// PodSpec describes one pod of a revision.
+type PodSpec struct {
+	// Name is unique within the revision (the pod name).
+	Name string
+	// URL is the pod's HTTP base, e.g. http://10.0.0.7:8000.
+	URL  string
+	Role router.Role
+	// KVEvents is the pod's ZMQ KV-event endpoint (tcp://host:port), empty
+	// when it publishes none.
+	KVEvents string
+}
+
+// pod is the activator's live view of one pod.
+type pod struct {
+	spec PodSpec
+
+	mu        sync.Mutex
+	metrics   PodMetrics
+	scrapedAt time.Time
+	healthy   bool
+	down      bool // the proxy could not reach it; cleared by a good scrape
+
+	inflight       atomic.Int64
+	inflightTokens atomic.Int64
+	cancel         context.CancelFunc
+	done           chan struct{}
+}
+
+// revision is one revision's routing state: its pods, its router (prefix
+// indexes shared by its pods) and its flow control.
+type revision struct {
+	cfg   RevisionConfig
+	rt    *router.Router
+	sched *router.Scheduler
+	flow  *FlowController
+	stats *revisionStats
+	a     *Activator
+
+	mu   sync.RWMutex
+	pods map[string]*pod
+	list []*pod
+}
+
+func (a *Activator) newRevision(cfg RevisionConfig) (*revision, error) {
+	rt, err := router.New(a.opts.RouterConfig, router.Options{Seed: a.opts.Seed ^ uint64(len(cfg.Key.Name))})
+	if err != nil {
+		return nil, err
+	}
+	sched, err := rt.Scheduler(cfg.Spec.RoutingProfile)
+	if err != nil {
+		return nil, err
+	}
+	rev := &revision{cfg: cfg, rt: rt, sched: sched.WithPDThreshold(cfg.Spec.PDThreshold), a: a,
+		pods: map[string]*pod{}, stats: newRevisionStats()}
+	key := cfg.Key
+	rev.flow = NewFlowController(a.opts.Tiers, a.opts.Flow, rev.gate, func() {
+		if a.opts.Poke != nil {
+			a.opts.Poke(key)
+		}
+	})
+	return rev, nil
+}
+
+// setPods starts watching new pods and stops watching removed ones.
+func (rev *revision) setPods(specs []PodSpec) {
+	rev.mu.Lock()
+	keep := make(map[string]bool, len(specs))
+	for _, s := range specs {
+		keep[s.Name] = true
+		if p, ok := rev.pods[s.Name]; ok && p.spec == s {
+			continue
+		} else if ok {
+			rev.stopPodLocked(p)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		p := &pod{spec: s, cancel: cancel, done: make(chan struct{})}
+		rev.pods[s.Name] = p
+		go rev.watch(ctx, p)
+	}
+	for name, p := range rev.pods {
+		if !keep[name] {
+			rev.stopPodLocked(p)
+		}
+	}
+	rev.list = rev.list[:0]
+	live := make([]string, 0, len(rev.pods))
+	for _, p := range rev.pods {
+		rev.list = append(rev.list, p)
+		live = append(live, p.spec.Name)
+	}
+	rev.mu.Unlock()
+	rev.rt.Retain(live)
+	rev.flow.Notify()
+}
+
+func (rev *revision) stopPodLocked(p *pod) {
+	p.cancel()
+	delete(rev.pods, p.spec.Name)
+}
+
+func (rev *revision) close() {
+	rev.mu.Lock()
+	for _, p := range rev.pods {
+		rev.stopPodLocked(p)
+	}
+	rev.list = nil
+	rev.mu.Unlock()
+}
+
+// watch scrapes a pod's metrics on the activator's interval and follows
+// its KV events, until the pod is removed.
+func (rev *revision) watch(ctx context.Context, p *pod) {
+	defer close(p.done)
+	if p.spec.KVEvents != "" {
+		go rev.subscribe(ctx, p)
+	}
+	opts := rev.a.opts
+	t := time.NewTicker(opts.ScrapeInterval)
+	defer t.Stop()
+	for {
+		sctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
+		m, err := Scrape(sctx, opts.ScrapeClient, p.spec.URL)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		p.mu.Lock()
+		if err == nil {
+			p.metrics, p.scrapedAt, p.healthy, p.down = m, opts.Now(), true, false
+		} else {
+			p.healthy = false
+		}
+		p.mu.Unlock()
+		rev.flow.Notify()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// subscribe follows a pod's KV events over ZMQ into the precise index,
+// reconnecting while the pod lives. A gap in sequence numbers means lost
+// events: the pod's index entries are dropped rather than trusted.
+func (rev *revision) subscribe(ctx context.Context, p *pod) {
+	log := rev.a.opts.Logger.With("revision", rev.cfg.Key.String(), "pod", p.spec.Name)
+	for ctx.Err() == nil {
+		sub := zmq4.NewSub(ctx, zmq4.WithDialerRetry(250*time.Millisecond), zmq4.WithDialerMaxRetries(-1))
+		if err := sub.Dial(p.spec.KVEvents); err != nil {
+			_ = sub.Close()
+			if !sleepCtx(ctx, time.Second) {
+				return
+			}
+			continue
+		}
+		_ = sub.SetOption(zmq4.OptionSubscribe, "")
+		var next uint64
+		first := true
+		for ctx.Err() == nil {
+			msg, err := sub.Recv()
+			if err != nil {
+				break
+			}
+			_, seq, payload, err := kvevents.ParseMessage(msg.Frames)
+			if err != nil {
+				log.Debug("bad KV event message", "err", err)
+				continue
+			}
+			if !first && seq != next {
+				rev.rt.Forget(p.spec.Name)
+			}
+			first, next = false, seq+1
+			b, err := kvevents.DecodeBatch(payload)
+			if err != nil {
+				log.Debug("bad KV event batch", "err", err)
+				continue
+			}
+			evs := make([]router.KVEvent, 0, len(b.Events))
+			for _, e := range b.Events {
+				if e.Medium != "" && e.Medium != kvevents.MediumGPU {
+					continue
+				}
+				evs = append(evs, router.KVEvent{Kind: router.KVEventKind(e.Kind), Hashes: e.Hashes,
+					Parent: e.Parent, HasParent: e.HasParent, TokenIDs: e.TokenIDs, BlockSize: e.BlockSize})
+			}
+			if err := rev.rt.Apply(p.spec.Name, evs...); err != nil {
+				log.Debug("KV events rejected by the index", "err", err)
+			}
+		}
+		_ = sub.Close()
+		if !sleepCtx(ctx, 250*time.Millisecond) {
+			return
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// snapshot builds the router's view of the pods, leaving out excluded ones.
+func (rev *revision) snapshot(dst []router.Endpoint, exclude map[string]bool) []router.Endpoint {
+	now := rev.a.opts.Now()
+	stale := rev.a.opts.StaleAfter
+	rev.mu.RLock()
+	defer rev.mu.RUnlock()
+	for _, p := range rev.list {
+		if exclude[p.spec.Name] {
+			continue
+		}
+		p.mu.Lock()
+		e := router.Endpoint{
+			ID: p.spec.Name, Address: p.spec.URL, Role: p.spec.Role,
+			Ready:   p.healthy && !p.down,
+			Stale:   now.Sub(p.scrapedAt) > stale,
+			Waiting: p.metrics.Waiting, Running: p.metrics.Running, KVUsage: p.metrics.KVUsage,
+			BlockSize: p.metrics.BlockSize, NumBlocks: p.metrics.NumBlocks,
+			Rates: rev.cfg.Rates,
+		}
+		p.mu.Unlock()
+		e.InFlight = int(p.inflight.Load())
+		e.InFlightTokens = int(p.inflightTokens.Load())
+		dst = append(dst, e)
+	}
+	return dst
+}
+
+func (rev *revision) pod(name string) *pod {
+	rev.mu.RLock()
+	defer rev.mu.RUnlock()
+	return rev.pods[name]
+}
+
+// gate is the flow controller's admission test: a ready decode-capable pod
+// must exist, and the pool's saturation (llm-d's detector: per pod
+// max(waiting/5, kv/0.8), stale pods saturated, averaged) must be under the
+// tier's limit. Requests admitted but not yet visible in the pods' metrics
+// count as waiting, so one scrape interval cannot admit a flood.
+func (rev *revision) gate(t Tier, admitted int) (ready, ok bool) {
+	now := rev.a.opts.Now()
+	stale := rev.a.opts.StaleAfter
+	rev.mu.RLock()
+	defer rev.mu.RUnlock()
+	var sat float64
+	n := 0
+	var inflight int64
+	for _, p := range rev.list {
+		if p.spec.Role == router.RolePrefill {
+			continue
+		}
+		p.mu.Lock()
+		up := p.healthy && !p.down
+		isStale := now.Sub(p.scrapedAt) > stale
+		m := p.metrics
+		p.mu.Unlock()
+		if !up {
+			continue
+		}
+		n++
+		if isStale {
+			sat++
+			continue
+		}
+		fl := p.inflight.Load()
+		inflight += fl
+		waiting := max(float64(m.Waiting), float64(fl-int64(m.Running)))
+		sat += math.Max(waiting/5, m.KVUsage/0.8)
+	}
+	if n == 0 {
+		return false, false
+	}
+	sat /= float64(n)
+	if pending := int64(admitted) - inflight; pending > 0 {
+		sat += float64(pending) / 5 / float64(n)
+	}
+	return true, t.MaxSaturation == 0 || sat < t.MaxSaturation
+}
+
+// errNoPod is returned when every pod failed before the first byte.
+var errNoPod = errors.New("no ready endpoint")
+
+// statusFor maps a routing failure to a status.
+func statusFor(err error) int {
+	if errors.Is(err, router.ErrNoEndpoint) || errors.Is(err, errNoPod) {
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadGateway
+}

@@ -1,0 +1,133 @@
+package activator
+
+import (
+	"sort"
+	"sync"
+	"time"
+)
+
+// RevisionStats is the load the activator saw for one revision, for the
+// autoscaler: cumulative counters (the autoscaler differentiates them over
+// its windows), current gauges, and latency percentiles over the recent
+// window.
+type RevisionStats struct {
+	Revision string `json:"revision"`
+	// Counters since the activator started.
+	RequestsByTier        map[string]int64 `json:"requestsByTier"`
+	Errors                int64            `json:"errors"`
+	PromptTokens          int64            `json:"promptTokens"`
+	CompletionTokens      int64            `json:"completionTokens"`
+	CachedTokens          int64            `json:"cachedTokens"`
+	PredictedCachedTokens int64            `json:"predictedCachedTokens"`
+	// UncachedPrefillTokens is the prefill work the pods actually did:
+	// prompt tokens minus those served from a cache.
+	UncachedPrefillTokens int64 `json:"uncachedPrefillTokens"`
+	Disaggregated         int64 `json:"disaggregated"`
+	// Gauges.
+	QueuedByTier map[string]int `json:"queuedByTier"`
+	InFlight     int            `json:"inFlight"`
+	ReadyPods    int            `json:"readyPods"`
+	Pods         int            `json:"pods"`
+	// Recent latencies, in seconds, over Window.
+	Window  string  `json:"window"`
+	Samples int     `json:"samples"`
+	TTFTP50 float64 `json:"ttftP50"`
+	TTFTP90 float64 `json:"ttftP90"`
+	TPOTP50 float64 `json:"tpotP50"`
+	TPOTP90 float64 `json:"tpotP90"`
+}
+
+const (
+	statsWindow  = 30 * time.Second
+	statsSamples = 4096
+)
+
+type latencySample struct {
+	at         time.Time
+	ttft, tpot float64
+}
+
+type revisionStats struct {
+	mu      sync.Mutex
+	c       RevisionStats
+	samples []latencySample
+	next    int
+}
+
+func newRevisionStats() *revisionStats {
+	return &revisionStats{c: RevisionStats{RequestsByTier: map[string]int64{}}}
+}
+
+// requestDone is one finished request's accounting.
+type requestDone struct {
+	tier            string
+	failed          bool
+	usage           *Usage
+	predictedCached int
+	disaggregated   bool
+	ttft, tpot      time.Duration
+	at              time.Time
+}
+
+func (s *revisionStats) record(d requestDone) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.c.RequestsByTier[d.tier]++
+	if d.failed {
+		s.c.Errors++
+		return
+	}
+	if d.disaggregated {
+		s.c.Disaggregated++
+	}
+	s.c.PredictedCachedTokens += int64(max(d.predictedCached, 0))
+	if u := d.usage; u != nil {
+		s.c.PromptTokens += int64(u.PromptTokens)
+		s.c.CompletionTokens += int64(u.CompletionTokens)
+		s.c.CachedTokens += int64(u.CachedTokens())
+		s.c.UncachedPrefillTokens += int64(max(u.PromptTokens-u.CachedTokens(), 0))
+	}
+	if d.ttft > 0 {
+		smp := latencySample{at: d.at, ttft: d.ttft.Seconds(), tpot: d.tpot.Seconds()}
+		if len(s.samples) < statsSamples {
+			s.samples = append(s.samples, smp)
+		} else {
+			s.samples[s.next] = smp
+			s.next = (s.next + 1) % statsSamples
+		}
+	}
+}
+
+func (s *revisionStats) snapshot(now time.Time) RevisionStats {
+	s.mu.Lock()
+	out := s.c
+	out.RequestsByTier = make(map[string]int64, len(s.c.RequestsByTier))
+	for k, v := range s.c.RequestsByTier {
+		out.RequestsByTier[k] = v
+	}
+	var ttft, tpot []float64
+	for _, x := range s.samples {
+		if now.Sub(x.at) <= statsWindow {
+			ttft = append(ttft, x.ttft)
+			if x.tpot > 0 {
+				tpot = append(tpot, x.tpot)
+			}
+		}
+	}
+	s.mu.Unlock()
+	out.Window = statsWindow.String()
+	out.Samples = len(ttft)
+	out.TTFTP50, out.TTFTP90 = percentile(ttft, 50), percentile(ttft, 90)
+	out.TPOTP50, out.TPOTP90 = percentile(tpot, 50), percentile(tpot, 90)
+	return out
+}
+
+// percentile is the nearest-rank percentile of xs (sorted in place), 0 if empty.
+func percentile(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	sort.Float64s(xs)
+	i := int(p/100*float64(len(xs))+0.5) - 1
+	return xs[min(max(i, 0), len(xs)-1)]
+}
