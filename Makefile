@@ -6,11 +6,16 @@ GO ?= go
 # does not trip over its own deadline).
 FUZZTIME ?= 20000x
 
-.PHONY: test verify unit fuzz build bench
+.PHONY: test verify unit fuzz build bench chromium
 
 ## test: everything CI checks: formatting, vet, unit and integration tests
 ## (with the race detector), and a short run of every fuzz target.
-test: verify unit fuzz
+test: chromium verify unit fuzz
+
+## chromium: the headless browser the status-page test drives (Debian's
+## package; the test skips with a message where it cannot be installed).
+chromium:
+	./hack/install-chromium.sh
 
 ## verify: gofmt and go vet must be clean.
 verify:

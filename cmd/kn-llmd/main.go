@@ -16,6 +16,7 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newSimCommand())
+	root.AddCommand(newLocalCmd())
 	root.AddCommand(newBenchCmd())
 	return root
 }

@@ -1,0 +1,519 @@
+// Package local is the embedded runtime behind `kn-llmd local`: it runs the
+// Knative Services a user would `kubectl apply` on one machine, with no
+// cluster. Manifests are validated and defaulted by pkg/admission, as the
+// cluster webhook does; the data plane is pkg/activator, as in a cluster;
+// each replica of each role is a "pod", an in-process vLLM simulator
+// (pkg/vllmsim) by default or a process started from a command template
+// (a real `vllm serve` on a GPU box), scaled through the Scaler interface
+// the autoscaler drives.
+//
+// It is an adapter: it imports the cores and the activator, never the
+// reverse, and nothing of a Kubernetes client or API server.
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/llmd-kn/llmd-kn/pkg/activator"
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/router"
+)
+
+// Defaults of Options.
+const (
+	DefaultAddr           = "127.0.0.1:8080"
+	DefaultMetricsAddr    = "127.0.0.1:9090"
+	DefaultGracePeriod    = 30 * time.Second
+	DefaultDrainTimeout   = 30 * time.Second
+	DefaultStartupTimeout = 10 * time.Minute
+	// Domain is the host suffix of Services: {name}.{namespace}.localhost,
+	// which browsers and curl resolve to the loopback address.
+	Domain = "localhost"
+)
+
+// Options configure a Runtime. Zero fields take the defaults above.
+type Options struct {
+	Services []*Service
+	// Addr serves the OpenAI API (the activator); MetricsAddr serves the
+	// status page, /status.json, /metrics, /stats, the pods' metrics
+	// under /pods/ and POST /scale. MetricsAddr "off" disables that
+	// server.
+	Addr, MetricsAddr string
+	// SimTimeScale multiplies every simulated duration of in-process pods
+	// (0.05 runs twenty times faster than the modelled GPU). Default 1.
+	SimTimeScale float64
+	// SimStartupDelay is a simulated pod's cold start (model loading):
+	// its /health fails until it passes, scaled by SimTimeScale.
+	SimStartupDelay time.Duration
+	// PodCommand, when set, starts pods as processes from this template
+	// instead of in-process simulators (see PodCommandHelp).
+	PodCommand string
+	// GracePeriod is how long a stopping pod may drain before it is
+	// killed; DrainTimeout bounds Shutdown's wait for in-flight requests;
+	// StartupTimeout is how long a pod may take to pass /health.
+	GracePeriod, DrainTimeout, StartupTimeout time.Duration
+	// DebugRouting adds the activator's routing explanation header
+	// (X-Llm-D-Route) to answers.
+	DebugRouting bool
+	Logger       *slog.Logger
+	// PodOutput receives process pods' output, each line prefixed with
+	// [pod-name]. Default os.Stderr.
+	PodOutput io.Writer
+}
+
+// PodCommandHelp documents the pod command template.
+const PodCommandHelp = `A pod command is a shell command line (run with /bin/sh -c, prefixed with
+exec when it is a simple command, in its own process group) with these
+placeholders:
+  {model}              the model vLLM loads: the container's --model (or positional) value
+  {served_model_name}  the name clients use (llm-d.ai/model, else --served-model-name, ...)
+  {port}               the port the pod must listen on (required)
+  {args}               the container's args without the model, --host and --port
+  {role}               prefill, decode or both
+  {name}               the pod name, e.g. llm-00001-decode-1
+  {namespace}, {revision}
+  {kv_events_port}     a free port for the pod's ZMQ KV-event publisher (tcp://*:PORT);
+                       when the template uses it, the activator subscribes to it
+  {time_scale}         --sim-time-scale, {sim_profile} llm-d.ai/sim-profile (for simulators)
+The pod gets PORT, POD_NAME, POD_NAMESPACE, POD_IP=127.0.0.1, K_SERVICE,
+K_REVISION, PYTHONHASHSEED=0 and the container's literal env. It is ready
+when GET /health answers 200; its output is logged with a [pod-name] prefix;
+stopping sends SIGTERM to its process group, then SIGKILL after
+--grace-period (and on Linux the kernel stops it if the runtime dies).
+
+On a GPU box, with KV events for precise prefix routing (add
+--kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
+for prefill/decode disaggregation):
+  vllm serve {model} --host 127.0.0.1 --port {port} {args} --kv-events-config
+    '{"enable_kv_cache_events":true,"publisher":"zmq","endpoint":"tcp://*:{kv_events_port}","topic":"kv@127.0.0.1@{served_model_name}"}'
+To try the process path with the simulator:
+  kn-llmd sim --model {model} --port {port} --role {role} --time-scale {time_scale} {args}`
+
+// Runtime runs Services on this machine.
+type Runtime struct {
+	opts   Options
+	log    *slog.Logger
+	reg    *prometheus.Registry
+	act    *activator.Activator
+	scaler *podScaler
+	status *statusPage
+
+	api, obs     *http.Server
+	apiLn, obsLn net.Listener
+	served       sync.WaitGroup
+	startOnce    sync.Once
+	shutOnce     sync.Once
+	shutErr      error
+}
+
+// New builds a Runtime; Start runs it.
+func New(opts Options) (*Runtime, error) {
+	if len(opts.Services) == 0 {
+		return nil, errors.New("local: no Service to run")
+	}
+	if opts.Addr == "" {
+		opts.Addr = DefaultAddr
+	}
+	if opts.MetricsAddr == "" {
+		opts.MetricsAddr = DefaultMetricsAddr
+	}
+	if opts.SimTimeScale == 0 {
+		opts.SimTimeScale = 1
+	}
+	if !(opts.SimTimeScale > 0) || opts.SimTimeScale > 1000 {
+		return nil, fmt.Errorf("local: sim time scale %v must be in (0, 1000]", opts.SimTimeScale)
+	}
+	if opts.GracePeriod == 0 {
+		opts.GracePeriod = DefaultGracePeriod
+	}
+	if opts.DrainTimeout == 0 {
+		opts.DrainTimeout = DefaultDrainTimeout
+	}
+	if opts.StartupTimeout == 0 {
+		opts.StartupTimeout = DefaultStartupTimeout
+	}
+	if opts.GracePeriod < 0 || opts.DrainTimeout < 0 || opts.StartupTimeout < 0 || opts.SimStartupDelay < 0 {
+		return nil, errors.New("local: durations must not be negative")
+	}
+	if opts.PodCommand != "" {
+		if err := CheckPodCommand(opts.PodCommand); err != nil {
+			return nil, fmt.Errorf("local: pod command: %w", err)
+		}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.PodOutput == nil {
+		opts.PodOutput = os.Stderr
+	}
+	r := &Runtime{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry()}
+	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	act, err := activator.New(activator.Options{
+		Registerer: r.reg,
+		Debug:      opts.DebugRouting,
+		Logger:     opts.Logger.With("component", "activator"),
+		Poke:       r.poke,
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.act = act
+	health := 20 * time.Millisecond
+	if opts.PodCommand != "" {
+		health = 200 * time.Millisecond
+	}
+	r.scaler = newPodScaler(act, r.reg, opts.Logger.With("component", "scaler"), r.newRunner,
+		opts.GracePeriod, opts.StartupTimeout, health)
+	models := map[string]string{}
+	for _, svc := range opts.Services {
+		if err := act.UpsertRevision(activator.RevisionConfig{
+			Key: svc.Key(), Service: svc.Name, Models: svc.Models, Spec: svc.Spec, Rates: r.rates(svc),
+			PriorityScheduling: svc.PriorityScheduling(opts.PodCommand == ""),
+		}); err != nil {
+			act.Close()
+			return nil, err
+		}
+		for _, m := range svc.Models {
+			if other, ok := models[m]; ok {
+				r.log.Warn("two Services serve the same model name; requests naming it go to either (use the Service's host to choose)",
+					"model", m, "services", other+", "+svc.Namespace+"/"+svc.Name)
+			}
+			models[m] = svc.Namespace + "/" + svc.Name
+		}
+	}
+	r.status = newStatusPage(r)
+	return r, nil
+}
+
+// rates are the revision's engine rates for the ttft-cost scorer: from its
+// profile, in wall time (simulated pods run at the time scale).
+func (r *Runtime) rates(svc *Service) router.Rates {
+	name := svc.Spec.SimProfile
+	if name == "" {
+		name = engine.DefaultProfile
+	}
+	p, err := engine.BuiltinProfile(name)
+	if err != nil {
+		return router.Rates{}
+	}
+	rt := router.RatesFromProfile(&p, svc.Engine.MaxNumBatchedTokens, 32, 4096)
+	if r.opts.PodCommand == "" {
+		k := r.opts.SimTimeScale
+		rt.PrefillTokensPerSecond /= k
+		rt.AttentionSecondsPerTokenPair *= k
+		rt.StepSeconds *= k
+		rt.KVTransferTokensPerSecond /= k
+	}
+	return rt
+}
+
+// newRunner makes one pod's runner.
+func (r *Runtime) newRunner(svc *Service, name string, role router.Role) (runner, error) {
+	if r.opts.PodCommand != "" {
+		pc, err := expandPodCommand(r.opts.PodCommand, svc, name, role.String(), r.opts.SimTimeScale)
+		if err != nil {
+			return nil, err
+		}
+		r.log.Debug("pod command", "pod", name, "command", pc.line)
+		return newProcRunner(pc, name, r.opts.PodOutput), nil
+	}
+	erole := engine.RoleBoth
+	switch role {
+	case router.RolePrefill:
+		erole = engine.RolePrefill
+	case router.RoleDecode:
+		erole = engine.RoleDecode
+	}
+	// The simulators' own logs are mostly noise next to the runtime's;
+	// they surface at debug level, or when they warn.
+	log := r.log.With("pod", name)
+	if !r.log.Enabled(context.Background(), slog.LevelDebug) {
+		log = slog.New(minLevel{log.Handler(), slog.LevelWarn})
+	}
+	cfg, err := simConfig(svc, name, erole, r.opts.SimTimeScale, log)
+	if err != nil {
+		return nil, err
+	}
+	cfg.StartupDelay = r.opts.SimStartupDelay
+	return newSimRunner(cfg), nil
+}
+
+// minLevel drops records below a level.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(as), h.min}
+}
+func (h minLevel) WithGroup(n string) slog.Handler { return minLevel{h.Handler.WithGroup(n), h.min} }
+
+// poke is the activator telling that a request waits for a revision with
+// no ready pod. Until the autoscaler lands, the runtime answers it itself:
+// a revision scaled to zero gets its min-scale (at least one) decode pods.
+func (r *Runtime) poke(key activator.RevisionKey) {
+	go func() {
+		rep, err := r.scaler.Replicas(key, RoleDecode)
+		if err != nil || rep.Desired > 0 {
+			return
+		}
+		n := 1
+		for _, svc := range r.opts.Services {
+			if svc.Key() == key {
+				n = max(svc.Spec.MinScale, 1)
+			}
+		}
+		r.log.Info("request waiting for a revision at zero: scaling up", "revision", key.String(), "replicas", n)
+		if err := r.scaler.Scale(context.Background(), key, RoleDecode, n); err != nil {
+			r.log.Warn("scale from zero", "revision", key.String(), "err", err)
+		}
+	}()
+}
+
+// Start listens on the API and metrics addresses and starts every
+// Service's pods at their initial replica counts. It returns at once; see
+// WaitReady.
+func (r *Runtime) Start() error {
+	err := errors.New("local: already started")
+	r.startOnce.Do(func() { err = r.start() })
+	return err
+}
+
+func (r *Runtime) start() error {
+	var err error
+	if r.apiLn, err = net.Listen("tcp", r.opts.Addr); err != nil {
+		return fmt.Errorf("local: --addr: %w", err)
+	}
+	if r.opts.MetricsAddr != "off" {
+		if r.obsLn, err = net.Listen("tcp", r.opts.MetricsAddr); err != nil {
+			r.apiLn.Close()
+			return fmt.Errorf("local: --metrics-addr: %w", err)
+		}
+	}
+	errLog := slog.NewLogLogger(r.log.Handler(), slog.LevelDebug)
+	r.api = &http.Server{Handler: r.act.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+	r.serve(r.api, r.apiLn)
+	if r.obsLn != nil {
+		r.obs = &http.Server{Handler: r.observability(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+		r.serve(r.obs, r.obsLn)
+	}
+	for _, svc := range r.opts.Services {
+		r.scaler.add(svc)
+	}
+	return nil
+}
+
+func (r *Runtime) serve(srv *http.Server, ln net.Listener) {
+	r.served.Add(1)
+	go func() {
+		defer r.served.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			r.log.Error("server stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+}
+
+// Scaler is the runtime's scaler: the interface the autoscaler drives.
+func (r *Runtime) Scaler() Scaler { return r.scaler }
+
+// Services are the Services the runtime runs.
+func (r *Runtime) Services() []*Service { return r.opts.Services }
+
+// Registry is the runtime's Prometheus registry (what /metrics serves).
+func (r *Runtime) Registry() *prometheus.Registry { return r.reg }
+
+// APIURL is the base URL of the OpenAI API, e.g. http://127.0.0.1:8080.
+func (r *Runtime) APIURL() string { return baseURL(r.apiLn) }
+
+// StatusURL is the status page's URL, empty when the metrics server is off.
+func (r *Runtime) StatusURL() string {
+	if r.obsLn == nil {
+		return ""
+	}
+	return baseURL(r.obsLn) + "/"
+}
+
+// ServiceURL is a Service's URL, http://{name}.{namespace}.localhost:port
+// (with a tag, http://{tag}-{name}...).
+func (r *Runtime) ServiceURL(svc *Service, tag string) string {
+	host := svc.Name + "." + svc.Namespace + "." + Domain
+	if tag != "" {
+		host = tag + "-" + host
+	}
+	return "http://" + host + ":" + r.apiPort()
+}
+
+func (r *Runtime) apiPort() string {
+	if r.apiLn == nil {
+		return ""
+	}
+	return strconv.Itoa(r.apiLn.Addr().(*net.TCPAddr).Port)
+}
+
+func baseURL(ln net.Listener) string {
+	if ln == nil {
+		return ""
+	}
+	a := ln.Addr().(*net.TCPAddr)
+	host := a.IP.String()
+	if a.IP.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, strconv.Itoa(a.Port))
+}
+
+// WaitReady waits until every role of every Service has its desired pods
+// ready and seen by the activator. It fails early when a role's pods keep
+// failing.
+func (r *Runtime) WaitReady(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		ok, err := r.ready()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (r *Runtime) ready() (bool, error) {
+	stats := map[string]activator.RevisionStats{}
+	for _, s := range r.act.Stats() {
+		stats[s.Revision] = s
+	}
+	for _, svc := range r.opts.Services {
+		key := svc.Key()
+		total := 0
+		for _, role := range []Role{RoleDecode, RolePrefill} {
+			rep, err := r.scaler.Replicas(key, role)
+			if err != nil {
+				continue // no prefill role
+			}
+			g, _ := r.scaler.group(key, role)
+			g.mu.Lock()
+			failures := g.failures
+			g.mu.Unlock()
+			if failures >= 3 {
+				return false, fmt.Errorf("local: %s %s pods keep failing (%d in a row); see the log above", svc, role, failures)
+			}
+			if rep.Ready < rep.Desired {
+				return false, nil
+			}
+			total += rep.Ready
+		}
+		if stats[key.String()].ReadyPods < total {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// Shutdown stops accepting requests, waits for those in flight (up to
+// DrainTimeout), then stops every pod (each within GracePeriod). Cancelling
+// ctx forces it: the remaining requests are cut and the pods killed.
+func (r *Runtime) Shutdown(ctx context.Context) error {
+	r.shutOnce.Do(func() { r.shutErr = r.shutdown(ctx) })
+	return r.shutErr
+}
+
+func (r *Runtime) shutdown(ctx context.Context) error {
+	var drainErr error
+	if r.api != nil {
+		dctx, cancel := context.WithTimeout(ctx, r.opts.DrainTimeout)
+		r.log.Info("shutting down: draining in-flight requests", "timeout", r.opts.DrainTimeout)
+		if err := r.api.Shutdown(dctx); err != nil {
+			drainErr = fmt.Errorf("local: drain: %w", err)
+			r.log.Warn("drain timed out; cutting the remaining requests")
+			_ = r.api.Close()
+		}
+		cancel()
+	}
+	if r.obs != nil {
+		octx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if r.obs.Shutdown(octx) != nil {
+			_ = r.obs.Close()
+		}
+		cancel()
+	}
+	r.served.Wait()
+	stopWatch := context.AfterFunc(ctx, r.scaler.kill) // forced: kill the pods now
+	defer stopWatch()
+	r.log.Info("stopping pods", "grace_period", r.opts.GracePeriod)
+	r.scaler.close()
+	r.act.Close()
+	return drainErr
+}
+
+// Close stops everything at once, without draining.
+func (r *Runtime) Close() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = r.Shutdown(ctx)
+}
+
+// Banner writes what a user needs to try the Services: URLs, models and a
+// ready curl line.
+func (r *Runtime) Banner(w io.Writer) {
+	for _, svc := range r.opts.Services {
+		pods := fmt.Sprintf("%d pod(s)", svc.Decode)
+		if svc.Spec.Disaggregated() {
+			pods = fmt.Sprintf("%d decode + %d prefill pod(s)", svc.Decode, svc.Prefill)
+		}
+		kind := "simulated vLLM, profile " + orDefault(svc.Spec.SimProfile, engine.DefaultProfile)
+		if r.opts.PodCommand != "" {
+			kind = "processes from --pod-command"
+		}
+		fmt.Fprintf(w, "%s is ready: revision %s, %s (%s)\n", svc, svc.Revision, pods, kind)
+		fmt.Fprintf(w, "  URL:     %s\n", r.ServiceURL(svc, ""))
+		for _, t := range svc.Tags {
+			fmt.Fprintf(w, "  Tag:     %s\n", r.ServiceURL(svc, t))
+		}
+		fmt.Fprintf(w, "  Model:   %s\n", svc.Model)
+	}
+	fmt.Fprintf(w, "API:       %s (OpenAI: /v1/chat/completions, /v1/completions, /v1/models)\n", r.APIURL())
+	if s := r.StatusURL(); s != "" {
+		fmt.Fprintf(w, "Status:    %s (metrics: %smetrics)\n", s, s)
+	}
+	fmt.Fprintf(w, "Try:\n  %s\n", r.CurlLine(r.opts.Services[0]))
+}
+
+// CurlLine is a streaming chat completion against a Service.
+func (r *Runtime) CurlLine(svc *Service) string {
+	body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"Say hello in three languages."}],"max_tokens":64,"stream":true}`, svc.Model)
+	return fmt.Sprintf(`curl -N %s/v1/chat/completions -H 'Content-Type: application/json' -d '%s'`,
+		r.APIURL(), strings.ReplaceAll(body, "'", `'\''`))
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
