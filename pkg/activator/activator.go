@@ -469,6 +469,7 @@ func (a *Activator) serve(w http.ResponseWriter, r *http.Request, rev *revision,
 	defer release()
 	m.QueueTime.WithLabelValues(revName, tier.Name).Observe(a.opts.Now().Sub(start).Seconds())
 
+	stripUsage := askUsage(req)
 	if rev.cfg.PriorityScheduling {
 		req.Fields["priority"] = json.RawMessage(strconv.Itoa(a.opts.Tiers.VLLMPriority(tier)))
 	}
@@ -488,7 +489,16 @@ func (a *Activator) serve(w http.ResponseWriter, r *http.Request, rev *revision,
 			lastErr = err
 			break
 		}
-		res, err := a.attempt(w, r, rev, req, &d, eps, start)
+		out := w
+		var strip *usageStripper
+		if stripUsage {
+			strip = &usageStripper{ResponseWriter: w}
+			out = strip
+		}
+		res, err := a.attempt(out, r, rev, req, &d, eps, start)
+		if strip != nil {
+			strip.close()
+		}
 		if err == nil {
 			code = res.Code
 			a.account(rev, tier, &d, res)

@@ -410,6 +410,22 @@ func TestOpenAISDKStreamsThroughTheActivator(t *testing.T) {
 	if text.Len() == 0 || usage.CompletionTokens == 0 || usage.PromptTokens == 0 {
 		t.Fatalf("text %q usage %+v", text.String(), usage)
 	}
+	// A stream whose client did not ask for usage: the activator still
+	// accounts its tokens, and the client sees no usage chunk.
+	before := f.act.Stats()[0].CompletionTokens
+	resp, err := http.Post(f.url+"/v1/completions", "application/json",
+		strings.NewReader(`{"model":"demo","prompt":"hello","max_tokens":7,"stream":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(raw), `"usage":{`) || !strings.HasSuffix(string(raw), "data: [DONE]\n\n") {
+		t.Fatalf("client stream: %s", raw)
+	}
+	if got := f.act.Stats()[0].CompletionTokens - before; got != 7 {
+		t.Fatalf("accounted %d completion tokens, want 7", got)
+	}
 	models, err := client.Models.List(context.Background())
 	if err != nil || len(models.Data) != 1 || models.Data[0].ID != testModel {
 		t.Fatalf("models: %+v %v", models, err)

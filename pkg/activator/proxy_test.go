@@ -153,3 +153,30 @@ func TestPrefillSpeaksVLLMProtocol(t *testing.T) {
 		t.Fatal("prefill modified the caller's body")
 	}
 }
+
+func TestUsageIsAskedForAndHiddenFromClientsThatDidNot(t *testing.T) {
+	req, err := ParseLLMRequest(KindCompletion, []byte(`{"prompt":"a","stream":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !askUsage(req) || string(req.Fields["stream_options"]) != `{"include_usage":true}` {
+		t.Fatalf("stream_options %s", req.Fields["stream_options"])
+	}
+	asked, _ := ParseLLMRequest(KindCompletion, []byte(`{"prompt":"a","stream":true,"stream_options":{"include_usage":true}}`))
+	if askUsage(asked) {
+		t.Fatal("a client that asked for usage would lose it")
+	}
+	rec := httptest.NewRecorder()
+	s := &usageStripper{ResponseWriter: rec}
+	stream := "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":null}\n\n" +
+		"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\ndata: [DONE]\n\n"
+	for _, part := range []string{stream[:10], stream[10:70], stream[70:]} {
+		if _, err := s.Write([]byte(part)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.close()
+	if got := rec.Body.String(); got != "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":null}\n\ndata: [DONE]\n\n" {
+		t.Fatalf("relayed %q", got)
+	}
+}
