@@ -489,16 +489,7 @@ func (a *Activator) serve(w http.ResponseWriter, r *http.Request, rev *revision,
 			lastErr = err
 			break
 		}
-		out := w
-		var strip *usageStripper
-		if stripUsage {
-			strip = &usageStripper{ResponseWriter: w}
-			out = strip
-		}
-		res, err := a.attempt(out, r, rev, req, &d, eps, start)
-		if strip != nil {
-			strip.close()
-		}
+		res, err := a.attempt(w, r, rev, req, &d, eps, start, stripUsage)
 		if err == nil {
 			code = res.Code
 			a.account(rev, tier, &d, res)
@@ -533,7 +524,7 @@ func (a *Activator) serve(w http.ResponseWriter, r *http.Request, rev *revision,
 }
 
 // attempt sends the request to the decided endpoint(s) once.
-func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, rev *revision, req *LLMRequest, d *router.Decision, eps []router.Endpoint, start time.Time) (Result, error) {
+func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, rev *revision, req *LLMRequest, d *router.Decision, eps []router.Endpoint, start time.Time, stripUsage bool) (Result, error) {
 	revName := rev.cfg.Key.String()
 	path := "/v1/completions"
 	if req.Kind == KindChat {
@@ -579,7 +570,9 @@ func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, rev *revisio
 	if a.opts.Debug {
 		w.Header().Set(RouteHeader, d.Explain(eps, 3))
 	}
-	err = a.opts.Proxy.Forward(r.Context(), w, r, decode.spec.URL, path, body, obs)
+	filter := &usageFilter{ResponseWriter: w, streaming: req.Stream, strip: stripUsage, rewrite: d.Disaggregated, cached: prefilled}
+	err = a.opts.Proxy.Forward(r.Context(), filter, r, decode.spec.URL, path, body, obs)
+	filter.close()
 	decode.inflight.Add(-1)
 	if !obs.seen {
 		decode.inflightTokens.Add(-uncached)
@@ -591,9 +584,16 @@ func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, rev *revisio
 		return Result{}, err
 	}
 	res := meter.Finish()
-	if prefilled > 0 && res.Usage != nil && res.Usage.Details != nil && res.Usage.Details.CachedTokens < prefilled {
-		// The decode pod's count covers what it loaded; the prefiller's
-		// cache hits are reported too, as llm-d's sidecar does.
+	if d.Disaggregated && res.Usage != nil {
+		// vLLM's decode pod counts the KV it received as cached; but the
+		// prefill pod computed it. What no pod had to compute is what the
+		// prefill pod found in its own cache: report that, as llm-d's
+		// sidecar reports the prefiller's cached tokens.
+		if res.Usage.Details == nil {
+			res.Usage.Details = &struct {
+				CachedTokens int `json:"cached_tokens"`
+			}{}
+		}
 		res.Usage.Details.CachedTokens = prefilled
 	}
 	return res, nil

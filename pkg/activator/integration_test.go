@@ -231,8 +231,15 @@ func TestPrefillDecodeTwoStep(t *testing.T) {
 	if c.status != 200 || !strings.Contains(c.route, "prefill=prefill-0") || routedTo(c.route) != "decode-0" {
 		t.Fatalf("P/D request: %d route=%q body=%s", c.status, c.route, c.body)
 	}
-	if c.usage == nil || c.usage.CompletionTokens != 8 {
-		t.Fatalf("usage %+v", c.usage)
+	if c.usage == nil || c.usage.CompletionTokens != 8 || c.usage.CachedTokens() != 0 {
+		t.Fatalf("cold P/D request: usage %+v; cached tokens must not count the KV the decode pod received", c.usage)
+	}
+	// The same prompt again: the decode pod now holds it (the KV it
+	// received is in its prefix cache, and its KV events said so), so the
+	// request stays there, decode-only, and is told it was cached.
+	c = f.complete(t, longPrompt(2000, 3), 8, nil)
+	if c.status != 200 || c.usage == nil || c.usage.CachedTokens() < 1900 || strings.Contains(c.route, "prefill=") {
+		t.Fatalf("warm P/D request: %d %q usage %+v", c.status, c.route, c.usage)
 	}
 	if got := testutil.ToFloat64(f.act.metrics.PDDecisions.WithLabelValues(f.key.String(), "disaggregated")); got != 1 {
 		t.Fatalf("disaggregated decisions = %v", got)

@@ -167,7 +167,7 @@ func TestUsageIsAskedForAndHiddenFromClientsThatDidNot(t *testing.T) {
 		t.Fatal("a client that asked for usage would lose it")
 	}
 	rec := httptest.NewRecorder()
-	s := &usageStripper{ResponseWriter: rec}
+	s := &usageFilter{ResponseWriter: rec, streaming: true, strip: true}
 	stream := "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":null}\n\n" +
 		"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\ndata: [DONE]\n\n"
 	for _, part := range []string{stream[:10], stream[10:70], stream[70:]} {
@@ -178,5 +178,25 @@ func TestUsageIsAskedForAndHiddenFromClientsThatDidNot(t *testing.T) {
 	s.close()
 	if got := rec.Body.String(); got != "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":null}\n\ndata: [DONE]\n\n" {
 		t.Fatalf("relayed %q", got)
+	}
+}
+
+func TestUsageRewrittenForDisaggregatedAnswers(t *testing.T) {
+	rec := httptest.NewRecorder()
+	f := &usageFilter{ResponseWriter: rec, streaming: true, rewrite: true, cached: 64}
+	_, _ = f.Write([]byte("data: {\"choices\":[{\"text\":\"a\"}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"prompt_tokens_details\":{\"cached_tokens\":99}}}\n\ndata: [DONE]\n\n"))
+	f.close()
+	if got := rec.Body.String(); !strings.Contains(got, `"cached_tokens":64`) || strings.Contains(got, "99") || !strings.HasSuffix(got, "data: [DONE]\n\n") {
+		t.Fatalf("stream %q", got)
+	}
+	rec = httptest.NewRecorder()
+	rec.Header().Set("Content-Length", "999")
+	f = &usageFilter{ResponseWriter: rec, rewrite: true, cached: 32}
+	f.WriteHeader(200)
+	_, _ = f.Write([]byte(`{"choices":[{"text":"x"}],"usage":{"prompt_tokens":50,`))
+	_, _ = f.Write([]byte(`"prompt_tokens_details":{"cached_tokens":49}}}`))
+	f.close()
+	if got := rec.Body.String(); !strings.Contains(got, `"cached_tokens":32`) || rec.Header().Get("Content-Length") != "" {
+		t.Fatalf("body %q, content-length %q", got, rec.Header().Get("Content-Length"))
 	}
 }
