@@ -41,8 +41,8 @@ func bad(format string, args ...any) error {
 	return &BadRequestError{Status: 400, Msg: fmt.Sprintf(format, args...)}
 }
 
-// maxPromptItems bounds prompt lists and messages, so that a small body
-// cannot expand into unbounded work.
+// maxPromptItems bounds lists of prompts and of messages (not token ids,
+// which the body limit and the engine's context length bound).
 const maxPromptItems = 4096
 
 // ParseLLMRequest parses an OpenAI completions or chat body. It rejects
@@ -111,20 +111,14 @@ func promptTokens(raw json.RawMessage) ([]uint32, error) {
 		}
 		return tokenizer.Encode(nil, s), nil
 	}
-	var list []json.RawMessage
-	if err := json.Unmarshal(raw, &list); err != nil {
-		return nil, bad("prompt: must be a string, a list of strings, or a list of token ids")
-	}
-	if len(list) == 0 {
-		return nil, bad("prompt: must not be empty")
-	}
-	if len(list) > maxPromptItems {
-		return nil, bad("prompt: more than %d items", maxPromptItems)
-	}
-	// Token ids, or the first of several prompts (routing looks at the
-	// first; the engine answers all).
+	// Token ids (as long as the body limit allows: the engine checks the
+	// context length), or the first of several prompts (routing looks at
+	// the first; the engine answers all).
 	var ids []int64
 	if json.Unmarshal(raw, &ids) == nil {
+		if len(ids) == 0 {
+			return nil, bad("prompt: must not be empty")
+		}
 		out := make([]uint32, len(ids))
 		for i, id := range ids {
 			if id < 0 || id >= tokenizer.VocabSize {
@@ -133,6 +127,16 @@ func promptTokens(raw json.RawMessage) ([]uint32, error) {
 			out[i] = uint32(id)
 		}
 		return out, nil
+	}
+	var list []json.RawMessage
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, bad("prompt: must be a string, a list of strings, or a list of token ids")
+	}
+	if len(list) == 0 {
+		return nil, bad("prompt: must not be empty")
+	}
+	if len(list) > maxPromptItems {
+		return nil, bad("prompt: more than %d prompts", maxPromptItems)
 	}
 	return promptTokens(list[0])
 }

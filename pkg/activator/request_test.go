@@ -26,6 +26,10 @@ func TestParseLLMRequest(t *testing.T) {
 	if err != nil || len(c.Tokens) != 3 || c.Tokens[2] != 3 {
 		t.Fatalf("token prompt: %v %v", c, err)
 	}
+	long := strings.Repeat("7,", 20000) + "7"
+	if c, err := ParseLLMRequest(KindCompletion, []byte(`{"model":"m","prompt":[`+long+`]}`)); err != nil || len(c.Tokens) != 20001 {
+		t.Fatalf("a 20,001-token prompt: %v", err)
+	}
 	c, err = ParseLLMRequest(KindCompletion, []byte(`{"model":"m","prompt":["a b c","d"]}`))
 	if err != nil || len(c.Tokens) != 3 {
 		t.Fatalf("string list prompt: %v %v", c, err)
