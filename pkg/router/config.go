@@ -96,8 +96,32 @@ profiles:
       threshold: 512
       prefillProfile: prefill-precise
 
-# Ours: the endpoint with the lowest predicted time to first token.
+# Ours, the best measured (docs/benchmarks/routing-local): cache affinity
+# from the engines' own KV events as a strong prior, the predicted time to
+# first token (queue, uncached prefill, transfer) in place of llm-d's queue
+# length, and KV headroom. Pure TTFT prediction alone spreads a group's
+# requests and loses its prefix under load; affinity alone piles work on one
+# pod while others idle.
 - name: default
+  plugins:
+  - name: ready
+  - name: role
+  - name: fresh
+  - name: prefix-precise
+    weight: 3
+  - name: ttft-cost
+    weight: 2
+  - name: kv-cache-utilization
+    weight: 1
+  - name: max-score
+  - name: pd-decider
+    parameters:
+      threshold: 512
+      prefillProfile: prefill
+
+# The cost model alone: the endpoint with the lowest predicted time to first
+# token.
+- name: ttft-cost
   plugins:
   - name: ready
   - name: role

@@ -9,7 +9,7 @@ import (
 
 func TestDefaultConfig(t *testing.T) {
 	cfg := DefaultConfig()
-	want := []string{"default", "kv-precise", "least-request", "prefill", "prefill-approx", "prefill-precise", "prefix-approx", "round-robin"}
+	want := []string{"default", "kv-precise", "least-request", "prefill", "prefill-approx", "prefill-precise", "prefix-approx", "round-robin", "ttft-cost"}
 	if got := cfg.ProfileNames(); !slices.Equal(got, want) {
 		t.Fatalf("profiles %v, want %v", got, want)
 	}
@@ -63,8 +63,8 @@ profiles:
 	if len(cfg.specs["round-robin"].filters) != 0 || len(cfg.specs["mine"].scorers) != 2 || cfg.specs["mine"].scorers[0].weight != 2.5 {
 		t.Fatalf("profiles not overlaid: %+v", cfg.Profiles)
 	}
-	if len(cfg.Profiles) != 9 {
-		t.Fatalf("%d profiles, want the 8 built-in plus mine", len(cfg.Profiles))
+	if len(cfg.Profiles) != 10 {
+		t.Fatalf("%d profiles, want the 9 built-in plus mine", len(cfg.Profiles))
 	}
 	// JSON is YAML too.
 	if _, err := ParseConfig([]byte(`{"profiles":[{"name":"j","plugins":[{"name":"ready"}]}]}`)); err != nil {

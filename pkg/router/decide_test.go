@@ -66,7 +66,7 @@ func TestTTFTCostTradesCacheAgainstQueue(t *testing.T) {
 			eps[1].InFlightTokens = tc.backlog
 			store(t, r, "ep-0", tokens(64, 90000), 64)
 			store(t, r, "ep-1", prompt, 7000)
-			if d := decide(t, r, "default", &Request{Tokens: prompt}, eps); d.DecodeID != tc.want {
+			if d := decide(t, r, "ttft-cost", &Request{Tokens: prompt}, eps); d.DecodeID != tc.want {
 				t.Fatalf("chose %s, want %s (scores %v)", d.DecodeID, tc.want, d.Totals)
 			}
 		})
