@@ -1,5 +1,7 @@
-// Command kn-llmd is the llmd-kn command line and kn plugin: `sim` runs the
-// vLLM simulator. It only wires flags to packages; the logic lives in pkg/.
+// Command kn-llmd is the llmd-kn command line and kn plugin: `local` runs
+// Knative Services on one machine, `sim` the vLLM simulator, `bench` the
+// real-time load generator, `plan` the same router in virtual time. It only
+// wires flags to packages; the logic lives in pkg/.
 package main
 
 import (
@@ -18,6 +20,7 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newSimCommand())
 	root.AddCommand(newLocalCmd())
 	root.AddCommand(newBenchCmd())
+	root.AddCommand(newPlanCmd())
 	return root
 }
 

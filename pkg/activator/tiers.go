@@ -62,7 +62,12 @@ type Tiers struct {
 	order  []string // by priority, highest first
 }
 
-// DefaultTiersYAML is the built-in tier table.
+// DefaultTiersYAML is the built-in tier table. Only batch work waits for a
+// saturated pool (llm-d's detector, at 0.8): holding interactive requests
+// in the activator as well measured worse in the planner (a KV-bound
+// workload is "saturated" most of the time, and the held requests missed
+// their targets anyway), so critical and standard requests wait in the
+// engines' own queues, where priority scheduling orders them.
 const DefaultTiersYAML = `tiers:
 - name: critical
   priority: 100
@@ -74,7 +79,6 @@ const DefaultTiersYAML = `tiers:
   ttft: 2s
   tpot: 100ms
   maxQueueTime: 60s
-  maxSaturation: 1
 - name: batch
   priority: 0
   sheddable: true

@@ -167,8 +167,16 @@ func (a *approxIndex) record(s int32, keys []uint64, capacity int) {
 	}
 	l.cap = capacity
 	for i := len(keys) - 1; i >= 0; i-- {
-		if l.touch(keys[i]) {
-			a.t.add(keys[i], int(s))
+		k := keys[i]
+		if _, held := l.pos[k]; !held {
+			// Make room first, so that a full list reuses the evicted
+			// node instead of growing by one.
+			for len(l.pos) >= l.cap && l.tail >= 0 {
+				a.t.remove(l.evict(), int(s))
+			}
+		}
+		if l.touch(k) {
+			a.t.add(k, int(s))
 		}
 	}
 	for len(l.pos) > l.cap {

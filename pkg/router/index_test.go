@@ -270,3 +270,27 @@ func TestPreciseIndexAppliesLongEventsInChunks(t *testing.T) {
 		t.Fatalf("%+v, want 10 holdings after a reset and a store", st)
 	}
 }
+
+func TestApproxIndexFullLRUDoesNotGrow(t *testing.T) {
+	var a approxIndex
+	a.t = newHolderTable(1, 1)
+	keys := make([]uint64, 64)
+	for i := range keys {
+		keys[i] = uint64(i + 1)
+	}
+	a.record(0, keys, 64)
+	l := a.lru[0]
+	before := cap(l.key)
+	allocs := testing.AllocsPerRun(100, func() {
+		for i := range keys {
+			keys[i] += 1000
+		}
+		a.record(0, keys, 64)
+	})
+	if len(l.pos) != 64 || cap(l.key) != before {
+		t.Fatalf("full LRU: %d keys, capacity %d -> %d", len(l.pos), before, cap(l.key))
+	}
+	if allocs > 10 {
+		t.Fatalf("recording into a full LRU allocates %v times per call", allocs)
+	}
+}

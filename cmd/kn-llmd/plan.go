@@ -1,0 +1,537 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/llmd-kn/llmd-kn/pkg/bench"
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/plan"
+	"github.com/llmd-kn/llmd-kn/pkg/router"
+	"github.com/llmd-kn/llmd-kn/pkg/workload"
+)
+
+// planFlags are `kn-llmd plan`'s flags. The workload flags are bench's,
+// parsed by the same code.
+type planFlags struct {
+	wl benchFlags
+
+	engines, prefillEngines int
+	profile                 string
+	routing                 string
+	routerConfig            string
+	pdThreshold             int
+	blockSize               int
+	maxNumSeqs, maxBatched  int
+	numBlocks, maxModelLen  int
+	model                   string
+	noIgnoreEOS             bool
+
+	scrapeInterval, staleAfter time.Duration
+	kvEventDelay, overhead     time.Duration
+	timeout                    time.Duration
+	flowControl                bool
+	maxSaturation              float64
+	maxQueueTime               time.Duration
+	maxQueued                  int
+
+	out              string
+	sloTTFT, sloTPOT time.Duration
+	bucket           time.Duration
+	saveRecords      bool
+	include          []string
+
+	sweepReplicas, sweepPrefill string
+	findCapacity                bool
+	targetAttainment            float64
+	maxReplicas                 int
+}
+
+const planLong = `Replay a workload through a model of a deployment in virtual time and
+write the same report as kn-llmd bench (summary.json, SVG charts, report.md).
+
+The model runs the real router (pkg/router, any routing profile) in front of
+N engine models (pkg/engine, per profile and role) and reproduces the
+activator's request path: metrics scraped every --scrape-interval, its own
+in-flight accounting, KV events reaching the precise index after
+--kv-event-delay, the P/D two-step, and flow control with the standard
+tier's limits. An hour of trace on eight engines takes seconds.
+
+Each routing profile in --routing is one run of the same workload; the report
+compares them side by side. Runs can be added to a kn-llmd bench report with
+kn-llmd bench --include DIR/summary.json (and the other way round).
+
+Capacity questions (need --slo-ttft and/or --slo-tpot):
+  --sweep-replicas 1..16      one run per decode-capable replica count (also
+                              "2,4,8" or "4..32:4"); with P/D, --sweep-prefill
+                              sweeps the prefill count too (a grid)
+  --find-capacity             the smallest replica count (per role with P/D)
+                              whose SLO attainment reaches --target-attainment:
+                              a bisection up to --max-replicas for each prefill
+                              count of --sweep-prefill (default --prefill-engines)
+They write capacity.json, capacity.md and attainment_vs_replicas.svg, and the
+report of each routing profile's run at its capacity (or at the largest
+count tried when none met the target).
+
+Workload flags are kn-llmd bench's: exactly one of --workload FILE,
+--trace mooncake:PATH|azure:PATH or --dataset shared-prefix|random|prefix-repetition,
+with --rate/--arrival or --ladder, --speedup, --rate-scale, --max-requests,
+--duration and --seed (which also seeds the router and the engines).`
+
+const planExample = `  # llm-d's shared-prefix ladder on 8 Qwen3-32B engines (2xH100 each), every built-in routing profile
+  kn-llmd plan --dataset shared-prefix --ladder llm-d --profile qwen3-32b-2xh100 --engines 8 \
+      --block-size 64 --slo-ttft 2s --slo-tpot 100ms --out out/plan-ladder
+
+  # The Mooncake trace at its own timestamps on 8 Llama-3.1-8B engines
+  kn-llmd plan --trace mooncake:../shared/data/mooncake/synthetic_trace.jsonl --engines 8 --out out/plan-mooncake
+
+  # How many engines does the Azure code trace need for TTFT <= 1s at 99%?
+  kn-llmd plan --trace azure:../shared/data/azure/AzureLLMInferenceTrace_code.csv --routing default \
+      --slo-ttft 1s --find-capacity --target-attainment 0.99 --out out/capacity`
+
+func newPlanCmd() *cobra.Command {
+	f := &planFlags{}
+	cmd := &cobra.Command{
+		Use:     "plan",
+		Short:   "Replay a workload through a virtual-time model of a deployment: routing comparisons and capacity planning",
+		Long:    planLong,
+		Example: planExample,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			job, err := f.job(cmd)
+			if err != nil {
+				return err
+			}
+			cmd.SilenceUsage = true
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return job.run(ctx, cmd.OutOrStdout())
+		},
+	}
+	fl := cmd.Flags()
+	w := &f.wl
+	fl.StringVar(&w.workloadFile, "workload", "", "workload spec file (YAML or JSON)")
+	fl.StringVar(&w.trace, "trace", "", "trace to replay: mooncake:PATH or azure:PATH")
+	fl.StringVar(&w.dataset, "dataset", "", "generated dataset with default parameters: shared-prefix, random or prefix-repetition")
+	fl.Float64Var(&w.rate, "rate", 0, "arrival rate in requests per second (Poisson unless --arrival constant)")
+	fl.StringVar(&w.arrival, "arrival", "", "with --rate: poisson (default) or constant")
+	fl.StringVar(&w.ladder, "ladder", "", "rate ladder: llm-d, or RATE:DURATION steps separated by commas (e.g. 2:30s,4:30s)")
+	fl.Float64Var(&w.speedup, "speedup", 0, "divide every arrival time by this (2 = twice as fast)")
+	fl.Float64Var(&w.rateScale, "rate-scale", 0, "multiply generated arrival rates (not trace timestamps) by this")
+	fl.IntVar(&w.maxRequests, "max-requests", 0, "replay at most this many requests (0: the workload's)")
+	fl.DurationVar(&w.duration, "duration", 0, "replay only requests scheduled before this time (0: the workload's)")
+	fl.Int64Var(&w.seed, "seed", 0, "seed of the router, the engines and (when given) the workload's prompts and arrivals")
+
+	fl.IntVar(&f.engines, "engines", 8, "decode-capable engines (role both; role decode with --prefill-engines)")
+	fl.IntVar(&f.prefillEngines, "prefill-engines", 0, "prefill engines; more than 0 runs prefill/decode disaggregation")
+	fl.StringVar(&f.profile, "profile", engine.DefaultProfile, "engine profile (model on accelerator): "+strings.Join(engine.BuiltinProfileNames(), ", "))
+	fl.StringVar(&f.routing, "routing", "round-robin,least-request,prefix-approx,kv-precise,ttft-cost,default", "routing profiles to compare, comma-separated (one run each)")
+	fl.StringVar(&f.routerConfig, "router-config", "", "router configuration file (YAML, as the config-llmd-router ConfigMap); default: the built-in one with the precise index at --block-size")
+	fl.IntVar(&f.pdThreshold, "pd-threshold", plan.DefaultPDThreshold, "uncached prompt tokens from which a profile with a P/D decider disaggregates")
+	fl.IntVar(&f.blockSize, "block-size", 16, "engines' KV block size in tokens (vLLM --block-size)")
+	fl.IntVar(&f.maxNumSeqs, "max-num-seqs", 256, "engines' running-batch bound (vLLM --max-num-seqs)")
+	fl.IntVar(&f.maxBatched, "max-num-batched-tokens", 8192, "engines' per-step token budget (vLLM --max-num-batched-tokens)")
+	fl.IntVar(&f.numBlocks, "num-blocks", 0, "engines' KV capacity in blocks (0: derived from the profile)")
+	fl.IntVar(&f.maxModelLen, "max-model-len", 0, "engines' context bound (0: the model's)")
+	fl.StringVar(&f.model, "model", "", "model name requests carry (default: the profile's model)")
+	fl.BoolVar(&f.noIgnoreEOS, "no-ignore-eos", false, "let engines stop before max_tokens (as bench --no-ignore-eos)")
+
+	fl.DurationVar(&f.scrapeInterval, "scrape-interval", plan.DefaultScrapeInterval, "how often the activator reads each engine's metrics")
+	fl.DurationVar(&f.staleAfter, "stale-after", plan.DefaultStaleAfter, "age at which scraped metrics count as unknown")
+	fl.DurationVar(&f.kvEventDelay, "kv-event-delay", plan.DefaultKVEventDelay, "lag from an engine step's end to its KV events reaching the router")
+	fl.DurationVar(&f.overhead, "overhead", 0, "network and proxy time added to every request hop to an engine")
+	fl.DurationVar(&f.timeout, "timeout", plan.DefaultRequestTimeout, "client timeout per request, from send to the end of the stream (0: none)")
+	fl.BoolVar(&f.flowControl, "flow-control", true, "hold requests in the activator while the pool is saturated (the standard tier)")
+	fl.Float64Var(&f.maxSaturation, "flow-max-saturation", 1, "pool saturation under which requests are dispatched (0: no limit)")
+	fl.DurationVar(&f.maxQueueTime, "flow-max-queue-time", time.Minute, "longest wait in the activator before a 503")
+	fl.IntVar(&f.maxQueued, "flow-max-queued", 10000, "most requests waiting in the activator before a 503")
+
+	fl.StringVar(&f.out, "out", "", "report directory (required); files in it are replaced")
+	fl.DurationVar(&f.sloTTFT, "slo-ttft", 0, "TTFT target for SLO attainment and goodput (0: none)")
+	fl.DurationVar(&f.sloTPOT, "slo-tpot", 0, "TPOT target for SLO attainment and goodput (0: none)")
+	fl.DurationVar(&f.bucket, "bucket", time.Second, "time-series interval of the report")
+	fl.BoolVar(&f.saveRecords, "save-records", false, "also write every request's measurements as <run>.records.jsonl")
+	fl.StringArrayVar(&f.include, "include", nil, "summary.json of other runs (bench or plan) to report alongside (repeatable)")
+
+	fl.StringVar(&f.sweepReplicas, "sweep-replicas", "", "replica counts to sweep: A..B, A..B:STEP or a list (replaces --engines)")
+	fl.StringVar(&f.sweepPrefill, "sweep-prefill", "", "prefill counts to sweep or search with P/D: A..B or a list (replaces --prefill-engines)")
+	fl.BoolVar(&f.findCapacity, "find-capacity", false, "search the smallest replica count meeting --target-attainment")
+	fl.Float64Var(&f.targetAttainment, "target-attainment", 0.99, "SLO attainment (fraction of requests) a capacity must reach")
+	fl.IntVar(&f.maxReplicas, "max-replicas", 64, "largest decode-capable count --find-capacity tries")
+	return cmd
+}
+
+// planJob is a validated `kn-llmd plan` invocation.
+type planJob struct {
+	cfg      plan.Config
+	routings []string
+	w        *workload.Workload
+	so       plan.SummaryOptions
+	out      string
+	records  bool
+	include  []bench.RunSummary
+
+	capacity bool // a sweep or a search
+	decode   []int
+	prefill  []int
+	search   bool
+	target   float64
+	maxRep   int
+}
+
+func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
+	changed := cmd.Flags().Changed
+	if f.out == "" {
+		return nil, errors.New("--out is required: the directory to write the report to")
+	}
+	j := &planJob{out: f.out, records: f.saveRecords}
+
+	// Deployment.
+	prof, err := engine.BuiltinProfile(f.profile)
+	if err != nil {
+		return nil, fmt.Errorf("--profile: %w", err)
+	}
+	for name, v := range map[string]int{"engines": f.engines, "block-size": f.blockSize, "max-num-seqs": f.maxNumSeqs, "max-num-batched-tokens": f.maxBatched} {
+		if v < 1 {
+			return nil, fmt.Errorf("--%s must be positive, got %d", name, v)
+		}
+	}
+	for name, v := range map[string]int{"prefill-engines": f.prefillEngines, "pd-threshold": f.pdThreshold, "num-blocks": f.numBlocks, "max-model-len": f.maxModelLen} {
+		if v < 0 {
+			return nil, fmt.Errorf("--%s must not be negative, got %d", name, v)
+		}
+	}
+	if f.blockSize > 1024 {
+		return nil, fmt.Errorf("--block-size must be at most 1024, got %d", f.blockSize)
+	}
+	for name, d := range map[string]time.Duration{"kv-event-delay": f.kvEventDelay, "overhead": f.overhead, "timeout": f.timeout,
+		"slo-ttft": f.sloTTFT, "slo-tpot": f.sloTPOT} {
+		if d < 0 {
+			return nil, fmt.Errorf("--%s must not be negative, got %s", name, d)
+		}
+	}
+	for name, d := range map[string]time.Duration{"scrape-interval": f.scrapeInterval, "stale-after": f.staleAfter, "flow-max-queue-time": f.maxQueueTime} {
+		if d <= 0 {
+			return nil, fmt.Errorf("--%s must be positive, got %s", name, d)
+		}
+	}
+	if f.bucket < time.Millisecond {
+		return nil, fmt.Errorf("--bucket must be at least 1ms, got %s", f.bucket)
+	}
+	if f.maxSaturation < 0 {
+		return nil, fmt.Errorf("--flow-max-saturation must not be negative, got %v", f.maxSaturation)
+	}
+	if f.maxQueued < 1 {
+		return nil, fmt.Errorf("--flow-max-queued must be positive, got %d", f.maxQueued)
+	}
+	if !f.flowControl {
+		for _, n := range []string{"flow-max-saturation", "flow-max-queue-time", "flow-max-queued"} {
+			if changed(n) {
+				return nil, fmt.Errorf("--%s needs --flow-control", n)
+			}
+		}
+	}
+	var rc *router.Config
+	if f.routerConfig != "" {
+		data, err := os.ReadFile(f.routerConfig)
+		if err != nil {
+			return nil, fmt.Errorf("--router-config: %w", err)
+		}
+		if rc, err = router.ParseConfig(data); err != nil {
+			return nil, fmt.Errorf("--router-config %s: %w", f.routerConfig, err)
+		}
+		if rc.PreciseIndex.BlockSize != f.blockSize {
+			return nil, fmt.Errorf("--router-config %s: preciseIndex.blockSize is %d but --block-size is %d: they must be equal", f.routerConfig, rc.PreciseIndex.BlockSize, f.blockSize)
+		}
+	} else if rc, err = plan.RouterConfigFor(f.blockSize, 0); err != nil {
+		return nil, err
+	}
+	cfg := plan.DefaultConfig()
+	cfg.Profile = prof
+	cfg.Engines, cfg.PrefillEngines = f.engines, f.prefillEngines
+	cfg.Engine = plan.EngineConfig{BlockSize: f.blockSize, MaxNumSeqs: f.maxNumSeqs, MaxNumBatchedTokens: f.maxBatched,
+		NumBlocks: f.numBlocks, MaxModelLen: f.maxModelLen}
+	cfg.RouterConfig = rc
+	cfg.PDThreshold = f.pdThreshold
+	cfg.Model = f.model
+	cfg.IgnoreEOS = !f.noIgnoreEOS
+	cfg.ScrapeInterval, cfg.StaleAfter = f.scrapeInterval, f.staleAfter
+	cfg.KVEventDelay, cfg.Overhead, cfg.RequestTimeout = f.kvEventDelay, f.overhead, f.timeout
+	cfg.Flow = plan.FlowConfig{Enabled: f.flowControl, MaxSaturation: f.maxSaturation, MaxQueueTime: f.maxQueueTime, MaxQueued: f.maxQueued}
+	cfg.Seed = uint64(f.wl.seed)
+
+	// Routing profiles.
+	for _, name := range strings.Split(f.routing, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			return nil, fmt.Errorf("--routing %q: empty profile name", f.routing)
+		}
+		if !slices.Contains(rc.ProfileNames(), name) {
+			return nil, fmt.Errorf("--routing: unknown profile %q (have %s)", name, strings.Join(rc.ProfileNames(), ", "))
+		}
+		if slices.Contains(j.routings, name) {
+			return nil, fmt.Errorf("--routing: %q given twice", name)
+		}
+		j.routings = append(j.routings, name)
+	}
+
+	// Capacity.
+	if changed("sweep-replicas") {
+		if changed("engines") {
+			return nil, errors.New("--sweep-replicas replaces --engines: give one")
+		}
+		if j.decode, err = parseCounts(f.sweepReplicas, 1); err != nil {
+			return nil, fmt.Errorf("--sweep-replicas: %w", err)
+		}
+	}
+	if changed("sweep-prefill") {
+		if changed("prefill-engines") {
+			return nil, errors.New("--sweep-prefill replaces --prefill-engines: give one")
+		}
+		if !changed("sweep-replicas") && !f.findCapacity {
+			return nil, errors.New("--sweep-prefill needs --sweep-replicas or --find-capacity")
+		}
+		if j.prefill, err = parseCounts(f.sweepPrefill, 0); err != nil {
+			return nil, fmt.Errorf("--sweep-prefill: %w", err)
+		}
+		if slices.Contains(j.prefill, 0) && slices.ContainsFunc(j.prefill, func(p int) bool { return p > 0 }) {
+			// 0 prefill engines in a P/D deployment is still P/D (decode
+			// role); say so rather than mix two topologies silently.
+			cfg.Disaggregated = true
+		}
+	} else {
+		j.prefill = []int{f.prefillEngines}
+	}
+	if slices.ContainsFunc(j.prefill, func(p int) bool { return p > 0 }) {
+		cfg.Disaggregated = true
+	}
+	if f.findCapacity && changed("sweep-replicas") {
+		return nil, errors.New("--find-capacity searches, --sweep-replicas sweeps: give one")
+	}
+	j.search = f.findCapacity
+	j.capacity = f.findCapacity || changed("sweep-replicas")
+	if changed("target-attainment") && !j.capacity {
+		return nil, errors.New("--target-attainment needs --sweep-replicas or --find-capacity")
+	}
+	if changed("max-replicas") && !f.findCapacity {
+		return nil, errors.New("--max-replicas needs --find-capacity")
+	}
+	if j.capacity {
+		if f.sloTTFT == 0 && f.sloTPOT == 0 {
+			return nil, errors.New("capacity questions need an SLO: give --slo-ttft and/or --slo-tpot")
+		}
+		if !(f.targetAttainment > 0 && f.targetAttainment <= 1) {
+			return nil, fmt.Errorf("--target-attainment must be in (0, 1], got %v", f.targetAttainment)
+		}
+		if f.maxReplicas < 1 {
+			return nil, fmt.Errorf("--max-replicas must be positive, got %d", f.maxReplicas)
+		}
+		j.target, j.maxRep = f.targetAttainment, f.maxReplicas
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	j.cfg = cfg
+
+	// Workload, exactly as bench reads it.
+	spec, base, err := f.wl.spec(changed)
+	if err != nil {
+		return nil, err
+	}
+	w, err := workload.Open(spec, base)
+	if err != nil {
+		return nil, fmt.Errorf("workload: %w", err)
+	}
+	if w.Len() == 0 {
+		return nil, errors.New("workload: no requests (check --duration and --max-requests)")
+	}
+	j.w = w
+	j.so = plan.SummaryOptions{
+		Workload: bench.DescribeWorkload(spec, w),
+		SLO:      bench.SLO{TTFT: f.sloTTFT, TPOT: f.sloTPOT},
+		Ladder:   bench.LadderSteps(w),
+		Bucket:   f.bucket,
+	}
+	for _, p := range f.include {
+		sum, err := bench.ReadSummary(p)
+		if err != nil {
+			return nil, fmt.Errorf("--include: %w", err)
+		}
+		j.include = append(j.include, sum.Runs...)
+	}
+	names := map[string]bool{}
+	for _, r := range j.include {
+		names[r.Name] = true
+	}
+	for _, r := range j.routings {
+		if names[r] {
+			return nil, fmt.Errorf("--include: a run named %q is also a routing profile of this plan", r)
+		}
+	}
+	return j, nil
+}
+
+// parseCounts reads "A..B", "A..B:STEP" or "A,B,C" into ascending counts
+// of at least lo.
+func parseCounts(s string, lo int) ([]int, error) {
+	var out []int
+	atoi := func(v string) (int, error) {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			return 0, fmt.Errorf("%q is not an integer", v)
+		}
+		if n < lo {
+			return 0, fmt.Errorf("%d is below %d", n, lo)
+		}
+		return n, nil
+	}
+	if a, b, ok := strings.Cut(s, ".."); ok {
+		step := 1
+		if bb, st, ok := strings.Cut(b, ":"); ok {
+			b = bb
+			n, err := strconv.Atoi(strings.TrimSpace(st))
+			if err != nil || n < 1 {
+				return nil, fmt.Errorf("step %q must be a positive integer", st)
+			}
+			step = n
+		}
+		from, err := atoi(a)
+		if err != nil {
+			return nil, err
+		}
+		to, err := atoi(b)
+		if err != nil {
+			return nil, err
+		}
+		if to < from {
+			return nil, fmt.Errorf("range %s is empty", s)
+		}
+		for n := from; n <= to; n += step {
+			out = append(out, n)
+		}
+	} else {
+		for _, v := range strings.Split(s, ",") {
+			n, err := atoi(v)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, n)
+		}
+		slices.Sort(out)
+		out = slices.Compact(out)
+	}
+	if len(out) > 256 {
+		return nil, fmt.Errorf("%d counts: at most 256", len(out))
+	}
+	return out, nil
+}
+
+func (j *planJob) run(ctx context.Context, out io.Writer) error {
+	if j.capacity {
+		return j.runCapacity(ctx, out)
+	}
+	var runs []bench.RunSummary
+	for _, name := range j.routings {
+		cfg := j.cfg
+		cfg.Routing = name
+		start := time.Now()
+		sum, res, err := plan.RunWorkload(ctx, cfg, j.w, j.so)
+		if err != nil {
+			return fmt.Errorf("routing %s: %w", name, err)
+		}
+		fmt.Fprintf(out, "%s (virtual %s in %s wall, %d events)\n", bench.OneLine(&sum),
+			res.Stats.End.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), res.Stats.Events)
+		if j.records {
+			if err := bench.WriteRecords(filepath.Join(j.out, bench.RecordsFile(sum.Name)), res.Records); err != nil {
+				return err
+			}
+		}
+		runs = append(runs, sum)
+	}
+	if err := bench.WriteReport(j.out, append(runs, j.include...)); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "report: %s\n", filepath.Join(j.out, bench.ReportFile))
+	return nil
+}
+
+func (j *planJob) runCapacity(ctx context.Context, out io.Writer) error {
+	rep := plan.CapacityReport{
+		Workload: j.so.Workload,
+		SLO:      bench.SLOTargets{TTFTSeconds: j.so.SLO.TTFT.Seconds(), TPOTSeconds: j.so.SLO.TPOT.Seconds()},
+		Target:   j.target,
+	}
+	var runs []bench.RunSummary
+	for _, name := range j.routings {
+		cfg := j.cfg
+		cfg.Routing = name
+		if rep.Deployment == "" {
+			rep.Deployment = fmt.Sprintf("kn-llmd plan, %s engines", cfg.Profile.Name)
+			if cfg.Disaggregated {
+				rep.Deployment += " with prefill/decode disaggregation"
+			}
+		}
+		kept := map[plan.Replicas]bench.RunSummary{}
+		visit := func(p plan.Point, s *bench.RunSummary) {
+			fmt.Fprintf(out, "%s\n", bench.OneLine(s))
+			kept[p.Replicas] = *s
+		}
+		eval := plan.Evaluate(cfg, j.w, j.so)
+		var c plan.Capacity
+		if j.search {
+			res, err := plan.FindCapacity(ctx, eval, name, j.target,
+				plan.Range{Min: j.prefill[0], Max: j.prefill[len(j.prefill)-1]}, plan.Range{Min: 1, Max: j.maxRep}, visit)
+			if err != nil {
+				return fmt.Errorf("routing %s: %w", name, err)
+			}
+			c = res
+		} else {
+			var counts []plan.Replicas
+			for _, p := range j.prefill {
+				for _, d := range j.decode {
+					counts = append(counts, plan.Replicas{Prefill: p, Decode: d})
+				}
+			}
+			pts, err := plan.Sweep(ctx, eval, name, counts, visit)
+			if err != nil {
+				return fmt.Errorf("routing %s: %w", name, err)
+			}
+			c = plan.CapacityFromPoints(name, j.target, pts)
+		}
+		rep.Results = append(rep.Results, c)
+		pick := c.Replicas
+		if !c.Found && len(c.Points) > 0 {
+			pick = c.Points[len(c.Points)-1].Replicas
+		}
+		if s, ok := kept[pick]; ok {
+			runs = append(runs, s)
+		}
+		ans := "none in the range tried"
+		if c.Found {
+			ans = c.Replicas.String()
+		}
+		fmt.Fprintf(out, "capacity %s: %s\n", name, ans)
+	}
+	if err := plan.WriteCapacity(j.out, rep); err != nil {
+		return err
+	}
+	if len(runs) > 0 {
+		if err := bench.WriteReport(j.out, append(runs, j.include...)); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "capacity: %s\n", filepath.Join(j.out, plan.CapacityMD))
+	return nil
+}

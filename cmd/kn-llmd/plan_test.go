@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/llmd-kn/llmd-kn/pkg/bench"
+	"github.com/llmd-kn/llmd-kn/pkg/plan"
+)
+
+func runPlan(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := newPlanCmd()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func TestPlanRejectsBadFlags(t *testing.T) {
+	dir := t.TempDir()
+	wl := []string{"--dataset", "shared-prefix", "--rate", "1", "--max-requests", "2", "--out", dir}
+	cfgFile := filepath.Join(dir, "router.yaml")
+	if err := os.WriteFile(cfgFile, []byte("preciseIndex: {blockSize: 32}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--dataset", "shared-prefix", "--rate", "1"}, "--out is required"},
+		{append([]string{"--engines", "0"}, wl...), "--engines"},
+		{append([]string{"--prefill-engines", "-1"}, wl...), "--prefill-engines"},
+		{append([]string{"--profile", "gpt-5-on-a-toaster"}, wl...), "--profile"},
+		{append([]string{"--routing", "round-robin,fastest"}, wl...), "unknown profile \"fastest\""},
+		{append([]string{"--routing", "default,default"}, wl...), "given twice"},
+		{append([]string{"--routing", "default,"}, wl...), "empty profile name"},
+		{append([]string{"--block-size", "0"}, wl...), "--block-size"},
+		{append([]string{"--router-config", cfgFile}, wl...), "must be equal"},
+		{append([]string{"--kv-event-delay", "-1ms"}, wl...), "--kv-event-delay"},
+		{append([]string{"--scrape-interval", "0s"}, wl...), "--scrape-interval"},
+		{append([]string{"--flow-control=false", "--flow-max-queue-time", "5s"}, wl...), "needs --flow-control"},
+		{append([]string{"--sweep-replicas", "1..4", "--engines", "2", "--slo-ttft", "1s"}, wl...), "replaces --engines"},
+		{append([]string{"--sweep-replicas", "4..1", "--slo-ttft", "1s"}, wl...), "empty"},
+		{append([]string{"--sweep-replicas", "0..4", "--slo-ttft", "1s"}, wl...), "below 1"},
+		{append([]string{"--sweep-replicas", "1..4"}, wl...), "need an SLO"},
+		{append([]string{"--find-capacity", "--slo-ttft", "1s", "--target-attainment", "1.5"}, wl...), "--target-attainment"},
+		{append([]string{"--target-attainment", "0.9"}, wl...), "needs --sweep-replicas or --find-capacity"},
+		{append([]string{"--sweep-prefill", "0..2", "--slo-ttft", "1s"}, wl...), "--sweep-prefill needs"},
+		{append([]string{"--find-capacity", "--sweep-replicas", "1..3", "--slo-ttft", "1s"}, wl...), "give one"},
+		{[]string{"--out", dir}, "give one workload"},
+		{[]string{"--out", dir, "--dataset", "shared-prefix"}, "no timestamps"},
+		{[]string{"--out", dir, "--trace", "mooncake:/no/such/file"}, "--trace"},
+		{append([]string{"extra"}, wl...), "unknown command"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			_, err := runPlan(t, tc.args...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want one mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseCounts(t *testing.T) {
+	for in, want := range map[string]string{"1..4": "[1 2 3 4]", "2..10:4": "[2 6 10]", "8,2,4,4": "[2 4 8]", "3": "[3]"} {
+		got, err := parseCounts(in, 1)
+		if err != nil || fmt.Sprint(got) != want {
+			t.Errorf("parseCounts(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "a..b", "1..", "1..4:0", "x", "1,,2", "0..3"} {
+		if _, err := parseCounts(bad, 1); err == nil {
+			t.Errorf("parseCounts(%q) accepted", bad)
+		}
+	}
+}
+
+func TestPlanWritesAComparisonReport(t *testing.T) {
+	dir := t.TempDir()
+	out, err := runPlan(t, "--dataset", "shared-prefix", "--rate", "4", "--max-requests", "12", "--engines", "2",
+		"--routing", "round-robin,kv-precise", "--slo-ttft", "1s", "--out", dir)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	sum, err := bench.ReadSummary(filepath.Join(dir, bench.SummaryFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sum.Runs) != 2 || sum.Runs[0].Name != "round-robin" || sum.Runs[1].Name != "kv-precise" {
+		t.Fatalf("runs %+v", sum.Runs)
+	}
+	for _, r := range sum.Runs {
+		if r.Mode != bench.ModeVirtualTime || r.Requests.Completed != 12 || r.SLOAttainment == nil {
+			t.Errorf("run %s: mode %s, %d completed, attainment %v", r.Name, r.Mode, r.Requests.Completed, r.SLOAttainment)
+		}
+	}
+	if !strings.Contains(out, "report: ") {
+		t.Errorf("output lacks the report path:\n%s", out)
+	}
+
+	// Another plan includes it.
+	dir2 := t.TempDir()
+	if out, err := runPlan(t, "--dataset", "shared-prefix", "--rate", "4", "--max-requests", "4", "--engines", "1",
+		"--routing", "default", "--include", filepath.Join(dir, bench.SummaryFile), "--out", dir2); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if sum, err := bench.ReadSummary(filepath.Join(dir2, bench.SummaryFile)); err != nil || len(sum.Runs) != 3 {
+		t.Errorf("included report: %d runs, %v", len(sum.Runs), err)
+	}
+}
+
+func TestPlanSweepWritesCapacity(t *testing.T) {
+	dir := t.TempDir()
+	out, err := runPlan(t, "--dataset", "shared-prefix", "--rate", "8", "--max-requests", "24", "--routing", "least-request",
+		"--sweep-replicas", "1,2", "--slo-ttft", "2s", "--target-attainment", "0.5", "--out", dir)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, f := range []string{plan.CapacityJSON, plan.CapacityMD, plan.CapacityChart, bench.SummaryFile} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	if !strings.Contains(out, "capacity least-request:") {
+		t.Errorf("output lacks the capacity line:\n%s", out)
+	}
+}

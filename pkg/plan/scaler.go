@@ -1,0 +1,70 @@
+package plan
+
+import (
+	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/router"
+)
+
+// Replicas is a replica count per role. Decode counts the decode-capable
+// engines: role both without P/D, role decode with it.
+type Replicas struct {
+	Prefill int `json:"prefill"`
+	Decode  int `json:"decode"`
+}
+
+// Total is Prefill + Decode.
+func (r Replicas) Total() int { return r.Prefill + r.Decode }
+
+func (r Replicas) String() string {
+	if r.Prefill == 0 {
+		return itoa(r.Decode)
+	}
+	return itoa(r.Prefill) + "P+" + itoa(r.Decode) + "D"
+}
+
+// Observation is what the planner shows a Scaler at each tick: the
+// deployment's state and the traffic so far, as an autoscaler would see
+// it from the activator's statistics and the engines' metrics.
+type Observation struct {
+	Now time.Duration
+	// Ready engines take requests; Starting ones were asked for and are
+	// not up yet.
+	Ready, Starting Replicas
+	// Queued requests wait in the activator's flow control; InFlight were
+	// dispatched and have not finished.
+	Queued, InFlight int
+	// Arrived, Finished and Failed count requests since the start.
+	Arrived, Finished, Failed int
+	// Engines are the ready engines' last scraped metrics.
+	Engines []EngineMetrics
+}
+
+// EngineMetrics is one engine's scraped state.
+type EngineMetrics struct {
+	ID               string
+	Role             router.Role
+	Waiting, Running int
+	KVUsage          float64
+	// InFlight is the activator's count of requests sent to the engine.
+	InFlight int
+}
+
+// Scaler decides the desired replica counts. The planner calls Scale every
+// Config.ScaleInterval of virtual time; the Observation is valid only
+// during the call. An autoscaler's decider is a Scaler.
+type Scaler interface {
+	Scale(obs *Observation) Replicas
+}
+
+// Fixed is a Scaler that always wants the same counts.
+type Fixed Replicas
+
+// Scale returns the fixed counts.
+func (f Fixed) Scale(*Observation) Replicas { return Replicas(f) }
+
+// ScalerFunc adapts a function to Scaler.
+type ScalerFunc func(obs *Observation) Replicas
+
+// Scale calls f.
+func (f ScalerFunc) Scale(obs *Observation) Replicas { return f(obs) }

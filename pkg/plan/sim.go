@@ -1,0 +1,952 @@
+package plan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/bench"
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/router"
+	"github.com/llmd-kn/llmd-kn/pkg/workload"
+)
+
+// Result is one run of the model.
+type Result struct {
+	// Records has one entry per request of the workload, in arrival order,
+	// as a client would have measured it.
+	Records []bench.Record
+	// Config is the configuration the run used.
+	Config Config
+	Stats  Stats
+	// Engines are the engines that ran, in the order they were created.
+	Engines []EngineResult
+}
+
+// EngineResult is one engine's life in a run.
+type EngineResult struct {
+	ID   string
+	Role router.Role
+	// Started and Stopped bound the engine's life (Stopped is the end of
+	// the run unless Removed by the scaler).
+	Started, Stopped time.Duration
+	Removed          bool
+	// Stats are the engine's counters at the end.
+	Stats engine.Stats
+}
+
+// Stats are facts about a run beyond what the records show.
+type Stats struct {
+	// End is the virtual time of the last event; Events counts them.
+	End    time.Duration
+	Events int64
+	// Steps and Preemptions are summed over the engines; BusySeconds is
+	// the engines' step time and EngineSeconds their provisioned time
+	// (from start to the end of the run, or to their removal).
+	Steps, Preemptions         int64
+	BusySeconds, EngineSeconds float64
+	// Decisions counts routing decisions; Disaggregated those sent through
+	// a prefill engine; PDFallbacks those whose prefill was refused.
+	Decisions, Disaggregated, PDFallbacks int
+	// PredictedCachedTokens sums the decisions' predicted prefix hits (on
+	// the decode engine) where the profile predicts them.
+	PredictedCachedTokens int64
+	// KVEvents says whether the engines published KV events (the profile
+	// reads the precise index); KVBatches counts the batches applied and
+	// KVApplyErrors those the router rejected.
+	KVEvents                 bool
+	KVBatches, KVApplyErrors int64
+	// Rejected counts flow-control refusals (queue full or deadline);
+	// TimedOut client timeouts; PeakQueued the longest flow-control queue.
+	Rejected, TimedOut, PeakQueued int
+	// Peak counts of engines up at once.
+	PeakReplicas Replicas
+}
+
+// request stages.
+const (
+	stQueued  uint8 = iota // waiting for flow control
+	stPrefill              // at (or on its way to) the prefill engine
+	stDecode               // at (or on its way to) the decode engine
+)
+
+// flight is a request the activator is handling.
+type flight struct {
+	n     int // arrival number: index into records and flights
+	id    string
+	req   workload.Request
+	sent  time.Duration
+	stage uint8
+	// inQueue: waiting in the flow-control queue.
+	inQueue bool
+	d       *router.Decision
+	// decode and prefill are node indexes (prefill -1 without P/D).
+	decode, prefill int
+	disagg          bool
+	released        bool // the prefill engine's held blocks were released
+	uncached        int  // in-flight prefill tokens counted on the decode engine
+	firstSeen       bool
+	prefilled       int // the prefill engine's cached tokens
+	lastAt          time.Duration
+	chunks          int
+	itl             []time.Duration
+}
+
+// node is one engine and the activator's view of it.
+type node struct {
+	idx  int
+	id   string
+	role router.Role
+	eng  *engine.Engine
+
+	started, healthy, draining, gone bool
+	startedAt, goneAt                time.Duration
+	phase                            time.Duration
+
+	busy   bool
+	kickAt time.Duration // pending kick, -1 for none
+	res    *engine.StepResult
+
+	// Scraped metrics.
+	waiting, running     int
+	kvUsage              float64
+	blockSize, numBlocks int
+	scrapedAt            time.Duration
+
+	// The activator's own accounting.
+	inflight, inflightTokens int
+
+	kv     []*kvBatch // KV batches not yet delivered, oldest first
+	kvHead int
+}
+
+type kvBatch struct {
+	events []router.KVEvent
+	hashes []uint64
+}
+
+type sim struct {
+	ctx      context.Context
+	cfg      Config
+	q        eventQueue
+	rt       *router.Router
+	sched    *router.Scheduler
+	rates    router.Rates
+	model    string
+	kvEvents bool
+	base     time.Time
+	now      time.Duration
+	err      error
+
+	nodes  []*node
+	eps    []router.Endpoint
+	epNode []int
+
+	src      workload.Source
+	pending  workload.Request // the next arrival
+	srcDone  bool
+	arrived  int
+	active   int
+	finished int
+	failed   int
+	records  []bench.Record
+	flights  []*flight
+	freeF    []*flight
+	freeD    []*router.Decision
+	freeKV   []*kvBatch
+	prompt   []uint32
+	promptOf int // arrival number whose prompt s.prompt holds, -1 none
+	arena    []time.Duration
+
+	// Flow control.
+	fifo     []int
+	fifoHead int
+	queued   int
+	admitted int
+
+	obs     Observation
+	stats   Stats
+	engines []EngineResult
+}
+
+// arenaChunk is how many inter-token gaps one arena allocation holds.
+const arenaChunk = 1 << 20
+
+// Run replays src through the deployment cfg describes and returns what a
+// client would have measured. It fails on an invalid configuration, on a
+// Scaler asking for the impossible, or when ctx ends (checked every few
+// thousand events).
+func Run(ctx context.Context, cfg Config, src workload.Source) (*Result, error) {
+	cfg.RouterConfig = cfg.routerConfig() // parse the built-in one once
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	rc := cfg.RouterConfig
+	rt, err := router.New(rc, router.Options{Seed: cfg.Seed})
+	if err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	sched, err := rt.Scheduler(cfg.Routing)
+	if err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	kv, err := readsPreciseIndex(rc, sched.Profile())
+	if err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	s := &sim{
+		ctx:      ctx,
+		cfg:      cfg,
+		rt:       rt,
+		sched:    sched.WithPDThreshold(cfg.PDThreshold),
+		rates:    router.RatesFromProfile(&cfg.Profile, cfg.Engine.MaxNumBatchedTokens, 32, 4096),
+		model:    cfg.Model,
+		kvEvents: kv,
+		base:     time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		src:      src,
+		promptOf: -1,
+	}
+	if s.model == "" {
+		s.model = cfg.Profile.Model.Name
+	}
+	s.stats.KVEvents = kv
+	if n := src.Len(); n > 0 {
+		s.records = make([]bench.Record, 0, n)
+		s.flights = make([]*flight, 0, n)
+	}
+	if err := s.run(); err != nil {
+		return nil, err
+	}
+	return &Result{Records: s.records, Config: cfg, Stats: s.stats, Engines: s.engines}, nil
+}
+
+func (s *sim) run() error {
+	want := Replicas{Prefill: s.cfg.PrefillEngines, Decode: s.cfg.Engines}
+	for range want.Prefill {
+		s.startNode(s.addNode(router.RolePrefill))
+	}
+	role := router.RoleBoth
+	if s.cfg.pd() {
+		role = router.RoleDecode
+	}
+	for range want.Decode {
+		s.startNode(s.addNode(role))
+	}
+	s.notePeak()
+	if s.cfg.Scaler != nil {
+		s.q.schedule(0, evScale, 0, 0, 0)
+	}
+	s.nextArrival()
+	for s.q.Len() > 0 && s.err == nil {
+		if s.srcDone && s.active == 0 {
+			break
+		}
+		if s.q.work == 0 {
+			return fmt.Errorf("plan: %d requests can no longer progress at %s (no engine can take them); check the engine limits", s.active, s.now)
+		}
+		if s.stats.Events&4095 == 0 && s.ctx.Err() != nil {
+			return s.ctx.Err()
+		}
+		e := s.q.next()
+		s.now = e.at
+		s.stats.Events++
+		s.handle(e)
+		s.q.recycle(e)
+	}
+	if s.err != nil {
+		return s.err
+	}
+	s.stats.End = s.now
+	for _, n := range s.nodes {
+		if !n.started {
+			continue
+		}
+		end := s.now
+		if n.gone {
+			end = n.goneAt
+		}
+		st := n.eng.Stats()
+		s.stats.Steps += st.Steps
+		s.stats.Preemptions += st.Preemptions
+		s.stats.BusySeconds += st.BusyTime.Seconds()
+		s.stats.EngineSeconds += (end - n.startedAt).Seconds()
+		s.engines = append(s.engines, EngineResult{ID: n.id, Role: n.role, Started: n.startedAt, Stopped: end, Removed: n.gone, Stats: st})
+	}
+	return nil
+}
+
+func (s *sim) handle(e *event) {
+	switch e.kind {
+	case evStepEnd:
+		s.stepEnd(s.nodes[e.node])
+	case evKV:
+		s.deliverKV(s.nodes[e.node])
+	case evStart:
+		s.startNode(s.nodes[e.node])
+	case evScrape:
+		s.scrape(s.nodes[e.node], true)
+		s.dispatchQueued()
+	case evSend:
+		if f := s.flight(e.req); f != nil && f.stage == e.stage {
+			s.add(f)
+		}
+	case evArrival:
+		s.arrive()
+		s.nextArrival()
+	case evQueueTimeout:
+		if f := s.flight(e.req); f != nil && f.inQueue {
+			s.stats.Rejected++
+			s.fail(f, bench.ErrHTTP5xx, 503, fmt.Sprintf("request waited the tier's limit of %v in the activator without capacity", s.cfg.Flow.MaxQueueTime))
+		}
+	case evTimeout:
+		if f := s.flight(e.req); f != nil {
+			s.stats.TimedOut++
+			s.fail(f, bench.ErrTimeout, 0, fmt.Sprintf("no complete answer within %v", s.cfg.RequestTimeout))
+		}
+	case evScale:
+		s.scale()
+		s.q.schedule(s.now+s.cfg.ScaleInterval, evScale, 0, 0, 0)
+	case evKick:
+		n := s.nodes[e.node]
+		if n.kickAt == e.at {
+			n.kickAt = -1
+		}
+		if !n.busy && !n.gone && n.eng.Pending() {
+			s.step(n)
+		}
+	}
+}
+
+// Engines.
+
+func (s *sim) addNode(role router.Role) *node {
+	idx := len(s.nodes)
+	name := "decode"
+	erole := engine.RoleDecode
+	switch role {
+	case router.RolePrefill:
+		name, erole = "prefill", engine.RolePrefill
+	case router.RoleBoth:
+		name, erole = "engine", engine.RoleBoth
+	}
+	eng, err := engine.New(s.cfg.engineConfig(erole, s.cfg.Seed^uint64(idx+1)*0x9e3779b97f4a7c15, s.kvEvents))
+	if err != nil {
+		s.err = fmt.Errorf("plan: engine: %w", err)
+		eng = nil
+	}
+	// Each engine is scraped on its own phase, as the activator's
+	// per-pod tickers are: spread by the golden ratio.
+	frac := math.Mod(float64(idx)*0.6180339887498949, 1)
+	n := &node{idx: idx, id: fmt.Sprintf("%s-%d", name, idx), role: role, eng: eng, kickAt: -1,
+		phase: time.Duration(frac * float64(s.cfg.ScrapeInterval))}
+	s.nodes = append(s.nodes, n)
+	return n
+}
+
+// startNode brings an engine up: it is scraped at once (and so becomes
+// ready) and then every ScrapeInterval on its phase.
+func (s *sim) startNode(n *node) {
+	if n.gone || n.started || n.eng == nil {
+		return
+	}
+	n.started, n.startedAt = true, s.now
+	s.scrape(n, false)
+	s.q.schedule(s.now+n.phase, evScrape, n.idx, 0, 0)
+	s.dispatchQueued()
+}
+
+// scrape reads an engine's gauges as the activator's scrape of /metrics
+// does; again schedules the next scrape.
+func (s *sim) scrape(n *node, again bool) {
+	if n.gone {
+		return
+	}
+	st := n.eng.Stats()
+	n.waiting, n.running, n.kvUsage = st.Waiting, st.Running, st.KVUsage
+	n.blockSize, n.numBlocks = st.BlockSize, st.NumBlocks
+	n.scrapedAt, n.healthy = s.now, true
+	if again {
+		s.q.schedule(s.now+s.cfg.ScrapeInterval, evScrape, n.idx, 0, 0)
+	}
+}
+
+// kick makes an idle engine start a step at time at (after the other
+// events of that instant) if it then has work.
+func (s *sim) kick(n *node, at time.Duration) {
+	// A busy engine looks for work when its step ends.
+	if n.gone || n.busy || (n.kickAt >= 0 && n.kickAt <= at) {
+		return
+	}
+	n.kickAt = at
+	s.q.schedule(at, evKick, n.idx, 0, 0)
+}
+
+func (s *sim) step(n *node) {
+	res := n.eng.Step(s.base.Add(s.now))
+	if s.kvEvents && len(res.Events) > 0 {
+		s.queueKV(n, res.Events, s.now+res.Duration+s.cfg.KVEventDelay)
+	}
+	if res.Idle {
+		if !res.WakeAt.IsZero() {
+			s.kick(n, res.WakeAt.Sub(s.base))
+		}
+		return
+	}
+	n.busy, n.res = true, res
+	s.q.schedule(s.now+res.Duration, evStepEnd, n.idx, 0, 0)
+}
+
+// stepEnd delivers a step's outputs, at the step's end.
+func (s *sim) stepEnd(n *node) {
+	res := n.res
+	n.busy, n.res = false, nil
+	for i := range res.Outputs {
+		s.output(n, &res.Outputs[i])
+	}
+	if n.eng.Pending() {
+		s.kick(n, s.now)
+	}
+	s.maybeGone(n)
+}
+
+// queueKV copies a step's KV events (the engine reuses its buffers) for
+// delivery at time at. Token ids are left out: the index reads hashes.
+func (s *sim) queueKV(n *node, evs []engine.KVEvent, at time.Duration) {
+	var b *kvBatch
+	if k := len(s.freeKV); k > 0 {
+		b = s.freeKV[k-1]
+		s.freeKV = s.freeKV[:k-1]
+	} else {
+		b = new(kvBatch)
+	}
+	b.events, b.hashes = b.events[:0], b.hashes[:0]
+	for i := range evs {
+		e := &evs[i]
+		h0 := len(b.hashes)
+		b.hashes = append(b.hashes, e.Hashes...)
+		b.events = append(b.events, router.KVEvent{
+			Kind: router.KVEventKind(e.Kind), Hashes: b.hashes[h0:len(b.hashes):len(b.hashes)],
+			Parent: e.Parent, HasParent: e.HasParent, BlockSize: e.BlockSize,
+		})
+	}
+	n.kv = append(n.kv, b)
+	s.q.schedule(at, evKV, n.idx, 0, 0)
+}
+
+// deliverKV applies an engine's oldest pending KV batch: the delay is the
+// same for all, so batches arrive in the order their steps ended.
+func (s *sim) deliverKV(n *node) {
+	if n.kvHead >= len(n.kv) {
+		return // dropped with a removed engine
+	}
+	b := n.kv[n.kvHead]
+	n.kv[n.kvHead] = nil
+	n.kvHead++
+	if n.kvHead == len(n.kv) {
+		n.kv, n.kvHead = n.kv[:0], 0
+	}
+	if err := s.rt.Apply(n.id, b.events...); err != nil {
+		s.stats.KVApplyErrors++
+	}
+	s.stats.KVBatches++
+	s.freeKV = append(s.freeKV, b)
+}
+
+// Requests.
+
+func (s *sim) nextArrival() {
+	r, ok := s.src.Next()
+	if !ok {
+		s.srcDone = true
+		return
+	}
+	s.pending = r
+	s.q.schedule(r.At, evArrival, 0, 0, 0)
+}
+
+func (s *sim) flight(n int) *flight {
+	if n < 0 || n >= len(s.flights) {
+		return nil
+	}
+	return s.flights[n]
+}
+
+// arrive handles the pending request reaching the activator.
+func (s *sim) arrive() {
+	r := s.pending
+	n := s.arrived
+	s.arrived++
+	s.active++
+	s.records = append(s.records, bench.Record{
+		Index: r.Index, Scheduled: r.At, Sent: r.At, PromptLen: r.PromptLen, MaxTokens: r.MaxTokens,
+	})
+	var f *flight
+	if k := len(s.freeF); k > 0 {
+		f = s.freeF[k-1]
+		s.freeF = s.freeF[:k-1]
+	} else {
+		f = new(flight)
+	}
+	*f = flight{n: n, id: itoa(n), req: r, sent: s.now, stage: stQueued, decode: -1, prefill: -1}
+	s.flights = append(s.flights, f)
+	if s.cfg.RequestTimeout > 0 {
+		s.q.schedule(s.now+s.cfg.RequestTimeout, evTimeout, 0, n, 0)
+	}
+	fc := s.cfg.Flow
+	if !fc.Enabled {
+		s.dispatch(f)
+		return
+	}
+	// Acquire: straight through when nobody waits and the gate is open.
+	if s.queued == 0 && s.gate() {
+		s.admitted++
+		s.dispatch(f)
+		return
+	}
+	if s.queued+1 > fc.MaxQueued {
+		s.stats.Rejected++
+		s.fail(f, bench.ErrHTTP5xx, 503, fmt.Sprintf("the revision's queue is full (%d requests waiting)", s.queued))
+		return
+	}
+	s.fifo = append(s.fifo, n)
+	f.inQueue = true
+	s.queued++
+	s.stats.PeakQueued = max(s.stats.PeakQueued, s.queued)
+	s.q.schedule(s.now+fc.MaxQueueTime, evQueueTimeout, 0, n, 0)
+}
+
+// gate is the activator's flow-control admission test (revision.gate): a
+// ready decode-capable engine must exist and llm-d's pool saturation must
+// be under the tier's limit, counting requests admitted but not yet seen
+// by any engine as waiting.
+func (s *sim) gate() bool {
+	var sat float64
+	up, inflight := 0, 0
+	for _, n := range s.nodes {
+		if n.role == router.RolePrefill || !n.up() {
+			continue
+		}
+		up++
+		if s.stale(n) {
+			sat++
+			continue
+		}
+		inflight += n.inflight
+		waiting := max(float64(n.waiting), float64(n.inflight-n.running))
+		sat += math.Max(waiting/5, n.kvUsage/0.8)
+	}
+	if up == 0 {
+		return false
+	}
+	sat /= float64(up)
+	if pending := s.admitted - inflight; pending > 0 {
+		sat += float64(pending) / 5 / float64(up)
+	}
+	m := s.cfg.Flow.MaxSaturation
+	return m == 0 || sat < m
+}
+
+func (n *node) up() bool { return n.started && n.healthy && !n.draining && !n.gone }
+
+func (s *sim) stale(n *node) bool { return !n.healthy || s.now-n.scrapedAt > s.cfg.StaleAfter }
+
+// dispatchQueued admits waiting requests in order while the gate allows
+// (the flow controller's Notify and release).
+func (s *sim) dispatchQueued() {
+	for s.fifoHead < len(s.fifo) {
+		f := s.flight(s.fifo[s.fifoHead])
+		if f == nil || f.stage != stQueued {
+			s.fifoHead++
+			continue
+		}
+		if !s.gate() {
+			break
+		}
+		s.fifoHead++
+		f.inQueue = false
+		s.queued--
+		s.admitted++
+		s.dispatch(f)
+	}
+	if s.fifoHead == len(s.fifo) {
+		s.fifo, s.fifoHead = s.fifo[:0], 0
+	} else if s.fifoHead > 4096 && s.fifoHead > len(s.fifo)/2 {
+		s.fifo = s.fifo[:copy(s.fifo, s.fifo[s.fifoHead:])]
+		s.fifoHead = 0
+	}
+}
+
+// snapshot is the router's view of the engines (revision.snapshot).
+func (s *sim) snapshot() []router.Endpoint {
+	s.eps, s.epNode = s.eps[:0], s.epNode[:0]
+	for _, n := range s.nodes {
+		if !n.started || n.draining || n.gone {
+			continue
+		}
+		s.eps = append(s.eps, router.Endpoint{
+			ID: n.id, Role: n.role, Ready: n.healthy, Stale: s.stale(n),
+			Waiting: n.waiting, Running: n.running, KVUsage: n.kvUsage,
+			BlockSize: n.blockSize, NumBlocks: n.numBlocks,
+			InFlight: n.inflight, InFlightTokens: n.inflightTokens,
+			Rates: s.rates,
+		})
+		s.epNode = append(s.epNode, n.idx)
+	}
+	return s.eps
+}
+
+// promptFor returns f's prompt token ids in a shared buffer, valid until
+// the next call for another request.
+func (s *sim) promptFor(f *flight) []uint32 {
+	if s.promptOf != f.n {
+		s.prompt = f.req.AppendPrompt(s.prompt[:0])
+		s.promptOf = f.n
+	}
+	return s.prompt
+}
+
+// dispatch routes an admitted request and sends it on (activator.serve and
+// attempt).
+func (s *sim) dispatch(f *flight) {
+	rec := &s.records[f.n]
+	rec.Queue, rec.HasQueue = s.now-f.sent, true
+	var d *router.Decision
+	if k := len(s.freeD); k > 0 {
+		d = s.freeD[k-1]
+		s.freeD = s.freeD[:k-1]
+	} else {
+		d = new(router.Decision)
+	}
+	f.d = d
+	req := router.Request{Model: s.model, Tier: "standard", Tokens: s.promptFor(f), ExpectedOutput: f.req.MaxTokens}
+	if err := s.sched.Decide(d, &req, s.snapshot()); err != nil {
+		s.fail(f, bench.ErrHTTP5xx, 503, "no endpoint could take the request: "+err.Error())
+		return
+	}
+	s.stats.Decisions++
+	if d.PrefixHitTokens > 0 {
+		s.stats.PredictedCachedTokens += int64(d.PrefixHitTokens)
+	}
+	f.decode = s.epNode[d.Decode]
+	if d.Disaggregated {
+		f.prefill, f.disagg = s.epNode[d.Prefill], true
+		f.stage = stPrefill
+		s.nodes[f.prefill].inflight++
+		s.stats.Disaggregated++
+		s.send(f)
+		return
+	}
+	s.sendDecode(f)
+}
+
+// sendDecode sends the request to its decode engine: in-flight accounting,
+// then Router.Record, as activator.attempt does just before proxying.
+func (s *sim) sendDecode(f *flight) {
+	d := f.d
+	n := s.nodes[f.decode]
+	f.stage = stDecode
+	f.uncached = max(d.PromptTokens-max(d.PrefixHitTokens, 0), 0)
+	n.inflight++
+	n.inflightTokens += f.uncached
+	s.rt.Record(d)
+	s.send(f)
+}
+
+// send delivers the request to the engine of its stage after Overhead.
+func (s *sim) send(f *flight) {
+	if s.cfg.Overhead > 0 {
+		s.q.schedule(s.now+s.cfg.Overhead, evSend, 0, f.n, f.stage)
+		return
+	}
+	s.add(f)
+}
+
+// add hands the request to an engine.
+func (s *sim) add(f *flight) {
+	if f.stage == stPrefill {
+		n := s.nodes[f.prefill]
+		err := n.eng.Add(s.base.Add(s.now), engine.Request{
+			ID: f.id, Prompt: s.promptFor(f), MaxTokens: 1, IgnoreEOS: true, RemoteDecode: true,
+		})
+		if err != nil {
+			// A failed prefill falls back to decoding alone.
+			n.inflight--
+			s.stats.PDFallbacks++
+			f.disagg, f.d.Disaggregated, f.prefill = false, false, -1
+			s.maybeGone(n)
+			s.sendDecode(f)
+			return
+		}
+		s.kick(n, s.now)
+		return
+	}
+	n := s.nodes[f.decode]
+	err := n.eng.Add(s.base.Add(s.now), engine.Request{
+		ID: f.id, Prompt: s.promptFor(f), MaxTokens: f.req.MaxTokens, IgnoreEOS: s.cfg.IgnoreEOS, RemotePrefill: f.disagg,
+	})
+	if err != nil {
+		switch {
+		case errors.Is(err, engine.ErrTooLong), errors.Is(err, engine.ErrBadRequest):
+			s.fail(f, bench.ErrHTTP4xx, 400, err.Error())
+		case errors.Is(err, engine.ErrQueueFull):
+			s.fail(f, bench.ErrHTTP5xx, 503, err.Error())
+		default:
+			s.fail(f, bench.ErrHTTP5xx, 500, err.Error())
+		}
+		return
+	}
+	s.kick(n, s.now)
+}
+
+// output handles one engine output at the end of its step.
+func (s *sim) output(n *node, o *engine.Output) {
+	f := s.flight(parseID(o.ID))
+	if f == nil {
+		return
+	}
+	if f.stage == stPrefill && n.idx == f.prefill {
+		// The prefill answer is back at the activator: send the decode
+		// request.
+		n.inflight--
+		f.prefilled = o.CachedTokens
+		s.sendDecode(f)
+		return
+	}
+	if f.stage != stDecode || n.idx != f.decode {
+		return
+	}
+	rec := &s.records[f.n]
+	if o.FirstToken {
+		rec.TTFT = s.now - f.sent
+		f.firstSeen = true
+		n.inflightTokens -= f.uncached
+		f.itl = s.reserveITL(f.req.MaxTokens - 1)
+		if f.disagg {
+			s.releasePrefill(f)
+		}
+	} else {
+		f.itl = append(f.itl, s.now-f.lastAt)
+	}
+	f.lastAt = s.now
+	f.chunks++
+	if !o.Finished {
+		return
+	}
+	rec.E2E = s.now - f.sent
+	rec.Chunks, rec.ITL = f.chunks, f.itl
+	rec.HasUsage, rec.Status = true, 200
+	rec.PromptTokens, rec.CompletionTokens = o.PromptTokens, o.NumOutput
+	rec.CachedTokens = o.CachedTokens
+	if f.disagg {
+		// As the activator reports a disaggregated answer: what no engine
+		// had to compute is what the prefill engine found in its cache.
+		rec.CachedTokens = f.prefilled
+	}
+	n.inflight--
+	s.finish(f, false)
+}
+
+// releasePrefill frees the prefill engine's held blocks once the decode
+// engine has them (NIXL's notification).
+func (s *sim) releasePrefill(f *flight) {
+	if f.released || f.prefill < 0 {
+		return
+	}
+	f.released = true
+	p := s.nodes[f.prefill]
+	if p.eng.Release(f.id) && p.eng.Pending() {
+		s.kick(p, s.now)
+	}
+	s.maybeGone(p)
+}
+
+// reserveITL returns an empty slice with room for n gaps, carved from a
+// shared arena so that a run makes few allocations for them.
+func (s *sim) reserveITL(n int) []time.Duration {
+	if n <= 0 {
+		return nil
+	}
+	if n > arenaChunk/8 {
+		return make([]time.Duration, 0, n)
+	}
+	if cap(s.arena)-len(s.arena) < n {
+		s.arena = make([]time.Duration, 0, arenaChunk)
+	}
+	l := len(s.arena)
+	s.arena = s.arena[:l+n]
+	return s.arena[l : l : l+n]
+}
+
+// fail ends a request with an error, undoing what its stage holds.
+func (s *sim) fail(f *flight, kind bench.ErrorKind, status int, detail string) {
+	rec := &s.records[f.n]
+	rec.Error, rec.Status, rec.Detail = kind, status, detail
+	rec.E2E = s.now - f.sent
+	rec.Chunks, rec.ITL = f.chunks, f.itl
+	switch f.stage {
+	case stQueued:
+		if f.inQueue {
+			f.inQueue = false
+			s.queued--
+		}
+	case stPrefill:
+		n := s.nodes[f.prefill]
+		n.inflight--
+		if n.eng.Abort(f.id) && n.eng.Pending() {
+			s.kick(n, s.now)
+		}
+		s.maybeGone(n)
+	case stDecode:
+		n := s.nodes[f.decode]
+		n.inflight--
+		if !f.firstSeen {
+			n.inflightTokens -= f.uncached
+		}
+		if n.eng.Abort(f.id) && n.eng.Pending() {
+			s.kick(n, s.now)
+		}
+		if f.disagg {
+			s.releasePrefill(f)
+		}
+		s.maybeGone(n)
+	}
+	s.finish(f, true)
+}
+
+// finish retires a request: its flow-control admission is released, which
+// may admit others.
+func (s *sim) finish(f *flight, failed bool) {
+	wasAdmitted := f.d != nil
+	if f.d != nil {
+		s.freeD = append(s.freeD, f.d)
+	}
+	s.flights[f.n] = nil
+	*f = flight{}
+	s.freeF = append(s.freeF, f)
+	s.active--
+	if failed {
+		s.failed++
+	} else {
+		s.finished++
+	}
+	if s.cfg.Flow.Enabled && wasAdmitted {
+		s.admitted--
+		s.dispatchQueued()
+	}
+}
+
+// parseID reads the arrival number back from an engine request id.
+func parseID(id string) int {
+	n := 0
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+// Scaling.
+
+func (s *sim) scale() {
+	o := &s.obs
+	*o = Observation{Now: s.now, Engines: o.Engines[:0], Queued: s.queued, Arrived: s.arrived, Finished: s.finished, Failed: s.failed}
+	for _, n := range s.nodes {
+		if n.gone || n.draining {
+			continue
+		}
+		r := &o.Starting
+		if n.up() {
+			r = &o.Ready
+			o.Engines = append(o.Engines, EngineMetrics{ID: n.id, Role: n.role, Waiting: n.waiting, Running: n.running, KVUsage: n.kvUsage, InFlight: n.inflight})
+		}
+		if n.role == router.RolePrefill {
+			r.Prefill++
+		} else {
+			r.Decode++
+		}
+		o.InFlight += n.inflight
+	}
+	want := s.cfg.Scaler.Scale(o)
+	if want.Prefill < 0 || want.Decode < 0 {
+		s.err = fmt.Errorf("plan: scaler asked for negative replicas %+v at %s", want, s.now)
+		return
+	}
+	if want.Prefill > 0 && !s.cfg.pd() {
+		s.err = fmt.Errorf("plan: scaler asked for %d prefill engines at %s, but the deployment does not run P/D (set Disaggregated)", want.Prefill, s.now)
+		return
+	}
+	decodeRole := router.RoleBoth
+	if s.cfg.pd() {
+		decodeRole = router.RoleDecode
+	}
+	s.resize(router.RolePrefill, want.Prefill)
+	s.resize(decodeRole, want.Decode)
+	s.notePeak()
+}
+
+// resize starts or drains engines of a role to reach want. New engines are
+// ready after StartupDelay; drained ones take no new request and leave when
+// their work is done.
+func (s *sim) resize(role router.Role, want int) {
+	var live []*node
+	for _, n := range s.nodes {
+		if n.role == role && !n.gone && !n.draining {
+			live = append(live, n)
+		}
+	}
+	for k := len(live); k < want; k++ {
+		n := s.addNode(role)
+		if s.cfg.StartupDelay == 0 {
+			s.startNode(n)
+		} else {
+			s.q.schedule(s.now+s.cfg.StartupDelay, evStart, n.idx, 0, 0)
+		}
+	}
+	// The newest engines go first, those not yet up before those serving.
+	cut := len(live) - want
+	for k := len(live) - 1; k >= 0 && cut > 0; k-- {
+		if n := live[k]; !n.started {
+			n.gone = true
+			cut--
+		}
+	}
+	for k := len(live) - 1; k >= 0 && cut > 0; k-- {
+		if n := live[k]; !n.gone {
+			n.draining = true
+			s.maybeGone(n)
+			cut--
+		}
+	}
+}
+
+// maybeGone removes a draining engine whose work is done.
+func (s *sim) maybeGone(n *node) {
+	if !n.draining || n.gone || n.busy || n.inflight > 0 || n.eng.Pending() || n.eng.Stats().Held > 0 {
+		return
+	}
+	n.gone, n.goneAt = true, s.now
+	clear(n.kv)
+	n.kv, n.kvHead = nil, 0
+	s.rt.Forget(n.id)
+}
+
+func (s *sim) notePeak() {
+	var r Replicas
+	for _, n := range s.nodes {
+		if n.gone || n.draining {
+			continue
+		}
+		if n.role == router.RolePrefill {
+			r.Prefill++
+		} else {
+			r.Decode++
+		}
+	}
+	s.stats.PeakReplicas.Prefill = max(s.stats.PeakReplicas.Prefill, r.Prefill)
+	s.stats.PeakReplicas.Decode = max(s.stats.PeakReplicas.Decode, r.Decode)
+}

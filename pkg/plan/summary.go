@@ -1,0 +1,142 @@
+package plan
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/bench"
+	"github.com/llmd-kn/llmd-kn/pkg/workload"
+)
+
+// SummaryOptions describe a run for Summarize beyond its Result.
+type SummaryOptions struct {
+	// Name is the run's name in the report; "" means the routing profile.
+	Name     string
+	Workload bench.WorkloadInfo
+	SLO      bench.SLO
+	// Ladder is the workload's rate ladder (bench.LadderSteps), if any.
+	Ladder []bench.LoadStep
+	// Bucket is the time-series interval (0: one second).
+	Bucket time.Duration
+}
+
+// Summarize turns a run into the report's RunSummary with bench.Summarize,
+// in virtual-time mode, with the deployment in Target and Settings.
+func Summarize(res *Result, o SummaryOptions) bench.RunSummary {
+	c := &res.Config
+	name := o.Name
+	if name == "" {
+		name = c.routingName()
+	}
+	return bench.Summarize(name, res.Records, bench.SummaryOptions{
+		Mode:     bench.ModeVirtualTime,
+		Target:   c.Describe(),
+		Model:    c.modelName(),
+		Workload: o.Workload,
+		Settings: settings(res),
+		SLO:      o.SLO,
+		Bucket:   o.Bucket,
+		Ladder:   o.Ladder,
+	})
+}
+
+// RunWorkload runs w through cfg and summarizes it.
+func RunWorkload(ctx context.Context, cfg Config, w *workload.Workload, o SummaryOptions) (bench.RunSummary, *Result, error) {
+	res, err := Run(ctx, cfg, w.Source())
+	if err != nil {
+		return bench.RunSummary{}, nil, err
+	}
+	return Summarize(res, o), res, nil
+}
+
+// Describe names the modelled deployment in one line, e.g.
+// "plan: 8 × qwen3-32b-2xh100 (default)" or "plan: 2 prefill + 6 decode × ...".
+func (c *Config) Describe() string {
+	fleet := strconv.Itoa(c.Engines)
+	if c.pd() {
+		fleet = fmt.Sprintf("%d prefill + %d decode", c.PrefillEngines, c.Engines)
+	}
+	return fmt.Sprintf("plan: %s × %s, routing %s", fleet, c.Profile.Name, c.routingName())
+}
+
+func (c *Config) routingName() string {
+	if c.Routing != "" {
+		return c.Routing
+	}
+	return c.routerConfig().DefaultProfile
+}
+
+func (c *Config) modelName() string {
+	if c.Model != "" {
+		return c.Model
+	}
+	return c.Profile.Model.Name
+}
+
+// settings are the run's facts for the report: the deployment's knobs and
+// what the model counted. All are deterministic for a seed.
+func settings(res *Result) map[string]string {
+	c, st := &res.Config, &res.Stats
+	d := func(v time.Duration) string { return v.String() }
+	flow := "off"
+	if c.Flow.Enabled {
+		flow = fmt.Sprintf("maxSaturation %g, maxQueueTime %s, maxQueued %d", c.Flow.MaxSaturation, c.Flow.MaxQueueTime, c.Flow.MaxQueued)
+	}
+	kv := "off (profile does not read the precise index)"
+	if st.KVEvents {
+		kv = "on, delay " + d(c.KVEventDelay)
+	}
+	blocks := c.Engine.NumBlocks
+	if blocks == 0 {
+		blocks = c.Profile.KVCapacityTokens() / c.blockSize()
+	}
+	orDefault := func(v, def int) string {
+		if v == 0 {
+			v = def
+		}
+		return strconv.Itoa(v)
+	}
+	timeout := "none"
+	if c.RequestTimeout > 0 {
+		timeout = d(c.RequestTimeout)
+	}
+	m := map[string]string{
+		"routing":               c.routingName(),
+		"engineProfile":         c.Profile.Name,
+		"engines":               strconv.Itoa(c.Engines),
+		"prefillEngines":        strconv.Itoa(c.PrefillEngines),
+		"blockSize":             strconv.Itoa(c.blockSize()),
+		"kvBlocksPerEngine":     strconv.Itoa(blocks),
+		"maxNumSeqs":            orDefault(c.Engine.MaxNumSeqs, 256),
+		"maxNumBatchedTokens":   orDefault(c.Engine.MaxNumBatchedTokens, 8192),
+		"pdThreshold":           strconv.Itoa(c.PDThreshold),
+		"scrapeInterval":        d(c.ScrapeInterval),
+		"kvEvents":              kv,
+		"overhead":              d(c.Overhead),
+		"flowControl":           flow,
+		"requestTimeout":        timeout,
+		"ignoreEOS":             strconv.FormatBool(c.IgnoreEOS),
+		"seed":                  strconv.FormatUint(c.Seed, 10),
+		"decisions":             strconv.Itoa(st.Decisions),
+		"disaggregated":         strconv.Itoa(st.Disaggregated),
+		"preemptions":           strconv.FormatInt(st.Preemptions, 10),
+		"engineBusy":            fmt.Sprintf("%.1f%%", 100*safeDiv(st.BusySeconds, st.EngineSeconds)),
+		"predictedCachedTokens": strconv.FormatInt(st.PredictedCachedTokens, 10),
+	}
+	if c.Scaler != nil {
+		m["scaler"] = fmt.Sprintf("%T, peak %s", c.Scaler, st.PeakReplicas)
+	}
+	if st.Rejected > 0 {
+		m["flowRejected"] = strconv.Itoa(st.Rejected)
+	}
+	return m
+}
+
+func safeDiv(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
