@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -17,6 +18,8 @@ import (
 
 // simFlags are `kn-llmd sim`'s flags, named as vLLM's where vLLM has one.
 type simFlags struct {
+	prefixCaching                 bool
+	kvTransferConfig              string
 	host, model, profile, role    string
 	servedNames                   []string
 	port                          int
@@ -88,6 +91,12 @@ continuous batching, prefix caching, KV capacity and timing from a profile.
 	fl.StringVar(&f.advertiseHost, "advertise-host", os.Getenv("POD_IP"), "host a decode engine uses to reach this one in P/D (default: $POD_IP, else --host)")
 	fl.StringVar(&f.engineID, "engine-id", "", "engine id reported in kv_transfer_params (default: random)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	// vLLM flags the llmd-kn webhook injects into LLM revisions: accepted so
+	// that the simulator runs in their place unchanged. Prefix caching is
+	// always on in the simulator; the KV connector is checked to be JSON and
+	// otherwise modelled by --role.
+	fl.BoolVar(&f.prefixCaching, "enable-prefix-caching", true, "accepted for vLLM compatibility: the simulator always caches prefixes")
+	fl.StringVar(&f.kvTransferConfig, "kv-transfer-config", "", `accepted for vLLM compatibility, e.g. '{"kv_connector":"NixlConnector","kv_role":"kv_both"}': must be a JSON object; P/D behaviour follows --role`)
 	return cmd
 }
 
@@ -100,6 +109,15 @@ func envUint(name string) uint64 {
 }
 
 func (f *simFlags) config() (vllmsim.Config, error) {
+	if !f.prefixCaching {
+		return vllmsim.Config{}, fmt.Errorf("--enable-prefix-caching=false: the simulator models vLLM with prefix caching only")
+	}
+	if f.kvTransferConfig != "" {
+		var kv map[string]any
+		if err := json.Unmarshal([]byte(f.kvTransferConfig), &kv); err != nil {
+			return vllmsim.Config{}, fmt.Errorf("--kv-transfer-config: not a JSON object: %v", err)
+		}
+	}
 	var cfg vllmsim.Config
 	for _, c := range []struct {
 		name string

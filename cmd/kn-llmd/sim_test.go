@@ -77,3 +77,18 @@ func TestSimFlagsToConfig(t *testing.T) {
 		t.Fatalf("kv events %+v", kv)
 	}
 }
+
+func TestSimAcceptsTheFlagsTheWebhookInjects(t *testing.T) {
+	cmd := newSimCommand()
+	if err := cmd.Flags().Parse([]string{"--enable-prefix-caching", "--kv-transfer-config", `{"kv_connector":"NixlConnector","kv_role":"kv_both"}`,
+		"--scheduling-policy", "priority"}); err != nil {
+		t.Fatal(err)
+	}
+	bad := newSimCommand()
+	bad.SetArgs([]string{"--kv-transfer-config", "{not json", "--port", "0"})
+	bad.SetOut(io.Discard)
+	bad.SetErr(io.Discard)
+	if err := bad.Execute(); err == nil || !strings.Contains(err.Error(), "--kv-transfer-config") {
+		t.Fatalf("bad --kv-transfer-config: %v", err)
+	}
+}
