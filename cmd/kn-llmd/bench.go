@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/llmd-kn/llmd-kn/pkg/bench"
 	"github.com/llmd-kn/llmd-kn/pkg/workload"
@@ -90,6 +91,21 @@ const benchExample = `  # The simulator, a Poisson load of 5 req/s of vLLM's ran
   kn-llmd bench --url http://gw.example.com/ns/svc --model llama \
       --trace mooncake:../shared/data/mooncake/synthetic_trace.jsonl --speedup 4 --duration 10m --out out/mooncake`
 
+// addWorkloadFlags registers the workload flags bench and plan share; verb
+// is what the command does with a request ("send", "replay").
+func (f *benchFlags) addWorkloadFlags(fl *pflag.FlagSet, verb string) {
+	fl.StringVar(&f.workloadFile, "workload", "", "workload spec file (YAML or JSON)")
+	fl.StringVar(&f.trace, "trace", "", "trace to replay: mooncake:PATH or azure:PATH")
+	fl.StringVar(&f.dataset, "dataset", "", "generated dataset with default parameters: shared-prefix, random or prefix-repetition")
+	fl.Float64Var(&f.rate, "rate", 0, "arrival rate in requests per second (Poisson unless --arrival constant)")
+	fl.StringVar(&f.arrival, "arrival", "", "with --rate: poisson (default) or constant")
+	fl.StringVar(&f.ladder, "ladder", "", "rate ladder: llm-d, or RATE:DURATION steps separated by commas (e.g. 2:30s,4:30s)")
+	fl.Float64Var(&f.speedup, "speedup", 0, "divide every arrival time by this (2 = twice as fast)")
+	fl.Float64Var(&f.rateScale, "rate-scale", 0, "multiply generated arrival rates (not trace timestamps) by this")
+	fl.IntVar(&f.maxRequests, "max-requests", 0, verb+" at most this many requests (0: the workload's)")
+	fl.DurationVar(&f.duration, "duration", 0, verb+" only requests scheduled before this time (0: the workload's)")
+}
+
 func newBenchCmd() *cobra.Command {
 	f := &benchFlags{}
 	cmd := &cobra.Command{
@@ -128,16 +144,7 @@ func newBenchCmd() *cobra.Command {
 	fl.BoolVar(&f.noIgnoreEOS, "no-ignore-eos", false, `do not send vLLM's "ignore_eos": true (outputs may be shorter)`)
 	fl.StringArrayVar(&f.headers, "header", nil, `header added to every request, "Name: value" (repeatable; never written to the report)`)
 
-	fl.StringVar(&f.workloadFile, "workload", "", "workload spec file (YAML or JSON)")
-	fl.StringVar(&f.trace, "trace", "", "trace to replay: mooncake:PATH or azure:PATH")
-	fl.StringVar(&f.dataset, "dataset", "", "generated dataset with default parameters: shared-prefix, random or prefix-repetition")
-	fl.Float64Var(&f.rate, "rate", 0, "arrival rate in requests per second (Poisson unless --arrival constant)")
-	fl.StringVar(&f.arrival, "arrival", "", "with --rate: poisson (default) or constant")
-	fl.StringVar(&f.ladder, "ladder", "", "rate ladder: llm-d, or RATE:DURATION steps separated by commas (e.g. 2:30s,4:30s)")
-	fl.Float64Var(&f.speedup, "speedup", 0, "divide every arrival time by this (2 = twice as fast)")
-	fl.Float64Var(&f.rateScale, "rate-scale", 0, "multiply generated arrival rates (not trace timestamps) by this")
-	fl.IntVar(&f.maxRequests, "max-requests", 0, "send at most this many requests (0: the workload's)")
-	fl.DurationVar(&f.duration, "duration", 0, "send only requests scheduled before this time (0: the workload's)")
+	f.addWorkloadFlags(fl, "send")
 	fl.Int64Var(&f.seed, "seed", 0, "seed of generated prompts and arrivals (default: the workload's, else 0)")
 
 	fl.IntVar(&f.maxConcurrency, "max-concurrency", 0, "most requests in flight; more wait, which shows as lateness (0: unlimited)")

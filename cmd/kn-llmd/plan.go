@@ -122,16 +122,7 @@ func newPlanCmd() *cobra.Command {
 	}
 	fl := cmd.Flags()
 	w := &f.wl
-	fl.StringVar(&w.workloadFile, "workload", "", "workload spec file (YAML or JSON)")
-	fl.StringVar(&w.trace, "trace", "", "trace to replay: mooncake:PATH or azure:PATH")
-	fl.StringVar(&w.dataset, "dataset", "", "generated dataset with default parameters: shared-prefix, random or prefix-repetition")
-	fl.Float64Var(&w.rate, "rate", 0, "arrival rate in requests per second (Poisson unless --arrival constant)")
-	fl.StringVar(&w.arrival, "arrival", "", "with --rate: poisson (default) or constant")
-	fl.StringVar(&w.ladder, "ladder", "", "rate ladder: llm-d, or RATE:DURATION steps separated by commas (e.g. 2:30s,4:30s)")
-	fl.Float64Var(&w.speedup, "speedup", 0, "divide every arrival time by this (2 = twice as fast)")
-	fl.Float64Var(&w.rateScale, "rate-scale", 0, "multiply generated arrival rates (not trace timestamps) by this")
-	fl.IntVar(&w.maxRequests, "max-requests", 0, "replay at most this many requests (0: the workload's)")
-	fl.DurationVar(&w.duration, "duration", 0, "replay only requests scheduled before this time (0: the workload's)")
+	w.addWorkloadFlags(fl, "replay")
 	fl.Int64Var(&w.seed, "seed", 0, "seed of the router, the engines and (when given) the workload's prompts and arrivals")
 
 	fl.IntVar(&f.engines, "engines", 8, "decode-capable engines (role both; role decode with --prefill-engines)")
