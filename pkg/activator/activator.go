@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -366,7 +367,7 @@ func (a *Activator) byHost(host string) (*revision, string) {
 			}
 			if rev.cfg.Service == svc {
 				exact = rev
-			} else if t, ok := strings.CutSuffix(svc, "-"+rev.cfg.Service); ok && t != "" {
+			} else if t, ok := strings.CutSuffix(svc, "-"+rev.cfg.Service); ok && slices.Contains(rev.cfg.Tags, t) {
 				tagged, tag = rev, t
 			}
 		}

@@ -32,6 +32,10 @@ type RevisionConfig struct {
 	Service string
 	// Models are the model names clients may ask for.
 	Models []string
+	// Tags are the Service's traffic tags that route here, as hosts
+	// {tag}-{service}.{namespace}.{domain}; a tag named like an SLO tier
+	// also selects that tier. Hosts with other tags are not this revision's.
+	Tags []string
 	// Spec is the parsed llm-d configuration (pkg/apis).
 	Spec apis.Spec
 	// Rates describe the engines' speed for the ttft-cost scorer; zero

@@ -26,6 +26,7 @@ type StaticRevision struct {
 	Name        string            `json:"name"`
 	Service     string            `json:"service"`
 	Models      []string          `json:"models"`
+	Tags        []string          `json:"tags,omitempty"`
 	Annotations map[string]string `json:"annotations,omitempty"`
 	// PriorityScheduling: the pods run vLLM with --scheduling-policy priority.
 	PriorityScheduling bool        `json:"priorityScheduling,omitempty"`
@@ -74,7 +75,7 @@ func ParseStaticConfig(data []byte, tiers *Tiers, routing *router.Config) ([]Rev
 		if err != nil {
 			return nil, nil, err
 		}
-		rc := RevisionConfig{Key: key, Service: r.Service, Models: r.Models, Spec: spec, PriorityScheduling: r.PriorityScheduling}
+		rc := RevisionConfig{Key: key, Service: r.Service, Models: r.Models, Tags: r.Tags, Spec: spec, PriorityScheduling: r.PriorityScheduling}
 		if p, err := engine.BuiltinProfile(orDefault(spec.SimProfile, engine.DefaultProfile)); err == nil {
 			rc.Rates = router.RatesFromProfile(&p, 0, 1, 0)
 		}

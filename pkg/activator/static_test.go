@@ -54,3 +54,35 @@ func TestParseStaticConfigRejects(t *testing.T) {
 		})
 	}
 }
+
+func TestHostRoutingHonoursTrafficTags(t *testing.T) {
+	act, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer act.Close()
+	key := RevisionKey{Namespace: "default", Name: "llm-00001"}
+	if err := act.UpsertRevision(RevisionConfig{Key: key, Service: "llm", Models: []string{"m"}, Tags: []string{"critical", "canary"}}); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		host, tier string
+		found      bool
+	}{
+		{"llm.default.localhost:8080", "", true},
+		{"critical-llm.default.localhost", "critical", true},
+		{"canary-llm.default.svc.cluster.local", "", true},
+		{"gold-llm.default.localhost", "", false},
+		{"llm.other.localhost", "", false},
+	}
+	for _, c := range cases {
+		rev, tag := act.byHost(c.host)
+		if (rev != nil) != c.found {
+			t.Errorf("%s: found=%v", c.host, rev != nil)
+			continue
+		}
+		if _, isTier := act.opts.Tiers.Get(tag); c.tier != "" && (!isTier || tag != c.tier) {
+			t.Errorf("%s: tag %q, want tier %q", c.host, tag, c.tier)
+		}
+	}
+}

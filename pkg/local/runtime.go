@@ -181,7 +181,7 @@ func New(opts Options) (*Runtime, error) {
 	models := map[string]string{}
 	for _, svc := range opts.Services {
 		if err := act.UpsertRevision(activator.RevisionConfig{
-			Key: svc.Key(), Service: svc.Name, Models: svc.Models, Spec: svc.Spec, Rates: r.rates(svc),
+			Key: svc.Key(), Service: svc.Name, Models: svc.Models, Tags: svc.Tags, Spec: svc.Spec, Rates: r.rates(svc),
 			PriorityScheduling: svc.PriorityScheduling(opts.PodCommand == ""),
 		}); err != nil {
 			act.Close()
