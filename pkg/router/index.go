@@ -2,8 +2,9 @@ package router
 
 import (
 	"errors"
-	"fmt"
 	"sync"
+
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
 )
 
 // slotRegistry numbers endpoints for the indexes' bitsets. Numbers are
@@ -194,26 +195,14 @@ func (a *approxIndex) detach(s int32) bool {
 	return false
 }
 
-// KVEventKind names a KV event as vLLM does; the values are pkg/engine's.
-type KVEventKind uint8
+// KVEventKind names a KV event as vLLM does: the engine model's kinds.
+type KVEventKind = engine.KVEventKind
 
 const (
-	BlockStored KVEventKind = iota + 1
-	BlockRemoved
-	AllBlocksCleared
+	BlockStored      = engine.BlockStored
+	BlockRemoved     = engine.BlockRemoved
+	AllBlocksCleared = engine.AllBlocksCleared
 )
-
-func (k KVEventKind) String() string {
-	switch k {
-	case BlockStored:
-		return "BlockStored"
-	case BlockRemoved:
-		return "BlockRemoved"
-	case AllBlocksCleared:
-		return "AllBlocksCleared"
-	}
-	return fmt.Sprintf("KVEventKind(%d)", uint8(k))
-}
 
 // KVEvent is a change to an engine's prefix cache. The caller converts from
 // its transport (vLLM's msgpack over ZMQ, or pkg/engine's events in

@@ -4,41 +4,29 @@ import (
 	"fmt"
 	"math"
 	"strings"
+
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
 )
 
-// Role is the part of a request an endpoint serves.
-type Role uint8
+// Role is the part of a request an endpoint serves: the engine model's roles.
+type Role = engine.Role
 
 const (
 	// RoleBoth serves prefill and decode (an ordinary vLLM).
-	RoleBoth Role = iota
+	RoleBoth = engine.RoleBoth
 	// RolePrefill computes prompts for decode endpoints.
-	RolePrefill
+	RolePrefill = engine.RolePrefill
 	// RoleDecode generates from KV computed locally or by a prefill endpoint.
-	RoleDecode
+	RoleDecode = engine.RoleDecode
 )
 
-func (r Role) String() string {
-	switch r {
-	case RolePrefill:
-		return "prefill"
-	case RoleDecode:
-		return "decode"
-	}
-	return "both"
-}
-
-// ParseRole parses "prefill", "decode" or "both".
+// ParseRole parses "prefill", "decode" or "both" (an empty role is an
+// error here, unlike in the engine's flags).
 func ParseRole(s string) (Role, error) {
-	switch s {
-	case "both":
-		return RoleBoth, nil
-	case "prefill":
-		return RolePrefill, nil
-	case "decode":
-		return RoleDecode, nil
+	if s == "" {
+		return 0, fmt.Errorf("empty role (want prefill, decode or both)")
 	}
-	return 0, fmt.Errorf("unknown role %q (want prefill, decode or both)", s)
+	return engine.ParseRole(s)
 }
 
 // Request is what the router knows of one request.
