@@ -219,8 +219,8 @@ func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, 
 		*dst = d
 	}
 
-	if v, ok := annotations[ModelAnnotation]; ok && (strings.TrimSpace(v) == "" || len(v) > 256) {
-		fail(ModelAnnotation, "must be a non-empty model name of at most 256 characters")
+	if v, ok := annotations[ModelAnnotation]; ok && (strings.TrimSpace(v) == "" || len(v) > 256 || strings.HasPrefix(v, "-")) {
+		fail(ModelAnnotation, "must be a model name of 1 to 256 characters, not starting with '-'")
 	}
 	oneOf(DisaggregationAnnotation, &s.Disaggregation, []string{DisaggregationNone, DisaggregationPrefillDecode})
 	if len(vocab.RoutingProfiles) > 0 {

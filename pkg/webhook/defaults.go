@@ -177,6 +177,18 @@ func defaultVLLM(c *corev1.Container, ann map[string]string, features *config.Fe
 		add = append(add, flagSchedulingPolicy, "priority")
 	}
 	var warnings []string
+	// Clients name the model llm-d.ai/model says and the activator forwards
+	// that name: vLLM must answer to it.
+	if m := strings.TrimSpace(ann[apis.ModelAnnotation]); m != "" {
+		words := append(append([]string{}, c.Command...), c.Args...)
+		if served, ok := flagValue(words, flagServedModelName); !ok {
+			// One word, so that no name can be mistaken for a flag.
+			add = append(add, flagServedModelName+"="+m)
+		} else if served != m {
+			warnings = append(warnings, fmt.Sprintf("%s is %q but the container serves %q: requests naming %q will get 404 from vLLM",
+				apis.ModelAnnotation, m, served, m))
+		}
+	}
 	model := servedModel(c, ann)
 	switch {
 	case model == "":

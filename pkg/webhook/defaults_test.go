@@ -129,7 +129,7 @@ func TestDefaultTemplateIsIdempotent(t *testing.T) {
 
 func TestDefaultTemplateRespectsUser(t *testing.T) {
 	c := vllm()
-	c.Args = append(c.Args, "--scheduling_policy=fcfs", "--no-enable-prefix-caching",
+	c.Args = append(c.Args, "--scheduling_policy=fcfs", "--no-enable-prefix-caching", "--served-model-name", "m",
 		"--kv-events-config", `{"enable_kv_cache_events":true,"publisher":"zmq","endpoint":"tcp://*:7777","topic":"mine"}`)
 	c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{}}}
 	tmpl := template(map[string]string{
@@ -247,3 +247,23 @@ func TestServedModel(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestDefaultTemplateServesTheAnnotatedModelName(t *testing.T) {
+	tmpl := template(map[string]string{apis.ModelAnnotation: "llama"}, vllm())
+	DefaultTemplate(tmpl, knativeConfig(t, nil, fieldRefOn))
+	words := tmpl.Spec.Containers[0].Args
+	if v, ok := flagValue(words, flagServedModelName); !ok || v != "llama" {
+		t.Fatalf("args %q: vLLM would not answer to the name clients use", words)
+	}
+	before := append([]string(nil), words...)
+	DefaultTemplate(tmpl, knativeConfig(t, nil, fieldRefOn))
+	if d := cmp.Diff(before, tmpl.Spec.Containers[0].Args); d != "" {
+		t.Fatalf("second defaulting changed args:\n%s", d)
+	}
+	c := vllm()
+	c.Args = append(c.Args, "--served-model-name", "other")
+	other := template(map[string]string{apis.ModelAnnotation: "llama"}, c)
+	if w := DefaultTemplate(other, knativeConfig(t, nil, fieldRefOn)); len(w) == 0 || !strings.Contains(strings.Join(w, " "), "404") {
+		t.Fatalf("no warning for a served name that differs from llm-d.ai/model: %v", w)
+	}
+}
