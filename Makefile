@@ -9,11 +9,11 @@ FUZZTIME ?= 20000x
 # The envtest binaries (kube-apiserver, etcd, kubectl), built from Go modules.
 K8S_BIN ?= $(CURDIR)/_output/k8s/bin
 
-.PHONY: test verify unit fuzz build bench chromium k8s
+.PHONY: test verify unit fidelity fuzz build bench chromium k8s
 
 ## test: everything CI checks: formatting, vet, unit and integration tests
 ## (with the race detector), and a short run of every fuzz target.
-test: chromium verify unit fuzz
+test: chromium verify unit fidelity fuzz
 
 ## chromium: the headless browser the status-page test drives (Debian's
 ## package; the test skips with a message where it cannot be installed).
@@ -34,6 +34,13 @@ k8s:
 ## unit: all tests, race detector on; the API-server tests must not skip.
 unit: k8s
 	KUBEBUILDER_ASSETS=$(K8S_BIN) LLMD_REQUIRE_APISERVER=1 $(GO) test -race -count=1 -timeout 20m ./...
+
+## fidelity: the same workload through `kn-llmd local` + bench (real time) and
+## through plan (virtual time) must agree on TTFT p50/p90 within 15% and rank
+## the routing profiles alike. Alone and without the race detector, since
+## the simulated pods must keep to their time scale (about a minute).
+fidelity:
+	LLMD_FIDELITY=1 $(GO) test -count=1 -timeout 10m ./test/fidelity
 
 ## fuzz: each fuzz target for $(FUZZTIME).
 fuzz:
