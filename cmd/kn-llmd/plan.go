@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
 	"github.com/llmd-kn/llmd-kn/pkg/bench"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/plan"
@@ -57,6 +59,11 @@ type planFlags struct {
 	findCapacity                bool
 	targetAttainment            float64
 	maxReplicas                 int
+
+	autoscaler       string
+	minEngines       int
+	startupDelay     time.Duration
+	scaleToZeroGrace time.Duration
 }
 
 const planLong = `Replay a workload through a model of a deployment in virtual time and
@@ -84,6 +91,17 @@ Capacity questions (need --slo-ttft and/or --slo-tpot):
 They write capacity.json, capacity.md and attainment_vs_replicas.svg, and the
 report of each routing profile's run at its capacity (or at the largest
 count tried when none met the target).
+
+Autoscaling: --autoscaler slo lets the SLO autoscaler's decider
+(slo.autoscaling.llm-d.ai, pkg/autoscaler) choose the replica counts every
+2s between --min-engines and --engines (prefill between 0 and
+--prefill-engines with P/D), against --slo-ttft/--slo-tpot (the decider's
+defaults, 1s and 50ms, when not given). New engines take --startup-delay;
+a request arriving with no engine ready pokes the decider at once, waits in
+the activator's queue and is served once an engine is up. Engines go to zero
+after --scale-to-zero-grace without traffic. Each run's replica-seconds (and
+GPU-seconds) are in the report's settings and printed; replicas.csv has the
+replica counts over time of every run.
 
 Workload flags are kn-llmd bench's: exactly one of --workload FILE,
 --trace mooncake:PATH|azure:PATH or --dataset shared-prefix|random|prefix-repetition,
@@ -161,8 +179,16 @@ func newPlanCmd() *cobra.Command {
 	fl.BoolVar(&f.findCapacity, "find-capacity", false, "search the smallest replica count meeting --target-attainment")
 	fl.Float64Var(&f.targetAttainment, "target-attainment", 0.99, "SLO attainment (fraction of requests) a capacity must reach")
 	fl.IntVar(&f.maxReplicas, "max-replicas", 64, "largest decode-capable count --find-capacity tries")
+
+	fl.StringVar(&f.autoscaler, "autoscaler", "fixed", "replica counts: fixed (--engines, --prefill-engines) or slo (the SLO autoscaler, up to those)")
+	fl.IntVar(&f.minEngines, "min-engines", 0, "with --autoscaler slo: fewest decode-capable engines (0 allows scale to zero)")
+	fl.DurationVar(&f.startupDelay, "startup-delay", 0, "with --autoscaler slo: time for a new engine to become ready (cold start)")
+	fl.DurationVar(&f.scaleToZeroGrace, "scale-to-zero-grace", autoscaler.DefaultConfig().ScaleToZeroGracePeriod, "with --autoscaler slo: time without traffic before scaling to zero")
 	return cmd
 }
+
+// replicasCSV is the file of every run's replica counts over time.
+const replicasCSV = "replicas.csv"
 
 // planJob is a validated `kn-llmd plan` invocation.
 type planJob struct {
@@ -173,6 +199,9 @@ type planJob struct {
 	out      string
 	records  bool
 	include  []bench.RunSummary
+
+	// newScaler makes each run's scaler (nil: the fixed counts).
+	newScaler func() (plan.Scaler, error)
 
 	capacity bool // a sweep or a search
 	decode   []int
@@ -331,6 +360,44 @@ func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
 		}
 		j.target, j.maxRep = f.targetAttainment, f.maxReplicas
 	}
+	switch f.autoscaler {
+	case "fixed":
+		for _, n := range []string{"min-engines", "startup-delay", "scale-to-zero-grace"} {
+			if changed(n) {
+				return nil, fmt.Errorf("--%s needs --autoscaler slo", n)
+			}
+		}
+	case "slo":
+		if j.capacity {
+			return nil, errors.New("--autoscaler slo answers no capacity question: drop --sweep-replicas/--find-capacity")
+		}
+		if !f.flowControl {
+			return nil, errors.New("--autoscaler slo needs --flow-control: requests arriving with no engine ready wait in its queue (and poke the autoscaler)")
+		}
+		if f.minEngines < 0 || f.minEngines > f.engines {
+			return nil, fmt.Errorf("--min-engines must be in [0, --engines (%d)], got %d", f.engines, f.minEngines)
+		}
+		if f.startupDelay < 0 || f.scaleToZeroGrace < 0 {
+			return nil, errors.New("--startup-delay and --scale-to-zero-grace must not be negative")
+		}
+		a := cfg.AutoscalerConfig(plan.Replicas{Decode: f.minEngines}, plan.Replicas{Prefill: f.prefillEngines, Decode: f.engines})
+		a.ScaleToZeroGracePeriod = f.scaleToZeroGrace
+		if f.sloTTFT > 0 {
+			a.SLO.TTFT = f.sloTTFT
+		}
+		if f.sloTPOT > 0 {
+			a.SLO.TPOT = f.sloTPOT
+		}
+		prof := cfg.Profile
+		j.newScaler = func() (plan.Scaler, error) { return plan.NewSLOScaler(a, prof) }
+		if cfg.Scaler, err = j.newScaler(); err != nil {
+			return nil, fmt.Errorf("--autoscaler slo: %w", err)
+		}
+		cfg.Engines, cfg.PrefillEngines = f.minEngines, 0
+		cfg.StartupDelay = f.startupDelay
+	default:
+		return nil, fmt.Errorf("--autoscaler must be fixed or slo, got %q", f.autoscaler)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -434,9 +501,17 @@ func (j *planJob) run(ctx context.Context, out io.Writer) error {
 		return j.runCapacity(ctx, out)
 	}
 	var runs []bench.RunSummary
+	var csv bytes.Buffer
 	for _, name := range j.routings {
 		cfg := j.cfg
 		cfg.Routing = name
+		if j.newScaler != nil {
+			sc, err := j.newScaler()
+			if err != nil {
+				return err
+			}
+			cfg.Scaler = sc
+		}
 		start := time.Now()
 		sum, res, err := plan.RunWorkload(ctx, cfg, j.w, j.so)
 		if err != nil {
@@ -444,6 +519,12 @@ func (j *planJob) run(ctx context.Context, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "%s (virtual %s in %s wall, %d events)\n", bench.OneLine(&sum),
 			res.Stats.End.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), res.Stats.Events)
+		st := &res.Stats
+		fmt.Fprintf(out, "  %s: %.1f replica-seconds (%.1f GPU-seconds), peak %s, %d cold starts, %d replica changes\n",
+			sum.Name, st.ReplicaSeconds, st.GPUSeconds, st.PeakReplicas, st.ColdStarts, max(len(res.Replicas)-1, 0))
+		if err := plan.WriteReplicaCSV(&csv, len(runs) == 0, sum.Name, res.Replicas); err != nil {
+			return err
+		}
 		if j.records {
 			if err := bench.WriteRecords(filepath.Join(j.out, bench.RecordsFile(sum.Name)), res.Records); err != nil {
 				return err
@@ -452,6 +533,9 @@ func (j *planJob) run(ctx context.Context, out io.Writer) error {
 		runs = append(runs, sum)
 	}
 	if err := bench.WriteReport(j.out, append(runs, j.include...)); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(j.out, replicasCSV), csv.Bytes(), 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "report: %s\n", filepath.Join(j.out, bench.ReportFile))

@@ -58,6 +58,12 @@ func TestPlanRejectsBadFlags(t *testing.T) {
 		{[]string{"--out", dir, "--dataset", "shared-prefix"}, "no timestamps"},
 		{[]string{"--out", dir, "--trace", "mooncake:/no/such/file"}, "--trace"},
 		{append([]string{"extra"}, wl...), "unknown command"},
+		{append([]string{"--autoscaler", "kpa"}, wl...), "--autoscaler must be fixed or slo"},
+		{append([]string{"--min-engines", "1"}, wl...), "needs --autoscaler slo"},
+		{append([]string{"--startup-delay", "5s"}, wl...), "needs --autoscaler slo"},
+		{append([]string{"--autoscaler", "slo", "--engines", "2", "--min-engines", "3"}, wl...), "--min-engines"},
+		{append([]string{"--autoscaler", "slo", "--flow-control=false"}, wl...), "needs --flow-control"},
+		{append([]string{"--autoscaler", "slo", "--find-capacity", "--slo-ttft", "1s"}, wl...), "no capacity question"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -131,5 +137,39 @@ func TestPlanSweepWritesCapacity(t *testing.T) {
 	}
 	if !strings.Contains(out, "capacity least-request:") {
 		t.Errorf("output lacks the capacity line:\n%s", out)
+	}
+}
+
+func TestPlanSLOAutoscalerReportsReplicaSeconds(t *testing.T) {
+	dir := t.TempDir()
+	out, err := runPlan(t, "--dataset", "shared-prefix", "--rate", "4", "--max-requests", "12", "--routing", "least-request",
+		"--autoscaler", "slo", "--engines", "3", "--min-engines", "0", "--startup-delay", "5s", "--scale-to-zero-grace", "10s",
+		"--slo-ttft", "2s", "--out", dir)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	sum, err := bench.ReadSummary(filepath.Join(dir, bench.SummaryFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := sum.Runs[0]
+	if r.Requests.Completed != 12 || r.Settings["replicaSeconds"] == "" || !strings.Contains(r.Settings["scaler"], "slo") ||
+		!strings.Contains(r.Target, "slo-autoscaled 0..3") {
+		t.Errorf("completed %d, target %q, settings %v", r.Requests.Completed, r.Target, r.Settings)
+	}
+	// The first request waited for the cold start.
+	if r.LatencySeconds.TTFT.Max < 5 {
+		t.Errorf("max TTFT %vs, want at least the 5s startup delay", r.LatencySeconds.TTFT.Max)
+	}
+	if !strings.Contains(out, "replica-seconds") {
+		t.Errorf("output lacks replica-seconds:\n%s", out)
+	}
+	csv, err := os.ReadFile(filepath.Join(dir, replicasCSV))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(strings.TrimSpace(string(csv)), "\n"); len(lines) < 3 || !strings.HasPrefix(lines[0], "run,seconds") ||
+		lines[1] != "least-request,0.000,0,0,0,0" || !strings.Contains(string(csv), ",0,1,0,1\n") {
+		t.Errorf("replicas.csv:\n%s", csv)
 	}
 }

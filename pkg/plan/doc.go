@@ -68,7 +68,14 @@
 // Replica counts come from a Scaler asked every ScaleInterval; Fixed keeps
 // the configured counts. New engines become ready after StartupDelay and
 // their first scrape; engines scaled away stop taking requests at once and
-// leave when their work is done. The autoscaler's decider plugs in here.
+// leave when their work is done. SLOScaler drives the counts from the SLO
+// autoscaler's decider (pkg/autoscaler): the Observation carries what the
+// activator's statistics and the pods' metrics would give it (token
+// counters of finished requests, queue, per-engine step telemetry), and a
+// Scaler that is a Poker is poked, with its answer applied at once, when
+// flow control queues a request while no decode-capable engine is ready.
+// Result.Replicas is the replica counts over time and Stats.ReplicaSeconds
+// the provisioned engine time (startup included), the run's GPU cost.
 //
 // Capacity questions (Sweep, FindCapacity) run the model repeatedly over
 // replica counts.

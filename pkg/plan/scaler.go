@@ -34,8 +34,14 @@ type Observation struct {
 	// Queued requests wait in the activator's flow control; InFlight were
 	// dispatched and have not finished.
 	Queued, InFlight int
+	// QueueTime is how long the oldest queued request has waited.
+	QueueTime time.Duration
 	// Arrived, Finished and Failed count requests since the start.
 	Arrived, Finished, Failed int
+	// PromptTokens, CachedTokens (prefix hits, at most the prompt) and
+	// CompletionTokens sum over the finished requests since the start, as
+	// the activator counts them from the answers' usage.
+	PromptTokens, CachedTokens, CompletionTokens int64
 	// Engines are the ready engines' last scraped metrics.
 	Engines []EngineMetrics
 }
@@ -48,6 +54,15 @@ type EngineMetrics struct {
 	KVUsage          float64
 	// InFlight is the activator's count of requests sent to the engine.
 	InFlight int
+	// Step telemetry since the engine started, as vLLM's step histograms
+	// give it: PrefillTokens computed in PrefillTime by the steps that
+	// filled at least half the token budget (throughput while prefilling),
+	// and DecodeSteps pure decode steps of DecodeSeqs sequences in all,
+	// taking DecodeTime.
+	PrefillTokens           int64
+	PrefillTime             time.Duration
+	DecodeSteps, DecodeSeqs int64
+	DecodeTime              time.Duration
 }
 
 // Scaler decides the desired replica counts. The planner calls Scale every
@@ -55,6 +70,15 @@ type EngineMetrics struct {
 // during the call. An autoscaler's decider is a Scaler.
 type Scaler interface {
 	Scale(obs *Observation) Replicas
+}
+
+// Poker is a Scaler that also takes the activator's scale-from-zero
+// signal: the planner calls Poke, and applies its answer at once, when a
+// request arrives while no decode-capable engine is ready, rather than
+// waiting for the next tick.
+type Poker interface {
+	Scaler
+	Poke(obs *Observation) Replicas
 }
 
 // Fixed is a Scaler that always wants the same counts.

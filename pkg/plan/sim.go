@@ -23,6 +23,18 @@ type Result struct {
 	Stats  Stats
 	// Engines are the engines that ran, in the order they were created.
 	Engines []EngineResult
+	// Replicas is the replica count over time: one point at the start and
+	// one at every instant the counts changed.
+	Replicas []ReplicaPoint
+}
+
+// ReplicaPoint is the deployment's replica counts from At until the next
+// point. Provisioned counts every engine asked for and not yet gone
+// (starting, ready and draining): what holds accelerators.
+type ReplicaPoint struct {
+	At          time.Duration `json:"at"`
+	Ready       Replicas      `json:"ready"`
+	Provisioned Replicas      `json:"provisioned"`
 }
 
 // EngineResult is one engine's life in a run.
@@ -63,6 +75,13 @@ type Stats struct {
 	Rejected, TimedOut, PeakQueued int
 	// Peak counts of engines up at once.
 	PeakReplicas Replicas
+	// ReplicaSeconds is the provisioned engine time, from the moment an
+	// engine is asked for (its startup included) to its removal or the end
+	// of the run; GPUSeconds multiplies it by the profile's accelerators per
+	// engine. ColdStarts counts engines asked for after the start of the
+	// run; Pokes the scale-from-zero signals sent to a Poker.
+	ReplicaSeconds, GPUSeconds float64
+	ColdStarts, Pokes          int
 }
 
 // request stages.
@@ -102,7 +121,7 @@ type node struct {
 	eng  *engine.Engine
 
 	started, healthy, draining, gone bool
-	startedAt, goneAt                time.Duration
+	addedAt, startedAt, goneAt       time.Duration
 	phase                            time.Duration
 
 	busy   bool
@@ -120,6 +139,10 @@ type node struct {
 
 	kv     []*kvBatch // KV batches not yet delivered, oldest first
 	kvHead int
+
+	// Step telemetry (EngineMetrics).
+	prefillTokens, decodeSteps, decodeSeqs int64
+	prefillTime, decodeTime                time.Duration
 }
 
 type kvBatch struct {
@@ -166,9 +189,13 @@ type sim struct {
 	queued   int
 	admitted int
 
-	obs     Observation
-	stats   Stats
-	engines []EngineResult
+	// Token counters of finished requests (Observation).
+	promptTokens, cachedTokens, completionTokens int64
+
+	obs      Observation
+	stats    Stats
+	engines  []EngineResult
+	replicas []ReplicaPoint
 }
 
 // arenaChunk is how many inter-token gaps one arena allocation holds.
@@ -219,7 +246,7 @@ func Run(ctx context.Context, cfg Config, src workload.Source) (*Result, error) 
 	if err := s.run(); err != nil {
 		return nil, err
 	}
-	return &Result{Records: s.records, Config: cfg, Stats: s.stats, Engines: s.engines}, nil
+	return &Result{Records: s.records, Config: cfg, Stats: s.stats, Engines: s.engines, Replicas: s.replicas}, nil
 }
 
 func (s *sim) run() error {
@@ -235,6 +262,7 @@ func (s *sim) run() error {
 		s.startNode(s.addNode(role))
 	}
 	s.notePeak()
+	s.noteReplicas()
 	if s.cfg.Scaler != nil {
 		s.q.schedule(0, evScale, 0, 0, 0)
 	}
@@ -260,12 +288,13 @@ func (s *sim) run() error {
 	}
 	s.stats.End = s.now
 	for _, n := range s.nodes {
-		if !n.started {
-			continue
-		}
 		end := s.now
 		if n.gone {
 			end = n.goneAt
+		}
+		s.stats.ReplicaSeconds += (end - n.addedAt).Seconds()
+		if !n.started {
+			continue
 		}
 		st := n.eng.Stats()
 		s.stats.Steps += st.Steps
@@ -274,6 +303,7 @@ func (s *sim) run() error {
 		s.stats.EngineSeconds += (end - n.startedAt).Seconds()
 		s.engines = append(s.engines, EngineResult{ID: n.id, Role: n.role, Started: n.startedAt, Stopped: end, Removed: n.gone, Stats: st})
 	}
+	s.stats.GPUSeconds = s.stats.ReplicaSeconds * float64(max(s.cfg.Profile.Accelerator.Count, 1))
 	return nil
 }
 
@@ -339,7 +369,7 @@ func (s *sim) addNode(role router.Role) *node {
 	// Each engine is scraped on its own phase, as the activator's
 	// per-pod tickers are: spread by the golden ratio.
 	frac := math.Mod(float64(idx)*0.6180339887498949, 1)
-	n := &node{idx: idx, id: fmt.Sprintf("%s-%d", name, idx), role: role, eng: eng, kickAt: -1,
+	n := &node{idx: idx, id: fmt.Sprintf("%s-%d", name, idx), role: role, eng: eng, kickAt: -1, addedAt: s.now,
 		phase: time.Duration(frac * float64(s.cfg.ScrapeInterval))}
 	s.nodes = append(s.nodes, n)
 	return n
@@ -354,6 +384,7 @@ func (s *sim) startNode(n *node) {
 	n.started, n.startedAt = true, s.now
 	s.scrape(n, false)
 	s.q.schedule(s.now+n.phase, evScrape, n.idx, 0, 0)
+	s.noteReplicas()
 	s.dispatchQueued()
 }
 
@@ -395,6 +426,15 @@ func (s *sim) step(n *node) {
 		return
 	}
 	n.busy, n.res = true, res
+	switch {
+	case res.NumTokens == res.NumSeqs:
+		n.decodeSteps++
+		n.decodeSeqs += int64(res.NumSeqs)
+		n.decodeTime += res.Duration
+	case 2*res.NumTokens >= s.budget():
+		n.prefillTokens += int64(res.NumTokens)
+		n.prefillTime += res.Duration
+	}
 	s.q.schedule(s.now+res.Duration, evStepEnd, n.idx, 0, 0)
 }
 
@@ -515,6 +555,7 @@ func (s *sim) arrive() {
 	s.queued++
 	s.stats.PeakQueued = max(s.stats.PeakQueued, s.queued)
 	s.q.schedule(s.now+fc.MaxQueueTime, evQueueTimeout, 0, n, 0)
+	s.maybePoke()
 }
 
 // gate is the activator's flow-control admission test (revision.gate): a
@@ -744,6 +785,9 @@ func (s *sim) output(n *node, o *engine.Output) {
 		// had to compute is what the prefill engine found in its cache.
 		rec.CachedTokens = f.prefilled
 	}
+	s.promptTokens += int64(rec.PromptTokens)
+	s.cachedTokens += int64(min(rec.CachedTokens, rec.PromptTokens))
+	s.completionTokens += int64(rec.CompletionTokens)
 	n.inflight--
 	s.finish(f, false)
 }
@@ -853,8 +897,39 @@ func parseID(id string) int {
 // Scaling.
 
 func (s *sim) scale() {
+	s.apply(s.cfg.Scaler.Scale(s.observe()))
+}
+
+// maybePoke sends the activator's scale-from-zero signal to a Scaler that
+// takes it (Poker) when a request was queued by flow control and no
+// decode-capable engine is ready, as the flow controller pokes, and applies
+// the answer at once. Without flow control nothing buffers a request: with
+// no engine ready it fails, as it does in the activator.
+func (s *sim) maybePoke() {
+	p, ok := s.cfg.Scaler.(Poker)
+	if !ok {
+		return
+	}
+	for _, n := range s.nodes {
+		if n.role != router.RolePrefill && n.up() {
+			return
+		}
+	}
+	s.stats.Pokes++
+	s.apply(p.Poke(s.observe()))
+}
+
+// observe fills s.obs with the deployment's state now.
+func (s *sim) observe() *Observation {
 	o := &s.obs
-	*o = Observation{Now: s.now, Engines: o.Engines[:0], Queued: s.queued, Arrived: s.arrived, Finished: s.finished, Failed: s.failed}
+	*o = Observation{Now: s.now, Engines: o.Engines[:0], Queued: s.queued, Arrived: s.arrived, Finished: s.finished, Failed: s.failed,
+		PromptTokens: s.promptTokens, CachedTokens: s.cachedTokens, CompletionTokens: s.completionTokens}
+	for k := s.fifoHead; k < len(s.fifo); k++ {
+		if f := s.flight(s.fifo[k]); f != nil && f.inQueue {
+			o.QueueTime = s.now - f.sent
+			break
+		}
+	}
 	for _, n := range s.nodes {
 		if n.gone || n.draining {
 			continue
@@ -862,7 +937,8 @@ func (s *sim) scale() {
 		r := &o.Starting
 		if n.up() {
 			r = &o.Ready
-			o.Engines = append(o.Engines, EngineMetrics{ID: n.id, Role: n.role, Waiting: n.waiting, Running: n.running, KVUsage: n.kvUsage, InFlight: n.inflight})
+			o.Engines = append(o.Engines, EngineMetrics{ID: n.id, Role: n.role, Waiting: n.waiting, Running: n.running, KVUsage: n.kvUsage, InFlight: n.inflight,
+				PrefillTokens: n.prefillTokens, PrefillTime: n.prefillTime, DecodeSteps: n.decodeSteps, DecodeSeqs: n.decodeSeqs, DecodeTime: n.decodeTime})
 		}
 		if n.role == router.RolePrefill {
 			r.Prefill++
@@ -871,7 +947,11 @@ func (s *sim) scale() {
 		}
 		o.InFlight += n.inflight
 	}
-	want := s.cfg.Scaler.Scale(o)
+	return o
+}
+
+// apply resizes the deployment to a Scaler's answer.
+func (s *sim) apply(want Replicas) {
 	if want.Prefill < 0 || want.Decode < 0 {
 		s.err = fmt.Errorf("plan: scaler asked for negative replicas %+v at %s", want, s.now)
 		return
@@ -887,6 +967,44 @@ func (s *sim) scale() {
 	s.resize(router.RolePrefill, want.Prefill)
 	s.resize(decodeRole, want.Decode)
 	s.notePeak()
+	s.noteReplicas()
+}
+
+// budget is the engines' per-step token budget.
+func (s *sim) budget() int { return s.cfg.budget() }
+
+// noteReplicas appends a replica point when the counts changed.
+func (s *sim) noteReplicas() {
+	var p ReplicaPoint
+	p.At = s.now
+	for _, n := range s.nodes {
+		if n.gone {
+			continue
+		}
+		r := &p.Provisioned.Decode
+		if n.role == router.RolePrefill {
+			r = &p.Provisioned.Prefill
+		}
+		*r++
+		if n.up() {
+			if n.role == router.RolePrefill {
+				p.Ready.Prefill++
+			} else {
+				p.Ready.Decode++
+			}
+		}
+	}
+	if k := len(s.replicas); k > 0 {
+		last := &s.replicas[k-1]
+		if last.Ready == p.Ready && last.Provisioned == p.Provisioned {
+			return
+		}
+		if last.At == p.At {
+			*last = p
+			return
+		}
+	}
+	s.replicas = append(s.replicas, p)
 }
 
 // resize starts or drains engines of a role to reach want. New engines are
@@ -901,6 +1019,9 @@ func (s *sim) resize(role router.Role, want int) {
 	}
 	for k := len(live); k < want; k++ {
 		n := s.addNode(role)
+		if s.now > 0 {
+			s.stats.ColdStarts++
+		}
 		if s.cfg.StartupDelay == 0 {
 			s.startNode(n)
 		} else {
@@ -911,7 +1032,7 @@ func (s *sim) resize(role router.Role, want int) {
 	cut := len(live) - want
 	for k := len(live) - 1; k >= 0 && cut > 0; k-- {
 		if n := live[k]; !n.started {
-			n.gone = true
+			n.gone, n.goneAt = true, s.now
 			cut--
 		}
 	}
@@ -933,6 +1054,7 @@ func (s *sim) maybeGone(n *node) {
 	clear(n.kv)
 	n.kv, n.kvHead = nil, 0
 	s.rt.Forget(n.id)
+	s.noteReplicas()
 }
 
 func (s *sim) notePeak() {

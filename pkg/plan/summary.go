@@ -2,8 +2,11 @@ package plan
 
 import (
 	"context"
+	"encoding/csv"
 	"fmt"
+	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/llmd-kn/llmd-kn/pkg/bench"
@@ -57,6 +60,14 @@ func (c *Config) Describe() string {
 	fleet := strconv.Itoa(c.Engines)
 	if c.pd() {
 		fleet = fmt.Sprintf("%d prefill + %d decode", c.PrefillEngines, c.Engines)
+	}
+	if sc, ok := c.Scaler.(*SLOScaler); ok {
+		a := sc.d.Config()
+		fleet = fmt.Sprintf("slo-autoscaled %d..%s", a.Decode.MinScale, maxScale(a.Decode.MaxScale))
+		if a.Disaggregated {
+			fleet = fmt.Sprintf("slo-autoscaled %d..%s prefill + %d..%s decode", a.Prefill.MinScale, maxScale(a.Prefill.MaxScale),
+				a.Decode.MinScale, maxScale(a.Decode.MaxScale))
+		}
 	}
 	return fmt.Sprintf("plan: %s × %s, routing %s", fleet, c.Profile.Name, c.routingName())
 }
@@ -125,8 +136,14 @@ func settings(res *Result) map[string]string {
 		"engineBusy":            fmt.Sprintf("%.1f%%", 100*safeDiv(st.BusySeconds, st.EngineSeconds)),
 		"predictedCachedTokens": strconv.FormatInt(st.PredictedCachedTokens, 10),
 	}
+	m["replicaSeconds"] = fmt.Sprintf("%.1f", st.ReplicaSeconds)
+	m["gpuSeconds"] = fmt.Sprintf("%.1f", st.GPUSeconds)
 	if c.Scaler != nil {
-		m["scaler"] = fmt.Sprintf("%T, peak %s", c.Scaler, st.PeakReplicas)
+		m["scaler"] = fmt.Sprintf("%s, peak %s", scalerName(c.Scaler), st.PeakReplicas)
+		m["startupDelay"] = d(c.StartupDelay)
+		m["coldStarts"] = strconv.Itoa(st.ColdStarts)
+		m["scaleFromZeroPokes"] = strconv.Itoa(st.Pokes)
+		m["replicasOverTime"] = replicaSeries(res.Replicas)
 	}
 	if st.Rejected > 0 {
 		m["flowRejected"] = strconv.Itoa(st.Rejected)
@@ -139,4 +156,70 @@ func safeDiv(a, b float64) float64 {
 		return 0
 	}
 	return a / b
+}
+
+func scalerName(sc Scaler) string {
+	switch v := sc.(type) {
+	case *SLOScaler:
+		return "slo (" + autoscalerClass + ")"
+	case Fixed:
+		return "fixed " + Replicas(v).String()
+	}
+	return fmt.Sprintf("%T", sc)
+}
+
+// autoscalerClass is the SLO autoscaler's Knative class.
+const autoscalerClass = "slo.autoscaling.llm-d.ai"
+
+// maxSeriesPoints bounds the replicas-over-time setting; ReplicaCSV has
+// every point.
+const maxSeriesPoints = 64
+
+// replicaSeries is the provisioned replicas over time in one line,
+// "0s:1 12s:3 ...", at their changes, cut to maxSeriesPoints points.
+func replicaSeries(pts []ReplicaPoint) string {
+	var b strings.Builder
+	n := 0
+	for i, p := range pts {
+		if i > 0 && p.Provisioned == pts[i-1].Provisioned {
+			continue // only readiness changed
+		}
+		if n == maxSeriesPoints {
+			b.WriteString(" ... (see Result.Replicas)")
+			break
+		}
+		if n > 0 {
+			b.WriteByte(' ')
+		}
+		n++
+		fmt.Fprintf(&b, "%s:%s", p.At.Round(time.Millisecond), p.Provisioned)
+	}
+	return b.String()
+}
+
+// WriteReplicaCSV writes a run's replica counts over time as CSV: one row
+// per point, with the run's name, so that several runs share a file.
+func WriteReplicaCSV(w io.Writer, header bool, run string, pts []ReplicaPoint) error {
+	cw := csv.NewWriter(w)
+	if header {
+		if err := cw.Write([]string{"run", "seconds", "ready_prefill", "ready_decode", "provisioned_prefill", "provisioned_decode"}); err != nil {
+			return err
+		}
+	}
+	for _, p := range pts {
+		if err := cw.Write([]string{run, strconv.FormatFloat(p.At.Seconds(), 'f', 3, 64),
+			strconv.Itoa(p.Ready.Prefill), strconv.Itoa(p.Ready.Decode),
+			strconv.Itoa(p.Provisioned.Prefill), strconv.Itoa(p.Provisioned.Decode)}); err != nil {
+			return err
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+func maxScale(n int) string {
+	if n == 0 {
+		return "∞"
+	}
+	return strconv.Itoa(n)
 }
