@@ -455,7 +455,10 @@ func fromKnative(ksvc *servingv1.Service, spec apis.Spec) (*Service, apis.Errors
 // back down, so an unset min-scale starts one pod and stays there, and only
 // an explicit min-scale "0" (with no initial-scale) starts at zero, the first
 // request then waking it. Prefill follows the same rule with
-// prefill-min-scale. max-scale and prefill-max-scale cap both.
+// prefill-min-scale. max-scale and prefill-max-scale cap both. A revision
+// of the slo.autoscaling.llm-d.ai class starts here too, and its decider
+// (see AutoscaleOptions) then scales it, to zero after the grace period when
+// min-scale is 0, set or not.
 func InitialReplicas(ann map[string]string, spec apis.Spec) (decode, prefill int) {
 	start := func(key string, minScale, maxScale, initial int) int {
 		n := max(minScale, 1)

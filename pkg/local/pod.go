@@ -190,6 +190,9 @@ type pod struct {
 	phase podPhase
 	url   string
 	kv    string
+	// stats reads an in-process simulator's engine statistics; nil for
+	// process pods and before the pod started.
+	stats func() engine.Stats
 	// stopping is closed when the pod is asked to stop, so that a pod
 	// still starting stops waiting for readiness.
 	stopping chan struct{}
@@ -211,6 +214,18 @@ func (p *pod) setPhase(ph podPhase) bool {
 	}
 	p.phase = ph
 	return true
+}
+
+// engineStats is the pod's engine statistics, when it is an in-process
+// simulator that has started.
+func (p *pod) engineStats() (engine.Stats, bool) {
+	p.mu.Lock()
+	f := p.stats
+	p.mu.Unlock()
+	if f == nil {
+		return engine.Stats{}, false
+	}
+	return f(), true
 }
 
 // terminate asks the pod to stop: it leaves the endpoints at the next

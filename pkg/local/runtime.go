@@ -73,6 +73,9 @@ type Options struct {
 	// PodOutput receives process pods' output, each line prefixed with
 	// [pod-name]. Default os.Stderr.
 	PodOutput io.Writer
+	// Autoscale configures the slo.autoscaling.llm-d.ai deciders that
+	// scale the Services of that autoscaler class (see AutoscaleOptions).
+	Autoscale AutoscaleOptions
 }
 
 // PodCommandHelp documents the pod command template.
@@ -112,6 +115,13 @@ type Runtime struct {
 	scaler *podScaler
 	status *statusPage
 
+	// autoscalers are the deciders of the revisions of the
+	// slo.autoscaling.llm-d.ai class (fixed after New).
+	autoscalers    map[activator.RevisionKey]*revAutoscaler
+	recommendedG   *prometheus.GaugeVec
+	stopAutoscale  context.CancelFunc
+	autoscaleLoops sync.WaitGroup
+
 	api, obs     *http.Server
 	apiLn, obsLn net.Listener
 	served       sync.WaitGroup
@@ -148,6 +158,9 @@ func New(opts Options) (*Runtime, error) {
 	}
 	if opts.GracePeriod < 0 || opts.DrainTimeout < 0 || opts.StartupTimeout < 0 || opts.SimStartupDelay < 0 {
 		return nil, errors.New("local: durations must not be negative")
+	}
+	if err := opts.Autoscale.defaults(); err != nil {
+		return nil, err
 	}
 	if opts.PodCommand != "" {
 		if err := CheckPodCommand(opts.PodCommand); err != nil {
@@ -194,6 +207,10 @@ func New(opts Options) (*Runtime, error) {
 			}
 			models[m] = svc.Namespace + "/" + svc.Name
 		}
+	}
+	if err := r.newAutoscalers(); err != nil {
+		act.Close()
+		return nil, err
 	}
 	r.status = newStatusPage(r)
 	return r, nil
@@ -268,9 +285,16 @@ func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
 func (h minLevel) WithGroup(n string) slog.Handler { return minLevel{h.Handler.WithGroup(n), h.min} }
 
 // poke is the activator telling that a request waits for a revision with
-// no ready pod. Until the autoscaler lands, the runtime answers it itself:
-// a revision scaled to zero gets its min-scale (at least one) decode pods.
+// no ready pod. A revision of the slo.autoscaling.llm-d.ai class in act
+// mode asks its decider (Decider.Poke) and scales up at once; any other
+// revision (advise mode included, which must not act but must not leave a
+// request waiting forever either) scaled to zero gets its min-scale (at
+// least one) decode pods.
 func (r *Runtime) poke(key activator.RevisionKey) {
+	if a := r.autoscalers[key]; a != nil && !a.cfg.Advisory {
+		go a.poke()
+		return
+	}
 	go func() {
 		rep, err := r.scaler.Replicas(key, RoleDecode)
 		if err != nil || rep.Desired > 0 {
@@ -319,6 +343,7 @@ func (r *Runtime) start() error {
 	for _, svc := range r.opts.Services {
 		r.scaler.add(svc)
 	}
+	r.startAutoscalers()
 	return nil
 }
 
@@ -463,6 +488,7 @@ func (r *Runtime) shutdown(ctx context.Context) error {
 		cancel()
 	}
 	r.served.Wait()
+	r.stopAutoscalers()
 	stopWatch := context.AfterFunc(ctx, r.scaler.kill) // forced: kill the pods now
 	defer stopWatch()
 	r.log.Info("stopping pods", "grace_period", r.opts.GracePeriod)

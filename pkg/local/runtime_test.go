@@ -229,7 +229,9 @@ func TestScaleToZeroBuffersRequests(t *testing.T) {
 }
 
 func TestScalerScalesRolesUpAndDown(t *testing.T) {
-	rt := newRuntime(t, svcYAML("pd", "llm-d.ai/disaggregation: prefill-decode"), nil)
+	// Scaled by hand: the decider of its (defaulted) slo.autoscaling.llm-d.ai
+	// class is off.
+	rt := newRuntime(t, svcYAML("pd", "llm-d.ai/disaggregation: prefill-decode"), func(o *Options) { o.Autoscale.Disabled = true })
 	waitReady(t, rt)
 	key := rt.Services()[0].Key()
 	sc := rt.Scaler()

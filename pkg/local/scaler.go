@@ -395,6 +395,9 @@ func (g *group) run(p *pod) {
 	}
 	p.mu.Lock()
 	p.url, p.kv = url, kv
+	if sr, ok := r.(*simRunner); ok && sr.srv != nil {
+		p.stats = sr.srv.Stats
+	}
 	p.mu.Unlock()
 	log.Debug("pod started", "url", url, "kv_events", kv)
 	ctx, cancel := context.WithTimeout(context.Background(), s.startup)

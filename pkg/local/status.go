@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 )
 
@@ -60,13 +62,29 @@ type ServiceStatus struct {
 	TPOTP50 float64      `json:"tpotP50"`
 	Window  string       `json:"window"`
 	Roles   []RoleStatus `json:"roles"`
+	// Autoscaler is the revision's slo.autoscaling.llm-d.ai decider, nil
+	// when another class (or none) scales it.
+	Autoscaler *AutoscalerStatus `json:"autoscaler,omitempty"`
+}
+
+// AutoscalerStatus is a revision's decider and its last recommendation.
+type AutoscalerStatus struct {
+	Class string `json:"class"`
+	// Mode is "act" (recommendations are applied) or "advise" (reported
+	// only).
+	Mode string `json:"mode"`
+	// Recommendation is the last one, absent before the first tick.
+	Recommendation *autoscaler.Recommendation `json:"recommendation,omitempty"`
 }
 
 // RoleStatus is one role's scale and pods.
 type RoleStatus struct {
 	Role string `json:"role"`
 	Replicas
-	Pods []PodStatus `json:"pods"`
+	// Recommended is the autoscaler's last recommendation for the role
+	// (next to Desired, what the Scaler was last told).
+	Recommended *int        `json:"recommended,omitempty"`
+	Pods        []PodStatus `json:"pods"`
 }
 
 // PodStatus is one pod, with what its own /metrics says.
@@ -143,6 +161,17 @@ func (sp *statusPage) snapshot(ctx context.Context) Status {
 		if rs.PromptTokens > 0 {
 			ss.CacheHitRate = float64(rs.CachedTokens) / float64(rs.PromptTokens)
 		}
+		var rec *autoscaler.Recommendation
+		if a := r.autoscalers[key]; a != nil {
+			ss.Autoscaler = &AutoscalerStatus{Class: apis.AutoscalerClass, Mode: apis.AutoscalerAct}
+			if a.cfg.Advisory {
+				ss.Autoscaler.Mode = apis.AutoscalerAdvise
+			}
+			if last, ok := a.recommendation(); ok {
+				rec = &last
+				ss.Autoscaler.Recommendation = rec
+			}
+		}
 		pods := r.scaler.podsOf(key)
 		roles := []Role{RoleDecode}
 		if svc.Spec.Disaggregated() {
@@ -151,6 +180,13 @@ func (sp *statusPage) snapshot(ctx context.Context) Status {
 		for _, role := range roles {
 			rep, _ := r.scaler.Replicas(key, role)
 			rst := RoleStatus{Role: string(role), Replicas: rep, Pods: []PodStatus{}}
+			if rec != nil {
+				n := rec.Decode
+				if role == RolePrefill {
+					n = rec.Prefill
+				}
+				rst.Recommended = &n
+			}
 			if !svc.Spec.Disaggregated() {
 				rst.Role = "both"
 			}
