@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/llmd-kn/llmd-kn/pkg/jsonstr"
 	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
 	"github.com/llmd-kn/llmd-kn/pkg/workload"
 )
@@ -366,7 +367,7 @@ type buffers struct {
 // every request: the model before the prompt and the options after it.
 func (d *driver) bodyParts() (prefix, suffix []byte) {
 	prefix = append(prefix, `{"model":`...)
-	prefix = appendJSONString(prefix, d.cfg.Model)
+	prefix = jsonstr.Append(prefix, d.cfg.Model)
 	if d.cfg.API == APIChat {
 		prefix = append(prefix, `,"messages":[{"role":"user","content":`...)
 		suffix = append(suffix, `}],"max_completion_tokens":`...)
@@ -380,7 +381,7 @@ func (d *driver) bodyParts() (prefix, suffix []byte) {
 func (d *driver) appendBody(dst []byte, r workload.Request, ids []uint32) []byte {
 	dst = append(dst, d.prefix...)
 	if d.cfg.Prompt == PromptText {
-		dst = appendJSONString(dst, tokenizer.DecodeString(ids))
+		dst = jsonstr.Append(dst, tokenizer.DecodeString(ids))
 	} else {
 		dst = append(dst, '[')
 		for i, id := range ids {
@@ -577,37 +578,6 @@ func (d *driver) failure(ctx, rctx context.Context, kind ErrorKind, err error) (
 		err = ue.Err
 	}
 	return kind, truncate(err.Error(), 200)
-}
-
-// appendJSONString appends s as a JSON string: quotes, backslashes and
-// control characters escaped, other bytes as they are (pkg/tokenizer's text
-// is valid UTF-8).
-func appendJSONString(dst []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		dst = append(dst, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			dst = append(dst, '\\', c)
-		case '\n':
-			dst = append(dst, '\\', 'n')
-		case '\t':
-			dst = append(dst, '\\', 't')
-		case '\r':
-			dst = append(dst, '\\', 'r')
-		default:
-			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		}
-		start = i + 1
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
 
 // Live is a run's progress as it happens, safe for concurrent use; Run

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+
+	"github.com/llmd-kn/llmd-kn/pkg/jsonstr"
 )
 
 // startRelease tells a prefill simulator, in the background, that the blocks
@@ -35,7 +37,7 @@ func (s *Server) startRelease(t releaseTarget) {
 func (s *Server) release(t releaseTarget) error {
 	ctx, cancel := context.WithTimeout(s.bgCtx, s.cfg.ReleaseTimeout)
 	defer cancel()
-	body := appendJSONString([]byte(`{"request_id":`), t.requestID)
+	body := jsonstr.Append([]byte(`{"request_id":`), t.requestID)
 	body = append(body, '}')
 	u := "http://" + net.JoinHostPort(t.host, strconv.Itoa(t.port)) + ReleasePath
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))

@@ -5,9 +5,9 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/jsonstr"
 	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
 )
 
@@ -34,67 +34,9 @@ func appendTokensText(dst []byte, ids []uint32) []byte {
 		if !ok {
 			s = tokenizer.DecodeString([]uint32{id})
 		}
-		dst = appendEscaped(dst, s)
+		dst = jsonstr.AppendEscaped(dst, s)
 	}
 	return append(dst, '"')
-}
-
-// appendJSONString appends s as a JSON string.
-func appendJSONString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	dst = appendEscaped(dst, s)
-	return append(dst, '"')
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendEscaped appends the JSON-escaped body of s (no quotes): quotes,
-// backslashes and control characters escaped, invalid UTF-8 replaced by
-// U+FFFD byte by byte, and U+2028/U+2029 escaped, as encoding/json does.
-func appendEscaped(dst []byte, s string) []byte {
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i++
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	return append(dst, s[start:]...)
 }
 
 // usage is the token accounting of one request.
@@ -132,13 +74,13 @@ func newChunkWriter(chat bool, id, model string, created int64, includeUsage, co
 	}
 	h := make([]byte, 0, 128)
 	h = append(h, `{"id":`...)
-	h = appendJSONString(h, id)
+	h = jsonstr.Append(h, id)
 	h = append(h, `,"object":"`...)
 	h = append(h, object...)
 	h = append(h, `","created":`...)
 	h = strconv.AppendInt(h, created, 10)
 	h = append(h, `,"model":`...)
-	h = appendJSONString(h, model)
+	h = jsonstr.Append(h, model)
 	return &chunkWriter{chat: chat, head: h, includeUsage: includeUsage, continuous: continuous && includeUsage}
 }
 
@@ -218,14 +160,14 @@ func appendStreamError(dst []byte, e *Error) []byte {
 
 func appendErrorJSON(dst []byte, e *Error) []byte {
 	dst = append(dst, `{"error":{"message":`...)
-	dst = appendJSONString(dst, e.Message)
+	dst = jsonstr.Append(dst, e.Message)
 	dst = append(dst, `,"type":`...)
-	dst = appendJSONString(dst, e.Type)
+	dst = jsonstr.Append(dst, e.Type)
 	dst = append(dst, `,"param":`...)
 	if e.Param == "" {
 		dst = append(dst, "null"...)
 	} else {
-		dst = appendJSONString(dst, e.Param)
+		dst = jsonstr.Append(dst, e.Param)
 	}
 	dst = append(dst, `,"code":`...)
 	dst = strconv.AppendInt(dst, int64(e.Status), 10)
