@@ -333,50 +333,55 @@ func encode(der []byte, key *ecdsa.PrivateKey) (certPEM, keyPEM []byte, err erro
 
 func (m *Manager) patchCABundle(ctx context.Context, caBundle []byte) error {
 	if name := m.MutatingWebhookConfiguration; name != "" {
-		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			var c admissionregistrationv1.MutatingWebhookConfiguration
-			if err := m.Client.Get(ctx, types.NamespacedName{Name: name}, &c); err != nil {
-				return err
-			}
-			changed := false
+		var c admissionregistrationv1.MutatingWebhookConfiguration
+		err := m.setCABundle(ctx, name, &c, caBundle, func() []*admissionregistrationv1.WebhookClientConfig {
+			out := make([]*admissionregistrationv1.WebhookClientConfig, len(c.Webhooks))
 			for i := range c.Webhooks {
-				if !bytes.Equal(c.Webhooks[i].ClientConfig.CABundle, caBundle) {
-					c.Webhooks[i].ClientConfig.CABundle = caBundle
-					changed = true
-				}
+				out[i] = &c.Webhooks[i].ClientConfig
 			}
-			if !changed {
-				return nil
-			}
-			return m.Client.Update(ctx, &c)
+			return out
 		})
 		if err != nil {
 			return fmt.Errorf("patch caBundle of MutatingWebhookConfiguration %s: %w", name, err)
 		}
 	}
 	if name := m.ValidatingWebhookConfiguration; name != "" {
-		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			var c admissionregistrationv1.ValidatingWebhookConfiguration
-			if err := m.Client.Get(ctx, types.NamespacedName{Name: name}, &c); err != nil {
-				return err
-			}
-			changed := false
+		var c admissionregistrationv1.ValidatingWebhookConfiguration
+		err := m.setCABundle(ctx, name, &c, caBundle, func() []*admissionregistrationv1.WebhookClientConfig {
+			out := make([]*admissionregistrationv1.WebhookClientConfig, len(c.Webhooks))
 			for i := range c.Webhooks {
-				if !bytes.Equal(c.Webhooks[i].ClientConfig.CABundle, caBundle) {
-					c.Webhooks[i].ClientConfig.CABundle = caBundle
-					changed = true
-				}
+				out[i] = &c.Webhooks[i].ClientConfig
 			}
-			if !changed {
-				return nil
-			}
-			return m.Client.Update(ctx, &c)
+			return out
 		})
 		if err != nil {
 			return fmt.Errorf("patch caBundle of ValidatingWebhookConfiguration %s: %w", name, err)
 		}
 	}
 	return nil
+}
+
+// setCABundle reads the webhook configuration name into obj, sets caBundle
+// on every client config that configs returns (read after each Get), and
+// writes it back when something changed, retrying on conflicts.
+func (m *Manager) setCABundle(ctx context.Context, name string, obj client.Object, caBundle []byte,
+	configs func() []*admissionregistrationv1.WebhookClientConfig) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := m.Client.Get(ctx, types.NamespacedName{Name: name}, obj); err != nil {
+			return err
+		}
+		changed := false
+		for _, cc := range configs() {
+			if !bytes.Equal(cc.CABundle, caBundle) {
+				cc.CABundle = caBundle
+				changed = true
+			}
+		}
+		if !changed {
+			return nil
+		}
+		return m.Client.Update(ctx, obj)
+	})
 }
 
 // writeFiles writes the serving pair when it differs from what is on disk,
