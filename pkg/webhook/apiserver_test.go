@@ -38,7 +38,7 @@ import (
 
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/webhook"
-	"github.com/llmd-kn/llmd-kn/pkg/webhook/internal/kubetest"
+	"github.com/llmd-kn/llmd-kn/internal/kubetest"
 )
 
 // cluster is one API server shared by the tests of this package.

@@ -27,7 +27,7 @@ import (
 
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/webhook"
-	"github.com/llmd-kn/llmd-kn/pkg/webhook/internal/kubetest"
+	"github.com/llmd-kn/llmd-kn/internal/kubetest"
 )
 
 // TestDeployedAsInACluster runs the webhook as config/webhook deploys it:

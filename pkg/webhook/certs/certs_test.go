@@ -23,7 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/llmd-kn/llmd-kn/pkg/webhook/internal/kubetest"
+	"github.com/llmd-kn/llmd-kn/internal/kubetest"
 )
 
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
