@@ -27,6 +27,11 @@ type localFlags struct {
 	startup           time.Duration
 	debugRouting      bool
 	logLevel          string
+	noAutoscale       bool
+	autoscaleTick     time.Duration
+	scaleToZeroGrace  time.Duration
+	stableWindow      time.Duration
+	scaleDownDelay    time.Duration
 }
 
 func newLocalCmd() *cobra.Command {
@@ -89,6 +94,11 @@ a second Ctrl-C cuts the requests and kills the pods at once.`,
 	fl.DurationVar(&f.startup, "startup-timeout", local.DefaultStartupTimeout, "how long a pod may take to answer GET /health with 200 (model loading)")
 	fl.BoolVar(&f.debugRouting, "debug-routing", false, "add the routing explanation header X-Llm-D-Route to every answer")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error (debug also shows the simulators' logs)")
+	fl.BoolVar(&f.noAutoscale, "no-autoscale", false, "turn the slo.autoscaling.llm-d.ai deciders off: replicas stay where the manifests and POST /scale put them")
+	fl.DurationVar(&f.autoscaleTick, "autoscale-tick", local.DefaultAutoscaleTick, "how often each autoscaled revision's decider runs (Knative's tick-interval)")
+	fl.DurationVar(&f.scaleToZeroGrace, "scale-to-zero-grace-period", local.DefaultScaleToZeroGracePeriod, "time without traffic before a revision whose min-scale is 0 scales to zero")
+	fl.DurationVar(&f.stableWindow, "stable-window", local.DefaultStableWindow, "the decider's averaging window (its panic window is 10% of it)")
+	fl.DurationVar(&f.scaleDownDelay, "scale-down-delay", 0, "how long the decider holds a recommendation before scaling down")
 	return cmd
 }
 
@@ -99,6 +109,15 @@ func (f *localFlags) run(cmd *cobra.Command) error {
 	}
 	if !(f.timeScale > 0) {
 		return fmt.Errorf("--sim-time-scale must be positive, got %v", f.timeScale)
+	}
+	if f.autoscaleTick <= 0 {
+		return fmt.Errorf("--autoscale-tick must be positive, got %v", f.autoscaleTick)
+	}
+	if f.scaleToZeroGrace < 0 || f.scaleDownDelay < 0 {
+		return fmt.Errorf("--scale-to-zero-grace-period and --scale-down-delay must not be negative")
+	}
+	if f.stableWindow < f.autoscaleTick {
+		return fmt.Errorf("--stable-window %v must be at least --autoscale-tick %v", f.stableWindow, f.autoscaleTick)
 	}
 	if f.grace < 0 || f.drain < 0 || f.startupDelay < 0 || f.startup <= 0 {
 		return errors.New("--grace-period, --drain-timeout and --sim-startup-delay must not be negative, --startup-timeout must be positive")
@@ -125,6 +144,8 @@ func (f *localFlags) run(cmd *cobra.Command) error {
 		Services: svcs, Addr: f.addr, MetricsAddr: f.metricsAddr, SimTimeScale: f.timeScale, SimStartupDelay: f.startupDelay,
 		PodCommand: f.podCommand, GracePeriod: f.grace, DrainTimeout: f.drain, StartupTimeout: f.startup,
 		DebugRouting: f.debugRouting, Logger: log, PodOutput: cmd.ErrOrStderr(),
+		Autoscale: local.AutoscaleOptions{Disabled: f.noAutoscale, Tick: f.autoscaleTick, ScaleToZeroGracePeriod: f.scaleToZeroGrace,
+			StableWindow: f.stableWindow, ScaleDownDelay: f.scaleDownDelay},
 	})
 	if err != nil {
 		return err
