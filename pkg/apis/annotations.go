@@ -34,6 +34,8 @@ const (
 	PrefillMaxScaleAnnotation = Group + "prefill-max-scale"
 	AutoscalerModeAnnotation  = Group + "autoscaler-mode"
 	SimProfileAnnotation      = Group + "sim-profile"
+	AcceleratorAnnotation     = Group + "accelerator"
+	VariantCostAnnotation     = Group + "variant-cost"
 
 	KnativeAutoscalingGroup        = "autoscaling.knative.dev/"
 	ClassAnnotation                = KnativeAutoscalingGroup + "class"
@@ -77,6 +79,12 @@ type Spec struct {
 	PrefillMaxScale int // 0: unbounded
 	AutoscalerMode  string
 	SimProfile      string
+	// Accelerator names the hardware a variant runs on (free text, e.g.
+	// H100-SXM-80GB); VariantCost is its cost per replica-hour in any unit
+	// common to the model's variants (0: unset). Revisions serving the same
+	// llm-d.ai/model are variants the autoscaler chooses among.
+	Accelerator string
+	VariantCost float64
 }
 
 // Disaggregated reports whether the revision runs separate prefill pods.
@@ -149,6 +157,8 @@ var known = map[string]string{
 	PrefillMaxScaleAnnotation: "integer >= 0",
 	AutoscalerModeAnnotation:  "act | advise",
 	SimProfileAnnotation:      "engine profile name",
+	AcceleratorAnnotation:     "accelerator name",
+	VariantCostAnnotation:     "number > 0",
 }
 
 // Parse reads and validates the annotations of one object; path is the
@@ -272,6 +282,21 @@ func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, 
 			if _, ok := annotations[k]; ok {
 				fail(k, "only meaningful with %s: %s", DisaggregationAnnotation, DisaggregationPrefillDecode)
 			}
+		}
+	}
+	if v, ok := annotations[AcceleratorAnnotation]; ok {
+		if strings.TrimSpace(v) == "" || len(v) > 63 || strings.ContainsAny(v, " \t\n,") {
+			fail(AcceleratorAnnotation, "invalid value %q: must be an accelerator name of 1 to 63 characters without spaces or commas, like H100-SXM-80GB", v)
+		} else {
+			s.Accelerator = v
+		}
+	}
+	if v, ok := annotations[VariantCostAnnotation]; ok {
+		c, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || math.IsNaN(c) || math.IsInf(c, 0) || c <= 0 {
+			fail(VariantCostAnnotation, "invalid value %q: must be a positive number (cost per replica-hour), like 2.5", v)
+		} else {
+			s.VariantCost = c
 		}
 	}
 	oneOf(AutoscalerModeAnnotation, &s.AutoscalerMode, []string{AutoscalerAct, AutoscalerAdvise})

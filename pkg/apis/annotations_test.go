@@ -44,12 +44,15 @@ func TestParseFullSpec(t *testing.T) {
 		PrefillMaxScaleAnnotation: "4",
 		AutoscalerModeAnnotation:  "advise",
 		SimProfileAnnotation:      "llama-3.1-8b-h100",
+		AcceleratorAnnotation:     "H100-SXM-80GB",
+		VariantCostAnnotation:     "2.5",
 	}, path, vocab)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !s.Disaggregated() || s.PDThreshold != 1024 || s.TTFT != 300*time.Millisecond || s.TPOT != 40*time.Millisecond ||
-		s.AllowsTier("batch") || !s.AllowsTier("critical") || s.MinScale != 2 || s.PrefillMaxScale != 4 || s.Percentile != 99 {
+		s.AllowsTier("batch") || !s.AllowsTier("critical") || s.MinScale != 2 || s.PrefillMaxScale != 4 || s.Percentile != 99 ||
+		s.Accelerator != "H100-SXM-80GB" || s.VariantCost != 2.5 {
 		t.Fatalf("spec: %+v", s)
 	}
 }
@@ -75,6 +78,10 @@ func TestParseRejectsWithFieldPaths(t *testing.T) {
 		{"bad mode", map[string]string{AutoscalerModeAnnotation: "auto"}, "[llm-d.ai/autoscaler-mode]"},
 		{"unknown sim profile", map[string]string{SimProfileAnnotation: "gpt-5"}, "[llm-d.ai/sim-profile]"},
 		{"empty model", map[string]string{ModelAnnotation: " "}, "[llm-d.ai/model]"},
+		{"accelerator with spaces", map[string]string{AcceleratorAnnotation: "H100 80GB"}, "[llm-d.ai/accelerator]"},
+		{"zero cost", map[string]string{VariantCostAnnotation: "0"}, "[llm-d.ai/variant-cost]"},
+		{"cost not a number", map[string]string{VariantCostAnnotation: "cheap"}, "[llm-d.ai/variant-cost]"},
+		{"infinite cost", map[string]string{VariantCostAnnotation: "+Inf"}, "[llm-d.ai/variant-cost]"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
