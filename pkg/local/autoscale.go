@@ -86,35 +86,21 @@ func AutoscalerConfig(svc *Service, o AutoscaleOptions) (autoscaler.Config, erro
 	c.StableWindow = o.StableWindow
 	c.ScaleToZeroGracePeriod = o.ScaleToZeroGracePeriod
 	c.ScaleDownDelay = o.ScaleDownDelay
-	bounds := func(minScale, maxScale int) autoscaler.Bounds {
-		if maxScale <= 0 || maxScale > MaxLocalReplicas {
-			maxScale = MaxLocalReplicas
-		}
-		return autoscaler.Bounds{MinScale: min(minScale, maxScale), MaxScale: maxScale}
+	var tierTTFT, tierTPOT time.Duration
+	if tier, ok := activator.DefaultTiers().Get(orDefault(spec.DefaultTier, apis.DefaultTier)); ok {
+		tierTTFT, tierTPOT = time.Duration(tier.TTFT), time.Duration(tier.TPOT)
 	}
-	c.Disaggregated = spec.Disaggregated()
-	c.Decode = bounds(spec.MinScale, spec.MaxScale)
+	autoscaler.ApplySpec(&c, spec, tierTTFT, tierTPOT)
+	// Max-scale 0 (unbounded) is MaxLocalReplicas here.
+	bound := func(b autoscaler.Bounds) autoscaler.Bounds {
+		if b.MaxScale <= 0 || b.MaxScale > MaxLocalReplicas {
+			b.MaxScale = MaxLocalReplicas
+		}
+		return autoscaler.Bounds{MinScale: min(b.MinScale, b.MaxScale), MaxScale: b.MaxScale}
+	}
+	c.Decode = bound(c.Decode)
 	if c.Disaggregated {
-		c.Prefill = bounds(spec.PrefillMinScale, spec.PrefillMaxScale)
-	}
-	c.EnableScaleToZero = spec.MinScale == 0
-	tierName := orDefault(spec.DefaultTier, apis.DefaultTier)
-	if tier, ok := activator.DefaultTiers().Get(tierName); ok {
-		if tier.TTFT > 0 {
-			c.SLO.TTFT = time.Duration(tier.TTFT)
-		}
-		if tier.TPOT > 0 {
-			c.SLO.TPOT = time.Duration(tier.TPOT)
-		}
-	}
-	if spec.TTFT > 0 {
-		c.SLO.TTFT = spec.TTFT
-	}
-	if spec.TPOT > 0 {
-		c.SLO.TPOT = spec.TPOT
-	}
-	if spec.Percentile > 0 && spec.Percentile < 100 {
-		c.SLO.Percentile = spec.Percentile
+		c.Prefill = bound(c.Prefill)
 	}
 	if svc.Engine.MaxNumSeqs > 0 {
 		c.MaxNumSeqs = svc.Engine.MaxNumSeqs
@@ -122,7 +108,6 @@ func AutoscalerConfig(svc *Service, o AutoscaleOptions) (autoscaler.Config, erro
 	if svc.Engine.MaxNumBatchedTokens > 0 {
 		c.MaxNumBatchedTokens = svc.Engine.MaxNumBatchedTokens
 	}
-	c.Advisory = spec.AutoscalerMode == apis.AutoscalerAdvise
 	return c, c.Validate()
 }
 

@@ -1,0 +1,330 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
+	"knative.dev/pkg/kmeta"
+	autoscalingv1alpha1 "knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
+	"knative.dev/serving/pkg/apis/serving"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/llmd-kn/llmd-kn/internal/kubetest"
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
+)
+
+func TestRunRejectsBadInput(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "scale-to-zero-grace-period"), []byte("soon"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--config-dir", dir}, `scale-to-zero-grace-period: invalid value "soon"`},
+		{[]string{"--no-such-flag"}, "no-such-flag"},
+		{[]string{"extra"}, "unexpected arguments"},
+		{[]string{"--kubeconfig", filepath.Join(dir, "missing")}, "kubeconfig"},
+	} {
+		var stderr bytes.Buffer
+		err := run(context.Background(), tc.args, &stderr)
+		if err == nil || !strings.Contains(err.Error()+stderr.String(), tc.want) {
+			t.Errorf("run %v: got %v, want an error containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestAutoscalerInACluster runs the command against a real API server as
+// its ServiceAccount with exactly the RBAC of config/autoscaler: it elects
+// itself leader, takes a disaggregated revision's traffic path, creates its
+// prefill Deployment, scales it from activator reports, serves metrics and
+// probes, and exits cleanly when cancelled (SIGTERM).
+func TestAutoscalerInACluster(t *testing.T) {
+	assets := kubetest.AssetsOrSkip(t)
+	root, err := kubetest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rbacFile := filepath.Join(root, "config", "autoscaler", "200-rbac.yaml")
+	rbac, err := os.ReadFile(rbacFile)
+	if err != nil {
+		t.Skipf("no RBAC manifest: %v", err)
+	}
+	servingDir, err := kubetest.ModuleDir("knative.dev/serving")
+	if err != nil {
+		t.Fatal(err)
+	}
+	crds := filepath.Join(servingDir, "config", "core", "300-resources")
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		ErrorIfCRDPathMissing: true,
+		CRDInstallOptions: envtest.CRDInstallOptions{Paths: []string{
+			filepath.Join(crds, "revision.yaml"), filepath.Join(crds, "podautoscaler.yaml"),
+		}},
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, autoscalingv1alpha1.AddToScheme, servingv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "llmd-kn"}}))
+	must(admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}))
+	applyRBAC(t, admin, rbac)
+	user, err := env.AddUser(envtest.User{Name: "system:serviceaccount:llmd-kn:llmd-autoscaler"}, nil)
+	must(err)
+	kc, err := user.KubeConfig()
+	must(err)
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	must(os.WriteFile(kubeconfig, kc, 0o600))
+
+	// The activator's endpoints.
+	must(admin.Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "llmd-activator-x", Namespace: "llmd-kn",
+			Labels: map[string]string{discoveryv1.LabelServiceName: "llmd-activator"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.4"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
+	}))
+
+	statsAddr, metricsAddr, probeAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var logs syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(runCtx, []string{"--kubeconfig", kubeconfig, "--namespace", "llmd-kn", "--leader-elect",
+			"--stats-bind-address", statsAddr, "--metrics-bind-address", metricsAddr, "--health-probe-bind-address", probeAddr}, &logs)
+	}()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("autoscaler logs:\n%s", logs.String())
+		}
+	})
+
+	// A disaggregated revision as Knative's controllers would make it.
+	ann := map[string]string{apis.ClassAnnotation: apis.AutoscalerClass, apis.DisaggregationAnnotation: apis.DisaggregationPrefillDecode,
+		apis.MaxScaleAnnotation: "2", apis.PrefillMaxScaleAnnotation: "3"}
+	rev := &servingv1.Revision{ObjectMeta: metav1.ObjectMeta{Name: "chat-00001", Namespace: "demo", Annotations: ann},
+		Spec: servingv1.RevisionSpec{PodSpec: corev1.PodSpec{Containers: []corev1.Container{{Image: "vllm"}}}}}
+	must(admin.Create(ctx, rev))
+	labels := map[string]string{serving.RevisionLabelKey: rev.Name, serving.RevisionUID: string(rev.UID)}
+	must(admin.Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "chat-00001-deployment", Namespace: "demo", Labels: labels},
+		Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](1), Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{Containers: []corev1.Container{
+				{Name: "user-container", Image: "vllm"}, {Name: "queue-proxy", Image: "queue"}}}}},
+	}))
+	must(admin.Create(ctx, &autoscalingv1alpha1.PodAutoscaler{
+		ObjectMeta: metav1.ObjectMeta{Name: rev.Name, Namespace: "demo", Annotations: ann,
+			OwnerReferences: []metav1.OwnerReference{*kmeta.NewControllerRef(rev)}},
+		Spec: autoscalingv1alpha1.PodAutoscalerSpec{ProtocolType: "http1",
+			ScaleTargetRef: corev1.ObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Name: "chat-00001-deployment"}},
+	}))
+
+	eventually := func(what string, check func() error) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			err := check()
+			if err == nil {
+				return
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("%s: the autoscaler exited: %v", what, err)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %v", what, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	demo := func(name string) types.NamespacedName { return types.NamespacedName{Namespace: "demo", Name: name} }
+	eventually("leader lease", func() error {
+		return admin.Get(ctx, types.NamespacedName{Namespace: "llmd-kn", Name: "llmd-autoscaler"}, &coordinationv1.Lease{})
+	})
+	eventually("revision Service and EndpointSlice", func() error {
+		if err := admin.Get(ctx, demo("chat-00001"), &corev1.Service{}); err != nil {
+			return err
+		}
+		return admin.Get(ctx, demo("chat-00001"), &discoveryv1.EndpointSlice{})
+	})
+	eventually("prefill Deployment", func() error { return admin.Get(ctx, demo("chat-00001-prefill"), &appsv1.Deployment{}) })
+	eventually("PA status", func() error {
+		pa := &autoscalingv1alpha1.PodAutoscaler{}
+		if err := admin.Get(ctx, demo("chat-00001"), pa); err != nil {
+			return err
+		}
+		if pa.Status.ServiceName != "chat-00001" || pa.Status.DesiredScale == nil {
+			return fmt.Errorf("status %+v", pa.Status)
+		}
+		return nil
+	})
+
+	// An activator's reports of a heavy load: both roles go to their max
+	// through the scale subresource.
+	report := func(tokens int) {
+		body := fmt.Sprintf(`{"activator":"llmd-activator-x","revisions":[{"revision":"demo/chat-00001","requestsByTier":{"standard":%d},
+			"promptTokens":%d,"completionTokens":%d,"uncachedPrefillTokens":%d,"inFlight":100}]}`, tokens/1000, tokens, tokens/10, tokens)
+		resp, err := http.Post("http://"+statsAddr+"/v1/stats", "application/json", strings.NewReader(body))
+		must(err)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST /v1/stats: %s", resp.Status)
+		}
+	}
+	report(0)
+	time.Sleep(200 * time.Millisecond)
+	report(1_000_000)
+	eventually("scale-up", func() error {
+		var p, d appsv1.Deployment
+		if err := admin.Get(ctx, demo("chat-00001-prefill"), &p); err != nil {
+			return err
+		}
+		if err := admin.Get(ctx, demo("chat-00001-deployment"), &d); err != nil {
+			return err
+		}
+		if *p.Spec.Replicas != 3 || *d.Spec.Replicas != 2 {
+			return fmt.Errorf("prefill %d, decode %d; want 3 and 2", *p.Spec.Replicas, *d.Spec.Replicas)
+		}
+		return nil
+	})
+	for _, u := range []struct{ url, want string }{
+		{"http://" + probeAddr + "/healthz", "ok"},
+		{"http://" + probeAddr + "/readyz", "ok"},
+		{"http://" + metricsAddr + "/metrics", `llmd_autoscaler_recommended_replicas{namespace="demo",revision="chat-00001",role="prefill"} 3`},
+		{"http://" + statsAddr + "/v1/recommendations", `"name":"chat-00001"`},
+	} {
+		resp, err := http.Get(u.url)
+		must(err)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), u.want) {
+			t.Errorf("GET %s: %s, body lacks %q", u.url, resp.Status, u.want)
+		}
+	}
+	if strings.Contains(logs.String(), "forbidden") {
+		t.Errorf("the RBAC of %s is not enough:\n%s", rbacFile, logs.String())
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run after cancel: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the autoscaler did not exit within 15s of cancellation")
+	}
+}
+
+// applyRBAC creates the roles and bindings of a multi-document manifest.
+func applyRBAC(t *testing.T, c client.Client, manifest []byte) {
+	t.Helper()
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(manifest), 4096)
+	for {
+		var meta metav1.TypeMeta
+		var raw runtime.RawExtension
+		if err := dec.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			t.Fatal(err)
+		}
+		if len(raw.Raw) == 0 {
+			continue
+		}
+		if err := utilyaml.Unmarshal(raw.Raw, &meta); err != nil {
+			t.Fatal(err)
+		}
+		var obj client.Object
+		switch meta.Kind {
+		case "ClusterRole":
+			obj = &rbacv1.ClusterRole{}
+		case "ClusterRoleBinding":
+			obj = &rbacv1.ClusterRoleBinding{}
+		case "Role":
+			obj = &rbacv1.Role{}
+		case "RoleBinding":
+			obj = &rbacv1.RoleBinding{}
+		default:
+			t.Fatalf("unexpected kind %q in the RBAC manifest", meta.Kind)
+		}
+		if err := utilyaml.Unmarshal(raw.Raw, obj); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Create(context.Background(), obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

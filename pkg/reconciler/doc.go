@@ -1,0 +1,68 @@
+// Package reconciler is llmd-kn's controller-runtime reconciler of the
+// slo.autoscaling.llm-d.ai PodAutoscaler class: Knative picks a PA's class
+// with autoscaling.knative.dev/class, and this package does for that class
+// what Knative's own HPA and KPA reconcilers
+// (knative.dev/serving/pkg/reconciler/autoscaling) do for theirs.
+//
+// Per PodAutoscaler of the class it
+//   - runs one decider (pkg/autoscaler) per revision, configured from the
+//     revision's annotations (autoscaler.ApplySpec) over the
+//     config-llmd-autoscaler defaults, every tick on the load the activators
+//     report (StatsAPI: POST /v1/stats; POST /v1/poke wakes a revision at
+//     zero at once), and exposes its recommendations (GET
+//     /v1/recommendations, gauge llmd_autoscaler_recommended_replicas);
+//   - scales the decode Deployment (the PA's scaleTargetRef, Knative's
+//     revision Deployment) through its scale subresource; a new revision
+//     keeps its initial scale (autoscaling.knative.dev/initial-scale,
+//     default 1) until it has been reached (ScaleTargetInitialized) and for
+//     the scale-to-zero grace period after;
+//   - for llm-d.ai/disaggregation: prefill-decode, creates, updates and
+//     scales the `<revision>-prefill` Deployment (MakePrefillDeployment),
+//     controlled by the PA so that garbage collection removes it with the
+//     revision;
+//   - owns the revision's traffic endpoint: the Service named like the
+//     revision and its EndpointSlice, whose endpoints are the llmd-kn
+//     activator's ready addresses;
+//   - writes the PA status Knative's revision reconciler reads
+//     (PropagateAutoscalerStatus): DesiredScale, ActualScale (ready decode
+//     replicas), ServiceName, MetricsServiceName and the conditions
+//     ScaleTargetInitialized, SKSReady and Active, with the KPA's rules.
+//
+// In advise mode (llm-d.ai/autoscaler-mode: advise) it computes and reports
+// recommendations (an Event per change, the API and the gauge) but leaves
+// the replicas alone.
+//
+// The traffic path of a revision of this class:
+//
+//	client
+//	  │
+//	  ▼
+//	ingress (Kourier/Istio; KIngress from Knative's Route)
+//	  │  Host → revision, headers Knative-Serving-Revision/-Namespace
+//	  ▼
+//	Service <revision> (ports 80 http, 81 http2; no selector)   ◄── this package
+//	  │  EndpointSlice <revision> = ready addresses of
+//	  │  llmd-kn/llmd-activator's EndpointSlices, port 8080     ◄── this package
+//	  ▼
+//	llmd-kn activator (buffers at zero, pokes, routes by KV cache and load)
+//	  │  pod IP : container port, chosen per request
+//	  ├──────────────► decode pods  (<revision>-deployment, Knative's)
+//	  └──────────────► prefill pods (<revision>-prefill, this package's)
+//
+// No ServerlessService (SKS) is created for this class. Knative's SKS
+// switches a revision's public Service between Knative's activator (proxy
+// mode) and the pods (serve mode); llmd-kn's activator must see every
+// request to route by KV cache, order by SLO tier and drive the P/D
+// two-step, so the endpoints always point at it and there is nothing to
+// switch. The SKSReady condition therefore reports this package's Service
+// and EndpointSlice: ready once the activator has a ready address.
+//
+// RBAC (least privilege): podautoscalers get/list/watch/update/patch and
+// podautoscalers/status; revisions get/list/watch; deployments and
+// deployments/scale; services and endpointslices (create, update, delete in
+// revision namespaces); events; leases in the autoscaler's own namespace.
+//
+// The package must not depend on the activator or the local runtime; it
+// imports the pure cores (pkg/autoscaler, pkg/apis, pkg/engine) and
+// Knative's and Kubernetes' API types.
+package reconciler

@@ -1,0 +1,538 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv1 "k8s.io/api/autoscaling/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
+	"knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
+	"knative.dev/serving/pkg/apis/serving"
+	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
+)
+
+// conflictRetry is how soon a status write that lost a race is retried.
+const conflictRetry = 50 * time.Millisecond
+
+// Condition reasons, as Knative's KPA words them.
+const (
+	ReasonNoTraffic = "NoTraffic"
+	ReasonQueued    = "Queued"
+)
+
+// Options configure the PodAutoscaler reconciler.
+type Options struct {
+	// Namespace is llmd-kn's own namespace, where the activator's Service
+	// lives.
+	Namespace string
+	// ActivatorService is the activator's Service name; its EndpointSlices
+	// are mirrored into every revision's EndpointSlice.
+	ActivatorService string
+	// Config is the base decider configuration (config-llmd-autoscaler);
+	// each revision's annotations are applied on top. Zero: the defaults.
+	Config autoscaler.Config
+	// TierSLO returns a tier's TTFT and TPOT targets (zero: none); nil
+	// means none.
+	TierSLO func(tier string) (ttft, tpot time.Duration)
+	// Logger logs (slog.Default when nil).
+	Logger *slog.Logger
+	// Registerer takes the recommendation gauge (controller-runtime's
+	// metrics registry when nil).
+	Registerer prometheus.Registerer
+}
+
+// PodAutoscalerReconciler is the slo.autoscaling.llm-d.ai PodAutoscaler
+// class. Create it with New, then SetupWithManager.
+type PodAutoscalerReconciler struct {
+	client   client.Client
+	recorder events.EventRecorder
+	opts     Options
+	log      *slog.Logger
+	stats    *Stats
+
+	mu   sync.Mutex
+	revs map[types.NamespacedName]*revisionScaler
+
+	// kick asks for a reconcile of a PodAutoscaler when its
+	// recommendation changed between watch events.
+	kick        chan event.GenericEvent
+	recommended *prometheus.GaugeVec
+}
+
+// New returns the reconciler, with its client and event recorder from mgr.
+func New(mgr manager.Manager, opts Options) (*PodAutoscalerReconciler, error) {
+	if opts.Namespace == "" {
+		return nil, errors.New("reconciler: Options.Namespace is required")
+	}
+	if opts.ActivatorService == "" {
+		return nil, errors.New("reconciler: Options.ActivatorService is required")
+	}
+	if opts.Config == (autoscaler.Config{}) {
+		opts.Config = autoscaler.DefaultConfig()
+	}
+	if err := opts.Config.Validate(); err != nil {
+		return nil, fmt.Errorf("reconciler: config: %w", err)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = crmetrics.Registry
+	}
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "llmd", Subsystem: "autoscaler", Name: "recommended_replicas",
+		Help: "Replicas the slo.autoscaling.llm-d.ai decider recommends for a revision's role (applied unless in advise mode)."},
+		[]string{"namespace", "revision", "role"})
+	if err := opts.Registerer.Register(g); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, fmt.Errorf("reconciler: metrics: %w", err)
+		}
+		g = are.ExistingCollector.(*prometheus.GaugeVec)
+	}
+	return &PodAutoscalerReconciler{
+		client:      mgr.GetClient(),
+		recorder:    mgr.GetEventRecorder("llmd-autoscaler"),
+		opts:        opts,
+		log:         opts.Logger,
+		stats:       NewStats(),
+		revs:        map[types.NamespacedName]*revisionScaler{},
+		kick:        make(chan event.GenericEvent, 1024),
+		recommended: g,
+	}, nil
+}
+
+// API is the stats API (activator reports, pokes, recommendations) served
+// by this reconciler.
+func (r *PodAutoscalerReconciler) API() *StatsAPI {
+	return &StatsAPI{Stats: r.stats, Poke: r.Poke, Recommendations: r.Recommendations}
+}
+
+// ourClass selects PodAutoscalers of the slo.autoscaling.llm-d.ai class.
+func ourClass(o client.Object) bool {
+	return o.GetAnnotations()[apis.ClassAnnotation] == apis.AutoscalerClass
+}
+
+// SetupWithManager registers the controller and the decider's ticker
+// (which runs only on the leader, with the controller).
+func (r *PodAutoscalerReconciler) SetupWithManager(mgr manager.Manager) error {
+	err := ctrl.NewControllerManagedBy(mgr).
+		Named("podautoscaler-slo").
+		For(&v1alpha1.PodAutoscaler{}, builder.WithPredicates(predicate.NewPredicateFuncs(ourClass))).
+		Owns(&corev1.Service{}).
+		Owns(&discoveryv1.EndpointSlice{}).
+		// Decode (Knative's) and prefill Deployments carry the revision
+		// label; the PodAutoscaler is named like the revision.
+		Watches(&appsv1.Deployment{}, handler.EnqueueRequestsFromMapFunc(r.mapRevisionObject)).
+		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(r.mapActivatorSlice)).
+		WatchesRawSource(source.Channel(r.kick, &handler.EnqueueRequestForObject{})).
+		Complete(r)
+	if err != nil {
+		return err
+	}
+	return mgr.Add(manager.RunnableFunc(r.runTicker))
+}
+
+func (r *PodAutoscalerReconciler) mapRevisionObject(_ context.Context, o client.Object) []reconcile.Request {
+	rev := o.GetLabels()[serving.RevisionLabelKey]
+	if rev == "" {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: rev}}}
+}
+
+// mapActivatorSlice requeues every PodAutoscaler of the class when the
+// activator's endpoints change.
+func (r *PodAutoscalerReconciler) mapActivatorSlice(ctx context.Context, o client.Object) []reconcile.Request {
+	if o.GetNamespace() != r.opts.Namespace || o.GetLabels()[discoveryv1.LabelServiceName] != r.opts.ActivatorService {
+		return nil
+	}
+	var pas v1alpha1.PodAutoscalerList
+	if err := r.client.List(ctx, &pas); err != nil {
+		r.log.Error("list podautoscalers", "err", err)
+		return nil
+	}
+	var reqs []reconcile.Request
+	for i := range pas.Items {
+		if ourClass(&pas.Items[i]) {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&pas.Items[i])})
+		}
+	}
+	return reqs
+}
+
+// Reconcile brings one PodAutoscaler's children and status to the desired
+// state; it writes only what differs.
+func (r *PodAutoscalerReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	pa := &v1alpha1.PodAutoscaler{}
+	if err := r.client.Get(ctx, req.NamespacedName, pa); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.forget(req.NamespacedName)
+			return reconcile.Result{}, nil
+		}
+		return reconcile.Result{}, err
+	}
+	if !ourClass(pa) || !pa.DeletionTimestamp.IsZero() {
+		r.forget(req.NamespacedName)
+		return reconcile.Result{}, nil
+	}
+	orig := pa.DeepCopy()
+	pa.Status.InitializeConditions()
+	err := r.reconcile(ctx, pa)
+	pa.Status.ObservedGeneration = pa.Generation
+	if !equality.Semantic.DeepEqual(orig.Status, pa.Status) {
+		switch uerr := r.client.Status().Update(ctx, pa); {
+		case apierrors.IsConflict(uerr) && err == nil:
+			// The cache was behind a write: try again on the newer object.
+			return reconcile.Result{RequeueAfter: conflictRetry}, nil
+		case uerr != nil:
+			err = errors.Join(err, fmt.Errorf("update status: %w", uerr))
+		}
+	}
+	return reconcile.Result{}, err
+}
+
+func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.PodAutoscaler) error {
+	key := client.ObjectKeyFromObject(pa)
+	rev := &servingv1.Revision{}
+	if err := r.client.Get(ctx, types.NamespacedName{Namespace: pa.Namespace, Name: revisionName(pa)}, rev); err != nil {
+		return fmt.Errorf("get revision: %w", err)
+	}
+	spec, err := apis.Parse(rev.Annotations, "metadata.annotations", apis.Vocabulary{})
+	if err != nil {
+		r.recorder.Eventf(pa, rev, corev1.EventTypeWarning, "InvalidAnnotations", "Parse", "revision %s: %v", rev.Name, err)
+		return reconcile.TerminalError(fmt.Errorf("revision %s: %w", rev.Name, err))
+	}
+
+	var decode *appsv1.Deployment
+	if name := pa.Spec.ScaleTargetRef.Name; name != "" {
+		decode = &appsv1.Deployment{}
+		if err := r.client.Get(ctx, types.NamespacedName{Namespace: pa.Namespace, Name: name}, decode); err != nil {
+			if !apierrors.IsNotFound(err) {
+				return fmt.Errorf("get deployment %s: %w", name, err)
+			}
+			decode = nil
+		}
+	}
+	cfg, profile, err := r.configFor(pa, spec, decode)
+	if err != nil {
+		r.recorder.Eventf(pa, rev, corev1.EventTypeWarning, "InvalidConfiguration", "Configure", "%v", err)
+		return reconcile.TerminalError(err)
+	}
+	rs, err := r.scalerFor(key, cfg, profile, spec.InitialScale, pa.Spec.ScaleTargetRef.Name)
+	if err != nil {
+		r.recorder.Eventf(pa, rev, corev1.EventTypeWarning, "InvalidConfiguration", "Configure", "%v", err)
+		return reconcile.TerminalError(err)
+	}
+
+	// The traffic path: the revision Service's endpoints are the activator.
+	pa.Status.ServiceName = pa.Name
+	pa.Status.MetricsServiceName = pa.Name
+	sksReady, sksMsg, err := r.reconcileTrafficPath(ctx, pa)
+	if err != nil {
+		return err
+	}
+	if sksReady {
+		pa.Status.MarkSKSReady()
+	} else {
+		pa.Status.MarkSKSNotReady(sksMsg)
+	}
+
+	now := time.Now()
+	wantDecode, wantPrefill, rec := rs.want(now)
+	if cfg.Advisory {
+		r.announce(pa, rs, rec)
+	}
+
+	// DesiredScale is what this class sets; in advise mode, what the
+	// Deployment has.
+	ready, desired := int32(0), int32(wantDecode)
+	if decode != nil {
+		ready = decode.Status.ReadyReplicas
+		if cfg.Advisory {
+			desired = ptr.Deref(decode.Spec.Replicas, 1)
+		} else if ptr.Deref(decode.Spec.Replicas, 1) != desired {
+			if err := r.scale(ctx, decode, desired); err != nil {
+				return err
+			}
+		}
+		if cfg.Disaggregated {
+			if err := r.reconcilePrefill(ctx, pa, decode, int32(wantPrefill), cfg.Advisory); err != nil {
+				return err
+			}
+		}
+	}
+	pa.Status.DesiredScale = ptr.To(desired)
+	pa.Status.ActualScale = ptr.To(ready)
+	computeActiveCondition(pa, cfg, spec.InitialScale, int(ready), int(desired))
+	if pa.Status.IsScaleTargetInitialized() {
+		rs.initialized(now)
+	}
+	return nil
+}
+
+// revisionName is the PodAutoscaler's Revision: its controller owner, else
+// the same name (Knative names them alike).
+func revisionName(pa *v1alpha1.PodAutoscaler) string {
+	if ref := metav1.GetControllerOf(pa); ref != nil && ref.Kind == "Revision" {
+		return ref.Name
+	}
+	return pa.Name
+}
+
+// configFor is a revision's decider configuration and engine profile name.
+func (r *PodAutoscalerReconciler) configFor(pa *v1alpha1.PodAutoscaler, spec apis.Spec, decode *appsv1.Deployment) (autoscaler.Config, string, error) {
+	c := r.opts.Config
+	var ttft, tpot time.Duration
+	if r.opts.TierSLO != nil {
+		ttft, tpot = r.opts.TierSLO(spec.DefaultTier)
+	}
+	autoscaler.ApplySpec(&c, spec, ttft, tpot)
+	if pa.Spec.Reachability == v1alpha1.ReachabilityUnreachable {
+		// As Knative's ScaleBounds: no route, no minimum.
+		c.Decode.MinScale, c.Prefill.MinScale = 0, 0
+		c.EnableScaleToZero = true
+	}
+	if decode != nil {
+		for _, ctr := range decode.Spec.Template.Spec.Containers {
+			if ctr.Name == QueueProxyContainer {
+				continue
+			}
+			args := append(append([]string(nil), ctr.Command...), ctr.Args...)
+			if n, ok := intFlag(args, "--max-num-seqs"); ok {
+				c.MaxNumSeqs = n
+			}
+			if n, ok := intFlag(args, "--max-num-batched-tokens"); ok {
+				c.MaxNumBatchedTokens = n
+			}
+			break
+		}
+	}
+	profile := spec.SimProfile
+	if profile == "" {
+		profile = engine.DefaultProfile
+	}
+	if err := c.Validate(); err != nil {
+		return c, "", fmt.Errorf("autoscaler config: %w", err)
+	}
+	return c, profile, nil
+}
+
+// intFlag finds a positive integer flag's value in a command line
+// (--flag N or --flag=N).
+func intFlag(args []string, flag string) (int, bool) {
+	for i, a := range args {
+		var v string
+		switch {
+		case a == flag && i+1 < len(args):
+			v = args[i+1]
+		case strings.HasPrefix(a, flag+"="):
+			v = strings.TrimPrefix(a, flag+"=")
+		default:
+			continue
+		}
+		if n, err := strconv.Atoi(v); err == nil && n > 0 {
+			return n, true
+		}
+	}
+	return 0, false
+}
+
+// computeActiveCondition sets Active and ScaleTargetInitialized as Knative's
+// KPA does (pkg/reconciler/autoscaling/kpa): the target is initialized once
+// it had the initial scale ready, active while it has ready replicas and
+// inactive (NoTraffic) when it is to be at zero.
+func computeActiveCondition(pa *v1alpha1.PodAutoscaler, cfg autoscaler.Config, initialScale, ready, want int) {
+	minReady := max(cfg.Decode.MinScale, 1)
+	if !pa.Status.IsScaleTargetInitialized() {
+		if initialScale < 0 {
+			initialScale = 1
+		}
+		minReady = max(cfg.Decode.MinScale, initialScale)
+	}
+	if ready >= minReady && pa.Status.ServiceName != "" {
+		pa.Status.MarkScaleTargetInitialized()
+	}
+	const noTraffic = "The target is not receiving traffic."
+	switch {
+	case want == 0 || minReady == 0:
+		pa.Status.MarkInactive(ReasonNoTraffic, noTraffic)
+	case ready < minReady:
+		if want > 0 || !pa.Status.IsInactive() {
+			pa.Status.MarkActivating(ReasonQueued, "Requests to the target are being buffered as resources are provisioned.")
+		} else {
+			pa.Status.MarkInactive(ReasonNoTraffic, noTraffic)
+		}
+	default:
+		if want > 0 || !pa.Status.IsInactive() {
+			pa.Status.MarkActive()
+		}
+	}
+}
+
+// reconcileTrafficPath creates or updates the revision Service and its
+// EndpointSlice; ready means the slice has at least one activator address.
+func (r *PodAutoscalerReconciler) reconcileTrafficPath(ctx context.Context, pa *v1alpha1.PodAutoscaler) (ready bool, msg string, err error) {
+	want := MakeService(pa)
+	svc := &corev1.Service{}
+	switch err := r.client.Get(ctx, client.ObjectKeyFromObject(want), svc); {
+	case apierrors.IsNotFound(err):
+		if err := r.client.Create(ctx, want); err != nil {
+			pa.Status.MarkResourceFailedCreation("Service", want.Name)
+			return false, "", fmt.Errorf("create service %s: %w", want.Name, err)
+		}
+	case err != nil:
+		return false, "", fmt.Errorf("get service %s: %w", want.Name, err)
+	case !metav1.IsControlledBy(svc, pa):
+		pa.Status.MarkResourceNotOwned("Service", want.Name)
+		return false, "", fmt.Errorf("podautoscaler %s does not own service %s", pa.Name, want.Name)
+	case !equality.Semantic.DeepEqual(svc.Spec.Ports, want.Spec.Ports) || len(svc.Spec.Selector) > 0 || !hasLabels(svc.Labels, want.Labels):
+		svc.Spec.Ports, svc.Spec.Selector = want.Spec.Ports, nil
+		svc.Labels = mergeLabels(svc.Labels, want.Labels)
+		if err := r.client.Update(ctx, svc); err != nil {
+			return false, "", fmt.Errorf("update service %s: %w", want.Name, err)
+		}
+	}
+
+	var act discoveryv1.EndpointSliceList
+	if err := r.client.List(ctx, &act, client.InNamespace(r.opts.Namespace),
+		client.MatchingLabels{discoveryv1.LabelServiceName: r.opts.ActivatorService}); err != nil {
+		return false, "", fmt.Errorf("list activator endpointslices: %w", err)
+	}
+	addrs := ActivatorAddresses(act.Items)
+	wantES := MakeEndpointSlice(pa, addrs)
+	es := &discoveryv1.EndpointSlice{}
+	switch err := r.client.Get(ctx, client.ObjectKeyFromObject(wantES), es); {
+	case apierrors.IsNotFound(err):
+		if err := r.client.Create(ctx, wantES); err != nil {
+			pa.Status.MarkResourceFailedCreation("EndpointSlice", wantES.Name)
+			return false, "", fmt.Errorf("create endpointslice %s: %w", wantES.Name, err)
+		}
+	case err != nil:
+		return false, "", fmt.Errorf("get endpointslice %s: %w", wantES.Name, err)
+	case !metav1.IsControlledBy(es, pa):
+		pa.Status.MarkResourceNotOwned("EndpointSlice", wantES.Name)
+		return false, "", fmt.Errorf("podautoscaler %s does not own endpointslice %s", pa.Name, wantES.Name)
+	case !equality.Semantic.DeepEqual(es.Endpoints, wantES.Endpoints) || !equality.Semantic.DeepEqual(es.Ports, wantES.Ports) ||
+		!hasLabels(es.Labels, wantES.Labels):
+		es.Endpoints, es.Ports = wantES.Endpoints, wantES.Ports
+		es.Labels = mergeLabels(es.Labels, wantES.Labels)
+		if err := r.client.Update(ctx, es); err != nil {
+			return false, "", fmt.Errorf("update endpointslice %s: %w", wantES.Name, err)
+		}
+	}
+	if len(addrs) == 0 {
+		return false, fmt.Sprintf("no ready endpoints of service %s/%s (the llmd-kn activator)", r.opts.Namespace, r.opts.ActivatorService), nil
+	}
+	return true, "", nil
+}
+
+func hasLabels(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func mergeLabels(have, want map[string]string) map[string]string {
+	out := make(map[string]string, len(have)+len(want))
+	for k, v := range have {
+		out[k] = v
+	}
+	for k, v := range want {
+		out[k] = v
+	}
+	return out
+}
+
+// scale sets a Deployment's replicas through its scale subresource.
+func (r *PodAutoscalerReconciler) scale(ctx context.Context, d *appsv1.Deployment, n int32) error {
+	patch := client.RawPatch(types.MergePatchType, fmt.Appendf(nil, `{"spec":{"replicas":%d}}`, n))
+	if err := r.client.SubResource("scale").Patch(ctx, d, patch, client.WithSubResourceBody(&autoscalingv1.Scale{})); err != nil {
+		return fmt.Errorf("scale deployment %s to %d: %w", d.Name, n, err)
+	}
+	r.log.Info("scaled", "deployment", d.Namespace+"/"+d.Name, "from", ptr.Deref(d.Spec.Replicas, 1), "to", n)
+	return nil
+}
+
+// reconcilePrefill creates the prefill Deployment, updates it when the
+// revision's pod template changed, and scales it (not in advise mode).
+func (r *PodAutoscalerReconciler) reconcilePrefill(ctx context.Context, pa *v1alpha1.PodAutoscaler, decode *appsv1.Deployment, want int32, advisory bool) error {
+	desired := MakePrefillDeployment(pa, decode, want)
+	have := &appsv1.Deployment{}
+	switch err := r.client.Get(ctx, client.ObjectKeyFromObject(desired), have); {
+	case apierrors.IsNotFound(err):
+		if err := r.client.Create(ctx, desired); err != nil {
+			pa.Status.MarkResourceFailedCreation("Deployment", desired.Name)
+			return fmt.Errorf("create deployment %s: %w", desired.Name, err)
+		}
+		r.log.Info("created prefill deployment", "deployment", desired.Namespace+"/"+desired.Name, "replicas", want)
+		return nil
+	case err != nil:
+		return fmt.Errorf("get deployment %s: %w", desired.Name, err)
+	case !metav1.IsControlledBy(have, pa):
+		pa.Status.MarkResourceNotOwned("Deployment", desired.Name)
+		return fmt.Errorf("podautoscaler %s does not own deployment %s", pa.Name, desired.Name)
+	}
+	if have.Annotations[TemplateHashAnnotation] != desired.Annotations[TemplateHashAnnotation] || !hasLabels(have.Labels, desired.Labels) {
+		have.Spec.Template = desired.Spec.Template
+		have.Labels = mergeLabels(have.Labels, desired.Labels)
+		have.Annotations = mergeLabels(have.Annotations, desired.Annotations)
+		if err := r.client.Update(ctx, have); err != nil {
+			return fmt.Errorf("update deployment %s: %w", desired.Name, err)
+		}
+	}
+	if !advisory && ptr.Deref(have.Spec.Replicas, 1) != want {
+		return r.scale(ctx, have, want)
+	}
+	return nil
+}
+
+// announce reports an advisory recommendation once per change, as an
+// Event on the PodAutoscaler.
+func (r *PodAutoscalerReconciler) announce(pa *v1alpha1.PodAutoscaler, rs *revisionScaler, rec autoscaler.Recommendation) {
+	s := rec.String()
+	rs.mu.Lock()
+	changed := rs.hasRec && rs.announced != s
+	if changed {
+		rs.announced = s
+	}
+	rs.mu.Unlock()
+	if changed {
+		// The recommendation is in the action too: events.k8s.io folds
+		// events with the same action and reason into one series and keeps
+		// the first note.
+		r.recorder.Eventf(pa, nil, corev1.EventTypeNormal, "Recommendation", "Recommend "+s,
+			"%s recommends %s; not applied (%s: %s)", apis.AutoscalerClass, s, apis.AutoscalerModeAnnotation, apis.AutoscalerAdvise)
+	}
+}

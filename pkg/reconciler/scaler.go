@@ -1,0 +1,255 @@
+package reconciler
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
+)
+
+// revisionScaler is one revision's decider and its last recommendation.
+// Its mutex serializes the decider (ticks and pokes).
+type revisionScaler struct {
+	key          types.NamespacedName
+	cfg          autoscaler.Config
+	profile      string
+	initialScale int // -1: unset (1)
+	decodeTarget string
+
+	mu  sync.Mutex
+	dec *autoscaler.Decider
+	// initializedAt is when the PA was first seen ScaleTargetInitialized
+	// (zero: not yet); the initial scale holds until then and for the
+	// grace period after, as Knative's KPA keeps it until reached.
+	initializedAt time.Time
+	rec           autoscaler.Recommendation
+	hasRec        bool
+	announced     string // last advisory recommendation sent as an Event
+}
+
+// initial is a role's initial scale within its bounds: Knative's
+// initial-scale (default 1), which a new revision keeps for the scale-to-zero
+// grace period.
+func (s *revisionScaler) initial(b autoscaler.Bounds) int {
+	n := s.initialScale
+	if n < 0 {
+		n = 1
+	}
+	n = max(n, b.MinScale)
+	if b.MaxScale > 0 {
+		n = min(n, b.MaxScale)
+	}
+	return n
+}
+
+// want is the replicas the reconciler should set now: the recommendation,
+// held at least at the initial scale until the scale target is initialized
+// and for the scale-to-zero grace period after.
+func (s *revisionScaler) want(now time.Time) (decode, prefill int, rec autoscaler.Recommendation) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.wantLocked(now)
+}
+
+func (s *revisionScaler) wantLocked(now time.Time) (decode, prefill int, rec autoscaler.Recommendation) {
+	if s.hasRec {
+		decode, prefill = s.rec.Decode, s.rec.Prefill
+	}
+	if s.initializedAt.IsZero() || now.Sub(s.initializedAt) < s.cfg.ScaleToZeroGracePeriod {
+		decode = max(decode, s.initial(s.cfg.Decode))
+		if s.cfg.Disaggregated {
+			prefill = max(prefill, s.initial(s.cfg.Prefill))
+		}
+	}
+	if !s.cfg.Disaggregated {
+		prefill = 0
+	}
+	return decode, prefill, s.rec
+}
+
+// scalerFor returns the revision's scaler, made anew when its
+// configuration changed.
+func (r *PodAutoscalerReconciler) scalerFor(key types.NamespacedName, cfg autoscaler.Config, profile string, initialScale int, decodeTarget string) (*revisionScaler, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := r.revs[key]; s != nil && s.cfg == cfg && s.profile == profile && s.initialScale == initialScale && s.decodeTarget == decodeTarget {
+		return s, nil
+	}
+	prof, err := engine.BuiltinProfile(profile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", apis.SimProfileAnnotation, err)
+	}
+	dec, err := autoscaler.New(cfg, prof)
+	if err != nil {
+		return nil, fmt.Errorf("autoscaler: %w", err)
+	}
+	now := time.Now()
+	s := &revisionScaler{key: key, cfg: cfg, profile: profile, initialScale: initialScale, decodeTarget: decodeTarget, dec: dec}
+	if old := r.revs[key]; old != nil {
+		// A new configuration keeps the revision's progress: the initial
+		// scale applies once per revision.
+		old.mu.Lock()
+		s.initializedAt = old.initializedAt
+		old.mu.Unlock()
+	}
+	if s.initial(cfg.Decode) > 0 {
+		// A revision that starts with pods counts as having traffic now,
+		// so that the decider keeps them for the grace period.
+		s.dec.Poke(now)
+	}
+	mode := apis.AutoscalerAct
+	if cfg.Advisory {
+		mode = apis.AutoscalerAdvise
+	}
+	r.log.Info("autoscaler", "revision", key.String(), "class", apis.AutoscalerClass, "mode", mode, "profile", profile,
+		"tick", cfg.TickInterval, "ttft", cfg.SLO.TTFT, "tpot", cfg.SLO.TPOT, "percentile", cfg.SLO.Percentile,
+		"decode", cfg.Decode, "prefill", cfg.Prefill, "disaggregated", cfg.Disaggregated, "scale_to_zero", cfg.EnableScaleToZero)
+	r.revs[key] = s
+	return s, nil
+}
+
+// initialized records that the PA's scale target reached its initial scale.
+func (s *revisionScaler) initialized(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.initializedAt.IsZero() {
+		s.initializedAt = now
+	}
+}
+
+// forget drops a revision's decider and its gauges.
+func (r *PodAutoscalerReconciler) forget(key types.NamespacedName) {
+	r.mu.Lock()
+	_, ok := r.revs[key]
+	delete(r.revs, key)
+	r.mu.Unlock()
+	if ok {
+		r.recommended.DeletePartialMatch(map[string]string{"namespace": key.Namespace, "revision": key.Name})
+		r.log.Info("autoscaler stopped", "revision", key.String())
+	}
+}
+
+func (r *PodAutoscalerReconciler) scalers() []*revisionScaler {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*revisionScaler, 0, len(r.revs))
+	for _, s := range r.revs {
+		out = append(out, s)
+	}
+	return out
+}
+
+// Poke wakes a revision at zero at once: the decider's Poke, applied only
+// upwards, and a reconcile.
+func (r *PodAutoscalerReconciler) Poke(namespace, name string) error {
+	key := types.NamespacedName{Namespace: namespace, Name: name}
+	r.mu.Lock()
+	s := r.revs[key]
+	r.mu.Unlock()
+	if s == nil {
+		return ErrUnknownRevision
+	}
+	s.mu.Lock()
+	rec := s.dec.Poke(time.Now())
+	if s.hasRec {
+		rec.Decode = max(rec.Decode, s.rec.Decode)
+		rec.Prefill = max(rec.Prefill, s.rec.Prefill)
+	}
+	s.rec, s.hasRec = rec, true
+	s.mu.Unlock()
+	r.record(s, rec)
+	r.enqueue(key)
+	return nil
+}
+
+// Recommendations lists every revision's current recommendation.
+func (r *PodAutoscalerReconciler) Recommendations() []RevisionRecommendation {
+	now := time.Now()
+	var out []RevisionRecommendation
+	for _, s := range r.scalers() {
+		d, p, rec := s.want(now)
+		mode := apis.AutoscalerAct
+		if s.cfg.Advisory {
+			mode = apis.AutoscalerAdvise
+		}
+		out = append(out, RevisionRecommendation{Namespace: s.key.Namespace, Name: s.key.Name, Mode: mode,
+			Decode: d, Prefill: p, Recommendation: rec})
+	}
+	return out
+}
+
+func (r *PodAutoscalerReconciler) enqueue(key types.NamespacedName) {
+	pa := &v1alpha1.PodAutoscaler{}
+	pa.Namespace, pa.Name = key.Namespace, key.Name
+	select {
+	case r.kick <- event.GenericEvent{Object: pa}:
+	default: // full: the next tick asks again
+	}
+}
+
+// runTicker runs every revision's decider each tick until ctx ends.
+func (r *PodAutoscalerReconciler) runTicker(ctx context.Context) error {
+	t := time.NewTicker(r.opts.Config.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			for _, s := range r.scalers() {
+				r.tick(ctx, s)
+			}
+		}
+	}
+}
+
+// tick runs one revision's decider on the load the activators reported and
+// the ready replicas of its Deployments, and asks for a reconcile when the
+// replicas to set changed.
+func (r *PodAutoscalerReconciler) tick(ctx context.Context, s *revisionScaler) {
+	now := time.Now()
+	load, _ := r.stats.Load(now, s.key.String())
+	in := autoscaler.Input{Load: load}
+	in.Pods.Decode.Ready = r.readyReplicas(ctx, s.key.Namespace, s.decodeTarget)
+	if s.cfg.Disaggregated {
+		in.Pods.Prefill.Ready = r.readyReplicas(ctx, s.key.Namespace, PrefillName(s.key.Name))
+	}
+	s.mu.Lock()
+	d0, p0, prev := s.wantLocked(now)
+	rec := s.dec.Scale(now, in)
+	s.rec, s.hasRec = rec, true
+	d1, p1, _ := s.wantLocked(now)
+	s.mu.Unlock()
+	r.record(s, rec)
+	if d0 != d1 || p0 != p1 || (s.cfg.Advisory && prev.String() != rec.String()) {
+		r.enqueue(s.key)
+	}
+}
+
+func (r *PodAutoscalerReconciler) readyReplicas(ctx context.Context, namespace, name string) int {
+	if name == "" {
+		return 0
+	}
+	d := &appsv1.Deployment{}
+	if err := r.client.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, d); err != nil {
+		return 0
+	}
+	return int(d.Status.ReadyReplicas)
+}
+
+// record sets the recommendation gauges.
+func (r *PodAutoscalerReconciler) record(s *revisionScaler, rec autoscaler.Recommendation) {
+	r.recommended.WithLabelValues(s.key.Namespace, s.key.Name, "decode").Set(float64(rec.Decode))
+	if s.cfg.Disaggregated {
+		r.recommended.WithLabelValues(s.key.Namespace, s.key.Name, RolePrefill).Set(float64(rec.Prefill))
+	}
+}
