@@ -2,34 +2,49 @@
 // that buffers, orders by SLO tier, routes by KV cache and load, and runs the
 // prefill/decode two-step (pkg/activator).
 //
-// In a cluster its revisions and pods come from the API server (issue #5).
-// Until then, and for vLLM servers outside Kubernetes, it reads them from a
-// static file (--config, format in pkg/activator/static.go):
+// In a cluster (no --config) its revisions and pods come from the API server
+// (pkg/activator/discovery: Revisions of the slo.autoscaling.llm-d.ai class,
+// their Routes' traffic tags, and their pods), it pushes per-revision load to
+// the autoscaler every second and pokes it when a request waits for a
+// revision at zero:
+//
+//	activator [--kubeconfig FILE] [--autoscaler-url http://llmd-autoscaler.llmd-kn.svc:8090]
+//
+// For vLLM servers outside Kubernetes it reads them from a static file
+// instead (--config, format in pkg/activator/static.go):
 //
 //	activator --config revisions.yaml --addr :8080 --admin-addr :9091
 //
-// The admin address serves /metrics (Prometheus) and /stats (the per-revision
-// load the autoscaler reads).
+// The admin address serves /metrics (Prometheus), /stats (the per-revision
+// load) and /healthz (ready once the revisions are known: in a cluster,
+// once the informers have synced).
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
+	stdflag "flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
+	"github.com/llmd-kn/llmd-kn/pkg/activator/discovery"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
 )
 
@@ -43,25 +58,48 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
-	flag := flag.NewFlagSet("activator", flag.ContinueOnError)
+	flag := stdflag.NewFlagSet("activator", stdflag.ContinueOnError)
 	flag.SetOutput(stderr)
 	var (
-		config     = flag.String("config", "", "static revisions and pods (YAML); required until cluster discovery lands")
-		addr       = flag.String("addr", "127.0.0.1:8080", "listen address of the OpenAI API")
-		adminAddr  = flag.String("admin-addr", "127.0.0.1:9091", "listen address of /metrics and /stats")
+		config     = flag.String("config", "", "static revisions and pods (YAML); when empty, they are discovered from the API server")
+		kubeconfig = flag.String("kubeconfig", "", "kubeconfig of the cluster (in-cluster configuration when empty)")
+		addr       = flag.String("addr", "127.0.0.1:8080", "listen address of the OpenAI API (:8080 in cluster mode)")
+		adminAddr  = flag.String("admin-addr", "127.0.0.1:9091", "listen address of /metrics, /stats and /healthz (:9091 in cluster mode)")
+		scalerURL  = flag.String("autoscaler-url", defaultAutoscalerURL, "the autoscaler's stats address, for load reports and pokes; empty disables them (with --config, only used when set)")
+		podName    = flag.String("pod-name", defaultPodName(), "this activator's name in its reports to the autoscaler")
+		domains    = flag.String("domains", "", "comma-separated host suffixes after {service}.{namespace}. that Host routing accepts (the cluster's Knative domains); built-in list when empty")
 		routerFile = flag.String("router-config", "", "router configuration (the config-llmd-router data); built-in profiles when empty")
 		tiersFile  = flag.String("tiers", "", "SLO tier table (the config-llmd-tiers data); built-in tiers when empty")
 		scrape     = flag.Duration("scrape-interval", 50*time.Millisecond, "how often each pod's /metrics is read")
 		maxBody    = flag.Int64("max-body-bytes", 16<<20, "request body limit")
 		debug      = flag.Bool("debug-routing", false, "add the X-Llm-D-Route explanation header to answers")
+		verbose    = flag.Bool("v", false, "log at debug level")
 	)
 	if err := flag.Parse(args); err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil))
-	if *config == "" {
-		return errors.New("--config is required (cluster discovery is not built yet)")
+	if flag.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(flag.Args(), " "))
 	}
+	set := map[string]bool{}
+	flag.Visit(func(f *stdflag.Flag) { set[f.Name] = true })
+	cluster := *config == ""
+	if cluster {
+		// In a pod, the Service reaches the activator on the pod's IP.
+		if !set["addr"] {
+			*addr = ":8080"
+		}
+		if !set["admin-addr"] {
+			*adminAddr = ":9091"
+		}
+	} else if !set["autoscaler-url"] {
+		*scalerURL = ""
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	tiers := activator.DefaultTiers()
 	if *tiersFile != "" {
 		data, err := os.ReadFile(*tiersFile)
@@ -82,39 +120,92 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("%s: %w", *routerFile, err)
 		}
 	}
-	data, err := os.ReadFile(*config)
-	if err != nil {
-		return err
+	var doms []string
+	for d := range strings.SplitSeq(*domains, ",") {
+		if d = strings.Trim(strings.TrimSpace(d), "."); d != "" {
+			doms = append(doms, strings.ToLower(d))
+		}
 	}
-	revs, pods, err := activator.ParseStaticConfig(data, tiers, rcfg)
-	if err != nil {
-		return fmt.Errorf("%s: %w", *config, err)
-	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	act, err := activator.New(activator.Options{Tiers: tiers, RouterConfig: rcfg, Registerer: reg, Logger: log,
-		ScrapeInterval: *scrape, MaxBodyBytes: *maxBody, Debug: *debug})
+	opts := activator.Options{Tiers: tiers, RouterConfig: rcfg, Registerer: reg, Logger: log,
+		ScrapeInterval: *scrape, MaxBodyBytes: *maxBody, Debug: *debug, Domains: doms}
+	var reporter *activator.Reporter
+	if *scalerURL != "" {
+		var err error
+		reporter, err = activator.NewReporter(activator.ReporterOptions{URL: *scalerURL, Activator: *podName,
+			Registerer: reg, Logger: log.With("component", "reporter")})
+		if err != nil {
+			return fmt.Errorf("--autoscaler-url, --pod-name: %w", err)
+		}
+		opts.Poke = reporter.Poke
+	}
+	act, err := activator.New(opts)
 	if err != nil {
 		return err
 	}
 	defer act.Close()
-	for _, r := range revs {
-		if err := act.UpsertRevision(r); err != nil {
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel() // runs before wg.Wait: background work stops first
+	errc := make(chan error, 4)
+	ready := func() bool { return true }
+	if cluster {
+		rest, err := restConfig(*kubeconfig)
+		if err != nil {
 			return err
 		}
-		if err := act.SetPods(r.Key, pods[r.Key]); err != nil {
+		ctrllog.SetLogger(logr.FromSlogHandler(log.With("component", "informers").Handler()))
+		disc, err := discovery.New(rest, act, discovery.Options{Tiers: tiers, RouterConfig: rcfg, Logger: log.With("component", "discovery")})
+		if err != nil {
 			return err
 		}
+		ready = disc.Ready
+		wg.Go(func() {
+			if err := disc.Run(ctx); err != nil {
+				errc <- fmt.Errorf("discovery: %w", err)
+			}
+		})
+	} else {
+		data, err := os.ReadFile(*config)
+		if err != nil {
+			return err
+		}
+		revs, pods, err := activator.ParseStaticConfig(data, tiers, rcfg)
+		if err != nil {
+			return fmt.Errorf("%s: %w", *config, err)
+		}
+		for _, r := range revs {
+			if err := act.UpsertRevision(r); err != nil {
+				return err
+			}
+			if err := act.SetPods(r.Key, pods[r.Key]); err != nil {
+				return err
+			}
+		}
+	}
+	if reporter != nil {
+		wg.Go(func() { reporter.Run(ctx, act.Stats) })
 	}
 
 	admin := http.NewServeMux()
 	admin.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	admin.Handle("GET /stats", act.StatsHandler())
+	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready() {
+			http.Error(w, "not ready: revisions not yet discovered", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
 	servers := []*http.Server{
 		{Addr: *addr, Handler: act.Handler(), ReadHeaderTimeout: 10 * time.Second},
 		{Addr: *adminAddr, Handler: admin, ReadHeaderTimeout: 10 * time.Second},
 	}
-	errc := make(chan error, len(servers))
 	for _, s := range servers {
 		go func() {
 			log.Info("listening", "addr", s.Addr)
@@ -123,16 +214,46 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 		}()
 	}
+	var runErr error
 	select {
-	case err := <-errc:
-		return err
+	case runErr = <-errc:
 	case <-ctx.Done():
 	}
 	log.Info("shutting down: draining in-flight requests")
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
 	for _, s := range servers {
 		_ = s.Shutdown(sctx)
 	}
-	return nil
+	return runErr
+}
+
+// defaultAutoscalerURL is the llmd-autoscaler Service's stats port.
+const defaultAutoscalerURL = "http://llmd-autoscaler.llmd-kn.svc:8090"
+
+// defaultPodName is $POD_NAME (the downward API), else the host name,
+// which in a pod is the pod's name.
+func defaultPodName() string {
+	if n := os.Getenv("POD_NAME"); n != "" {
+		return n
+	}
+	n, _ := os.Hostname()
+	return n
+}
+
+// restConfig reads a kubeconfig, or the in-cluster configuration when
+// none is named.
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("no --config and no --kubeconfig, and not in a cluster: %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
+	}
+	return cfg, nil
 }

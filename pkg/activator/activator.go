@@ -148,7 +148,9 @@ func (a *Activator) UpsertRevision(cfg RevisionConfig) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if old, ok := a.revs[cfg.Key]; ok {
-		old.cfg, old.sched = cfg, rev.sched
+		if err := old.reconfigure(cfg); err != nil {
+			return fmt.Errorf("activator: revision %s: %w", cfg.Key, err)
+		}
 		return nil
 	}
 	a.revs[cfg.Key] = rev
@@ -190,7 +192,7 @@ func (a *Activator) Stats() []RevisionStats {
 	out := make([]RevisionStats, 0, len(revs))
 	for _, r := range revs {
 		s := r.stats.snapshot(now)
-		s.Revision = r.cfg.Key.String()
+		s.Revision = r.key.String()
 		fs := r.flow.Stats()
 		s.QueuedByTier = fs.Queued
 		r.mu.RLock()
@@ -290,7 +292,7 @@ func (a *Activator) models(w http.ResponseWriter, r *http.Request) {
 		if hostRev != nil && rev != hostRev {
 			continue
 		}
-		for _, m := range rev.cfg.Models {
+		for _, m := range rev.config().Models {
 			if !seen[m] {
 				seen[m] = true
 				data = append(data, model{ID: m, Object: "model", Created: a.opts.Now().Unix(), OwnedBy: "llmd-kn"})
@@ -315,7 +317,14 @@ func (a *Activator) resolve(r *http.Request, model string) (rev *revision, tagTi
 		if rev == nil {
 			return nil, "", &BadRequestError{Status: http.StatusNotFound, Msg: fmt.Sprintf("revision %s is not served by this activator", key)}
 		}
-		return rev, "", nil
+		// Knative's ingress keeps the Host: a tag host that routes to this
+		// revision still names its tier.
+		if hostRev, tag := a.byHost(r.Host); hostRev == rev {
+			if _, isTier := a.opts.Tiers.Get(tag); isTier {
+				tagTier = tag
+			}
+		}
+		return rev, tagTier, nil
 	}
 	if rev, tag := a.byHost(r.Host); rev != nil {
 		if _, isTier := a.opts.Tiers.Get(tag); isTier {
@@ -327,7 +336,7 @@ func (a *Activator) resolve(r *http.Request, model string) (rev *revision, tagTi
 	defer a.mu.RUnlock()
 	var names []string
 	for _, rv := range a.revs {
-		for _, m := range rv.cfg.Models {
+		for _, m := range rv.config().Models {
 			if m == model {
 				return rv, "", nil
 			}
@@ -362,12 +371,12 @@ func (a *Activator) byHost(host string) (*revision, string) {
 		var exact, tagged *revision
 		tag := ""
 		for _, rev := range a.revs {
-			if rev.cfg.Key.Namespace != ns {
+			if rev.key.Namespace != ns {
 				continue
 			}
-			if rev.cfg.Service == svc {
+			if rev.config().Service == svc {
 				exact = rev
-			} else if t, ok := strings.CutSuffix(svc, "-"+rev.cfg.Service); ok && slices.Contains(rev.cfg.Tags, t) {
+			} else if t, ok := strings.CutSuffix(svc, "-"+rev.config().Service); ok && slices.Contains(rev.config().Tags, t) {
 				tagged, tag = rev, t
 			}
 		}
@@ -456,15 +465,15 @@ func (a *Activator) classifyTier(next http.Handler) http.Handler {
 			name = c.tagTier
 		}
 		if name == "" {
-			name = c.rev.cfg.Spec.DefaultTier
+			name = c.rev.config().Spec.DefaultTier
 		}
 		tier, ok := a.opts.Tiers.Get(name)
 		if !ok {
 			a.fail(w, bad("unknown SLO tier %q (tiers: %s)", name, strings.Join(a.opts.Tiers.Names(), ", ")))
 			return
 		}
-		if !c.rev.cfg.Spec.AllowsTier(tier.Name) {
-			a.fail(w, bad("the %s tier is not allowed on this service (allowed: %s)", tier.Name, strings.Join(c.rev.cfg.Spec.AllowedTiers, ", ")))
+		if !c.rev.config().Spec.AllowsTier(tier.Name) {
+			a.fail(w, bad("the %s tier is not allowed on this service (allowed: %s)", tier.Name, strings.Join(c.rev.config().Spec.AllowedTiers, ", ")))
 			return
 		}
 		c.tier = tier
@@ -478,7 +487,7 @@ func (a *Activator) countRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := callOf(r)
 		defer func() {
-			a.metrics.Requests.WithLabelValues(c.rev.cfg.Key.String(), c.tier.Name, strconv.Itoa(c.code)).Inc()
+			a.metrics.Requests.WithLabelValues(c.rev.key.String(), c.tier.Name, strconv.Itoa(c.code)).Inc()
 		}()
 		next.ServeHTTP(w, r)
 	})
@@ -491,7 +500,7 @@ func (a *Activator) flowControl(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := callOf(r)
 		rev, m := c.rev, a.metrics
-		revName := rev.cfg.Key.String()
+		revName := rev.key.String()
 		m.Queued.WithLabelValues(revName, c.tier.Name).Inc()
 		release, err := rev.flow.Acquire(r.Context(), c.tier, int64(c.req.Size))
 		m.Queued.WithLabelValues(revName, c.tier.Name).Dec()
@@ -531,10 +540,10 @@ func (a *Activator) fail(w http.ResponseWriter, err error) {
 func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 	c := callOf(r)
 	rev, tier, req, start, m := c.rev, c.tier, c.req, c.start, a.metrics
-	revName := rev.cfg.Key.String()
+	revName := rev.key.String()
 	ctx := r.Context()
 	stripUsage := askUsage(req)
-	if rev.cfg.PriorityScheduling {
+	if rev.config().PriorityScheduling {
 		req.Fields["priority"] = json.RawMessage(strconv.Itoa(a.opts.Tiers.VLLMPriority(tier)))
 	}
 	rreq := router.Request{Model: req.Model, Tier: tier.Name, Tokens: req.Tokens, ExpectedOutput: req.MaxTokens}
@@ -547,7 +556,7 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 		}
 		eps := rev.snapshot(nil, exclude)
 		t0 := time.Now()
-		err := rev.sched.Decide(&d, &rreq, eps)
+		err := rev.scheduler().Decide(&d, &rreq, eps)
 		m.DecisionTime.Observe(time.Since(t0).Seconds())
 		if err != nil {
 			lastErr = err
@@ -589,7 +598,7 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 
 // attempt sends the request to the decided endpoint(s) once.
 func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, rev *revision, req *LLMRequest, d *router.Decision, eps []router.Endpoint, start time.Time, stripUsage bool) (Result, error) {
-	revName := rev.cfg.Key.String()
+	revName := rev.key.String()
 	path := "/v1/completions"
 	if req.Kind == KindChat {
 		path = "/v1/chat/completions"
@@ -680,7 +689,7 @@ func (f *firstByte) Chunk(b []byte) {
 
 // account records a finished request in metrics and revision stats.
 func (a *Activator) account(rev *revision, tier Tier, d *router.Decision, res Result) {
-	revName, m := rev.cfg.Key.String(), a.metrics
+	revName, m := rev.key.String(), a.metrics
 	done := requestDone{tier: tier.Name, failed: res.Code >= 400, usage: res.Usage, predictedCached: d.PrefixHitTokens,
 		disaggregated: d.Disaggregated, at: a.opts.Now()}
 	if res.Code < 400 {

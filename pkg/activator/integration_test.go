@@ -324,7 +324,7 @@ func TestBatchFloodDoesNotHurtCritical(t *testing.T) {
 	f := newFixture(t, apis.Spec{RoutingProfile: "default"}, sims...)
 	f.act.mu.Lock()
 	for _, rev := range f.act.revs {
-		rev.cfg.PriorityScheduling = true
+		rev.config().PriorityScheduling = true
 	}
 	f.act.mu.Unlock()
 	var wg sync.WaitGroup

@@ -79,9 +79,11 @@ type pod struct {
 // revision is one revision's routing state: its pods, its router (prefix
 // indexes shared by its pods) and its flow control.
 type revision struct {
-	cfg   RevisionConfig
+	key RevisionKey
+	// conf is replaced whole when the revision's configuration changes
+	// (UpsertRevision) while requests read it.
+	conf  atomic.Pointer[revisionConf]
 	rt    *router.Router
-	sched *router.Scheduler
 	flow  *FlowController
 	stats *revisionStats
 	a     *Activator
@@ -89,6 +91,27 @@ type revision struct {
 	mu   sync.RWMutex
 	pods map[string]*pod
 	list []*pod
+}
+
+// revisionConf is a revision's configuration and the scheduler built from it.
+type revisionConf struct {
+	cfg   RevisionConfig
+	sched *router.Scheduler
+}
+
+func (rev *revision) config() *RevisionConfig      { return &rev.conf.Load().cfg }
+func (rev *revision) scheduler() *router.Scheduler { return rev.conf.Load().sched }
+
+// reconfigure replaces the configuration; the scheduler comes from the
+// revision's own router, so that the prefix indexes its pods' KV events
+// and past decisions filled keep serving the new one.
+func (rev *revision) reconfigure(cfg RevisionConfig) error {
+	sched, err := rev.rt.Scheduler(cfg.Spec.RoutingProfile)
+	if err != nil {
+		return err
+	}
+	rev.conf.Store(&revisionConf{cfg: cfg, sched: sched.WithPDThreshold(cfg.Spec.PDThreshold)})
+	return nil
 }
 
 func (a *Activator) newRevision(cfg RevisionConfig) (*revision, error) {
@@ -100,8 +123,8 @@ func (a *Activator) newRevision(cfg RevisionConfig) (*revision, error) {
 	if err != nil {
 		return nil, err
 	}
-	rev := &revision{cfg: cfg, rt: rt, sched: sched.WithPDThreshold(cfg.Spec.PDThreshold), a: a,
-		pods: map[string]*pod{}, stats: newRevisionStats()}
+	rev := &revision{key: cfg.Key, rt: rt, a: a, pods: map[string]*pod{}, stats: newRevisionStats()}
+	rev.conf.Store(&revisionConf{cfg: cfg, sched: sched.WithPDThreshold(cfg.Spec.PDThreshold)})
 	key := cfg.Key
 	rev.flow = NewFlowController(a.opts.Tiers, a.opts.Flow, rev.gate, func() {
 		if a.opts.Poke != nil {
@@ -194,7 +217,7 @@ func (rev *revision) watch(ctx context.Context, p *pod) {
 // reconnecting while the pod lives. A gap in sequence numbers means lost
 // events: the pod's index entries are dropped rather than trusted.
 func (rev *revision) subscribe(ctx context.Context, p *pod) {
-	log := rev.a.opts.Logger.With("revision", rev.cfg.Key.String(), "pod", p.spec.Name)
+	log := rev.a.opts.Logger.With("revision", rev.key.String(), "pod", p.spec.Name)
 	for ctx.Err() == nil {
 		sub := zmq4.NewSub(ctx, zmq4.WithDialerRetry(250*time.Millisecond), zmq4.WithDialerMaxRetries(-1))
 		if err := sub.Dial(p.spec.KVEvents); err != nil {
@@ -273,7 +296,7 @@ func (rev *revision) snapshot(dst []router.Endpoint, exclude map[string]bool) []
 			Stale:   now.Sub(p.scrapedAt) > stale,
 			Waiting: p.metrics.Waiting, Running: p.metrics.Running, KVUsage: p.metrics.KVUsage,
 			BlockSize: p.metrics.BlockSize, NumBlocks: p.metrics.NumBlocks,
-			Rates: rev.cfg.Rates,
+			Rates: rev.config().Rates,
 		}
 		p.mu.Unlock()
 		e.InFlight = int(p.inflight.Load())

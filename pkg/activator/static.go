@@ -51,7 +51,7 @@ func ParseStaticConfig(data []byte, tiers *Tiers, routing *router.Config) ([]Rev
 	if len(c.Revisions) == 0 {
 		return nil, nil, fmt.Errorf("revisions: at least one revision is required")
 	}
-	vocab := apis.Vocabulary{RoutingProfiles: routing.ProfileNames(), Tiers: tiers.Names(), SimProfiles: engine.BuiltinProfileNames()}
+	vocab := NewVocabulary(tiers, routing)
 	var revs []RevisionConfig
 	pods := map[RevisionKey][]PodSpec{}
 	for i, r := range c.Revisions {
@@ -71,14 +71,11 @@ func ParseStaticConfig(data []byte, tiers *Tiers, routing *router.Config) ([]Rev
 		if _, dup := pods[key]; dup {
 			return nil, nil, fmt.Errorf("%s: duplicate revision %s", path, key)
 		}
-		spec, err := apis.Parse(r.Annotations, path+".annotations", vocab)
+		spec, rates, err := ParseRevisionSpec(r.Annotations, path+".annotations", vocab)
 		if err != nil {
 			return nil, nil, err
 		}
-		rc := RevisionConfig{Key: key, Service: r.Service, Models: r.Models, Tags: r.Tags, Spec: spec, PriorityScheduling: r.PriorityScheduling}
-		if p, err := engine.BuiltinProfile(orDefault(spec.SimProfile, engine.DefaultProfile)); err == nil {
-			rc.Rates = router.RatesFromProfile(&p, 0, 1, 0)
-		}
+		rc := RevisionConfig{Key: key, Service: r.Service, Models: r.Models, Tags: r.Tags, Spec: spec, Rates: rates, PriorityScheduling: r.PriorityScheduling}
 		revs = append(revs, rc)
 		seen := map[string]bool{}
 		list := []PodSpec{}
@@ -104,6 +101,29 @@ func ParseStaticConfig(data []byte, tiers *Tiers, routing *router.Config) ([]Rev
 		pods[key] = list
 	}
 	return revs, pods, nil
+}
+
+// NewVocabulary is what annotation values are valid with these tiers and
+// this router configuration: the webhook's vocabulary.
+func NewVocabulary(tiers *Tiers, routing *router.Config) apis.Vocabulary {
+	return apis.Vocabulary{RoutingProfiles: routing.ProfileNames(), Tiers: tiers.Names(), SimProfiles: engine.BuiltinProfileNames()}
+}
+
+// ParseRevisionSpec validates a revision's annotations exactly as the
+// webhook does (errors name path and the key) and derives the engine rates
+// for the ttft-cost scorer from its engine profile (llm-d.ai/sim-profile,
+// else the default one). Static configurations and cluster discovery both
+// build RevisionConfigs with it.
+func ParseRevisionSpec(annotations map[string]string, path string, vocab apis.Vocabulary) (apis.Spec, router.Rates, error) {
+	spec, err := apis.Parse(annotations, path, vocab)
+	if err != nil {
+		return apis.Spec{}, router.Rates{}, err
+	}
+	var rates router.Rates
+	if p, err := engine.BuiltinProfile(orDefault(spec.SimProfile, engine.DefaultProfile)); err == nil {
+		rates = router.RatesFromProfile(&p, 0, 1, 0)
+	}
+	return spec, rates, nil
 }
 
 func orDefault(s, d string) string {
