@@ -6,7 +6,7 @@
 // bundle patched into its webhook configurations. config/webhook holds the
 // manifests.
 //
-//	webhook --namespace llmd-kn-system --port 9443
+//	webhook --namespace llmd-kn --port 9443
 //
 // The annotation vocabulary (routing profiles, SLO tiers) is the built-in
 // one unless --router-config and --tiers name the data of
@@ -49,7 +49,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	fl.SetOutput(stderr)
 	namespace := os.Getenv("POD_NAMESPACE")
 	if namespace == "" {
-		namespace = "llmd-kn-system"
+		namespace = "llmd-kn"
 	}
 	var (
 		kubeconfig  = fl.String("kubeconfig", "", "kubeconfig file; in-cluster configuration (or $KUBECONFIG) when empty")

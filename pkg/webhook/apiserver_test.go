@@ -36,9 +36,9 @@ import (
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/llmd-kn/llmd-kn/internal/kubetest"
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/webhook"
-	"github.com/llmd-kn/llmd-kn/internal/kubetest"
 )
 
 // cluster is one API server shared by the tests of this package.
@@ -337,7 +337,7 @@ func TestAPIServerRejectsBadAnnotations(t *testing.T) {
 		{name: "tier", ann: map[string]string{apis.SLOTierAnnotation: "gold"},
 			path: tmpl + "[llm-d.ai/slo-tier]", words: `unknown tier "gold": must be one of critical, standard, batch`},
 		{name: "typo in a key", ann: map[string]string{"llm-d.ai/modle": "m"},
-			path: tmpl + "[llm-d.ai/modle]", words: "unknown llm-d annotation (known: llm-d.ai/autoscaler-mode, llm-d.ai/disaggregation, llm-d.ai/model, llm-d.ai/pd-threshold-tokens, llm-d.ai/prefill-max-scale, llm-d.ai/prefill-min-scale, llm-d.ai/routing-profile, llm-d.ai/sim-profile, llm-d.ai/slo-percentile, llm-d.ai/slo-tier, llm-d.ai/slo-tiers, llm-d.ai/slo-tpot, llm-d.ai/slo-ttft)"},
+			path: tmpl + "[llm-d.ai/modle]", words: "unknown llm-d annotation (known: llm-d.ai/accelerator, llm-d.ai/autoscaler-mode, llm-d.ai/disaggregation, llm-d.ai/model, llm-d.ai/pd-threshold-tokens, llm-d.ai/prefill-max-scale, llm-d.ai/prefill-min-scale, llm-d.ai/routing-profile, llm-d.ai/sim-profile, llm-d.ai/slo-percentile, llm-d.ai/slo-tier, llm-d.ai/slo-tiers, llm-d.ai/slo-tpot, llm-d.ai/slo-ttft, llm-d.ai/variant-cost)"},
 		{name: "prefill scale without P/D", ann: map[string]string{apis.PrefillMinScaleAnnotation: "1"},
 			path: tmpl + "[llm-d.ai/prefill-min-scale]", words: "only meaningful with llm-d.ai/disaggregation: prefill-decode"},
 		{name: "on the Service instead of the template", ann: map[string]string{apis.ModelAnnotation: "m"}, svcAnn: map[string]string{apis.ModelAnnotation: "m"},

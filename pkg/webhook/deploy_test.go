@@ -25,9 +25,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/llmd-kn/llmd-kn/internal/kubetest"
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/webhook"
-	"github.com/llmd-kn/llmd-kn/internal/kubetest"
 )
 
 // TestDeployedAsInACluster runs the webhook as config/webhook deploys it:
@@ -83,7 +83,7 @@ func TestDeployedAsInACluster(t *testing.T) {
 	}
 	ctx := context.Background()
 	manifests := filepath.Join(root, "config", "webhook")
-	for _, ns := range []string{"llmd-kn-system", webhook.KnativeNamespace, "test"} {
+	for _, ns := range []string{"llmd-kn", webhook.KnativeNamespace, "test"} {
 		if err := admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 			t.Fatal(err)
 		}
@@ -96,7 +96,7 @@ func TestDeployedAsInACluster(t *testing.T) {
 	port := freePort(t)
 	ready := true
 	if err := admin.Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "llmd-kn-system", Name: "llmd-kn-webhook-host",
+		ObjectMeta: metav1.ObjectMeta{Namespace: "llmd-kn", Name: "llmd-kn-webhook-host",
 			Labels: map[string]string{discoveryv1.LabelServiceName: "llmd-kn-webhook"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{hostIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
@@ -105,8 +105,8 @@ func TestDeployedAsInACluster(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	sa, err := env.AddUser(envtest.User{Name: "system:serviceaccount:llmd-kn-system:llmd-kn-webhook",
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:llmd-kn-system", "system:authenticated"}}, nil)
+	sa, err := env.AddUser(envtest.User{Name: "system:serviceaccount:llmd-kn:llmd-kn-webhook",
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:llmd-kn", "system:authenticated"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestDeployedAsInACluster(t *testing.T) {
 	go func() {
 		done <- webhook.Run(runCtx, sa.Config(), webhook.Options{
 			Port: port, CertDir: certDir, SelfSignedCerts: true,
-			Namespace: "llmd-kn-system", ServiceName: "llmd-kn-webhook", SecretName: "llmd-kn-webhook-certs",
+			Namespace: "llmd-kn", ServiceName: "llmd-kn-webhook", SecretName: "llmd-kn-webhook-certs",
 			MutatingWebhookConfiguration: "defaulting.webhook.llm-d.ai", ValidatingWebhookConfiguration: "validation.webhook.llm-d.ai",
 			KnativeNamespace: webhook.KnativeNamespace, Vocabulary: vocabulary,
 			HealthAddr: "0", MetricsAddr: "0",

@@ -29,7 +29,7 @@ import (
 var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func testManager(now *time.Time) *Manager {
-	return &Manager{Namespace: "llmd-kn-system", ServiceName: "llmd-kn-webhook", Now: func() time.Time { return *now }}
+	return &Manager{Namespace: "llmd-kn", ServiceName: "llmd-kn-webhook", Now: func() time.Time { return *now }}
 }
 
 // verify checks that b's serving certificate is trusted through its
@@ -44,7 +44,7 @@ func verify(t *testing.T, b *bundle, now time.Time) {
 	if !pool.AppendCertsFromPEM(b.caBundle) {
 		t.Fatal("empty CA bundle")
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{DNSName: "llmd-kn-webhook.llmd-kn-system.svc", Roots: pool, CurrentTime: now}); err != nil {
+	if _, err := cert.Verify(x509.VerifyOptions{DNSName: "llmd-kn-webhook.llmd-kn.svc", Roots: pool, CurrentTime: now}); err != nil {
 		t.Fatalf("serving certificate not trusted at %s: %v", now, err)
 	}
 }
@@ -130,13 +130,15 @@ func TestSyncAsTheWebhookServiceAccount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The namespace comes with config/ (config/100-namespace.yaml).
+	applyYAML(t, admin, []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: llmd-kn}\n"))
 	applyFiles(t, admin, filepath.Join(root, "config", "webhook"),
-		"100-namespace.yaml", "200-serviceaccount.yaml", "300-secret.yaml", "500-webhooks.yaml")
+		"200-serviceaccount.yaml", "300-secret.yaml", "500-webhooks.yaml")
 	applyYAML(t, admin, []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: knative-serving}\n"))
 	applyFiles(t, admin, filepath.Join(root, "config", "webhook"), "200-rbac.yaml")
 
-	sa, err := env.AddUser(envtest.User{Name: "system:serviceaccount:llmd-kn-system:llmd-kn-webhook",
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:llmd-kn-system", "system:authenticated"}}, nil)
+	sa, err := env.AddUser(envtest.User{Name: "system:serviceaccount:llmd-kn:llmd-kn-webhook",
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:llmd-kn", "system:authenticated"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +148,7 @@ func TestSyncAsTheWebhookServiceAccount(t *testing.T) {
 	}
 	now := time.Now()
 	m := &Manager{
-		Client: c, Namespace: "llmd-kn-system", SecretName: "llmd-kn-webhook-certs", ServiceName: "llmd-kn-webhook",
+		Client: c, Namespace: "llmd-kn", SecretName: "llmd-kn-webhook-certs", ServiceName: "llmd-kn-webhook",
 		MutatingWebhookConfiguration: "defaulting.webhook.llm-d.ai", ValidatingWebhookConfiguration: "validation.webhook.llm-d.ai",
 		CertDir: t.TempDir(), Now: func() time.Time { return now },
 	}
@@ -154,7 +156,7 @@ func TestSyncAsTheWebhookServiceAccount(t *testing.T) {
 		t.Fatal(err)
 	}
 	var s corev1.Secret
-	if err := admin.Get(ctx, types.NamespacedName{Namespace: "llmd-kn-system", Name: "llmd-kn-webhook-certs"}, &s); err != nil {
+	if err := admin.Get(ctx, types.NamespacedName{Namespace: "llmd-kn", Name: "llmd-kn-webhook-certs"}, &s); err != nil {
 		t.Fatal(err)
 	}
 	caBundle := s.Data[CABundleKey]
@@ -165,7 +167,7 @@ func TestSyncAsTheWebhookServiceAccount(t *testing.T) {
 
 	// The files serve TLS that a client trusting the bundle accepts under
 	// the Service's name, as the API server will.
-	handshake(t, m.CertDir, caBundle, "llmd-kn-webhook.llmd-kn-system.svc")
+	handshake(t, m.CertDir, caBundle, "llmd-kn-webhook.llmd-kn.svc")
 
 	// A second sync, or a second replica, changes nothing and reuses the
 	// Secret's certificate.
@@ -212,7 +214,7 @@ func TestSyncAsTheWebhookServiceAccount(t *testing.T) {
 
 	// Least privilege: nothing beyond its own Secret.
 	var secrets corev1.SecretList
-	if err := c.List(ctx, &secrets, client.InNamespace("llmd-kn-system")); !apierrors.IsForbidden(err) {
+	if err := c.List(ctx, &secrets, client.InNamespace("llmd-kn")); !apierrors.IsForbidden(err) {
 		t.Errorf("listing Secrets: %v, want Forbidden", err)
 	}
 	var other corev1.Secret
