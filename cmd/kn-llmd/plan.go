@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
 	"github.com/llmd-kn/llmd-kn/pkg/bench"
@@ -64,6 +65,12 @@ type planFlags struct {
 	minEngines       int
 	startupDelay     time.Duration
 	scaleToZeroGrace time.Duration
+	sloPercentile    float64
+	kpaTarget        string
+	kpaUtilization   float64
+	lowerBoundWindow time.Duration
+	panicThreshold   float64
+	scaleDownDelay   time.Duration
 }
 
 const planLong = `Replay a workload through a model of a deployment in virtual time and
@@ -103,6 +110,22 @@ after --scale-to-zero-grace without traffic. Each run's replica-seconds (and
 GPU-seconds) are in the report's settings and printed; replicas.csv has the
 replica counts over time of every run.
 
+Autoscaling comparison: --autoscaler with a list of policies (or kpa,
+static-peak or lower-bound alone) runs each on the workload with one routing
+profile and writes autoscaling.md and autoscaling.json (SLO attainment for
+TTFT, TPOT and both; latencies at --slo-percentile; GPU-seconds; cold starts;
+scale events) besides the usual report:
+  fixed        --engines replicas throughout
+  slo          the SLO decider, --min-engines..--engines
+  kpa          Knative's KPA decider (knative.dev/serving/pkg/autoscaler/scaling)
+               fed the activator's concurrency, once per --kpa-target
+  static-peak  the fewest fixed replicas (up to --engines) reaching
+               --target-attainment, searched as --find-capacity does
+  lower-bound  the offline optimum: per --lower-bound-window, the fewest
+               replicas whose load functions cover the load (from the token
+               counts of the fixed fleet at --engines), no cold starts
+--panic-threshold and --scale-down-delay set both autoscalers alike.
+
 Workload flags are kn-llmd bench's: exactly one of --workload FILE,
 --trace mooncake:PATH|azure:PATH or --dataset shared-prefix|random|prefix-repetition,
 with --rate/--arrival or --ladder, --speedup, --rate-scale, --max-requests,
@@ -131,6 +154,9 @@ func newPlanCmd() *cobra.Command {
 			job, err := f.job(cmd)
 			if err != nil {
 				return err
+			}
+			if job.compare != nil {
+				job.compare.command = commandLine(cmd)
 			}
 			cmd.SilenceUsage = true
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -180,10 +206,17 @@ func newPlanCmd() *cobra.Command {
 	fl.Float64Var(&f.targetAttainment, "target-attainment", 0.99, "SLO attainment (fraction of requests) a capacity must reach")
 	fl.IntVar(&f.maxReplicas, "max-replicas", 64, "largest decode-capable count --find-capacity tries")
 
-	fl.StringVar(&f.autoscaler, "autoscaler", "fixed", "replica counts: fixed (--engines, --prefill-engines) or slo (the SLO autoscaler, up to those)")
-	fl.IntVar(&f.minEngines, "min-engines", 0, "with --autoscaler slo: fewest decode-capable engines (0 allows scale to zero)")
-	fl.DurationVar(&f.startupDelay, "startup-delay", 0, "with --autoscaler slo: time for a new engine to become ready (cold start)")
-	fl.DurationVar(&f.scaleToZeroGrace, "scale-to-zero-grace", autoscaler.DefaultConfig().ScaleToZeroGracePeriod, "with --autoscaler slo: time without traffic before scaling to zero")
+	fl.StringVar(&f.autoscaler, "autoscaler", "fixed", "replica counts: fixed (--engines, --prefill-engines) or slo (the SLO autoscaler, up to those); "+
+		"a comma-separated list of fixed, slo, kpa, static-peak and lower-bound compares them (see Autoscaling)")
+	fl.IntVar(&f.minEngines, "min-engines", 0, "with --autoscaler slo or kpa: fewest decode-capable engines (0 allows scale to zero)")
+	fl.DurationVar(&f.startupDelay, "startup-delay", 0, "with --autoscaler slo or kpa: time for a new engine to become ready (cold start)")
+	fl.DurationVar(&f.scaleToZeroGrace, "scale-to-zero-grace", autoscaler.DefaultConfig().ScaleToZeroGracePeriod, "with --autoscaler slo or kpa: time without traffic before scaling to zero")
+	fl.Float64Var(&f.sloPercentile, "slo-percentile", autoscaler.DefaultConfig().SLO.Percentile, "in an autoscaling comparison: the percentile the SLO decider plans for and the report's latencies are at")
+	fl.StringVar(&f.kpaTarget, "kpa-target", "16", "with --autoscaler kpa: Knative's concurrency target per replica (autoscaling.knative.dev/target); a list runs one kpa per target")
+	fl.Float64Var(&f.kpaUtilization, "kpa-utilization", 0, "with --autoscaler kpa: target utilization as a fraction (0: Knative's default, 0.7)")
+	fl.Float64Var(&f.panicThreshold, "panic-threshold", autoscaler.DefaultConfig().PanicThresholdPercentage, "with --autoscaler slo or kpa: panic mode starts when the panic window wants this percentage of the ready replicas (Knative's panic-threshold-percentage)")
+	fl.DurationVar(&f.scaleDownDelay, "scale-down-delay", 0, "with --autoscaler slo or kpa: hold the highest recommendation this long before scaling down (Knative's scale-down-delay)")
+	fl.DurationVar(&f.lowerBoundWindow, "lower-bound-window", 10*time.Second, "with --autoscaler lower-bound: the offline optimum's window")
 	return cmd
 }
 
@@ -202,6 +235,8 @@ type planJob struct {
 
 	// newScaler makes each run's scaler (nil: the fixed counts).
 	newScaler func() (plan.Scaler, error)
+	// compare is an autoscaling comparison (nil: none).
+	compare *compareJob
 
 	capacity bool // a sweep or a search
 	decode   []int
@@ -342,8 +377,8 @@ func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
 	}
 	j.search = f.findCapacity
 	j.capacity = f.findCapacity || changed("sweep-replicas")
-	if changed("target-attainment") && !j.capacity {
-		return nil, errors.New("--target-attainment needs --sweep-replicas or --find-capacity")
+	if changed("target-attainment") && !j.capacity && !strings.Contains(f.autoscaler, "static-peak") {
+		return nil, errors.New("--target-attainment needs --sweep-replicas, --find-capacity or --autoscaler static-peak")
 	}
 	if changed("max-replicas") && !f.findCapacity {
 		return nil, errors.New("--max-replicas needs --find-capacity")
@@ -360,19 +395,39 @@ func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
 		}
 		j.target, j.maxRep = f.targetAttainment, f.maxReplicas
 	}
-	switch f.autoscaler {
-	case "fixed":
-		for _, n := range []string{"min-engines", "startup-delay", "scale-to-zero-grace"} {
+	policies, err := parsePolicies(f.autoscaler)
+	if err != nil {
+		return nil, err
+	}
+	compare := len(policies) > 1 || (policies[0] != "fixed" && policies[0] != "slo")
+	autoscaled := slices.Contains(policies, "slo") || slices.Contains(policies, "kpa")
+	if !autoscaled {
+		for _, n := range []string{"min-engines", "startup-delay", "scale-to-zero-grace", "panic-threshold", "scale-down-delay"} {
 			if changed(n) {
-				return nil, fmt.Errorf("--%s needs --autoscaler slo", n)
+				return nil, fmt.Errorf("--%s needs --autoscaler slo or kpa", n)
 			}
 		}
-	case "slo":
+	}
+	if !slices.Contains(policies, "kpa") {
+		for _, n := range []string{"kpa-target", "kpa-utilization"} {
+			if changed(n) {
+				return nil, fmt.Errorf("--%s needs --autoscaler kpa", n)
+			}
+		}
+	}
+	if !compare {
+		for _, n := range []string{"lower-bound-window", "slo-percentile"} {
+			if changed(n) {
+				return nil, fmt.Errorf("--%s needs an autoscaling comparison (--autoscaler with kpa, static-peak, lower-bound or several policies)", n)
+			}
+		}
+	}
+	if autoscaled || compare {
 		if j.capacity {
-			return nil, errors.New("--autoscaler slo answers no capacity question: drop --sweep-replicas/--find-capacity")
+			return nil, errors.New("--autoscaler " + f.autoscaler + " answers no capacity question: drop --sweep-replicas/--find-capacity")
 		}
 		if !f.flowControl {
-			return nil, errors.New("--autoscaler slo needs --flow-control: requests arriving with no engine ready wait in its queue (and poke the autoscaler)")
+			return nil, fmt.Errorf("--autoscaler %s needs --flow-control: requests arriving with no engine ready wait in its queue (and poke the autoscaler)", f.autoscaler)
 		}
 		if f.minEngines < 0 || f.minEngines > f.engines {
 			return nil, fmt.Errorf("--min-engines must be in [0, --engines (%d)], got %d", f.engines, f.minEngines)
@@ -380,23 +435,61 @@ func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
 		if f.startupDelay < 0 || f.scaleToZeroGrace < 0 {
 			return nil, errors.New("--startup-delay and --scale-to-zero-grace must not be negative")
 		}
-		a := cfg.AutoscalerConfig(plan.Replicas{Decode: f.minEngines}, plan.Replicas{Prefill: f.prefillEngines, Decode: f.engines})
-		a.ScaleToZeroGracePeriod = f.scaleToZeroGrace
-		if f.sloTTFT > 0 {
-			a.SLO.TTFT = f.sloTTFT
+	}
+	a := cfg.AutoscalerConfig(plan.Replicas{Decode: f.minEngines}, plan.Replicas{Prefill: f.prefillEngines, Decode: f.engines})
+	a.ScaleToZeroGracePeriod = f.scaleToZeroGrace
+	a.PanicThresholdPercentage, a.ScaleDownDelay = f.panicThreshold, f.scaleDownDelay
+	if f.sloTTFT > 0 {
+		a.SLO.TTFT = f.sloTTFT
+	}
+	if f.sloTPOT > 0 {
+		a.SLO.TPOT = f.sloTPOT
+	}
+	if !(f.sloPercentile > 0 && f.sloPercentile < 100) {
+		return nil, fmt.Errorf("--slo-percentile must be in (0, 100), got %v", f.sloPercentile)
+	}
+	a.SLO.Percentile = f.sloPercentile
+	if err := a.Validate(); err != nil {
+		return nil, fmt.Errorf("--autoscaler %s: %w", f.autoscaler, err)
+	}
+	switch {
+	case compare:
+		if len(j.routings) != 1 {
+			return nil, errors.New("an autoscaling comparison runs one routing profile: give one with --routing")
 		}
-		if f.sloTPOT > 0 {
-			a.SLO.TPOT = f.sloTPOT
+		if cfg.Disaggregated {
+			return nil, errors.New("an autoscaling comparison is for deployments without P/D: drop --prefill-engines")
 		}
-		prof := cfg.Profile
+		if !(f.targetAttainment > 0 && f.targetAttainment <= 1) {
+			return nil, fmt.Errorf("--target-attainment must be in (0, 1], got %v", f.targetAttainment)
+		}
+		if f.lowerBoundWindow <= 0 {
+			return nil, fmt.Errorf("--lower-bound-window must be positive, got %s", f.lowerBoundWindow)
+		}
+		c := &compareJob{policies: policies, slo: a, fixed: f.engines, target: f.targetAttainment,
+			window: f.lowerBoundWindow, startup: f.startupDelay, minEngines: f.minEngines,
+			kpa: plan.KPAConfig{TargetUtilization: f.kpaUtilization, MinScale: f.minEngines, MaxScale: f.engines, ScaleToZeroGrace: f.scaleToZeroGrace,
+				PanicThresholdPercentage: f.panicThreshold, ScaleDownDelay: f.scaleDownDelay}}
+		if slices.Contains(policies, "kpa") {
+			if c.kpaTargets, err = parseTargets(f.kpaTarget); err != nil {
+				return nil, fmt.Errorf("--kpa-target: %w", err)
+			}
+			for _, t := range c.kpaTargets {
+				k := c.kpa
+				k.Target = t
+				if _, err := plan.NewKPAScaler(k); err != nil {
+					return nil, fmt.Errorf("--kpa-target %g: %w", t, err)
+				}
+			}
+		}
+		j.compare = c
+	case policies[0] == "slo":
 		j.newScaler = func() (plan.Scaler, error) { return plan.NewSLOScaler(a, prof) }
 		if cfg.Scaler, err = j.newScaler(); err != nil {
 			return nil, fmt.Errorf("--autoscaler slo: %w", err)
 		}
 		cfg.Engines, cfg.PrefillEngines = f.minEngines, 0
 		cfg.StartupDelay = f.startupDelay
-	default:
-		return nil, fmt.Errorf("--autoscaler must be fixed or slo, got %q", f.autoscaler)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -499,6 +592,9 @@ func parseCounts(s string, lo int) ([]int, error) {
 func (j *planJob) run(ctx context.Context, out io.Writer) error {
 	if j.capacity {
 		return j.runCapacity(ctx, out)
+	}
+	if j.compare != nil {
+		return j.runCompare(ctx, out)
 	}
 	var runs []bench.RunSummary
 	var csv bytes.Buffer
@@ -610,3 +706,206 @@ func (j *planJob) runCapacity(ctx context.Context, out io.Writer) error {
 	fmt.Fprintf(out, "capacity: %s\n", filepath.Join(j.out, plan.CapacityMD))
 	return nil
 }
+
+// autoscalingPolicies are --autoscaler's policies, in report order.
+var autoscalingPolicies = []string{"fixed", "slo", "kpa", "static-peak", "lower-bound"}
+
+// parsePolicies reads --autoscaler: one policy or a comma-separated list.
+func parsePolicies(s string) ([]string, error) {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		p = strings.TrimSpace(p)
+		if !slices.Contains(autoscalingPolicies, p) {
+			return nil, fmt.Errorf("--autoscaler: unknown policy %q (have %s)", p, strings.Join(autoscalingPolicies, ", "))
+		}
+		if slices.Contains(out, p) {
+			return nil, fmt.Errorf("--autoscaler: %q given twice", p)
+		}
+		out = append(out, p)
+	}
+	if len(out) == 1 && out[0] == "lower-bound" {
+		return nil, errors.New("--autoscaler lower-bound needs another policy: the bound is computed from a run's token counts")
+	}
+	return out, nil
+}
+
+// parseTargets reads a comma-separated list of positive numbers.
+func parseTargets(s string) ([]float64, error) {
+	var out []float64
+	for _, v := range strings.Split(s, ",") {
+		t, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || !(t > 0) || t > 1e6 {
+			return nil, fmt.Errorf("%q is not a positive number up to 1e6", v)
+		}
+		if slices.Contains(out, t) {
+			return nil, fmt.Errorf("%g given twice", t)
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// compareJob is an autoscaling comparison: each policy runs the workload
+// (kpa once per target) and the report compares SLO attainment,
+// GPU-seconds, cold starts and scale events.
+type compareJob struct {
+	policies   []string
+	kpaTargets []float64
+	slo        autoscaler.Config
+	kpa        plan.KPAConfig
+	// fixed is --engines: the fixed count, the autoscalers' and static
+	// peak's largest.
+	fixed      int
+	target     float64
+	window     time.Duration
+	startup    time.Duration
+	minEngines int
+	// command is the invocation, for the report.
+	command string
+}
+
+// commandLine is the invocation with the flags given, in a canonical form,
+// less --out (where the report went).
+func commandLine(cmd *cobra.Command) string {
+	line := cmd.CommandPath()
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if f.Name != "out" {
+			line += " --" + f.Name + "=" + f.Value.String()
+		}
+	})
+	return line
+}
+
+func (j *planJob) runCompare(ctx context.Context, out io.Writer) error {
+	c := j.compare
+	base := j.cfg
+	base.Routing = j.routings[0]
+	slo := bench.SLO{TTFT: c.slo.SLO.TTFT, TPOT: c.slo.SLO.TPOT}
+	so := j.so
+	so.SLO = slo
+	rep := plan.AutoscalingReport{
+		Workload: so.Workload.Description,
+		Deployment: fmt.Sprintf("kn-llmd plan, %s engines (%d GPU each), routing %s, at most %d replicas; autoscalers from %d, cold start %s, scale-to-zero grace %s, panic threshold %g%%, scale-down delay %s",
+			base.Profile.Name, max(base.Profile.Accelerator.Count, 1), base.Routing, c.fixed, c.minEngines, c.startup, c.slo.ScaleToZeroGracePeriod,
+			c.slo.PanicThresholdPercentage, c.slo.ScaleDownDelay),
+		SLO:        slo,
+		Percentile: c.slo.SLO.Percentile,
+		Command:    c.command,
+	}
+	var runs []bench.RunSummary
+	var csv bytes.Buffer
+	var boundRecs []bench.Record
+	runOne := func(name, detail string, cfg plan.Config) (*plan.Result, error) {
+		o := so
+		o.Name = name
+		start := time.Now()
+		sum, res, err := plan.RunWorkload(ctx, cfg, j.w, o)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		p := plan.PolicyOf(name, detail, res, slo, c.slo.SLO.Percentile)
+		fmt.Fprintf(out, "%s: attainment %.4f (TTFT %.4f, TPOT %.4f), %.0f GPU-seconds, peak %d, %d cold starts, %d scale events (%s wall)\n",
+			name, p.Attainment.Both, p.Attainment.TTFT, p.Attainment.TPOT, p.GPUSeconds, p.Peak, p.ColdStarts, p.ScaleEvents, time.Since(start).Round(time.Millisecond))
+		rep.Policies = append(rep.Policies, p)
+		if err := plan.WriteReplicaCSV(&csv, len(runs) == 0, name, res.Replicas); err != nil {
+			return nil, err
+		}
+		if j.records {
+			if err := bench.WriteRecords(filepath.Join(j.out, bench.RecordsFile(name)), res.Records); err != nil {
+				return nil, err
+			}
+		}
+		runs = append(runs, sum)
+		return res, nil
+	}
+	autoscaled := func(sc plan.Scaler) plan.Config {
+		cfg := base
+		cfg.Scaler, cfg.Engines, cfg.StartupDelay = sc, c.minEngines, c.startup
+		return cfg
+	}
+	for _, p := range c.policies {
+		switch p {
+		case "fixed":
+			cfg := base
+			cfg.Engines = c.fixed
+			res, err := runOne("fixed", fmt.Sprintf("%d replicas", c.fixed), cfg)
+			if err != nil {
+				return err
+			}
+			boundRecs = res.Records
+		case "slo":
+			sc, err := plan.NewSLOScaler(c.slo, base.Profile)
+			if err != nil {
+				return err
+			}
+			if _, err := runOne("slo", "SLO decider, "+autoscalerClassName, autoscaled(sc)); err != nil {
+				return err
+			}
+		case "kpa":
+			for _, t := range c.kpaTargets {
+				k := c.kpa
+				k.Target = t
+				sc, err := plan.NewKPAScaler(k)
+				if err != nil {
+					return err
+				}
+				detail := fmt.Sprintf("Knative KPA, concurrency target %g x %.3g", t, sc.Spec().TargetValue/t)
+				if _, err := runOne(fmt.Sprintf("kpa-%g", t), detail, autoscaled(sc)); err != nil {
+					return err
+				}
+			}
+		case "static-peak":
+			eval := plan.Evaluate(base, j.w, so)
+			found, err := plan.FindCapacity(ctx, eval, base.Routing, c.target, plan.Range{}, plan.Range{Min: 1, Max: c.fixed},
+				func(pt plan.Point, _ *bench.RunSummary) {
+					fmt.Fprintf(out, "  static %d replicas: attainment %.4f\n", pt.Replicas.Decode, pt.SLOAttainment)
+				})
+			if err != nil {
+				return fmt.Errorf("static-peak: %w", err)
+			}
+			n, detail := found.Replicas.Decode, fmt.Sprintf("fewest fixed replicas with attainment >= %g: %d", c.target, found.Replicas.Decode)
+			if !found.Found {
+				n, detail = c.fixed, fmt.Sprintf("no count up to %d reaches %g", c.fixed, c.target)
+			}
+			cfg := base
+			cfg.Engines = n
+			if _, err := runOne("static-peak", detail, cfg); err != nil {
+				return err
+			}
+		}
+	}
+	if slices.Contains(c.policies, "lower-bound") {
+		if boundRecs == nil {
+			// The bound reads the token counts of the fixed fleet at the
+			// maximum, whether or not it is reported: the same for every
+			// comparison of the workload.
+			cfg := base
+			cfg.Engines = c.fixed
+			res, err := plan.Run(ctx, cfg, j.w.Source())
+			if err != nil {
+				return fmt.Errorf("lower-bound: %w", err)
+			}
+			boundRecs = res.Records
+		}
+		lb, err := plan.ComputeLowerBound(boundRecs, c.slo, base.Profile, c.window)
+		if err != nil {
+			return err
+		}
+		rep.Policies = append(rep.Policies, plan.PolicyOfBound(lb))
+		fmt.Fprintf(out, "lower-bound: %.0f GPU-seconds, peak %d\n", lb.GPUSeconds, lb.Peak)
+	}
+	if err := plan.WriteAutoscaling(j.out, rep); err != nil {
+		return err
+	}
+	if err := bench.WriteReport(j.out, append(runs, j.include...)); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(j.out, replicasCSV), csv.Bytes(), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "autoscaling: %s\n", filepath.Join(j.out, plan.AutoscalingMD))
+	return nil
+}
+
+// autoscalerClassName is the SLO autoscaler's Knative class.
+const autoscalerClassName = "slo.autoscaling.llm-d.ai"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -51,16 +52,26 @@ func TestPlanRejectsBadFlags(t *testing.T) {
 		{append([]string{"--sweep-replicas", "0..4", "--slo-ttft", "1s"}, wl...), "below 1"},
 		{append([]string{"--sweep-replicas", "1..4"}, wl...), "need an SLO"},
 		{append([]string{"--find-capacity", "--slo-ttft", "1s", "--target-attainment", "1.5"}, wl...), "--target-attainment"},
-		{append([]string{"--target-attainment", "0.9"}, wl...), "needs --sweep-replicas or --find-capacity"},
+		{append([]string{"--target-attainment", "0.9"}, wl...), "needs --sweep-replicas, --find-capacity or --autoscaler static-peak"},
 		{append([]string{"--sweep-prefill", "0..2", "--slo-ttft", "1s"}, wl...), "--sweep-prefill needs"},
 		{append([]string{"--find-capacity", "--sweep-replicas", "1..3", "--slo-ttft", "1s"}, wl...), "give one"},
 		{[]string{"--out", dir}, "give one workload"},
 		{[]string{"--out", dir, "--dataset", "shared-prefix"}, "no timestamps"},
 		{[]string{"--out", dir, "--trace", "mooncake:/no/such/file"}, "--trace"},
 		{append([]string{"extra"}, wl...), "unknown command"},
-		{append([]string{"--autoscaler", "kpa"}, wl...), "--autoscaler must be fixed or slo"},
-		{append([]string{"--min-engines", "1"}, wl...), "needs --autoscaler slo"},
-		{append([]string{"--startup-delay", "5s"}, wl...), "needs --autoscaler slo"},
+		{append([]string{"--autoscaler", "hpa"}, wl...), "unknown policy \"hpa\""},
+		{append([]string{"--autoscaler", "slo,slo"}, wl...), "given twice"},
+		{append([]string{"--autoscaler", "lower-bound"}, wl...), "needs another policy"},
+		{append([]string{"--autoscaler", "slo,kpa"}, wl...), "one routing profile"},
+		{append([]string{"--autoscaler", "kpa", "--routing", "default", "--kpa-target", "0"}, wl...), "--kpa-target"},
+		{append([]string{"--autoscaler", "kpa", "--routing", "default", "--kpa-target", "8,8"}, wl...), "given twice"},
+		{append([]string{"--autoscaler", "slo", "--kpa-target", "8"}, wl...), "needs --autoscaler kpa"},
+		{append([]string{"--autoscaler", "slo", "--lower-bound-window", "5s"}, wl...), "needs an autoscaling comparison"},
+		{append([]string{"--autoscaler", "kpa,lower-bound", "--routing", "default", "--lower-bound-window", "0s"}, wl...), "--lower-bound-window"},
+		{append([]string{"--autoscaler", "kpa", "--routing", "default", "--slo-percentile", "100"}, wl...), "--slo-percentile"},
+		{append([]string{"--autoscaler", "kpa", "--routing", "default", "--prefill-engines", "1"}, wl...), "without P/D"},
+		{append([]string{"--min-engines", "1"}, wl...), "needs --autoscaler slo or kpa"},
+		{append([]string{"--startup-delay", "5s"}, wl...), "needs --autoscaler slo or kpa"},
 		{append([]string{"--autoscaler", "slo", "--engines", "2", "--min-engines", "3"}, wl...), "--min-engines"},
 		{append([]string{"--autoscaler", "slo", "--flow-control=false"}, wl...), "needs --flow-control"},
 		{append([]string{"--autoscaler", "slo", "--find-capacity", "--slo-ttft", "1s"}, wl...), "no capacity question"},
@@ -171,5 +182,54 @@ func TestPlanSLOAutoscalerReportsReplicaSeconds(t *testing.T) {
 	if lines := strings.Split(strings.TrimSpace(string(csv)), "\n"); len(lines) < 3 || !strings.HasPrefix(lines[0], "run,seconds") ||
 		lines[1] != "least-request,0.000,0,0,0,0" || !strings.Contains(string(csv), ",0,1,0,1\n") {
 		t.Errorf("replicas.csv:\n%s", csv)
+	}
+}
+
+func TestPlanComparesAutoscalers(t *testing.T) {
+	dir := t.TempDir()
+	out, err := runPlan(t, "--dataset", "shared-prefix", "--rate", "6", "--max-requests", "40", "--routing", "least-request",
+		"--autoscaler", "fixed,slo,kpa,static-peak,lower-bound", "--kpa-target", "4,16", "--engines", "3", "--startup-delay", "2s",
+		"--slo-ttft", "5s", "--slo-tpot", "100ms", "--target-attainment", "0.9", "--out", dir)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, plan.AutoscalingJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep plan.AutoscalingReport
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	gpu := map[string]float64{}
+	for _, p := range rep.Policies {
+		names = append(names, p.Policy)
+		gpu[p.Policy] = p.GPUSeconds
+	}
+	if want := "fixed,slo,kpa-4,kpa-16,static-peak,lower-bound"; strings.Join(names, ",") != want {
+		t.Fatalf("policies %v, want %s", names, want)
+	}
+	// The bound is in the load functions' terms (pkg/plan tests it against
+	// every policy); here it must lie under the fixed fleet of the maximum.
+	if gpu["lower-bound"] <= 0 || gpu["lower-bound"] > gpu["fixed"] || gpu["static-peak"] > gpu["fixed"] {
+		t.Errorf("GPU-seconds %v", gpu)
+	}
+	if rep.Percentile != 90 || rep.TTFT != 5 || rep.TPOT != 0.1 {
+		t.Errorf("report SLO %v/%v at p%v", rep.TTFT, rep.TPOT, rep.Percentile)
+	}
+	md, err := os.ReadFile(filepath.Join(dir, plan.AutoscalingMD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(md), "| kpa-16 (Knative KPA, concurrency target 16 x 0.7) |") {
+		t.Errorf("autoscaling.md:\n%s", md)
+	}
+	sum, err := bench.ReadSummary(filepath.Join(dir, bench.SummaryFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sum.Runs) != 5 {
+		t.Errorf("%d runs in the report, want 5 (the bound is no run)", len(sum.Runs))
 	}
 }

@@ -19,6 +19,9 @@ type RoleDecision struct {
 	Required float64 `json:"required"`
 	Stable   float64 `json:"stable"`
 	Panic    float64 `json:"panic"`
+	// Backlog is the replicas that drain the queued prompts within the
+	// TTFT target, added to this tick's decision only.
+	Backlog float64 `json:"backlog"`
 	// InPanic reports panic mode (no scale-down).
 	InPanic bool `json:"inPanic"`
 	// Correction is the role's fitted step-time correction factor.
@@ -147,12 +150,21 @@ func (d *Decider) Scale(now time.Time, in Input) Recommendation {
 	pc, dc := d.Capacity()
 
 	// This tick's load in replicas of each role. Prefill: the uncached
-	// prefill rate plus draining the queued prompts within the TTFT target.
-	// Decode: the output token rate, and at least the concurrent sequences
-	// (in flight and queued) over the sequences one replica holds.
+	// prefill rate. Decode: the output token rate, and at least the
+	// concurrent sequences (in flight and queued) over the sequences one
+	// replica holds.
+	//
+	// The queued prompts are a backlog, not a rate: draining them within
+	// the TTFT target needs prefillBacklog replicas now, on top of the
+	// windowed load, and no more once they are served. It is not averaged
+	// into the windows (where a backlog that lasts k ticks would count k
+	// times and linger for the whole window) and does not start panic
+	// mode (whose hold would keep the replicas it asked for a stable
+	// window after the backlog drained). A backlog builds while replicas
+	// start: counted as a rate it made every cold start a panic.
 	uncachedPerReq := max(d.prompt-d.cached, 1)
-	prefillRate := l.UncachedPrefillTokensPerSecond + float64(l.Queued)*uncachedPerReq/d.cfg.SLO.TTFT.Seconds()
-	prefillReq := prefillRate / pc.TokensPerSecond
+	prefillBacklog := float64(l.Queued) * uncachedPerReq / d.cfg.SLO.TTFT.Seconds() / pc.TokensPerSecond
+	prefillReq := l.UncachedPrefillTokensPerSecond / pc.TokensPerSecond
 	decodeReq := max(l.OutputTokensPerSecond/dc.TokensPerSecond,
 		float64(l.InFlight+l.Queued)/(d.cfg.TargetUtilization*float64(dc.Sequences)))
 
@@ -160,28 +172,33 @@ func (d *Decider) Scale(now time.Time, in Input) Recommendation {
 	active := l.active()
 	if !d.cfg.Disaggregated {
 		// One replica time-shares prefill and decode: the fractions add.
-		rec.Decode = d.scaleRole(roleDecode, now, prefillReq+decodeReq, active, decodePods.Ready, d.cfg.Decode, &rec.DecodeRole)
+		rec.Decode = d.scaleRole(roleDecode, now, prefillReq+decodeReq, prefillBacklog, active, decodePods.Ready, d.cfg.Decode, &rec.DecodeRole)
 		d.roles[rolePrefill].last = 0
 		return rec
 	}
 	if d.cfg.DecodeOnlyLoad > 0 && prefillReq < d.cfg.DecodeOnlyLoad {
 		rec.DecodeOnly = true
-		decodeReq += prefillReq
-		prefillReq = 0
+		decodeReq += prefillReq + prefillBacklog
+		prefillReq, prefillBacklog = 0, 0
 	}
-	rec.Prefill = d.scaleRole(rolePrefill, now, prefillReq, active && !rec.DecodeOnly, prefillPods.Ready, d.cfg.Prefill, &rec.PrefillRole)
-	rec.Decode = d.scaleRole(roleDecode, now, decodeReq, active, decodePods.Ready, d.cfg.Decode, &rec.DecodeRole)
+	rec.Prefill = d.scaleRole(rolePrefill, now, prefillReq, prefillBacklog, active && !rec.DecodeOnly, prefillPods.Ready, d.cfg.Prefill, &rec.PrefillRole)
+	rec.Decode = d.scaleRole(roleDecode, now, decodeReq, 0, active, decodePods.Ready, d.cfg.Decode, &rec.DecodeRole)
 	return rec
 }
 
-// scaleRole applies Knative's KPA rules to one role.
-func (d *Decider) scaleRole(role int, now time.Time, required float64, active bool, ready int, b Bounds, out *RoleDecision) int {
+// scaleRole applies Knative's KPA rules to one role's windowed load
+// (required), and adds the replicas that drain the backlog now.
+func (d *Decider) scaleRole(role int, now time.Time, required, backlog float64, active bool, ready int, b Bounds, out *RoleDecision) int {
 	cfg := &d.cfg
 	rs := &d.roles[role]
 	if math.IsNaN(required) || required < 0 {
 		required = 0
 	}
+	if math.IsNaN(backlog) || backlog < 0 {
+		backlog = 0
+	}
 	required = math.Min(required, maxRequired)
+	backlog = math.Min(backlog, maxRequired)
 	if active {
 		rs.lastActive = now
 	}
@@ -208,6 +225,13 @@ func (d *Decider) scaleRole(role int, now time.Time, required float64, active bo
 		desired = max(desired, desiredPanic, rs.maxPanicPods)
 		rs.maxPanicPods = desired
 	}
+	if backlog > 0 {
+		withBacklog := stable
+		if !rs.panicTime.IsZero() {
+			withBacklog = math.Max(stable, panicAvg)
+		}
+		desired = max(desired, int(math.Min(ceil(withBacklog+backlog), maxUp)))
+	}
 
 	// Scale to zero: after the grace period with no traffic the role may go
 	// to zero (still at the scale-down rate); before it, a role that is up
@@ -229,7 +253,7 @@ func (d *Decider) scaleRole(role int, now time.Time, required float64, active bo
 	}
 	desired = clampBounds(desired, b)
 	rs.last = desired
-	*out = RoleDecision{Desired: desired, Ready: ready, Required: required, Stable: stable, Panic: panicAvg,
+	*out = RoleDecision{Desired: desired, Ready: ready, Required: required, Backlog: backlog, Stable: stable, Panic: panicAvg,
 		InPanic: !rs.panicTime.IsZero(), Correction: rs.correction}
 	return desired
 }

@@ -520,3 +520,64 @@ func TestDeterminism(t *testing.T) {
 		t.Fatal("two deciders fed the same inputs disagree")
 	}
 }
+
+// A queue is a backlog, not a rate: the replicas that drain it within the
+// TTFT target are added at the tick that sees it, on top of the windowed
+// load, without entering panic mode, and are no longer asked for once it
+// drained. (Averaged into the windows, a backlog that builds during a cold
+// start panicked and held its peak for a stable window.)
+func TestQueueBacklog(t *testing.T) {
+	tests := []struct {
+		name          string
+		disaggregated bool
+		queued        int
+		wantPrefill   int
+		wantDecode    int
+	}{
+		// 43 queued 2000-token prompts to prefill within 20 ms: 4.3M
+		// tokens/s over 878.6k per replica = 4.894 replicas; aggregated, on
+		// top of the 2 decode replicas' load: 6.894 -> 7.
+		{name: "aggregated: added to the windowed load", queued: 43, wantDecode: 7},
+		// Disaggregated: the prefill role takes it (5), decode keeps 2.
+		{name: "disaggregated: the prefill role drains it", disaggregated: true, queued: 43, wantPrefill: 5, wantDecode: 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := toyConfig()
+			c.Disaggregated = tc.disaggregated
+			d := newDecider(t, c, toyProfile())
+			recs := run(d, t0, 40, false, func(i int, _ Recommendation) Input {
+				in := units(2)
+				if i == 30 {
+					in.Load.Queued = tc.queued
+				}
+				in.Pods.Decode.Ready, in.Pods.Prefill.Ready = 2, 1 // what was up; the rest still starting
+				return in
+			})
+			role := func(r Recommendation) RoleDecision {
+				if tc.disaggregated {
+					return r.PrefillRole
+				}
+				return r.DecodeRole
+			}
+			if r := recs[29]; r.Decode != 2 {
+				t.Fatalf("before the queue: %v, want 2 decode", r)
+			}
+			r := recs[30]
+			if r.Prefill != tc.wantPrefill || r.Decode != tc.wantDecode {
+				t.Fatalf("with %d queued: %v, want %dP+%dD", tc.queued, r, tc.wantPrefill, tc.wantDecode)
+			}
+			near(t, "backlog", role(r).Backlog, 4.894, 0.01)
+			for i := 31; i < len(recs); i++ {
+				if r := recs[i]; r.Decode != 2 || role(r).Backlog != 0 {
+					t.Fatalf("tick %d, the queue drained: %v (backlog %.2f), want 2 decode and none held", i, r, role(r).Backlog)
+				}
+			}
+			for i, r := range recs {
+				if r.DecodeRole.InPanic || r.PrefillRole.InPanic {
+					t.Fatalf("tick %d: panic mode; a backlog must not start it", i)
+				}
+			}
+		})
+	}
+}

@@ -38,6 +38,13 @@ type Observation struct {
 	QueueTime time.Duration
 	// Arrived, Finished and Failed count requests since the start.
 	Arrived, Finished, Failed int
+	// Active counts the requests the activator holds (queued or in
+	// flight, from arrival to the end of the answer), and
+	// ConcurrencySeconds integrates Active over time since the start: what
+	// Knative's activator reports as concurrency, averaged over any
+	// interval by differencing.
+	Active             int
+	ConcurrencySeconds float64
 	// PromptTokens, CachedTokens (prefix hits, at most the prompt) and
 	// CompletionTokens sum over the finished requests since the start, as
 	// the activator counts them from the answers' usage.

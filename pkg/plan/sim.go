@@ -82,6 +82,9 @@ type Stats struct {
 	// run; Pokes the scale-from-zero signals sent to a Poker.
 	ReplicaSeconds, GPUSeconds float64
 	ColdStarts, Pokes          int
+	// ScaleEvents counts the scaler's answers that changed the desired
+	// counts.
+	ScaleEvents int
 }
 
 // request stages.
@@ -191,11 +194,16 @@ type sim struct {
 
 	// Token counters of finished requests (Observation).
 	promptTokens, cachedTokens, completionTokens int64
+	// activeSeconds integrates active over virtual time up to activeAt
+	// (Observation.ConcurrencySeconds).
+	activeSeconds float64
+	activeAt      time.Duration
 
 	obs      Observation
 	stats    Stats
 	engines  []EngineResult
 	replicas []ReplicaPoint
+	desired  Replicas
 }
 
 // arenaChunk is how many inter-token gaps one arena allocation holds.
@@ -263,6 +271,7 @@ func (s *sim) run() error {
 	}
 	s.notePeak()
 	s.noteReplicas()
+	s.desired = want
 	if s.cfg.Scaler != nil {
 		s.q.schedule(0, evScale, 0, 0, 0)
 	}
@@ -518,6 +527,7 @@ func (s *sim) arrive() {
 	r := s.pending
 	n := s.arrived
 	s.arrived++
+	s.noteActive()
 	s.active++
 	s.records = append(s.records, bench.Record{
 		Index: r.Index, Scheduled: r.At, Sent: r.At, PromptLen: r.PromptLen, MaxTokens: r.MaxTokens,
@@ -869,6 +879,7 @@ func (s *sim) finish(f *flight, failed bool) {
 	s.flights[f.n] = nil
 	*f = flight{}
 	s.freeF = append(s.freeF, f)
+	s.noteActive()
 	s.active--
 	if failed {
 		s.failed++
@@ -879,6 +890,13 @@ func (s *sim) finish(f *flight, failed bool) {
 		s.admitted--
 		s.dispatchQueued()
 	}
+}
+
+// noteActive brings the integral of the active requests up to now; call
+// it before active changes.
+func (s *sim) noteActive() {
+	s.activeSeconds += float64(s.active) * (s.now - s.activeAt).Seconds()
+	s.activeAt = s.now
 }
 
 // parseID reads the arrival number back from an engine request id.
@@ -922,8 +940,10 @@ func (s *sim) maybePoke() {
 // observe fills s.obs with the deployment's state now.
 func (s *sim) observe() *Observation {
 	o := &s.obs
+	s.noteActive()
 	*o = Observation{Now: s.now, Engines: o.Engines[:0], Queued: s.queued, Arrived: s.arrived, Finished: s.finished, Failed: s.failed,
-		PromptTokens: s.promptTokens, CachedTokens: s.cachedTokens, CompletionTokens: s.completionTokens}
+		PromptTokens: s.promptTokens, CachedTokens: s.cachedTokens, CompletionTokens: s.completionTokens,
+		Active: s.active, ConcurrencySeconds: s.activeSeconds}
 	for k := s.fifoHead; k < len(s.fifo); k++ {
 		if f := s.flight(s.fifo[k]); f != nil && f.inQueue {
 			o.QueueTime = s.now - f.sent
@@ -963,6 +983,10 @@ func (s *sim) apply(want Replicas) {
 	decodeRole := router.RoleBoth
 	if s.cfg.pd() {
 		decodeRole = router.RoleDecode
+	}
+	if want != s.desired {
+		s.stats.ScaleEvents++
+		s.desired = want
 	}
 	s.resize(router.RolePrefill, want.Prefill)
 	s.resize(decodeRole, want.Decode)

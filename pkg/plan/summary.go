@@ -69,6 +69,9 @@ func (c *Config) Describe() string {
 				a.Decode.MinScale, maxScale(a.Decode.MaxScale))
 		}
 	}
+	if sc, ok := c.Scaler.(*KPAScaler); ok {
+		fleet = fmt.Sprintf("kpa-autoscaled %d..%s", sc.cfg.MinScale, maxScale(sc.cfg.MaxScale))
+	}
 	return fmt.Sprintf("plan: %s × %s, routing %s", fleet, c.Profile.Name, c.routingName())
 }
 
@@ -142,6 +145,7 @@ func settings(res *Result) map[string]string {
 		m["scaler"] = fmt.Sprintf("%s, peak %s", scalerName(c.Scaler), st.PeakReplicas)
 		m["startupDelay"] = d(c.StartupDelay)
 		m["coldStarts"] = strconv.Itoa(st.ColdStarts)
+		m["scaleEvents"] = strconv.Itoa(st.ScaleEvents)
 		m["scaleFromZeroPokes"] = strconv.Itoa(st.Pokes)
 		m["replicasOverTime"] = replicaSeries(res.Replicas)
 	}
@@ -162,6 +166,8 @@ func scalerName(sc Scaler) string {
 	switch v := sc.(type) {
 	case *SLOScaler:
 		return "slo (" + autoscalerClass + ")"
+	case *KPAScaler:
+		return fmt.Sprintf("kpa (Knative's decider, concurrency target %g, utilization %.3g)", v.cfg.Target, v.spec.TargetValue/v.cfg.Target)
 	case Fixed:
 		return "fixed " + Replicas(v).String()
 	}
