@@ -20,7 +20,9 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newSimCommand())
 	root.AddCommand(newLocalCmd())
 	root.AddCommand(newBenchCmd())
-	root.AddCommand(newPlanCmd())
+	planCmd := newPlanCmd()
+	planCmd.AddCommand(newPlanVariantsCmd())
+	root.AddCommand(planCmd)
 	return root
 }
 
