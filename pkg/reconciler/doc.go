@@ -26,7 +26,27 @@
 //   - writes the PA status Knative's revision reconciler reads
 //     (PropagateAutoscalerStatus): DesiredScale, ActualScale (ready decode
 //     replicas), ServiceName, MetricsServiceName and the conditions
-//     ScaleTargetInitialized, SKSReady and Active, with the KPA's rules.
+//     ScaleTargetInitialized, SKSReady and Active, with the KPA's rules;
+//   - applies Knative's progress-deadline rule (the KPA's activation
+//     timeout): a PA that is activating (Active=Unknown) while the decider
+//     recommends zero decode replicas keeps the replicas of both roles
+//     (a new revision its initial scale) until it has been activating for
+//     longer than its progress deadline plus ActivationTimeoutBuffer (30 s, the
+//     KPA's, so that Knative's revision reconciler reports the pods'
+//     failure first); then the PA is marked Inactive with reason TimedOut
+//     and both roles go to zero. Knative's revision reconciler turns an
+//     inactive, never initialized PA into ResourcesAvailable=False
+//     (ProgressDeadlineExceeded). The deadline is the PA's
+//     serving.knative.dev/progress-deadline, else the decode Deployment's
+//     progressDeadlineSeconds (Knative sets it from config-deployment's
+//     progress-deadline), else 10 min. As in the KPA, demand (a positive
+//     recommendation) keeps an activation going, min-scale > 0 never
+//     times out, and a later request starts a new activation. Unlike the
+//     KPA, an initial-scale above 1 does not exempt a revision, and the
+//     reason TimedOut stays while the target is at zero and was never
+//     initialized: it records that the initial scale was given up, so that
+//     a restarted autoscaler does not apply it again. Time is an input
+//     (Options.Now); condition transitions are dated with it.
 //
 // In advise mode (llm-d.ai/autoscaler-mode: advise) it computes and reports
 // recommendations (an Event per change, the API and the gauge) but leaves
@@ -56,6 +76,25 @@
 // two-step, so the endpoints always point at it and there is nothing to
 // switch. The SKSReady condition therefore reports this package's Service
 // and EndpointSlice: ready once the activator has a ready address.
+//
+// The revision Service's endpoints are written as an EndpointSlice only,
+// with no core/v1 Endpoints. What reads them with Knative Serving v0.50.0:
+// net-kourier v0.50.0 lists the EndpointSlices labelled
+// kubernetes.io/service-name (it moved from Endpoints to EndpointSlices in
+// Knative 1.21); net-istio hands the Service's host name to Istio, which
+// reads EndpointSlices (net-istio reads Endpoints only of its gateway
+// Service, to probe it); Contour reads only EndpointSlices (since 1.31);
+// kube-proxy reads EndpointSlices; knative.dev/networking has no Endpoints
+// lister. Knative Serving's own readers of core/v1 Endpoints are the SKS
+// reconciler, the KPA (its private Service) and Knative's activator, none
+// of which exists in this class's path (no SKS), and the Route reconciler,
+// for its own placeholder Services only. Writing Endpoints too would need
+// the endpointslice.kubernetes.io/skip-mirror label, or
+// kube-controller-manager's EndpointSlice mirroring would add a second
+// slice with the same addresses; it would buy nothing for these readers,
+// cost a write per change to an API deprecated since Kubernetes 1.33, and
+// widen the RBAC. Networking layers older than Knative 1.21's read
+// Endpoints and are not supported with this class.
 //
 // RBAC (least privilege): podautoscalers get/list/watch/update/patch and
 // podautoscalers/status; revisions get/list/watch; deployments and

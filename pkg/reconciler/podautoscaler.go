@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
+	knativeapis "knative.dev/pkg/apis"
 	"knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
 	"knative.dev/serving/pkg/apis/serving"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
@@ -47,6 +48,22 @@ const conflictRetry = 50 * time.Millisecond
 const (
 	ReasonNoTraffic = "NoTraffic"
 	ReasonQueued    = "Queued"
+	// ReasonTimedOut: the target did not become ready within its
+	// activation timeout and was scaled to zero.
+	ReasonTimedOut = "TimedOut"
+)
+
+const (
+	// DefaultProgressDeadline is Knative's default progress deadline
+	// (config-deployment progress-deadline, Kubernetes' 600 s), used when
+	// neither the PA's serving.knative.dev/progress-deadline nor its
+	// Deployment's progressDeadlineSeconds says otherwise.
+	DefaultProgressDeadline = 600 * time.Second
+	// ActivationTimeoutBuffer is added to the progress deadline, as
+	// Knative's KPA does, so that Knative's revision reconciler sees the
+	// Deployment's ProgressDeadlineExceeded and reports the pods' failure
+	// before the target goes to zero.
+	ActivationTimeoutBuffer = 30 * time.Second
 )
 
 // Options configure the PodAutoscaler reconciler.
@@ -68,6 +85,9 @@ type Options struct {
 	// Registerer takes the recommendation gauge (controller-runtime's
 	// metrics registry when nil).
 	Registerer prometheus.Registerer
+	// Now is the clock of the deciders, the stats API, the activation
+	// timeout and the PA's condition transitions (time.Now when nil).
+	Now func() time.Time
 }
 
 // PodAutoscalerReconciler is the slo.autoscaling.llm-d.ai PodAutoscaler
@@ -133,7 +153,14 @@ func New(mgr manager.Manager, opts Options) (*PodAutoscalerReconciler, error) {
 // API is the stats API (activator reports, pokes, recommendations) served
 // by this reconciler.
 func (r *PodAutoscalerReconciler) API() *StatsAPI {
-	return &StatsAPI{Stats: r.stats, Poke: r.Poke, Recommendations: r.Recommendations}
+	return &StatsAPI{Stats: r.stats, Poke: r.Poke, Recommendations: r.Recommendations, Now: r.now}
+}
+
+func (r *PodAutoscalerReconciler) now() time.Time {
+	if r.opts.Now != nil {
+		return r.opts.Now()
+	}
+	return time.Now()
 }
 
 // ourClass selects PodAutoscalers of the slo.autoscaling.llm-d.ai class.
@@ -206,7 +233,8 @@ func (r *PodAutoscalerReconciler) Reconcile(ctx context.Context, req reconcile.R
 	}
 	orig := pa.DeepCopy()
 	pa.Status.InitializeConditions()
-	err := r.reconcile(ctx, pa)
+	requeue, err := r.reconcile(ctx, pa)
+	stampTransitions(&orig.Status, &pa.Status, r.now())
 	pa.Status.ObservedGeneration = pa.Generation
 	if !equality.Semantic.DeepEqual(orig.Status, pa.Status) {
 		switch uerr := r.client.Status().Update(ctx, pa); {
@@ -217,19 +245,36 @@ func (r *PodAutoscalerReconciler) Reconcile(ctx context.Context, req reconcile.R
 			err = errors.Join(err, fmt.Errorf("update status: %w", uerr))
 		}
 	}
-	return reconcile.Result{}, err
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{RequeueAfter: requeue}, nil
 }
 
-func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.PodAutoscaler) error {
+// stampTransitions dates the conditions that changed in this reconcile with
+// the reconciler's clock: Knative's condition set dates them with
+// time.Now, and the activation timeout measures from them.
+func stampTransitions(before, after *v1alpha1.PodAutoscalerStatus, now time.Time) {
+	for i := range after.Conditions {
+		c := &after.Conditions[i]
+		if old := before.GetCondition(c.Type); old == nil || !old.LastTransitionTime.Inner.Equal(&c.LastTransitionTime.Inner) {
+			c.LastTransitionTime = knativeapis.VolatileTime{Inner: metav1.NewTime(now)}
+		}
+	}
+}
+
+// reconcile computes and applies one PodAutoscaler's state; requeue is when
+// to look again without an event (a stalled activation's timeout).
+func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.PodAutoscaler) (requeue time.Duration, err error) {
 	key := client.ObjectKeyFromObject(pa)
 	rev := &servingv1.Revision{}
 	if err := r.client.Get(ctx, types.NamespacedName{Namespace: pa.Namespace, Name: revisionName(pa)}, rev); err != nil {
-		return fmt.Errorf("get revision: %w", err)
+		return 0, fmt.Errorf("get revision: %w", err)
 	}
 	spec, err := apis.Parse(rev.Annotations, "metadata.annotations", apis.Vocabulary{})
 	if err != nil {
 		r.recorder.Eventf(pa, rev, corev1.EventTypeWarning, "InvalidAnnotations", "Parse", "revision %s: %v", rev.Name, err)
-		return reconcile.TerminalError(fmt.Errorf("revision %s: %w", rev.Name, err))
+		return 0, reconcile.TerminalError(fmt.Errorf("revision %s: %w", rev.Name, err))
 	}
 
 	var decode *appsv1.Deployment
@@ -237,7 +282,7 @@ func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.Po
 		decode = &appsv1.Deployment{}
 		if err := r.client.Get(ctx, types.NamespacedName{Namespace: pa.Namespace, Name: name}, decode); err != nil {
 			if !apierrors.IsNotFound(err) {
-				return fmt.Errorf("get deployment %s: %w", name, err)
+				return 0, fmt.Errorf("get deployment %s: %w", name, err)
 			}
 			decode = nil
 		}
@@ -245,12 +290,17 @@ func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.Po
 	cfg, profile, err := r.configFor(pa, spec, decode)
 	if err != nil {
 		r.recorder.Eventf(pa, rev, corev1.EventTypeWarning, "InvalidConfiguration", "Configure", "%v", err)
-		return reconcile.TerminalError(err)
+		return 0, reconcile.TerminalError(err)
+	}
+	deadline, err := ProgressDeadline(pa, decode)
+	if err != nil {
+		r.recorder.Eventf(pa, rev, corev1.EventTypeWarning, "InvalidConfiguration", "Configure", "%v", err)
+		return 0, reconcile.TerminalError(err)
 	}
 	rs, err := r.scalerFor(key, cfg, profile, spec.InitialScale, pa.Spec.ScaleTargetRef.Name)
 	if err != nil {
 		r.recorder.Eventf(pa, rev, corev1.EventTypeWarning, "InvalidConfiguration", "Configure", "%v", err)
-		return reconcile.TerminalError(err)
+		return 0, reconcile.TerminalError(err)
 	}
 
 	// The traffic path: the revision Service's endpoints are the activator.
@@ -258,7 +308,7 @@ func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.Po
 	pa.Status.MetricsServiceName = pa.Name
 	sksReady, sksMsg, err := r.reconcileTrafficPath(ctx, pa)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if sksReady {
 		pa.Status.MarkSKSReady()
@@ -266,7 +316,10 @@ func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.Po
 		pa.Status.MarkSKSNotReady(sksMsg)
 	}
 
-	now := time.Now()
+	now := r.now()
+	raw, hasRec := rs.recommendation()
+	act := decideActivation(&pa.Status, cfg, raw.Decode, hasRec, now, deadline+ActivationTimeoutBuffer)
+	rs.setGaveUp(act.gaveUp)
 	wantDecode, wantPrefill, rec := rs.want(now)
 	if cfg.Advisory {
 		r.announce(pa, rs, rec)
@@ -277,26 +330,102 @@ func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.Po
 	ready, desired := int32(0), int32(wantDecode)
 	if decode != nil {
 		ready = decode.Status.ReadyReplicas
-		if cfg.Advisory {
-			desired = ptr.Deref(decode.Spec.Replicas, 1)
-		} else if ptr.Deref(decode.Spec.Replicas, 1) != desired {
+		current := ptr.Deref(decode.Spec.Replicas, 1)
+		switch {
+		case cfg.Advisory:
+			desired = current
+		case act.timedOut:
+			desired, wantPrefill = 0, 0
+		case act.hold && desired == 0:
+			// Knative's rule: a target still activating is not scaled
+			// to zero before its activation timeout.
+			desired = current
+		}
+		if act.timedOut && current > 0 {
+			r.log.Info("activation timed out", "revision", key.String(), "after", deadline+ActivationTimeoutBuffer)
+			r.recorder.Eventf(pa, nil, corev1.EventTypeWarning, ReasonTimedOut, "ScaleToZero",
+				"decode pods of %s were not ready within the progress deadline %v (+%v); scaling to zero", pa.Name, deadline, ActivationTimeoutBuffer)
+		}
+		if !cfg.Advisory && current != desired {
 			if err := r.scale(ctx, decode, desired); err != nil {
-				return err
+				return 0, err
 			}
 		}
 		if cfg.Disaggregated {
-			if err := r.reconcilePrefill(ctx, pa, decode, int32(wantPrefill), cfg.Advisory); err != nil {
-				return err
+			if err := r.reconcilePrefill(ctx, pa, decode, int32(wantPrefill), cfg.Advisory, act.hold); err != nil {
+				return 0, err
 			}
 		}
 	}
 	pa.Status.DesiredScale = ptr.To(desired)
 	pa.Status.ActualScale = ptr.To(ready)
-	computeActiveCondition(pa, cfg, spec.InitialScale, int(ready), int(desired))
+	computeActiveCondition(pa, cfg, spec.InitialScale, int(ready), int(desired), act.timedOut || act.gaveUp)
 	if pa.Status.IsScaleTargetInitialized() {
 		rs.initialized(now)
 	}
-	return nil
+	return act.wait, nil
+}
+
+// ProgressDeadline is how long a PodAutoscaler's target may take to become
+// ready, as Knative's KPA reads it: the PA's serving.knative.dev/progress-deadline
+// annotation (Knative copies the revision's), else the decode Deployment's
+// progressDeadlineSeconds (Knative's revision reconciler sets it from
+// config-deployment's progress-deadline), else DefaultProgressDeadline.
+func ProgressDeadline(pa *v1alpha1.PodAutoscaler, decode *appsv1.Deployment) (time.Duration, error) {
+	if k, v, ok := serving.ProgressDeadlineAnnotation.Get(pa.Annotations); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return 0, fmt.Errorf("annotation %s: %q is not a positive duration (such as 10m)", k, v)
+		}
+		return d, nil
+	}
+	if decode != nil && decode.Spec.ProgressDeadlineSeconds != nil && *decode.Spec.ProgressDeadlineSeconds > 0 {
+		return time.Duration(*decode.Spec.ProgressDeadlineSeconds) * time.Second, nil
+	}
+	return DefaultProgressDeadline, nil
+}
+
+// activation is what a PA's activation state means for its scale.
+type activation struct {
+	// hold: the target is activating and the decider wants zero; keep
+	// the current replicas until the timeout.
+	hold bool
+	// timedOut: the activation timed out now; scale to zero.
+	timedOut bool
+	// gaveUp: timed out now or before, with the target never
+	// initialized; the initial scale no longer holds.
+	gaveUp bool
+	// wait is when the hold's timeout falls (zero: no hold).
+	wait time.Duration
+}
+
+// decideActivation applies Knative's activation timeout
+// (pkg/reconciler/autoscaling/kpa, handleScaleToZero) to a PA's status:
+// a target that is activating (Active=Unknown) while the decider
+// recommends zero decode replicas keeps its replicas until it has been
+// activating for longer than timeout (the progress deadline plus
+// ActivationTimeoutBuffer), then goes to zero. Only where scale to zero is
+// allowed (min-scale 0) and the class scales (not in advise mode); never
+// before the decider's first recommendation. Demand (a positive
+// recommendation) keeps the activation going however long it takes, as in
+// Knative.
+func decideActivation(st *v1alpha1.PodAutoscalerStatus, cfg autoscaler.Config, recDecode int, hasRec bool, now time.Time, timeout time.Duration) activation {
+	var a activation
+	active := st.GetCondition(v1alpha1.PodAutoscalerConditionActive)
+	if active != nil && active.IsFalse() && active.Reason == ReasonTimedOut && !st.IsScaleTargetInitialized() {
+		a.gaveUp = true
+	}
+	if !cfg.EnableScaleToZero || cfg.Advisory || !hasRec || recDecode > 0 || !st.IsActivating() {
+		return a
+	}
+	if st.CanFailActivation(now, timeout) {
+		a.timedOut, a.gaveUp = true, !st.IsScaleTargetInitialized()
+		return a
+	}
+	a.hold = true
+	// CanFailActivation's measure: how long Active has been Unknown.
+	a.wait = max(timeout-now.Sub(active.LastTransitionTime.Inner.Time), 0) + time.Second
+	return a
 }
 
 // revisionName is the PodAutoscaler's Revision: its controller owner, else
@@ -369,8 +498,11 @@ func intFlag(args []string, flag string) (int, bool) {
 // computeActiveCondition sets Active and ScaleTargetInitialized as Knative's
 // KPA does (pkg/reconciler/autoscaling/kpa): the target is initialized once
 // it had the initial scale ready, active while it has ready replicas and
-// inactive (NoTraffic) when it is to be at zero.
-func computeActiveCondition(pa *v1alpha1.PodAutoscaler, cfg autoscaler.Config, initialScale, ready, want int) {
+// inactive when it is to be at zero: TimedOut when its activation timed out
+// (and, unlike the KPA, for as long as the target then stays uninitialized
+// at zero: the reason is the persisted record that the initial scale was
+// given up), else NoTraffic.
+func computeActiveCondition(pa *v1alpha1.PodAutoscaler, cfg autoscaler.Config, initialScale, ready, want int, timedOut bool) {
 	minReady := max(cfg.Decode.MinScale, 1)
 	if !pa.Status.IsScaleTargetInitialized() {
 		if initialScale < 0 {
@@ -383,6 +515,8 @@ func computeActiveCondition(pa *v1alpha1.PodAutoscaler, cfg autoscaler.Config, i
 	}
 	const noTraffic = "The target is not receiving traffic."
 	switch {
+	case want == 0 && timedOut && minReady > 0:
+		pa.Status.MarkInactive(ReasonTimedOut, "The target could not be activated.")
 	case want == 0 || minReady == 0:
 		pa.Status.MarkInactive(ReasonNoTraffic, noTraffic)
 	case ready < minReady:
@@ -486,8 +620,9 @@ func (r *PodAutoscalerReconciler) scale(ctx context.Context, d *appsv1.Deploymen
 }
 
 // reconcilePrefill creates the prefill Deployment, updates it when the
-// revision's pod template changed, and scales it (not in advise mode).
-func (r *PodAutoscalerReconciler) reconcilePrefill(ctx context.Context, pa *v1alpha1.PodAutoscaler, decode *appsv1.Deployment, want int32, advisory bool) error {
+// revision's pod template changed, and scales it (not in advise mode; not
+// down while hold, the revision's activation hold, lasts).
+func (r *PodAutoscalerReconciler) reconcilePrefill(ctx context.Context, pa *v1alpha1.PodAutoscaler, decode *appsv1.Deployment, want int32, advisory, hold bool) error {
 	desired := MakePrefillDeployment(pa, decode, want)
 	have := &appsv1.Deployment{}
 	switch err := r.client.Get(ctx, client.ObjectKeyFromObject(desired), have); {
@@ -511,6 +646,9 @@ func (r *PodAutoscalerReconciler) reconcilePrefill(ctx context.Context, pa *v1al
 		if err := r.client.Update(ctx, have); err != nil {
 			return fmt.Errorf("update deployment %s: %w", desired.Name, err)
 		}
+	}
+	if hold {
+		want = max(want, ptr.Deref(have.Spec.Replicas, 1))
 	}
 	if !advisory && ptr.Deref(have.Spec.Replicas, 1) != want {
 		return r.scale(ctx, have, want)

@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,13 +66,32 @@ type cluster struct {
 	c        client.Client
 	statsURL string
 	registry *prometheus.Registry
-	stop     func()
+	// clock is the reconciler's clock where a test moves it (nil: real
+	// time).
+	clock *shiftedClock
+	// kubeconfig is the admin kubeconfig, for other control-plane
+	// components.
+	kubeconfig []byte
+	stop       func()
 }
+
+// shiftedClock is real time plus an offset that a test moves forward, so
+// that minutes pass for the reconciler in an instant.
+type shiftedClock struct{ offset atomic.Int64 }
+
+func (c *shiftedClock) Now() time.Time        { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *shiftedClock) Shift(d time.Duration) { c.offset.Add(int64(d)) }
 
 var (
 	clusterOnce sync.Once
 	shared      *cluster
 	sharedErr   error
+
+	// A second API server whose reconciler runs on a shiftedClock, for the
+	// tests that need minutes to pass; the shared one keeps real time.
+	clockClusterOnce sync.Once
+	clocked          *cluster
+	clockedErr       error
 )
 
 func TestMain(m *testing.M) {
@@ -79,8 +99,10 @@ func TestMain(m *testing.M) {
 	// test log.
 	ctrllog.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	code := m.Run()
-	if shared != nil {
-		shared.stop()
+	for _, cl := range []*cluster{shared, clocked} {
+		if cl != nil {
+			cl.stop()
+		}
 	}
 	os.Exit(code)
 }
@@ -90,7 +112,7 @@ func apiServer(t *testing.T) *cluster {
 	assets := kubetest.AssetsOrSkip(t)
 	clusterOnce.Do(func() {
 		start := time.Now()
-		shared, sharedErr = startCluster(assets)
+		shared, sharedErr = startCluster(assets, nil)
 		if sharedErr == nil {
 			fmt.Fprintf(os.Stderr, "envtest: API server, CRDs and reconciler up in %.1fs\n", time.Since(start).Seconds())
 		}
@@ -101,7 +123,24 @@ func apiServer(t *testing.T) *cluster {
 	return shared
 }
 
-func startCluster(assets string) (*cluster, error) {
+// clockCluster is the API server whose reconciler runs on a shiftedClock.
+func clockCluster(t *testing.T) *cluster {
+	t.Helper()
+	assets := kubetest.AssetsOrSkip(t)
+	clockClusterOnce.Do(func() {
+		start := time.Now()
+		clocked, clockedErr = startCluster(assets, &shiftedClock{})
+		if clockedErr == nil {
+			fmt.Fprintf(os.Stderr, "envtest: second API server (shifted clock) up in %.1fs\n", time.Since(start).Seconds())
+		}
+	})
+	if clockedErr != nil {
+		t.Fatal(clockedErr)
+	}
+	return clocked
+}
+
+func startCluster(assets string, clock *shiftedClock) (*cluster, error) {
 	servingDir, err := kubetest.ModuleDir("knative.dev/serving")
 	if err != nil {
 		return nil, err
@@ -150,9 +189,11 @@ func startCluster(assets string) (*cluster, error) {
 	base.TickInterval = tick
 	base.StableWindow = 6 * time.Second
 	reg := prometheus.NewRegistry()
-	rec, err := reconciler.New(mgr, reconciler.Options{
-		Namespace: systemNamespace, ActivatorService: activatorSvc, Config: base, Registerer: reg,
-	})
+	opts := reconciler.Options{Namespace: systemNamespace, ActivatorService: activatorSvc, Config: base, Registerer: reg}
+	if clock != nil {
+		opts.Now = clock.Now
+	}
+	rec, err := reconciler.New(mgr, opts)
 	if err != nil {
 		return fail(err)
 	}
@@ -182,7 +223,7 @@ func startCluster(assets string) (*cluster, error) {
 		stop()
 		return nil, err
 	}
-	return &cluster{c: c, statsURL: srv.URL, registry: reg, stop: stop}, nil
+	return &cluster{c: c, statsURL: srv.URL, registry: reg, clock: clock, kubeconfig: env.KubeConfig, stop: stop}, nil
 }
 
 func activatorSlice(name string, addrs map[string]bool) *discoveryv1.EndpointSlice {
@@ -211,6 +252,9 @@ type revisionFixture struct {
 	rev      *servingv1.Revision
 	deploy   *appsv1.Deployment
 	pa       *v1alpha1.PodAutoscaler
+	// prefill: the revision is disaggregated (checks of its prefill
+	// Deployment apply).
+	prefill bool
 }
 
 var nsCounter int
@@ -221,7 +265,7 @@ func newRevision(t *testing.T, cl *cluster, class string, annotations map[string
 	t.Helper()
 	ctx := context.Background()
 	nsCounter++
-	ns := fmt.Sprintf("t%d-%s", nsCounter, strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")))
+	ns := fmt.Sprintf("t%d-%s", nsCounter, strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name())))
 	if len(ns) > 60 {
 		ns = ns[:60]
 	}
@@ -424,6 +468,19 @@ func TestRevisionTrafficPathAndStatus(t *testing.T) {
 	}
 	if len(es.Ports) != 2 || *es.Ports[0].Name != "http" || *es.Ports[0].Port != 8080 || *es.Ports[1].Name != "http2" {
 		t.Errorf("endpointslice ports %+v", es.Ports)
+	}
+	// What the networking layers of Knative v0.50.0 (net-kourier, Istio,
+	// Contour) and kube-proxy read: the EndpointSlices labelled with the
+	// Service's name. Exactly one, this package's, and no core/v1
+	// Endpoints, which kube-controller-manager's EndpointSlice mirroring
+	// would copy into a second slice of the same addresses.
+	var svcSlices discoveryv1.EndpointSliceList
+	must(t, cl.c.List(ctx, &svcSlices, client.InNamespace(f.ns), client.MatchingLabels{discoveryv1.LabelServiceName: f.name}))
+	if len(svcSlices.Items) != 1 || svcSlices.Items[0].Name != f.name {
+		t.Errorf("EndpointSlices of Service %s: %d, want exactly its own", f.name, len(svcSlices.Items))
+	}
+	if err := cl.c.Get(ctx, f.key(f.name), &corev1.Endpoints{}); !apierrors.IsNotFound(err) {
+		t.Errorf("core/v1 Endpoints %s: %v, want none (EndpointSlice only)", f.name, err)
 	}
 
 	// Before a replica is ready: initial scale 1, activating.

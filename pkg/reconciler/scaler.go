@@ -31,9 +31,14 @@ type revisionScaler struct {
 	// (zero: not yet); the initial scale holds until then and for the
 	// grace period after, as Knative's KPA keeps it until reached.
 	initializedAt time.Time
-	rec           autoscaler.Recommendation
-	hasRec        bool
-	announced     string // last advisory recommendation sent as an Event
+	// gaveUp: the PA's activation timed out before the target was ever
+	// initialized (Active=False, TimedOut); the initial scale no longer
+	// holds, the recommendation alone rules. Set by each reconcile from
+	// the PA status, where it persists.
+	gaveUp    bool
+	rec       autoscaler.Recommendation
+	hasRec    bool
+	announced string // last advisory recommendation sent as an Event
 }
 
 // initial is a role's initial scale within its bounds: Knative's
@@ -53,7 +58,8 @@ func (s *revisionScaler) initial(b autoscaler.Bounds) int {
 
 // want is the replicas the reconciler should set now: the recommendation,
 // held at least at the initial scale until the scale target is initialized
-// and for the scale-to-zero grace period after.
+// and for the scale-to-zero grace period after, unless the activation
+// timed out before that (gaveUp).
 func (s *revisionScaler) want(now time.Time) (decode, prefill int, rec autoscaler.Recommendation) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -64,7 +70,7 @@ func (s *revisionScaler) wantLocked(now time.Time) (decode, prefill int, rec aut
 	if s.hasRec {
 		decode, prefill = s.rec.Decode, s.rec.Prefill
 	}
-	if s.initializedAt.IsZero() || now.Sub(s.initializedAt) < s.cfg.ScaleToZeroGracePeriod {
+	if (s.initializedAt.IsZero() && !s.gaveUp) || (!s.initializedAt.IsZero() && now.Sub(s.initializedAt) < s.cfg.ScaleToZeroGracePeriod) {
 		decode = max(decode, s.initial(s.cfg.Decode))
 		if s.cfg.Disaggregated {
 			prefill = max(prefill, s.initial(s.cfg.Prefill))
@@ -92,13 +98,13 @@ func (r *PodAutoscalerReconciler) scalerFor(key types.NamespacedName, cfg autosc
 	if err != nil {
 		return nil, fmt.Errorf("autoscaler: %w", err)
 	}
-	now := time.Now()
+	now := r.now()
 	s := &revisionScaler{key: key, cfg: cfg, profile: profile, initialScale: initialScale, decodeTarget: decodeTarget, dec: dec}
 	if old := r.revs[key]; old != nil {
 		// A new configuration keeps the revision's progress: the initial
 		// scale applies once per revision.
 		old.mu.Lock()
-		s.initializedAt = old.initializedAt
+		s.initializedAt, s.gaveUp = old.initializedAt, old.gaveUp
 		old.mu.Unlock()
 	}
 	if s.initial(cfg.Decode) > 0 {
@@ -115,6 +121,22 @@ func (r *PodAutoscalerReconciler) scalerFor(key types.NamespacedName, cfg autosc
 		"decode", cfg.Decode, "prefill", cfg.Prefill, "disaggregated", cfg.Disaggregated, "scale_to_zero", cfg.EnableScaleToZero)
 	r.revs[key] = s
 	return s, nil
+}
+
+// recommendation is the decider's last recommendation, without the
+// initial-scale hold; ok is false before the first.
+func (s *revisionScaler) recommendation() (rec autoscaler.Recommendation, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rec, s.hasRec
+}
+
+// setGaveUp records whether the PA's activation timed out before its
+// target was initialized.
+func (s *revisionScaler) setGaveUp(v bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gaveUp = v
 }
 
 // initialized records that the PA's scale target reached its initial scale.
@@ -159,7 +181,7 @@ func (r *PodAutoscalerReconciler) Poke(namespace, name string) error {
 		return ErrUnknownRevision
 	}
 	s.mu.Lock()
-	rec := s.dec.Poke(time.Now())
+	rec := s.dec.Poke(r.now())
 	if s.hasRec {
 		rec.Decode = max(rec.Decode, s.rec.Decode)
 		rec.Prefill = max(rec.Prefill, s.rec.Prefill)
@@ -173,7 +195,7 @@ func (r *PodAutoscalerReconciler) Poke(namespace, name string) error {
 
 // Recommendations lists every revision's current recommendation.
 func (r *PodAutoscalerReconciler) Recommendations() []RevisionRecommendation {
-	now := time.Now()
+	now := r.now()
 	var out []RevisionRecommendation
 	for _, s := range r.scalers() {
 		d, p, rec := s.want(now)
@@ -216,7 +238,7 @@ func (r *PodAutoscalerReconciler) runTicker(ctx context.Context) error {
 // the ready replicas of its Deployments, and asks for a reconcile when the
 // replicas to set changed.
 func (r *PodAutoscalerReconciler) tick(ctx context.Context, s *revisionScaler) {
-	now := time.Now()
+	now := r.now()
 	load, _ := r.stats.Load(now, s.key.String())
 	in := autoscaler.Input{Load: load}
 	in.Pods.Decode.Ready = r.readyReplicas(ctx, s.key.Namespace, s.decodeTarget)
@@ -230,7 +252,11 @@ func (r *PodAutoscalerReconciler) tick(ctx context.Context, s *revisionScaler) {
 	d1, p1, _ := s.wantLocked(now)
 	s.mu.Unlock()
 	r.record(s, rec)
-	if d0 != d1 || p0 != p1 || (s.cfg.Advisory && prev.String() != rec.String()) {
+	// A recommendation that changed while the initial scale holds changes
+	// no replicas, but the reconciler decides on it whether a stalled
+	// activation has timed out.
+	if d0 != d1 || p0 != p1 || prev.Decode != rec.Decode || prev.Prefill != rec.Prefill ||
+		(s.cfg.Advisory && prev.String() != rec.String()) {
 		r.enqueue(s.key)
 	}
 }

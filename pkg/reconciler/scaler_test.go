@@ -13,8 +13,10 @@ import (
 )
 
 // TestInitialScaleHoldsUntilInitialized: a new revision keeps its initial
-// scale however long its pods take to become ready, and for the grace
-// period after; then the decider's recommendation (no traffic: zero) rules.
+// scale however long its pods take to become ready (unless its activation
+// timed out: TestDecideActivation, TestActivationTimeout), and for the
+// grace period after; then the decider's recommendation (no traffic: zero)
+// rules.
 func TestInitialScaleHoldsUntilInitialized(t *testing.T) {
 	r := &PodAutoscalerReconciler{revs: map[types.NamespacedName]*revisionScaler{}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	cfg := autoscaler.DefaultConfig()
@@ -29,6 +31,11 @@ func TestInitialScaleHoldsUntilInitialized(t *testing.T) {
 	if d, _, _ := s.want(now.Add(time.Hour)); d != 3 {
 		t.Errorf("an hour before the pods are ready: decode %d, want the initial 3", d)
 	}
+	s.setGaveUp(true)
+	if d, _, _ := s.want(now.Add(time.Hour)); d != 0 {
+		t.Errorf("after the activation timed out: decode %d, want the recommendation 0", d)
+	}
+	s.setGaveUp(false)
 	s.initialized(now)
 	if d, _, _ := s.want(now.Add(500 * time.Millisecond)); d != 3 {
 		t.Errorf("within the grace period after initialization: decode %d, want 3", d)
