@@ -52,12 +52,18 @@ func Validate(ctx context.Context, svc *servingv1.Service, vocab apis.Vocabulary
 	for _, fe := range kerr.Filter(knapis.ErrorLevel).WrappedErrors() {
 		errs = append(errs, convert(fe)...)
 	}
-	// llm-d keys configure revisions; on the Service itself they would
-	// silently do nothing.
-	for k := range svc.Annotations {
-		if strings.HasPrefix(k, apis.Group) {
+	// llm-d keys configure revisions. `kn service create --annotation`
+	// writes each key on both the Service and the revision template, which
+	// is fine; a key only on the Service (or with another value there) would
+	// silently do nothing, so it is refused.
+	for k, v := range svc.Annotations {
+		if !strings.HasPrefix(k, apis.Group) {
+			continue
+		}
+		if tv, ok := svc.Spec.Template.Annotations[k]; !ok || tv != v {
 			errs = append(errs, &apis.FieldError{Path: "metadata.annotations[" + k + "]",
-				Message: "llm-d annotations belong on the revision template, " + TemplateAnnotationsPath})
+				Message: "llm-d annotations configure revisions: set it on the revision template, " + TemplateAnnotationsPath +
+					" (kn: --annotation or --annotation-revision, not --annotation-service)"})
 		}
 	}
 	spec, perr := apis.Parse(svc.Spec.Template.Annotations, TemplateAnnotationsPath, vocab)

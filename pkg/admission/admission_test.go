@@ -74,9 +74,17 @@ func TestValidate(t *testing.T) {
 			want: []string{`spec.template.metadata.annotations[autoscaling.knative.dev/min-scale]: invalid value "-1": must be an integer >= 0`}},
 		{name: "knative-only annotation error keeps knative's message", ann: map[string]string{"autoscaling.knative.dev/window": "2h"},
 			want: []string{`spec.template.metadata.annotations[autoscaling.knative.dev/window]: expected 6s <= 2h <= 1h0m0s`}},
-		{name: "llm-d key on the Service", mod: func(s *servingv1.Service) {
+		{name: "llm-d key on the Service only", mod: func(s *servingv1.Service) {
 			s.Annotations = map[string]string{apis.DisaggregationAnnotation: "prefill-decode"}
-		}, want: []string{`metadata.annotations[llm-d.ai/disaggregation]: llm-d annotations belong on the revision template`}},
+		}, want: []string{`metadata.annotations[llm-d.ai/disaggregation]: llm-d annotations configure revisions: set it on the revision template`}},
+		{name: "llm-d key on the Service with another value than the template's", ann: map[string]string{apis.DisaggregationAnnotation: "none"},
+			mod: func(s *servingv1.Service) {
+				s.Annotations = map[string]string{apis.DisaggregationAnnotation: "prefill-decode"}
+			}, want: []string{`metadata.annotations[llm-d.ai/disaggregation]: llm-d annotations configure revisions`}},
+		{name: "llm-d key on both, as kn --annotation writes it", ann: map[string]string{apis.DisaggregationAnnotation: "prefill-decode"},
+			mod: func(s *servingv1.Service) {
+				s.Annotations = map[string]string{apis.DisaggregationAnnotation: "prefill-decode"}
+			}},
 		{name: "no image", mod: func(s *servingv1.Service) { s.Spec.Template.Spec.Containers[0].Image = "" },
 			want: []string{`spec.template.spec.containers[0].image: missing field(s)`}},
 		{name: "bad name", mod: func(s *servingv1.Service) { s.Name = "LLM_1" },

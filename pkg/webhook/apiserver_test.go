@@ -340,8 +340,8 @@ func TestAPIServerRejectsBadAnnotations(t *testing.T) {
 			path: tmpl + "[llm-d.ai/modle]", words: "unknown llm-d annotation (known: llm-d.ai/accelerator, llm-d.ai/autoscaler-mode, llm-d.ai/disaggregation, llm-d.ai/model, llm-d.ai/pd-threshold-tokens, llm-d.ai/prefill-max-scale, llm-d.ai/prefill-min-scale, llm-d.ai/routing-profile, llm-d.ai/sim-profile, llm-d.ai/slo-percentile, llm-d.ai/slo-tier, llm-d.ai/slo-tiers, llm-d.ai/slo-tpot, llm-d.ai/slo-ttft, llm-d.ai/variant-cost)"},
 		{name: "prefill scale without P/D", ann: map[string]string{apis.PrefillMinScaleAnnotation: "1"},
 			path: tmpl + "[llm-d.ai/prefill-min-scale]", words: "only meaningful with llm-d.ai/disaggregation: prefill-decode"},
-		{name: "on the Service instead of the template", ann: map[string]string{apis.ModelAnnotation: "m"}, svcAnn: map[string]string{apis.ModelAnnotation: "m"},
-			path: "metadata.annotations[llm-d.ai/model]", words: "llm-d annotations belong on the revision template, spec.template.metadata.annotations"},
+		{name: "on the Service only", ann: map[string]string{apis.ModelAnnotation: "m"}, svcAnn: map[string]string{apis.SLOTierAnnotation: "critical"},
+			path: "metadata.annotations[llm-d.ai/slo-tier]", words: "llm-d annotations configure revisions: set it on the revision template, spec.template.metadata.annotations (kn: --annotation or --annotation-revision, not --annotation-service)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			svc := ksvc("bad-"+strconv.Itoa(i), tc.ann)
