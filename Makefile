@@ -6,14 +6,16 @@ GO ?= go
 # does not trip over its own deadline).
 FUZZTIME ?= 20000x
 
-# The envtest binaries (kube-apiserver, etcd, kubectl), built from Go modules.
+# The envtest binaries (kube-apiserver, etcd, kubectl) and those the
+# end-to-end tier adds, built from Go modules by hack/build-k8s.sh.
 K8S_BIN ?= $(CURDIR)/_output/k8s/bin
 
-.PHONY: test verify unit fidelity fuzz build bench chromium k8s
+.PHONY: test verify unit e2e fidelity fuzz build bench chromium k8s k8s-e2e
 
 ## test: everything CI checks: formatting, vet, unit and integration tests
-## (with the race detector), and a short run of every fuzz target.
-test: chromium verify unit fidelity fuzz
+## (with the race detector), the end-to-end tier, and a short run of every
+## fuzz target.
+test: chromium verify unit e2e fidelity fuzz
 
 ## chromium: the headless browser the status-page test drives (Debian's
 ## package; the test skips with a message where it cannot be installed).
@@ -31,8 +33,20 @@ verify:
 k8s:
 	GO=$(GO) K8S_BIN_DIR=$(K8S_BIN) ./hack/build-k8s.sh
 
+## k8s-e2e: also kube-controller-manager, kube-scheduler, kwok, Knative
+## Serving's controller and webhook, and kn, for the end-to-end tier (built
+## once, then cached like the others).
+k8s-e2e:
+	GO=$(GO) K8S_BIN_DIR=$(K8S_BIN) ./hack/build-k8s.sh all
+
+## e2e: the end-to-end tier (test/e2e): a Knative control plane in a box,
+## driven with kn. Without the race detector: the work is in the host
+## processes it starts. Must not skip.
+e2e: k8s-e2e
+	KUBEBUILDER_ASSETS=$(K8S_BIN) LLMD_E2E=1 LLMD_REQUIRE_APISERVER=1 $(GO) test -count=1 -timeout 15m -v ./test/e2e
+
 ## unit: all tests, race detector on; the API-server tests must not skip.
-unit: k8s
+unit: k8s-e2e
 	KUBEBUILDER_ASSETS=$(K8S_BIN) LLMD_REQUIRE_APISERVER=1 $(GO) test -race -count=1 -timeout 20m ./...
 
 ## fidelity: the same workload through `kn-llmd local` + bench (real time) and

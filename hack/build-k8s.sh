@@ -1,41 +1,54 @@
 #!/usr/bin/env bash
-# build-k8s.sh builds the Kubernetes control-plane binaries that the envtest
+# build-k8s.sh builds the Kubernetes and Knative binaries that the envtest
 # and end-to-end tiers run, from Go modules only (nothing else can be
-# downloaded here, so setup-envtest and release tarballs are out):
+# downloaded here, so setup-envtest, kind and release tarballs are out):
 #
-#   kube-apiserver, kubectl          k8s.io/kubernetes  (hack/tools/k8s)
-#   etcd                             go.etcd.io/etcd    (hack/tools/etcd)
+#   kube-apiserver, kubectl          k8s.io/kubernetes    (hack/tools/k8s)
+#   etcd                             go.etcd.io/etcd      (hack/tools/etcd)
 #   kube-controller-manager,
-#   kube-scheduler                   only when named    (hack/tools/k8s)
+#   kube-scheduler                   k8s.io/kubernetes    (hack/tools/k8s)
+#   knative-controller,
+#   knative-webhook                  knative.dev/serving  (hack/tools/knative)
+#   kwok                             sigs.k8s.io/kwok     (hack/tools/kwok)
+#   kn                               knative.dev/client   (hack/tools/kn)
 #
 # Usage: hack/build-k8s.sh [--force] [component...]
 #   with no component: kube-apiserver etcd kubectl (what envtest and
-#   `kubectl apply --dry-run=server` need). `all` adds the end-to-end ones.
+#   `kubectl apply --dry-run=server` need). `all` adds everything the
+#   end-to-end tier (test/e2e) runs.
 #
 # Binaries go to $K8S_BIN_DIR (default _output/k8s/bin, gitignored); point
-# KUBEBUILDER_ASSETS there. Each binary has a stamp file naming the pinned
-# version and a hash of its wrapper module's go.mod and go.sum; a binary whose
-# stamp matches is not rebuilt, so the second run takes well under a second.
-# The wrapper modules carry committed go.sum files, so a cold CI machine needs
-# nothing but Go and the module proxy.
+# KUBEBUILDER_ASSETS there. Each binary has a stamp file naming its package,
+# the pinned version and a hash of its wrapper module's go.mod and go.sum; a
+# binary whose stamp matches is not rebuilt, so the second run takes well
+# under a second. The wrapper modules carry committed go.sum files, so a cold
+# CI machine needs nothing but Go and the module proxy.
 set -euo pipefail
 
 KUBERNETES_VERSION=v1.35.4
 ETCD_VERSION=v3.6.16
+KNATIVE_VERSION=v0.50.0
+KWOK_VERSION=v0.8.0
+KN_VERSION=v0.42.0
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin_dir="${K8S_BIN_DIR:-$root/_output/k8s/bin}"
 GO="${GO:-go}"
+
+# Wrapper modules in build order; each `go build` covers one module.
+modules=(k8s etcd knative kwok kn)
 
 force=false
 components=()
 for arg in "$@"; do
 	case "$arg" in
 	--force) force=true ;;
-	all) components+=(kube-apiserver etcd kubectl kube-controller-manager kube-scheduler) ;;
-	kube-apiserver | etcd | kubectl | kube-controller-manager | kube-scheduler) components+=("$arg") ;;
+	all) components+=(kube-apiserver etcd kubectl kube-controller-manager kube-scheduler
+		knative-controller knative-webhook kwok kn) ;;
+	kube-apiserver | etcd | kubectl | kube-controller-manager | kube-scheduler | \
+		knative-controller | knative-webhook | kwok | kn) components+=("$arg") ;;
 	-h | --help)
-		sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
@@ -59,23 +72,33 @@ fi
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 
-module_dir() {
+module_of() {
 	case "$1" in
-	etcd) echo "$root/hack/tools/etcd" ;;
-	*) echo "$root/hack/tools/k8s" ;;
+	etcd) echo etcd ;;
+	knative-*) echo knative ;;
+	kwok) echo kwok ;;
+	kn) echo kn ;;
+	*) echo k8s ;;
 	esac
 }
 
 package_of() {
 	case "$1" in
 	etcd) echo "go.etcd.io/etcd/server/v3" ;;
+	knative-controller) echo "knative.dev/serving/cmd/controller" ;;
+	knative-webhook) echo "knative.dev/serving/cmd/webhook" ;;
+	kwok) echo "sigs.k8s.io/kwok/cmd/kwok" ;;
+	kn) echo "knative.dev/client/cmd/kn" ;;
 	*) echo "k8s.io/kubernetes/cmd/$1" ;;
 	esac
 }
 
 version_of() {
-	case "$1" in
+	case "$(module_of "$1")" in
 	etcd) echo "$ETCD_VERSION" ;;
+	knative) echo "$KNATIVE_VERSION" ;;
+	kwok) echo "$KWOK_VERSION" ;;
+	kn) echo "$KN_VERSION" ;;
 	*) echo "$KUBERNETES_VERSION" ;;
 	esac
 }
@@ -84,7 +107,7 @@ version_of() {
 # set changes; a stale binary is rebuilt rather than trusted.
 stamp_of() {
 	local c="$1" dir
-	dir="$(module_dir "$c")"
+	dir="$root/hack/tools/$(module_of "$c")"
 	printf '%s %s %s\n' "$(package_of "$c")" "$(version_of "$c")" \
 		"$(cat "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -c1-16)"
 }
@@ -107,20 +130,29 @@ k8s_ldflags() {
 	echo "$flags"
 }
 
-todo_k8s=()
-todo_etcd=()
+ldflags_of() {
+	case "$1" in
+	k8s) k8s_ldflags ;;
+	kwok) echo "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" ;;
+	kn) echo "-s -w -X knative.dev/client/pkg/kn/commands/version.Version=$KN_VERSION" ;;
+	*) echo "-s -w" ;;
+	esac
+}
+
+declare -A todo=()
 for c in "${components[@]}"; do
 	if ! $force && up_to_date "$c"; then
 		echo "build-k8s: $c $(version_of "$c") is up to date in $bin_dir"
 		continue
 	fi
-	case "$c" in
-	etcd) todo_etcd+=("$c") ;;
-	*) todo_k8s+=("$c") ;;
+	m="$(module_of "$c")"
+	case " ${todo[$m]:-} " in
+	*" $c "*) ;;
+	*) todo[$m]="${todo[$m]:-} $c" ;;
 	esac
 done
 
-if [ ${#todo_k8s[@]} -eq 0 ] && [ ${#todo_etcd[@]} -eq 0 ]; then
+if [ ${#todo[@]} -eq 0 ]; then
 	exit 0
 fi
 
@@ -131,35 +163,40 @@ trap 'rm -rf "$tmp"' EXIT
 # CI image.
 export CGO_ENABLED=0
 
+# build MODULE COMPONENT... builds the components of one wrapper module with
+# one `go build`, so that they share the compile.
 build() {
-	local ldflags="$1"
+	local m="$1"
 	shift
-	local names=("$@") pkgs=() dir start
-	dir="$(module_dir "${names[0]}")"
+	local names=("$@") pkgs=() start out
 	for c in "${names[@]}"; do pkgs+=("$(package_of "$c")"); done
 	start="$(now)"
 	echo "build-k8s: building ${names[*]} ($(version_of "${names[0]}")) ..."
 	# -mod=readonly: the committed go.sum must be enough; a build must never
-	# rewrite it.
-	# One package: name the output (etcd's main package is a module root
-	# ending in /v3); several: one `go build` so they share the compile.
-	local out="$tmp/"
-	if [ ${#names[@]} -eq 1 ]; then out="$tmp/${names[0]}"; fi
-	(cd "$dir" && "$GO" build -mod=readonly -trimpath -ldflags "$ldflags" -o "$out" "${pkgs[@]}")
+	# rewrite it. One package: name the output (etcd's main package is a
+	# module root ending in /v3); several: go build names each after the last
+	# element of its import path.
+	out="$tmp/$m/"
+	mkdir -p "$out"
+	if [ ${#names[@]} -eq 1 ]; then out="$tmp/$m/${names[0]}"; fi
+	(cd "$root/hack/tools/$m" &&
+		"$GO" build -mod=readonly -trimpath -ldflags "$(ldflags_of "$m")" -o "$out" "${pkgs[@]}")
 	for c in "${names[@]}"; do
-		mv -f "$tmp/$c" "$bin_dir/$c"
+		local built="$tmp/$m/$c"
+		if [ ${#names[@]} -gt 1 ]; then built="$tmp/$m/$(basename "$(package_of "$c")")"; fi
+		mv -f "$built" "$bin_dir/$c"
 		stamp_of "$c" >"$bin_dir/.$c.stamp"
 	done
 	echo "build-k8s: built ${names[*]} in $(elapsed "$start")"
 }
 
 total="$(now)"
-if [ ${#todo_k8s[@]} -gt 0 ]; then
-	build "$(k8s_ldflags)" "${todo_k8s[@]}"
-fi
-if [ ${#todo_etcd[@]} -gt 0 ]; then
-	build "-s -w" "${todo_etcd[@]}"
-fi
+for m in "${modules[@]}"; do
+	if [ -n "${todo[$m]:-}" ]; then
+		# shellcheck disable=SC2086 # a space-separated list of names
+		build "$m" ${todo[$m]}
+	fi
+done
 
 # A cheap check that what was built is what was pinned.
 if [ -x "$bin_dir/kube-apiserver" ]; then
@@ -170,7 +207,10 @@ if [ -x "$bin_dir/kube-apiserver" ]; then
 	fi
 fi
 if [ -x "$bin_dir/etcd" ]; then
-	if ! "$bin_dir/etcd" --version | grep -q "etcd Version: ${ETCD_VERSION#v}"; then
+	# Not `etcd --version | grep -q`: with pipefail, grep's early exit can
+	# kill etcd with SIGPIPE and fail the check.
+	got="$("$bin_dir/etcd" --version)"
+	if [[ "$got" != *"etcd Version: ${ETCD_VERSION#v}"* ]]; then
 		echo "build-k8s: etcd does not report version ${ETCD_VERSION#v}" >&2
 		exit 1
 	fi
