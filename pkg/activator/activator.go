@@ -481,11 +481,13 @@ func (a *Activator) classifyTier(next http.Handler) http.Handler {
 	})
 }
 
-// countRequests counts every request that reached a revision and tier, by
-// the status it ended with.
+// countRequests counts every request that reached a revision and tier: on
+// arrival in the revision's stats (the autoscaler's early signal), and by
+// the status it ended with in the metrics.
 func (a *Activator) countRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := callOf(r)
+		c.rev.stats.arrive(c.tier.Name, len(c.req.Tokens))
 		defer func() {
 			a.metrics.Requests.WithLabelValues(c.rev.key.String(), c.tier.Name, strconv.Itoa(c.code)).Inc()
 		}()

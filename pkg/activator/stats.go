@@ -23,6 +23,13 @@ type RevisionStats struct {
 	// prompt tokens minus those served from a cache.
 	UncachedPrefillTokens int64 `json:"uncachedPrefillTokens"`
 	Disaggregated         int64 `json:"disaggregated"`
+	// ArrivedByTier and ArrivedPromptTokens count requests and their prompt
+	// tokens when they enter the revision's chain, before queueing: a
+	// burst shows here a request's whole service time before it shows in
+	// the per-finished-request counters above. Absent in older activators'
+	// JSON (nil and 0).
+	ArrivedByTier       map[string]int64 `json:"arrivedByTier,omitempty"`
+	ArrivedPromptTokens int64            `json:"arrivedPromptTokens,omitempty"`
 	// Gauges.
 	QueuedByTier map[string]int `json:"queuedByTier"`
 	InFlight     int            `json:"inFlight"`
@@ -55,7 +62,15 @@ type revisionStats struct {
 }
 
 func newRevisionStats() *revisionStats {
-	return &revisionStats{c: RevisionStats{RequestsByTier: map[string]int64{}}}
+	return &revisionStats{c: RevisionStats{RequestsByTier: map[string]int64{}, ArrivedByTier: map[string]int64{}}}
+}
+
+// arrive counts one request of tier with promptTokens entering the chain.
+func (s *revisionStats) arrive(tier string, promptTokens int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.c.ArrivedByTier[tier]++
+	s.c.ArrivedPromptTokens += int64(max(promptTokens, 0))
 }
 
 // requestDone is one finished request's accounting.
@@ -104,6 +119,10 @@ func (s *revisionStats) snapshot(now time.Time) RevisionStats {
 	out.RequestsByTier = make(map[string]int64, len(s.c.RequestsByTier))
 	for k, v := range s.c.RequestsByTier {
 		out.RequestsByTier[k] = v
+	}
+	out.ArrivedByTier = make(map[string]int64, len(s.c.ArrivedByTier))
+	for k, v := range s.c.ArrivedByTier {
+		out.ArrivedByTier[k] = v
 	}
 	var ttft, tpot []float64
 	for _, x := range s.samples {

@@ -14,14 +14,21 @@ type RoleDecision struct {
 	Desired int `json:"desired"`
 	// Ready is the ready replicas the decision was based on.
 	Ready int `json:"ready"`
-	// Required is this tick's load in replicas (fractional); Stable and
-	// Panic its averages over the stable and panic windows.
+	// Required is this tick's load in replicas (fractional) from finished
+	// requests, Arrived the same from arrivals; Stable and Panic are the
+	// larger of their averages over the stable and panic windows.
 	Required float64 `json:"required"`
+	Arrived  float64 `json:"arrived,omitempty"`
 	Stable   float64 `json:"stable"`
 	Panic    float64 `json:"panic"`
 	// Backlog is the replicas that drain the queued prompts within the
 	// TTFT target, added to this tick's decision only.
 	Backlog float64 `json:"backlog"`
+	// Interference is, for a replica that is not disaggregated, the
+	// replicas its TPOT target needs given how its prefill chunks slow its
+	// decodes (ColocatedNeed), the larger of the completion and arrival
+	// estimates; Required and Arrived are at least their own.
+	Interference float64 `json:"interference,omitempty"`
 	// InPanic reports panic mode (no scale-down).
 	InPanic bool `json:"inPanic"`
 	// Correction is the role's fitted step-time correction factor.
@@ -72,6 +79,7 @@ const (
 // roleState is one role's Knative-like scaling state.
 type roleState struct {
 	window       []sample // required replicas, within the stable window
+	arrivals     []sample // the same from arrival rates
 	delay        []sample // desired counts, within the scale-down delay
 	panicTime    time.Time
 	maxPanicPods int
@@ -135,6 +143,12 @@ func (d *Decider) Scale(now time.Time, in Input) Recommendation {
 	l := &in.Load
 	if l.MeanPromptTokens > 0 {
 		d.prompt, d.cached = l.MeanPromptTokens, min(l.MeanCachedTokens, l.MeanPromptTokens)
+	} else if a := l.Arrivals(); a > 0 && l.ArrivedPromptTokensPerSecond > 0 {
+		// Nothing finished yet (a burst, or the first requests from zero):
+		// the arrivals' mean prompt, with the last known cached share.
+		prompt := l.ArrivedPromptTokensPerSecond / a
+		d.cached *= prompt / d.prompt
+		d.prompt = prompt
 	}
 	if l.MeanOutputTokens > 0 {
 		d.output = l.MeanOutputTokens
@@ -162,38 +176,70 @@ func (d *Decider) Scale(now time.Time, in Input) Recommendation {
 	// mode (whose hold would keep the replicas it asked for a stable
 	// window after the backlog drained). A backlog builds while replicas
 	// start: counted as a rate it made every cold start a panic.
+	//
+	// Rates come from finished requests (their token counts are known) and
+	// from arrivals (known a service time earlier: their output at the
+	// mean output length, their cached share the last known one). Each
+	// gives a load in replicas, averaged over the windows apart, and the
+	// larger average counts: a burst scales up when it arrives, while the
+	// tick-to-tick noise of two estimates does not add up as it would in
+	// an average of their maximum. Without arrival counters (an older
+	// activator) the arrival load is zero and completions decide alone.
 	uncachedPerReq := max(d.prompt-d.cached, 1)
 	prefillBacklog := float64(l.Queued) * uncachedPerReq / d.cfg.SLO.TTFT.Seconds() / pc.TokensPerSecond
-	prefillReq := l.UncachedPrefillTokensPerSecond / pc.TokensPerSecond
-	decodeReq := max(l.OutputTokensPerSecond/dc.TokensPerSecond,
-		float64(l.InFlight+l.Queued)/(d.cfg.TargetUtilization*float64(dc.Sequences)))
+	concurrency := float64(l.InFlight+l.Queued) / (d.cfg.TargetUtilization * float64(dc.Sequences))
+	shape := Shape{Prompt: d.prompt, Cached: d.cached, Output: d.output, Context: d.ctx}
+	type need struct{ prefill, decode, interference float64 }
+	needOf := func(prefillRate, outputRate float64) need {
+		n := need{prefill: prefillRate / pc.TokensPerSecond, decode: max(outputRate/dc.TokensPerSecond, concurrency)}
+		if !d.cfg.Disaggregated {
+			n.interference = ColocatedNeed(&d.prof, &d.cfg, shape, prefillRate, outputRate, d.roles[roleDecode].correction)
+		}
+		return n
+	}
+	done := needOf(l.UncachedPrefillTokensPerSecond, l.OutputTokensPerSecond)
+	arrived := need{}
+	if a := l.Arrivals(); a > 0 || l.ArrivedPromptTokensPerSecond > 0 {
+		arrived = needOf(l.ArrivedPromptTokensPerSecond*uncachedPerReq/max(d.prompt, 1), a*d.output)
+	}
 
 	rec := Recommendation{At: now, Advisory: d.cfg.Advisory, PrefillCapacity: pc, DecodeCapacity: dc}
 	active := l.active()
 	if !d.cfg.Disaggregated {
-		// One replica time-shares prefill and decode: the fractions add.
-		rec.Decode = d.scaleRole(roleDecode, now, prefillReq+decodeReq, prefillBacklog, active, decodePods.Ready, d.cfg.Decode, &rec.DecodeRole)
+		// One replica time-shares prefill and decode: the fractions add,
+		// and its prefill chunks slow its decodes (ColocatedNeed: enough
+		// replicas that TPOT meets the target at the percentile).
+		colocated := func(n need) float64 { return max(n.prefill+n.decode, n.interference) }
+		rec.Decode = d.scaleRole(roleDecode, now, colocated(done), colocated(arrived), prefillBacklog, active, decodePods.Ready, d.cfg.Decode, &rec.DecodeRole)
+		rec.DecodeRole.Interference = max(done.interference, arrived.interference)
 		d.roles[rolePrefill].last = 0
 		return rec
 	}
-	if d.cfg.DecodeOnlyLoad > 0 && prefillReq < d.cfg.DecodeOnlyLoad {
+	if d.cfg.DecodeOnlyLoad > 0 && max(done.prefill, arrived.prefill) < d.cfg.DecodeOnlyLoad {
 		rec.DecodeOnly = true
-		decodeReq += prefillReq + prefillBacklog
-		prefillReq, prefillBacklog = 0, 0
+		done.decode += done.prefill + prefillBacklog
+		arrived.decode += arrived.prefill + prefillBacklog
+		done.prefill, arrived.prefill, prefillBacklog = 0, 0, 0
 	}
-	rec.Prefill = d.scaleRole(rolePrefill, now, prefillReq, prefillBacklog, active && !rec.DecodeOnly, prefillPods.Ready, d.cfg.Prefill, &rec.PrefillRole)
-	rec.Decode = d.scaleRole(roleDecode, now, decodeReq, 0, active, decodePods.Ready, d.cfg.Decode, &rec.DecodeRole)
+	rec.Prefill = d.scaleRole(rolePrefill, now, done.prefill, arrived.prefill, prefillBacklog, active && !rec.DecodeOnly, prefillPods.Ready, d.cfg.Prefill, &rec.PrefillRole)
+	rec.Decode = d.scaleRole(roleDecode, now, done.decode, arrived.decode, 0, active, decodePods.Ready, d.cfg.Decode, &rec.DecodeRole)
 	return rec
 }
 
-// scaleRole applies Knative's KPA rules to one role's windowed load
-// (required), and adds the replicas that drain the backlog now.
-func (d *Decider) scaleRole(role int, now time.Time, required, backlog float64, active bool, ready int, b Bounds, out *RoleDecision) int {
+// scaleRole applies Knative's KPA rules to one role's windowed load (the
+// larger of the completion-based required and the arrival-based arrived,
+// each averaged over the windows), and adds the replicas that drain the
+// backlog now.
+func (d *Decider) scaleRole(role int, now time.Time, required, arrived, backlog float64, active bool, ready int, b Bounds, out *RoleDecision) int {
 	cfg := &d.cfg
 	rs := &d.roles[role]
 	if math.IsNaN(required) || required < 0 {
 		required = 0
 	}
+	if math.IsNaN(arrived) || arrived < 0 {
+		arrived = 0
+	}
+	arrived = math.Min(arrived, maxRequired)
 	if math.IsNaN(backlog) || backlog < 0 {
 		backlog = 0
 	}
@@ -203,8 +249,9 @@ func (d *Decider) scaleRole(role int, now time.Time, required, backlog float64, 
 		rs.lastActive = now
 	}
 	rs.window = append(trim(rs.window, now.Add(-cfg.StableWindow)), sample{now, required})
-	stable := average(rs.window, now.Add(-cfg.StableWindow))
-	panicAvg := average(rs.window, now.Add(-cfg.panicWindow()))
+	rs.arrivals = append(trim(rs.arrivals, now.Add(-cfg.StableWindow)), sample{now, arrived})
+	stable := math.Max(average(rs.window, now.Add(-cfg.StableWindow)), average(rs.arrivals, now.Add(-cfg.StableWindow)))
+	panicAvg := math.Max(average(rs.window, now.Add(-cfg.panicWindow())), average(rs.arrivals, now.Add(-cfg.panicWindow())))
 
 	readyF := math.Max(1, float64(ready))
 	maxUp := math.Ceil(cfg.MaxScaleUpRate * readyF)
@@ -240,7 +287,7 @@ func (d *Decider) scaleRole(role int, now time.Time, required, backlog float64, 
 	switch {
 	case cfg.EnableScaleToZero && idle && rs.panicTime.IsZero():
 		desired = int(maxDown)
-		rs.window = rs.window[:0]
+		rs.window, rs.arrivals = rs.window[:0], rs.arrivals[:0]
 	case desired == 0 && (!cfg.EnableScaleToZero || rs.last > 0 || ready > 0):
 		desired = 1
 	}
@@ -253,7 +300,7 @@ func (d *Decider) scaleRole(role int, now time.Time, required, backlog float64, 
 	}
 	desired = clampBounds(desired, b)
 	rs.last = desired
-	*out = RoleDecision{Desired: desired, Ready: ready, Required: required, Backlog: backlog, Stable: stable, Panic: panicAvg,
+	*out = RoleDecision{Desired: desired, Ready: ready, Required: required, Arrived: arrived, Backlog: backlog, Stable: stable, Panic: panicAvg,
 		InPanic: !rs.panicTime.IsZero(), Correction: rs.correction}
 	return desired
 }

@@ -34,6 +34,7 @@ func TestSteadyLoad(t *testing.T) {
 		prefill, decode  int
 		wantPrefillRatio float64 // required prefill replicas, fractional
 		wantDecodeRatio  float64
+		wantFractions    float64 // aggregated: prefill + decode fractions, below the interference need
 	}{
 		// Prefill: 1500 req/s x 2000 uncached tokens = 3.0M tokens/s over
 		// about 0.8795 x 999,001 = 878.6k tokens/s per replica = 3.41 -> 4.
@@ -41,9 +42,12 @@ func TestSteadyLoad(t *testing.T) {
 		{name: "disaggregated 2000 in / 200 out at 1500 req/s", disaggregated: true,
 			load:    shape{rate: 1500, prompt: 2000, out: 200},
 			prefill: 4, decode: 5, wantPrefillRatio: 3.41, wantDecodeRatio: 4.86},
-		// One pool time-shares both: 3.41 + 4.86 = 8.27 -> 9.
-		{name: "aggregated: the fractions add", load: shape{rate: 1500, prompt: 2000, out: 200},
-			decode: 9, wantDecodeRatio: 8.27},
+		// One pool time-shares both: 3.41 + 4.86 = 8.27; but a 2000-token
+		// chunk (2 ms on the toy) in a decode step misses the 1.15 ms TPOT,
+		// so the interference model asks for more: 23.06 -> 24 (see
+		// TestColocatedInterferenceRaisesTheNeed).
+		{name: "aggregated: the fractions add, interference needs more", load: shape{rate: 1500, prompt: 2000, out: 200},
+			decode: 24, wantDecodeRatio: 23.06, wantFractions: 8.27},
 		// 100 req/s: 200k prefill tokens/s (0.23) and 20k output tokens/s
 		// (0.32): one of each.
 		{name: "light load: one of each", disaggregated: true, load: shape{rate: 100, prompt: 2000, out: 200},
@@ -63,6 +67,12 @@ func TestSteadyLoad(t *testing.T) {
 				near(t, "prefill required", got.PrefillRole.Required, tc.wantPrefillRatio, 0.01)
 			}
 			near(t, "decode required", got.DecodeRole.Required, tc.wantDecodeRatio, 0.01)
+			if tc.wantFractions > 0 {
+				near(t, "interference", got.DecodeRole.Interference, tc.wantDecodeRatio, 0.01)
+				pc, dc := d.Capacity()
+				fractions := tc.load.rate*tc.load.prompt/pc.TokensPerSecond + tc.load.rate*tc.load.out/dc.TokensPerSecond
+				near(t, "fractions", fractions, tc.wantFractions, 0.01)
+			}
 			for i, r := range recs {
 				if r.Prefill != tc.prefill || r.Decode != tc.decode {
 					t.Errorf("tick %d: %v, want steady %dP+%dD from the first tick", i, r, tc.prefill, tc.decode)
@@ -216,7 +226,8 @@ func TestScaleToZero(t *testing.T) {
 				tc.mutate(&c)
 			}
 			d := newDecider(t, c, toyProfile())
-			load := shape{rate: 100, prompt: 2000, out: 200}.input()
+			// 20 req/s: under one replica's worth (no panic to hold it).
+			load := shape{rate: 20, prompt: 2000, out: 200}.input()
 			recs := run(d, t0, 60, true, func(i int, _ Recommendation) Input {
 				if i < 10 {
 					return load
@@ -577,6 +588,54 @@ func TestQueueBacklog(t *testing.T) {
 				if r.DecodeRole.InPanic || r.PrefillRole.InPanic {
 					t.Fatalf("tick %d: panic mode; a backlog must not start it", i)
 				}
+			}
+		})
+	}
+}
+
+// Arrivals are counted a service time before completions: a burst that has
+// not finished yet scales up from its arrival rates, and the larger of the
+// two rates counts; without arrival counters (an older activator) the
+// decider plans on completions alone.
+func TestArrivalsLeadCompletions(t *testing.T) {
+	burst := shape{rate: 1500, prompt: 2000, out: 200}
+	tests := []struct {
+		name string
+		in   func() Input
+		want int
+	}{
+		{name: "arrivals only (nothing finished yet) scale up at once", want: 5, in: func() Input {
+			var in Input
+			in.Load.ArrivalsPerSecond = map[string]float64{"standard": burst.rate}
+			in.Load.ArrivedPromptTokensPerSecond = burst.rate * burst.prompt
+			return in
+		}},
+		{name: "completions only, as from an older activator", want: 5, in: func() Input { return burst.input() }},
+		{name: "arrivals above completions count", want: 5, in: func() Input {
+			in := shape{rate: 100, prompt: 2000, out: 200}.input()
+			in.Load.ArrivalsPerSecond = map[string]float64{"standard": burst.rate}
+			in.Load.ArrivedPromptTokensPerSecond = burst.rate * burst.prompt
+			return in
+		}},
+		{name: "completions above arrivals count", want: 5, in: func() Input {
+			in := burst.input()
+			in.Load.ArrivalsPerSecond = map[string]float64{"standard": 100}
+			in.Load.ArrivedPromptTokensPerSecond = 100 * burst.prompt
+			return in
+		}},
+		{name: "neither: the light load's one replica", want: 1, in: func() Input { return shape{rate: 100, prompt: 2000, out: 200}.input() }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := toyConfig()
+			c.Disaggregated = true
+			c.AssumedPromptTokens, c.AssumedOutputTokens = shapePrompt, shapeOut
+			d := newDecider(t, c, toyProfile())
+			// The disaggregated decode role counts output tokens alone:
+			// 1500 req/s x 200 = 300k tokens/s = 4.86 replicas -> 5.
+			got := d.Scale(t0, tc.in())
+			if got.Decode != tc.want {
+				t.Fatalf("got %v, want %d decode replicas", got, tc.want)
 			}
 		})
 	}

@@ -8,7 +8,11 @@
 // (pkg/engine): what one prefill replica sustains under the TTFT target at
 // the target percentile (an M/D/1 queueing approximation, see
 // PrefillCapacity) and what one decode replica sustains under the TPOT target
-// given the mean context and KV capacity (see DecodeCapacity). A bounded
+// given the mean context and KV capacity (see DecodeCapacity). A replica
+// that is not disaggregated time-shares both, and its prefill chunks slow
+// its decodes: ColocatedNeed is the replicas whose TPOT still meets the
+// target at the percentile (see PredictColocatedTPOT). Load comes from
+// finished requests and from arrivals, the earlier signal. A bounded
 // correction factor per role, fitted online from observed against predicted
 // step times, lets a wrong profile converge to the truth.
 //

@@ -22,6 +22,12 @@ type Load struct {
 	PromptTokensPerSecond          float64 `json:"promptTokensPerSecond"`
 	UncachedPrefillTokensPerSecond float64 `json:"uncachedPrefillTokensPerSecond"`
 	OutputTokensPerSecond          float64 `json:"outputTokensPerSecond"`
+	// ArrivalsPerSecond by SLO tier and ArrivedPromptTokensPerSecond count
+	// requests when they reach the activator, not when they finish: a
+	// burst shows here a service time earlier. Zero from activators that
+	// do not report arrivals; the decider then plans on the rates above.
+	ArrivalsPerSecond            map[string]float64 `json:"arrivalsPerSecond,omitempty"`
+	ArrivedPromptTokensPerSecond float64            `json:"arrivedPromptTokensPerSecond,omitempty"`
 	// MeanPromptTokens, MeanCachedTokens and MeanOutputTokens are per
 	// finished request; zero when nothing finished (the decider then keeps
 	// the last known means).
@@ -48,15 +54,20 @@ type Latency struct {
 }
 
 // Requests is the total request rate over tiers.
-func (l *Load) Requests() float64 {
-	tiers := make([]string, 0, len(l.RequestsPerSecond))
-	for t := range l.RequestsPerSecond {
+func (l *Load) Requests() float64 { return sumRates(l.RequestsPerSecond) }
+
+// Arrivals is the total arrival rate over tiers.
+func (l *Load) Arrivals() float64 { return sumRates(l.ArrivalsPerSecond) }
+
+func sumRates(m map[string]float64) float64 {
+	tiers := make([]string, 0, len(m))
+	for t := range m {
 		tiers = append(tiers, t)
 	}
 	sort.Strings(tiers) // a fixed summation order keeps results bit-identical
 	var sum float64
 	for _, t := range tiers {
-		sum += l.RequestsPerSecond[t]
+		sum += m[t]
 	}
 	return sum
 }
@@ -64,7 +75,8 @@ func (l *Load) Requests() float64 {
 // active reports whether the revision saw any traffic this tick.
 func (l *Load) active() bool {
 	return l.Requests() > 0 || l.Queued > 0 || l.InFlight > 0 ||
-		l.PromptTokensPerSecond > 0 || l.OutputTokensPerSecond > 0
+		l.PromptTokensPerSecond > 0 || l.OutputTokensPerSecond > 0 ||
+		l.Arrivals() > 0 || l.ArrivedPromptTokensPerSecond > 0
 }
 
 // Pods is the pods' telemetry per role. A revision that is not
@@ -110,6 +122,10 @@ type Snapshot struct {
 	TTFTP90               float64          `json:"ttftP90"`
 	TPOTP50               float64          `json:"tpotP50"`
 	TPOTP90               float64          `json:"tpotP90"`
+	// ArrivedByTier and ArrivedPromptTokens count requests at arrival;
+	// absent (nil, 0) from activators that predate them.
+	ArrivedByTier       map[string]int64 `json:"arrivedByTier,omitempty"`
+	ArrivedPromptTokens int64            `json:"arrivedPromptTokens,omitempty"`
 }
 
 // Rates turns two snapshots taken dt apart into a Load. Counters that went
@@ -134,8 +150,16 @@ func Rates(prev, cur Snapshot, dt time.Duration) Load {
 	for _, n := range prev.RequestsByTier {
 		prevReqs += n
 	}
+	var arrived, prevArrived int64
+	for _, n := range cur.ArrivedByTier {
+		arrived += n
+	}
+	for _, n := range prev.ArrivedByTier {
+		prevArrived += n
+	}
 	if reqs < prevReqs || cur.Errors < prev.Errors || cur.PromptTokens < prev.PromptTokens ||
-		cur.CompletionTokens < prev.CompletionTokens || cur.UncachedPrefillTokens < prev.UncachedPrefillTokens {
+		cur.CompletionTokens < prev.CompletionTokens || cur.UncachedPrefillTokens < prev.UncachedPrefillTokens ||
+		arrived < prevArrived || cur.ArrivedPromptTokens < prev.ArrivedPromptTokens {
 		prev = Snapshot{}
 	}
 	sec := dt.Seconds()
@@ -145,6 +169,15 @@ func Rates(prev, cur Snapshot, dt time.Duration) Load {
 			l.RequestsPerSecond[tier] = float64(d) / sec
 		}
 	}
+	if len(cur.ArrivedByTier) > 0 {
+		l.ArrivalsPerSecond = make(map[string]float64, len(cur.ArrivedByTier))
+		for tier, n := range cur.ArrivedByTier {
+			if d := n - prev.ArrivedByTier[tier]; d > 0 {
+				l.ArrivalsPerSecond[tier] = float64(d) / sec
+			}
+		}
+	}
+	l.ArrivedPromptTokensPerSecond = float64(cur.ArrivedPromptTokens-prev.ArrivedPromptTokens) / sec
 	prompt := float64(cur.PromptTokens - prev.PromptTokens)
 	out := float64(cur.CompletionTokens - prev.CompletionTokens)
 	cached := float64(max(cur.CachedTokens-prev.CachedTokens, 0))

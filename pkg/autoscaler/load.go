@@ -156,3 +156,383 @@ func DecodeLoadFunction(p *engine.Profile, cfg *Config, contextTokens, correctio
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// Shape is a mean request: prompt tokens, those of them served from the
+// prefix cache, output tokens, and the mean context of a decoding sequence
+// (zero means Prompt + Output/2).
+type Shape struct {
+	Prompt  float64 `json:"prompt"`
+	Cached  float64 `json:"cached"`
+	Output  float64 `json:"output"`
+	Context float64 `json:"context"`
+}
+
+func (s Shape) context() float64 {
+	if s.Context > 0 {
+		return s.Context
+	}
+	return s.Prompt + s.Output/2
+}
+
+// ColocatedTPOT is the TPOT that the decodes of one replica see while the
+// same replica prefills (no P/D): with chunked prefill every step carries
+// the running decodes, and a step that also carries a prefill chunk takes
+// MixedStep instead of DecodeStep. See PredictColocatedTPOT.
+type ColocatedTPOT struct {
+	// Batch is the mean number of decoding sequences (Little's law: output
+	// tokens/s x the mean step time).
+	Batch float64 `json:"batch"`
+	// Chunk is the mean prefill tokens of a mixed step.
+	Chunk int `json:"chunk"`
+	// DecodeStep and MixedStep are the step times without and with a
+	// prefill chunk at Batch.
+	DecodeStep time.Duration `json:"decodeStep"`
+	MixedStep  time.Duration `json:"mixedStep"`
+	// Busy is the share of time in mixed steps; MixedFraction the share of
+	// a decoding sequence's steps that are mixed.
+	Busy          float64 `json:"busy"`
+	MixedFraction float64 `json:"mixedFraction"`
+	// Mean is the mean TPOT over requests with two or more output tokens;
+	// Quantile the TPOT at the SLO percentile over all requests (a request
+	// with one output token has none and meets any target); Miss the share
+	// of requests whose TPOT exceeds the target.
+	Mean     time.Duration `json:"mean"`
+	Quantile time.Duration `json:"quantile"`
+	Miss     float64       `json:"miss"`
+	// Feasible is false when the prefill load alone keeps the replica
+	// busy or the decodes overflow the batch limits; Miss is then 1.
+	Feasible bool `json:"feasible"`
+}
+
+// PredictColocatedTPOT predicts the TPOT of one co-located replica that
+// receives prefillRate uncached prompt tokens/s and generates outputRate
+// tokens/s, for requests of the given mean shape, with step times (the
+// profile's roofline, as the simulator uses) multiplied by correction.
+//
+// Model. Prompts of u = Prompt - Cached uncached tokens arrive as a
+// Poisson stream of rate lambda = prefillRate/u; each needs s = ceil(u /
+// room) chunks, room being the token budget left by the decodes. Which
+// steps carry a chunk is a two-state Markov chain: after a mixed step
+// (MixedStep long) the next one is mixed when the prompt has chunks left
+// (probability 1 - 1/s) or a prompt arrived during it (1 - exp(-lambda
+// MixedStep)); after a decode step when a prompt arrived during it (1 -
+// exp(-lambda DecodeStep)). A mixed step's chunk is the prompts that
+// arrived during the previous step, (u/s) lambda T / (1 - exp(-lambda T))
+// (at least one prompt's chunk), within room (a fixed point in MixedStep). A request's
+// token intervals start right after its own prefill, a mixed step, so its
+// first intervals are mixed more often than the average: that is the tail
+// short answers see. Output lengths are geometric with the mean Output;
+// a request with k intervals, X of them mixed, has TPOT DecodeStep +
+// (MixedStep - DecodeStep) X/k. The decode batch is outputRate times the
+// mean step time (a second fixed point).
+func PredictColocatedTPOT(p *engine.Profile, cfg *Config, s Shape, prefillRate, outputRate, correction float64) ColocatedTPOT {
+	return newStepModel(p, s, correction).predict(cfg, s, prefillRate, outputRate, true)
+}
+
+// predict is PredictColocatedTPOT on steps' step times; Mean and Quantile
+// are left zero unless full is set.
+func (steps *stepModel) predict(cfg *Config, s Shape, prefillRate, outputRate float64, full bool) ColocatedTPOT {
+	prefillRate, outputRate = max(prefillRate, 0), max(outputRate, 0)
+	u := max(1, s.Prompt-s.Cached)
+	budget := cfg.MaxNumBatchedTokens
+	limit := max(1, min(cfg.MaxNumSeqs, steps.p.KVCapacityTokens()/(steps.ctx+1)))
+	lambda := prefillRate / u
+
+	out := ColocatedTPOT{Feasible: true}
+	var ch chain
+	n := 1.0
+	var q float64
+	for range 30 {
+		seqs := max(1, int(math.Ceil(n-1e-9)))
+		if seqs > limit {
+			out.Feasible = false
+			seqs = limit
+		}
+		ch.td = steps.decode(seqs)
+		room := float64(max(1, budget-seqs))
+		chunks := math.Ceil(u / room)
+		// The chunk: the prompts that arrived during the previous mixed
+		// step (at least one), within room; a prompt longer than room
+		// comes in chunks of u/chunks on average.
+		base := u / chunks
+		q = base
+		for range 20 {
+			ch.tm = steps.mixed(seqs, int(math.Round(q)))
+			next := min(room, base*arrivedGivenOne(lambda*ch.tm))
+			done := math.Abs(next-q) < 0.5
+			q = next
+			if done {
+				break
+			}
+		}
+		ch.tm = steps.mixed(seqs, int(math.Round(q)))
+		out.Busy = prefillRate / q * ch.tm
+		if out.Busy >= 1 {
+			out.Feasible = false
+			break
+		}
+		// A run of mixed steps is a busy period of the prefill queue: at
+		// least 1/(1 - Busy) prompts of chunks steps each (M/G/1), or
+		// the chunks left plus an arrival during the step.
+		ch.a = 1 - math.Min(math.Exp(-lambda*ch.tm), 1-out.Busy)/chunks
+		ch.b = 1 - math.Exp(-lambda*ch.td)
+		if prefillRate == 0 {
+			ch.a, ch.b = 0, 0
+		}
+		next := outputRate * ch.meanStep()
+		stop := math.Abs(next-n) < 1e-3*max(n, 1)
+		n = next
+		if n > float64(limit) {
+			n = float64(limit)
+			out.Feasible = false
+		}
+		if stop {
+			break
+		}
+	}
+	out.Batch = n
+	out.Chunk = int(math.Round(q))
+	out.DecodeStep, out.MixedStep = seconds(ch.td), seconds(ch.tm)
+	ch.output = max(1, s.Output)
+	if !out.Feasible {
+		slow := math.Min(math.Max(ch.tm, ch.td), 3600)
+		out.Mean, out.Quantile, out.Miss, out.MixedFraction = seconds(slow), seconds(slow), 1, 1
+		return out
+	}
+	out.MixedFraction = ch.stationary()
+	out.Busy = out.MixedFraction * ch.tm / ch.meanStep()
+	out.Miss = ch.over(cfg.SLO.TPOT.Seconds())
+	if !full {
+		return out
+	}
+	out.Mean = seconds(ch.meanTPOT())
+	// The quantile: the smallest t with P(TPOT > t) <= tail, between the
+	// decode step and the mixed step.
+	tail := 1 - cfg.SLO.Percentile/100
+	lo, hi := ch.td, math.Max(ch.tm, ch.td)
+	if ch.over(lo) <= tail {
+		hi = lo
+	} else {
+		for range 40 {
+			mid := (lo + hi) / 2
+			if ch.over(mid) <= tail {
+				hi = mid
+			} else {
+				lo = mid
+			}
+		}
+	}
+	out.Quantile = seconds(hi)
+	return out
+}
+
+// arrivedGivenOne is the mean of a Poisson count of mean m given that it
+// is at least one (1 at m = 0).
+func arrivedGivenOne(m float64) float64 {
+	if m < 1e-9 {
+		return 1
+	}
+	return m / -math.Expm1(-m)
+}
+
+// ColocatedNeed is the replicas (fractional) among which prefillRate and
+// outputRate must be spread for the co-located replicas' TPOT to meet the
+// target at the SLO percentile (PredictColocatedTPOT's Miss at most
+// 1 - percentile): the TPOT side of prefill/decode interference. It is 0
+// with no load, and 0 when even a lone decode misses the target (no
+// number of replicas helps; DecodeLoadFunction reports it infeasible).
+func ColocatedNeed(p *engine.Profile, cfg *Config, s Shape, prefillRate, outputRate, correction float64) float64 {
+	if prefillRate <= 0 && outputRate <= 0 || math.IsNaN(prefillRate) || math.IsNaN(outputRate) ||
+		math.IsInf(prefillRate, 0) || math.IsInf(outputRate, 0) {
+		return 0
+	}
+	tail := 1 - cfg.SLO.Percentile/100
+	steps := newStepModel(p, s, correction)
+	ok := func(r float64) bool {
+		t := steps.predict(cfg, s, prefillRate/r, outputRate/r, false)
+		return t.Feasible && t.Miss <= tail
+	}
+	hi := 1.0
+	for !ok(hi) {
+		if hi >= maxRequired {
+			return 0
+		}
+		hi *= 2
+	}
+	lo := 0.0
+	if hi > 1 {
+		lo = hi / 2
+	}
+	for range 24 {
+		mid := (lo + hi) / 2
+		if ok(mid) {
+			hi = mid
+		} else {
+			lo = mid
+		}
+	}
+	return hi
+}
+
+// stepModel evaluates the profile's step time for n decodes at context ctx,
+// alone or with one prefill chunk after cached prompt tokens, times corr;
+// it remembers what it computed (a search evaluates the same batches
+// often).
+type stepModel struct {
+	p           *engine.Profile
+	ctx, cached int
+	corr        float64
+	batch       []engine.StepInput
+	memo        map[[2]int]float64
+}
+
+func newStepModel(p *engine.Profile, s Shape, correction float64) *stepModel {
+	if correction <= 0 || math.IsNaN(correction) || math.IsInf(correction, 0) {
+		correction = 1
+	}
+	return &stepModel{p: p, ctx: max(0, int(math.Round(s.context()))), cached: max(0, int(math.Round(s.Cached))),
+		corr: correction, memo: map[[2]int]float64{}}
+}
+
+func (m *stepModel) decode(n int) float64 { return m.mixed(n, 0) }
+
+func (m *stepModel) mixed(n, chunk int) float64 {
+	if t, ok := m.memo[[2]int{n, chunk}]; ok {
+		return t
+	}
+	t := m.step(n, chunk)
+	m.memo[[2]int{n, chunk}] = t
+	return t
+}
+
+func (m *stepModel) step(n, chunk int) float64 {
+	m.batch = m.batch[:0]
+	for range n {
+		m.batch = append(m.batch, engine.StepInput{Query: 1, Context: m.ctx})
+	}
+	if chunk > 0 {
+		m.batch = append(m.batch, engine.StepInput{Query: chunk, Context: m.cached})
+	}
+	return m.p.StepTime(m.batch).Seconds() * m.corr
+}
+
+// chain is the mixed/decode step chain a decoding sequence sees: a step
+// after a mixed one is mixed with probability a, after a decode step with
+// probability b; mixed steps take tm, decode steps td. Output lengths are
+// geometric with mean output; a request's intervals follow its own
+// prefill step (mixed).
+type chain struct {
+	td, tm, a, b, output float64
+}
+
+// exactSteps is how many intervals the TPOT distribution follows exactly;
+// longer answers use a normal approximation of the mixed-step count.
+const exactSteps = 64
+
+func (c *chain) stationary() float64 {
+	if c.b <= 0 {
+		return 0
+	}
+	return c.b / (1 - c.a + c.b)
+}
+
+// meanStep is the mean step time a decoding sequence sees.
+func (c *chain) meanStep() float64 {
+	pi := c.stationary()
+	return pi*c.tm + (1-pi)*c.td
+}
+
+// mixedAfterMixed is E[X_k] for X_k the mixed steps among the k after a
+// mixed one: k pi + (1 - pi) rho (1 - rho^k) / (1 - rho), rho = a - b.
+func (c *chain) mixedAfterMixed(k float64) float64 {
+	pi, rho := c.stationary(), c.a-c.b
+	if rho >= 1 {
+		return k
+	}
+	return k*pi + (1-pi)*rho*(1-math.Pow(rho, k))/(1-rho)
+}
+
+// meanTPOT is the mean TPOT over requests with two or more tokens.
+func (c *chain) meanTPOT() float64 {
+	r := 1 / c.output
+	pi, rho := c.stationary(), c.a-c.b
+	var sum, w float64
+	wk, rk := r, 1.0
+	for k := 1; k <= 1<<24; k++ {
+		wk *= 1 - r
+		rk *= rho
+		if wk < 1e-9 {
+			break
+		}
+		// E[X_k] / k, as mixedAfterMixed.
+		e := pi
+		if rho < 1 {
+			e += (1 - pi) * rho * (1 - rk) / (1 - rho) / float64(k)
+		} else {
+			e = 1
+		}
+		sum += wk * e
+		w += wk
+	}
+	if w == 0 {
+		return c.td
+	}
+	return c.td + (c.tm-c.td)*sum/w
+}
+
+// over is the share of requests whose TPOT exceeds t.
+func (c *chain) over(t float64) float64 {
+	if c.tm <= t && c.td <= t {
+		return 0
+	}
+	r := 1 / c.output // P(length = l) = r (1-r)^(l-1), l >= 1
+	if c.td > t {
+		return 1 - r // every request with an interval misses
+	}
+	theta := (t - c.td) / (c.tm - c.td) // TPOT > t <=> X > k theta
+	// f[j][0|1]: probability of j mixed steps so far, now in a decode (0)
+	// or mixed (1) step; it starts in the request's own prefill step.
+	var f, g [exactSteps + 1][2]float64
+	f[0][1] = 1
+	var miss float64
+	wk := r
+	for k := 1; k <= exactSteps; k++ {
+		wk *= 1 - r // P(length = k+1)
+		g = [exactSteps + 1][2]float64{}
+		for j := 0; j < k; j++ {
+			g[j][0] += f[j][0]*(1-c.b) + f[j][1]*(1-c.a)
+			g[j+1][1] += f[j][0]*c.b + f[j][1]*c.a
+		}
+		f = g
+		var over float64
+		for j := int(math.Floor(float64(k)*theta+1e-9)) + 1; j <= k; j++ {
+			over += f[j][0] + f[j][1]
+		}
+		miss += wk * over
+	}
+	// Longer answers: a normal approximation of X_k, in bins of k about
+	// 3% wide, each weighted by its lengths' probability.
+	pi, rho := c.stationary(), c.a-c.b
+	for k := exactSteps + 1; ; {
+		hi := k + max(1, k/32)
+		w := math.Pow(1-r, float64(k)) - math.Pow(1-r, float64(hi)) // P(k < length <= hi)
+		if math.Pow(1-r, float64(k)) < 1e-9 || k > 1<<24 {
+			break
+		}
+		mid := float64(k+hi-1) / 2
+		x := math.Floor(mid*theta + 1e-9)
+		mu := c.mixedAfterMixed(mid)
+		v := mid * pi * (1 - pi)
+		if rho > -1 && rho < 1 {
+			v *= (1 + rho) / (1 - rho)
+		}
+		switch {
+		case v > 0:
+			miss += w * 0.5 * math.Erfc((x+0.5-mu)/math.Sqrt(2*v))
+		case mu > x:
+			miss += w
+		}
+		k = hi
+	}
+	return math.Min(miss, 1)
+}

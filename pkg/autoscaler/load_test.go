@@ -4,6 +4,8 @@ import (
 	"math"
 	"testing"
 	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
 )
 
 func near(t *testing.T, what string, got, want, rel float64) {
@@ -120,4 +122,182 @@ func TestPrefillLoadFunction(t *testing.T) {
 			t.Errorf("latency %v, want about 20-21.5 ms", got.Latency)
 		}
 	})
+}
+
+// Prefill chunks in a co-located replica's steps slow its decodes: the
+// TPOT-driven need exceeds the sum of the prefill and decode fractions
+// once a chunk step alone is over the target, grows with the prefill load
+// at a fixed output rate, and is nothing but the decode need without
+// prefill.
+func TestColocatedInterferenceRaisesTheNeed(t *testing.T) {
+	p := h100(t)
+	cfg := DefaultConfig()
+	cfg.SLO = SLO{TTFT: 2 * time.Second, TPOT: 100 * time.Millisecond, Percentile: 90}
+	toy, toyCfg := toyProfile(), toyConfig()
+	code := Shape{Prompt: 3072, Cached: 1024, Output: 28} // the Azure code trace's shape
+	tests := []struct {
+		name        string
+		p           *engine.Profile
+		cfg         Config
+		s           Shape
+		rate        float64 // requests/s
+		wantAbove   bool    // the need exceeds the fractions' sum
+		min, max    float64 // the need's range
+		minMiss     float64 // on one replica, at least this share misses
+		uncachedOff bool    // every prompt token cached: no prefill
+	}{
+		// 2000-token chunks take 2 ms on the toy against a 1.15 ms target:
+		// 1500 req/s needs 23 replicas, not the fractions' 8.27.
+		{name: "toy: a chunk step alone misses the target", p: &toy, cfg: toyCfg, s: Shape{Prompt: 2000, Output: 200}, rate: 1500,
+			wantAbove: true, min: 22.5, max: 23.5, minMiss: 0.99},
+		// H100, 10 req/s of code completions: mixed steps of two or more
+		// prompts pass 100 ms: 1.02 replicas where the fractions say 0.85.
+		{name: "h100 code trace shape at 10 req/s", p: &p, cfg: cfg, s: code, rate: 10, wantAbove: true, min: 0.95, max: 1.1, minMiss: 0.1},
+		{name: "h100 code trace shape at 20 req/s", p: &p, cfg: cfg, s: code, rate: 20, wantAbove: true, min: 1.9, max: 2.2, minMiss: 0.9},
+		// At p99 the tail must be ten times thinner.
+		{name: "h100 code trace shape at 10 req/s, p99", p: &p, cfg: withPercentile(cfg, 99), s: code, rate: 10, wantAbove: true, min: 1.3, max: 1.6},
+		// Light prefill load: one prompt per mixed step stays under the
+		// target; the fractions rule.
+		{name: "h100 chat shape at 5 req/s", p: &p, cfg: cfg, s: Shape{Prompt: 1000, Output: 200}, rate: 5, min: 0.2, max: 0.3},
+		// No prefill: decodes alone (1000 output tokens/s in 7 ms steps)
+		// meet the target on a fraction of a replica; the fractions rule.
+		{name: "no prefill", p: &p, cfg: cfg, s: Shape{Prompt: 1000, Cached: 1000, Output: 200}, rate: 5, min: 0.001, max: 0.1, uncachedOff: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			prefill := tc.rate * (tc.s.Prompt - tc.s.Cached)
+			out := tc.rate * tc.s.Output
+			need := ColocatedNeed(tc.p, &tc.cfg, tc.s, prefill, out, 1)
+			pc := PrefillLoadFunction(tc.p, &tc.cfg, tc.s.Prompt, tc.s.Cached, 1)
+			dc := DecodeLoadFunction(tc.p, &tc.cfg, tc.s.Prompt+tc.s.Output/2, 1)
+			fractions := out / dc.TokensPerSecond
+			if !tc.uncachedOff {
+				fractions += prefill / pc.TokensPerSecond
+			}
+			if need < tc.min || need > tc.max {
+				t.Errorf("need %.3f, want in [%g, %g] (fractions %.3f)", need, tc.min, tc.max, fractions)
+			}
+			if tc.wantAbove != (need > fractions) {
+				t.Errorf("need %.3f against fractions %.3f: above is %v, want %v", need, fractions, need > fractions, tc.wantAbove)
+			}
+			one := PredictColocatedTPOT(tc.p, &tc.cfg, tc.s, prefill, out, 1)
+			if one.Miss < tc.minMiss {
+				t.Errorf("on one replica %.3f of the requests miss, want at least %g (%+v)", one.Miss, tc.minMiss, one)
+			}
+			// At the need, the predicted tail meets the percentile.
+			if need > 0 {
+				at := PredictColocatedTPOT(tc.p, &tc.cfg, tc.s, prefill/need, out/need, 1)
+				if at.Miss > 1-tc.cfg.SLO.Percentile/100+1e-6 || at.Quantile > tc.cfg.SLO.TPOT {
+					t.Errorf("at the need: miss %.4f, p%g TPOT %v (%+v)", at.Miss, tc.cfg.SLO.Percentile, at.Quantile, at)
+				}
+			}
+		})
+	}
+
+	t.Run("more prefill at the same output rate needs more", func(t *testing.T) {
+		last := -1.0
+		for _, prefill := range []float64{0, 5000, 10000, 20000, 40000} {
+			need := ColocatedNeed(&p, &cfg, code, prefill, 300, 1)
+			if need <= last {
+				t.Errorf("%g prefill tokens/s: need %.3f, not above %.3f", prefill, need, last)
+			}
+			last = need
+		}
+	})
+	t.Run("a slower profile (correction 2) needs more", func(t *testing.T) {
+		a := ColocatedNeed(&p, &cfg, code, 20000, 300, 1)
+		b := ColocatedNeed(&p, &cfg, code, 20000, 300, 2)
+		if b <= a*1.5 {
+			t.Errorf("need %.3f at correction 2 against %.3f at 1", b, a)
+		}
+	})
+	t.Run("no load needs nothing; bad rates are no load", func(t *testing.T) {
+		for _, r := range [][2]float64{{0, 0}, {math.NaN(), 1}, {math.Inf(1), 1}, {-5, 0}} {
+			if need := ColocatedNeed(&p, &cfg, code, r[0], r[1], 1); need != 0 {
+				t.Errorf("rates %v: need %v", r, need)
+			}
+		}
+	})
+}
+
+// The model agrees with the simulator's engine (pkg/engine, the same
+// roofline, continuous batching with chunked prefill and a prefix cache)
+// at the load one replica is planned for (the decider's need, the larger
+// of the fractions' sum and ColocatedNeed, is 1), for a simulated replica
+// under Poisson arrivals: the mean TPOT within 15%, the p90 within 15% for
+// one-chunk prompts (within 25% just under saturation, where the tail is
+// steep), and the share of requests over the target within 0.05. Prompts
+// of two chunks are over-predicted (measured: +22% mean, +49% p90): the
+// model is conservative there, and the test holds it to that side.
+func TestColocatedTPOTMatchesTheSimulator(t *testing.T) {
+	p := h100(t)
+	cfg := DefaultConfig()
+	cfg.SLO = SLO{TTFT: 2 * time.Second, TPOT: 100 * time.Millisecond, Percentile: 90}
+	for _, tc := range []struct {
+		name           string
+		s              Shape
+		mean, p90      float64 // relative tolerance
+		conservativeTo float64 // when set: predicted >= simulated, at most this factor above
+	}{
+		{name: "code completions, shared system prompt", s: Shape{Prompt: 3072, Cached: 1024, Output: 28}, mean: 0.15, p90: 0.15},
+		{name: "short prompts, no cache hits, 87% busy prefilling", s: Shape{Prompt: 1500, Output: 16}, mean: 0.15, p90: 0.25},
+		{name: "long prompts in two chunks", s: Shape{Prompt: 12000, Cached: 2000, Output: 40}, conservativeTo: 1.6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The request rate one replica is planned for: the decider's
+			// need, the larger of the fractions' sum and the TPOT need.
+			pc := PrefillLoadFunction(&p, &cfg, tc.s.Prompt, tc.s.Cached, 1)
+			dc := DecodeLoadFunction(&p, &cfg, tc.s.Prompt+tc.s.Output/2, 1)
+			need := func(rate float64) float64 {
+				prefill, out := rate*(tc.s.Prompt-tc.s.Cached), rate*tc.s.Output
+				return max(prefill/pc.TokensPerSecond+out/dc.TokensPerSecond, ColocatedNeed(&p, &cfg, tc.s, prefill, out, 1))
+			}
+			lo, hi := 0.0, 1.0
+			for need(hi) < 1 {
+				lo, hi = hi, hi*2
+			}
+			for range 30 {
+				if mid := (lo + hi) / 2; need(mid) < 1 {
+					lo = mid
+				} else {
+					hi = mid
+				}
+			}
+			sim, err := simulateColocated(p, &cfg, tc.s, lo, 15*time.Minute, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Predicted at the load the simulated replica actually got.
+			pred := PredictColocatedTPOT(&p, &cfg, tc.s, sim.prefillTokens, sim.outputTokens, 1)
+			t.Logf("%.2f req/s (%d requests): simulated mean %v p90 %v miss %.3f; predicted mean %v p90 %v miss %.3f",
+				lo, sim.requests, sim.meanTPOT, sim.p90TPOT, sim.miss, pred.Mean, pred.Quantile, pred.Miss)
+			if math.Abs(pred.Miss-sim.miss) > 0.05 {
+				t.Errorf("share over the target: predicted %.3f, simulated %.3f", pred.Miss, sim.miss)
+			}
+			if f := tc.conservativeTo; f > 0 {
+				for _, x := range [][3]any{{"mean", pred.Mean, sim.meanTPOT}, {"p90", pred.Quantile, sim.p90TPOT}} {
+					if got, want := x[1].(time.Duration), x[2].(time.Duration); got < want || got.Seconds() > f*want.Seconds() {
+						t.Errorf("%s TPOT predicted %v, simulated %v: want at or above, at most %gx", x[0], got, want, f)
+					}
+				}
+				return
+			}
+			near(t, "mean TPOT", pred.Mean.Seconds(), sim.meanTPOT.Seconds(), tc.mean)
+			near(t, "p90 TPOT", pred.Quantile.Seconds(), sim.p90TPOT.Seconds(), tc.p90)
+		})
+	}
+}
+
+func h100(t *testing.T) engine.Profile {
+	t.Helper()
+	p, err := engine.BuiltinProfile("llama-3.1-8b-h100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func withPercentile(c Config, p float64) Config {
+	c.SLO.Percentile = p
+	return c
 }

@@ -37,7 +37,9 @@ type LowerBound struct {
 // them) and the output tokens generated in it (each request's spread evenly
 // from its first token to its end); the window ends with the last answer.
 // A deployment without P/D is assumed: one replica time-shares prefill and
-// decode, so the two roles' fractions add, as the decider counts them.
+// decode, so the two roles' fractions add, as the decider counts them, and
+// a window needs at least the replicas whose decodes meet the TPOT target
+// with the window's prefill chunks among them (autoscaler.ColocatedNeed).
 func ComputeLowerBound(recs []bench.Record, a autoscaler.Config, prof engine.Profile, window time.Duration) (LowerBound, error) {
 	lb := LowerBound{Window: window}
 	if window <= 0 {
@@ -108,7 +110,12 @@ func ComputeLowerBound(recs []bench.Record, a autoscaler.Config, prof engine.Pro
 		}
 		pc := autoscaler.PrefillLoadFunction(&prof, &a, prompt, cached, 1)
 		dc := autoscaler.DecodeLoadFunction(&prof, &a, prompt+output/2, 1)
-		need := (l.prompt-l.cached)/l.sec/pc.TokensPerSecond + l.decode/l.sec/dc.TokensPerSecond
+		prefillRate, outputRate := (l.prompt-l.cached)/l.sec, l.decode/l.sec
+		need := prefillRate/pc.TokensPerSecond + outputRate/dc.TokensPerSecond
+		// Prefill chunks slow the co-located decodes: at least the replicas
+		// that keep TPOT under the target at the percentile.
+		shape := autoscaler.Shape{Prompt: prompt, Cached: cached, Output: output}
+		need = max(need, autoscaler.ColocatedNeed(&prof, &a, shape, prefillRate, outputRate, 1))
 		lb.Replicas[k] = max(1, int(math.Ceil(need-1e-9)))
 	}
 	prev := 0

@@ -36,8 +36,11 @@ type Observation struct {
 	Queued, InFlight int
 	// QueueTime is how long the oldest queued request has waited.
 	QueueTime time.Duration
-	// Arrived, Finished and Failed count requests since the start.
+	// Arrived, Finished and Failed count requests since the start;
+	// ArrivedPromptTokens sums the arrived requests' prompt lengths, as the
+	// activator counts them at arrival.
 	Arrived, Finished, Failed int
+	ArrivedPromptTokens       int64
 	// Active counts the requests the activator holds (queued or in
 	// flight, from arrival to the end of the answer), and
 	// ConcurrencySeconds integrates Active over time since the start: what

@@ -194,6 +194,7 @@ type sim struct {
 
 	// Token counters of finished requests (Observation).
 	promptTokens, cachedTokens, completionTokens int64
+	arrivedPromptTokens                          int64
 	// activeSeconds integrates active over virtual time up to activeAt
 	// (Observation.ConcurrencySeconds).
 	activeSeconds float64
@@ -527,6 +528,7 @@ func (s *sim) arrive() {
 	r := s.pending
 	n := s.arrived
 	s.arrived++
+	s.arrivedPromptTokens += int64(r.PromptLen)
 	s.noteActive()
 	s.active++
 	s.records = append(s.records, bench.Record{
@@ -941,7 +943,7 @@ func (s *sim) maybePoke() {
 func (s *sim) observe() *Observation {
 	o := &s.obs
 	s.noteActive()
-	*o = Observation{Now: s.now, Engines: o.Engines[:0], Queued: s.queued, Arrived: s.arrived, Finished: s.finished, Failed: s.failed,
+	*o = Observation{Now: s.now, Engines: o.Engines[:0], Queued: s.queued, Arrived: s.arrived, ArrivedPromptTokens: s.arrivedPromptTokens, Finished: s.finished, Failed: s.failed,
 		PromptTokens: s.promptTokens, CachedTokens: s.cachedTokens, CompletionTokens: s.completionTokens,
 		Active: s.active, ConcurrencySeconds: s.activeSeconds}
 	for k := s.fifoHead; k < len(s.fifo); k++ {

@@ -327,6 +327,33 @@ func TestScalerAddsAndRemovesEngines(t *testing.T) {
 	}
 }
 
+// The scaler sees requests and their prompt tokens when they arrive, as
+// the activator counts them, before any of them finishes.
+func TestObservationCountsArrivals(t *testing.T) {
+	reqs := []workload.Request{
+		workload.NewRequest(0, 0, tokens(3000, 1), 50),
+		workload.NewRequest(1, 100*time.Millisecond, tokens(1000, 2), 50),
+	}
+	cfg := DefaultConfig()
+	cfg.ScaleInterval = 200 * time.Millisecond
+	var first *Observation
+	cfg.Scaler = ScalerFunc(func(o *Observation) Replicas {
+		if first == nil && o.Now >= 200*time.Millisecond {
+			c := *o
+			first = &c
+		}
+		return Replicas{Decode: 1}
+	})
+	run(t, cfg, workload.Requests(reqs))
+	if first == nil {
+		t.Fatal("the scaler was never asked after both arrivals")
+	}
+	if first.Arrived != 2 || first.ArrivedPromptTokens != 4000 || first.Finished != 0 || first.PromptTokens != 0 {
+		t.Errorf("at %v: arrived %d with %d prompt tokens, finished %d with %d (want 2, 4000, 0, 0)",
+			first.Now, first.Arrived, first.ArrivedPromptTokens, first.Finished, first.PromptTokens)
+	}
+}
+
 func TestScalerAskingForPrefillWithoutPDFails(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Scaler = Fixed{Prefill: 1, Decode: 1}

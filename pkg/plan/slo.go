@@ -80,6 +80,10 @@ func (s *SLOScaler) Input(obs *Observation) autoscaler.Input {
 		if done > 0 {
 			l.RequestsPerSecond = map[string]float64{"standard": float64(done) / dt}
 		}
+		if arrived := obs.Arrived - p.Arrived; arrived > 0 {
+			l.ArrivalsPerSecond = map[string]float64{"standard": float64(arrived) / dt}
+		}
+		l.ArrivedPromptTokensPerSecond = float64(obs.ArrivedPromptTokens-p.ArrivedPromptTokens) / dt
 		l.PromptTokensPerSecond = prompt / dt
 		l.UncachedPrefillTokensPerSecond = (prompt - cached) / dt
 		l.OutputTokensPerSecond = out / dt

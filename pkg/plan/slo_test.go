@@ -196,6 +196,7 @@ func TestSLOScalerInputRates(t *testing.T) {
 	o := &Observation{Now: 2 * time.Second}
 	sc.Input(o)
 	o2 := &Observation{Now: 4 * time.Second, Finished: 4, Failed: 1, PromptTokens: 4000, CachedTokens: 1000, CompletionTokens: 400,
+		Arrived: 9, ArrivedPromptTokens: 9000,
 		Queued: 3, QueueTime: time.Second, InFlight: 5,
 		Engines: []EngineMetrics{{ID: "e0", Role: router.RoleBoth, Running: 2, KVUsage: 0.5, PrefillTokens: 8000, PrefillTime: 500 * time.Millisecond,
 			DecodeSteps: 10, DecodeSeqs: 40, DecodeTime: 100 * time.Millisecond}}}
@@ -206,13 +207,17 @@ func TestSLOScalerInputRates(t *testing.T) {
 		l.Queued != 3 || l.QueueTime != time.Second || l.InFlight != 5 {
 		t.Errorf("load %+v", l)
 	}
+	// Nine arrived while five ended: the arrival rates lead.
+	if l.Arrivals() != 4.5 || l.ArrivedPromptTokensPerSecond != 4500 {
+		t.Errorf("arrivals %v/s with %v prompt tokens/s, want 4.5 and 4500", l.Arrivals(), l.ArrivedPromptTokensPerSecond)
+	}
 	d := in.Pods.Decode
 	if d.Ready != 1 || d.Running != 2 || d.PrefillTokensPerSecond != 16000 || d.DecodeStepTime != 10*time.Millisecond || d.DecodeBatch != 4 {
 		t.Errorf("decode pods %+v", d)
 	}
 	// The next tick counts from here.
 	o2.Now = 6 * time.Second
-	if in := sc.Input(o2); in.Load.PromptTokensPerSecond != 0 || in.Pods.Decode.DecodeStepTime != 0 {
+	if in := sc.Input(o2); in.Load.PromptTokensPerSecond != 0 || in.Pods.Decode.DecodeStepTime != 0 || in.Load.Arrivals() != 0 || in.Load.ArrivedPromptTokensPerSecond != 0 {
 		t.Errorf("unchanged counters give %+v", in)
 	}
 }

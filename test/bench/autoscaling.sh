@@ -2,7 +2,7 @@
 # Autoscaling comparison (issue #7): the SLO autoscaler's decider against
 # Knative's KPA (its own decider, knative.dev/serving/pkg/autoscaler/scaling,
 # fed concurrency), static peak provisioning and the offline lower bound, in
-# `kn-llmd plan` (virtual time: no GPU, no cluster, about five minutes on two
+# `kn-llmd plan` (virtual time: no GPU, no cluster, about two and a half minutes on two
 # shared cores).
 #
 #   test/bench/autoscaling.sh [OUT_DIR]     (default docs/benchmarks/autoscaling)
@@ -61,8 +61,16 @@ plan() { # NAME WORKLOAD ARGS...
 plan azure-default azure-code --engines 8 --autoscaler fixed,slo,kpa,static-peak,lower-bound \
   --kpa-target 2,4,8,16,32 --target-attainment 0.99
 plan azure-tuned azure-code --engines 8 --autoscaler slo,kpa,lower-bound --kpa-target 2,4,8,16,32 "${tuned[@]}"
+# The cost of scale to zero, separated: the autoscalers never go below 1
+# replica, or wait 5 minutes without traffic before going to zero.
+plan azure-min1 azure-code --engines 8 --min-engines 1 --autoscaler slo,kpa,lower-bound --kpa-target 2,8,32 "${tuned[@]}"
+plan azure-grace5m azure-code --engines 8 --autoscaler slo,kpa,lower-bound --kpa-target 2,8,32 "${tuned[@]}" --scale-to-zero-grace 5m
 # Azure without scale to zero: the autoscalers never go below 2 replicas.
 plan azure-min2 azure-code --engines 8 --min-engines 2 --autoscaler slo,kpa,lower-bound --kpa-target 4,8,16 "${tuned[@]}"
+# The goal's 99 %: the SLO decider (and the bound) planning for p99
+# rather than p90 (KPA has no percentile: its attainment is as above).
+plan azure-p99 azure-code --engines 8 --autoscaler slo,lower-bound --slo-percentile 99 "${tuned[@]}"
+plan azure-p99-min1 azure-code --engines 8 --min-engines 1 --autoscaler slo,lower-bound --slo-percentile 99 "${tuned[@]}"
 
 # Mooncake: at most 16 replicas; prompts up to 191k tokens cannot all meet
 # a 2 s TTFT (16 fixed replicas reach 0.949), so static peak aims at 0.94.

@@ -1,0 +1,77 @@
+package activator
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
+)
+
+// TestArrivalsAreCountedBeforeTheAnswer: a request buffered at zero pods
+// counts in arrivedByTier and arrivedPromptTokens at once, while the
+// per-finished-request counters stay at zero until it ends; the autoscaler's
+// Snapshot decodes the new fields from the stats JSON.
+func TestArrivalsAreCountedBeforeTheAnswer(t *testing.T) {
+	f := newFixture(t, apis.Spec{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		body := fmt.Sprintf(`{"model":%q,"prompt":%s,"max_tokens":4}`, testModel, mustJSON(longPrompt(300, 7)))
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.url+"/v1/completions", strings.NewReader(body))
+		req.Header.Set(TierHeader, "batch")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	var st RevisionStats
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st = f.act.Stats()[0]
+		if st.ArrivedByTier["batch"] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the buffered request was never counted as arrived: %+v", st)
+		}
+	}
+	if st.ArrivedPromptTokens != 300 || st.RequestsByTier["batch"] != 0 || st.PromptTokens != 0 {
+		t.Fatalf("arrived prompt tokens %d (want 300), finished requests %d and prompt tokens %d (want 0 before the answer)",
+			st.ArrivedPromptTokens, st.RequestsByTier["batch"], st.PromptTokens)
+	}
+	raw, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var snap autoscaler.Snapshot
+	if err := json.Unmarshal(raw, &snap); err != nil {
+		t.Fatal(err)
+	}
+	if snap.ArrivedByTier["batch"] != 1 || snap.ArrivedPromptTokens != 300 {
+		t.Fatalf("snapshot from %s: %+v", raw, snap)
+	}
+	cancel()
+	<-done
+	// The client went away: it ends counted as a failed request; it
+	// arrived once.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st = f.act.Stats()[0]
+		if st.RequestsByTier["batch"] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the cancelled request was never recorded: %+v", st)
+		}
+	}
+	if st.ArrivedByTier["batch"] != 1 || st.Errors != 1 {
+		t.Fatalf("after the end: arrived %d, errors %d (want 1 and 1)", st.ArrivedByTier["batch"], st.Errors)
+	}
+}
