@@ -202,10 +202,27 @@ func (a *Activator) Stats() []RevisionStats {
 			p.mu.Lock()
 			if p.healthy && !p.down {
 				s.ReadyPods++
+				role := "decode"
+				if p.spec.Role == router.RolePrefill {
+					role = "prefill"
+				}
+				if s.Roles == nil {
+					s.Roles = map[string]RoleStats{}
+				}
+				rs := s.Roles[role]
+				rs.Ready++
+				rs.Running += p.metrics.Running
+				rs.Waiting += p.metrics.Waiting
+				rs.KVUsage += p.metrics.KVUsage
+				s.Roles[role] = rs
 			}
 			p.mu.Unlock()
 		}
 		r.mu.RUnlock()
+		for role, rs := range s.Roles {
+			rs.KVUsage /= float64(rs.Ready)
+			s.Roles[role] = rs
+		}
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Revision < out[j].Revision })

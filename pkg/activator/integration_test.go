@@ -247,6 +247,11 @@ func TestPrefillDecodeTwoStep(t *testing.T) {
 	if st := pre.srv.Stats(); st.PromptTokens < 2000 {
 		t.Fatalf("the prefill pod computed %d prompt tokens", st.PromptTokens)
 	}
+	// The autoscaler sees each role's ready pods (and their scraped
+	// running, waiting and KV usage).
+	if roles := f.act.Stats()[0].Roles; roles["prefill"].Ready != 1 || roles["decode"].Ready != 1 {
+		t.Fatalf("per-role telemetry %+v: want one ready pod per role", roles)
+	}
 	// A short prompt stays on the decode pod alone.
 	c = f.complete(t, longPrompt(50, 4), 4, nil)
 	if c.status != 200 || strings.Contains(c.route, "prefill=") {

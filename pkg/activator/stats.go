@@ -35,6 +35,10 @@ type RevisionStats struct {
 	InFlight     int            `json:"inFlight"`
 	ReadyPods    int            `json:"readyPods"`
 	Pods         int            `json:"pods"`
+	// Roles is the ready pods' telemetry from their scraped vLLM metrics,
+	// by role ("prefill", "decode"; pods that do both count as "decode"),
+	// for the autoscaler's per-role view.
+	Roles map[string]RoleStats `json:"roles,omitempty"`
 	// Recent latencies, in seconds, over Window.
 	Window  string  `json:"window"`
 	Samples int     `json:"samples"`
@@ -42,6 +46,15 @@ type RevisionStats struct {
 	TTFTP90 float64 `json:"ttftP90"`
 	TPOTP50 float64 `json:"tpotP50"`
 	TPOTP90 float64 `json:"tpotP90"`
+}
+
+// RoleStats aggregates one role's ready pods: counts are sums, KVUsage
+// the mean.
+type RoleStats struct {
+	Ready   int     `json:"ready"`
+	Running int     `json:"running"`
+	Waiting int     `json:"waiting"`
+	KVUsage float64 `json:"kvUsage"`
 }
 
 const (

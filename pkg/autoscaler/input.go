@@ -126,6 +126,10 @@ type Snapshot struct {
 	// absent (nil, 0) from activators that predate them.
 	ArrivedByTier       map[string]int64 `json:"arrivedByTier,omitempty"`
 	ArrivedPromptTokens int64            `json:"arrivedPromptTokens,omitempty"`
+	// Roles is the ready pods' telemetry by role ("prefill", "decode") as
+	// the activator scraped it (pkg/activator.RoleStats: ready, running,
+	// waiting, kvUsage).
+	Roles map[string]Telemetry `json:"roles,omitempty"`
 }
 
 // Rates turns two snapshots taken dt apart into a Load. Counters that went

@@ -241,6 +241,10 @@ func (r *PodAutoscalerReconciler) tick(ctx context.Context, s *revisionScaler) {
 	now := r.now()
 	load, _ := r.stats.Load(now, s.key.String())
 	in := autoscaler.Input{Load: load}
+	// The pods' telemetry (running, waiting, KV usage) as the activators
+	// scraped it; ready counts from the Deployments, which the activators
+	// may not have seen yet.
+	in.Pods, _ = r.stats.Pods(now, s.key.String())
 	in.Pods.Decode.Ready = r.readyReplicas(ctx, s.key.Namespace, s.decodeTarget)
 	if s.cfg.Disaggregated {
 		in.Pods.Prefill.Ready = r.readyReplicas(ctx, s.key.Namespace, PrefillName(s.key.Name))

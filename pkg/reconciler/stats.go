@@ -130,6 +130,24 @@ func (s *Stats) Load(now time.Time, revision string) (load autoscaler.Load, ok b
 	return sum.load(), ok
 }
 
+// Pods is a revision's pod telemetry by role from the most recent report
+// of any activator (every activator scrapes the same pods, so reports are
+// not summed); ok is false when none reports it.
+func (s *Stats) Pods(now time.Time, revision string) (pods autoscaler.Pods, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var at time.Time
+	for _, a := range s.activators {
+		rs := a.revs[revision]
+		if rs == nil || now.Sub(rs.curAt) > ActivatorSilence || !rs.curAt.After(at) {
+			continue
+		}
+		at, ok = rs.curAt, true
+		pods = autoscaler.Pods{Prefill: rs.cur.Roles["prefill"], Decode: rs.cur.Roles["decode"]}
+	}
+	return pods, ok
+}
+
 // loadSum adds loads of several activators; the per-request means are
 // weighted by each activator's request rate.
 type loadSum struct {
@@ -144,6 +162,13 @@ func (s *loadSum) add(l autoscaler.Load) {
 		}
 		s.l.RequestsPerSecond[tier] += r
 	}
+	for tier, r := range l.ArrivalsPerSecond {
+		if s.l.ArrivalsPerSecond == nil {
+			s.l.ArrivalsPerSecond = map[string]float64{}
+		}
+		s.l.ArrivalsPerSecond[tier] += r
+	}
+	s.l.ArrivedPromptTokensPerSecond += l.ArrivedPromptTokensPerSecond
 	s.l.PromptTokensPerSecond += l.PromptTokensPerSecond
 	s.l.UncachedPrefillTokensPerSecond += l.UncachedPrefillTokensPerSecond
 	s.l.OutputTokensPerSecond += l.OutputTokensPerSecond

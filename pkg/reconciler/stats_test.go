@@ -185,3 +185,38 @@ func TestStatsAPIRecommendations(t *testing.T) {
 		t.Errorf("empty list: %q", b)
 	}
 }
+
+// TestStatsArrivalsAndPodTelemetry: arrival rates add up over activators
+// like completions do; the pods' telemetry comes from the newest report
+// (every activator scrapes the same pods), in the activator's JSON.
+func TestStatsArrivalsAndPodTelemetry(t *testing.T) {
+	f := newAPIFixture(t)
+	rep := func(activator string, arrived, prompt int64, running int) string {
+		return fmt.Sprintf(`{"activator":%q,"revisions":[{"revision":"default/chat-00001","arrivedByTier":{"standard":%d},
+			"arrivedPromptTokens":%d,"roles":{"decode":{"ready":2,"running":%d,"waiting":1,"kvUsage":0.5},
+			"prefill":{"ready":1,"running":0,"waiting":3,"kvUsage":0.1}}}]}`, activator, arrived, prompt, running)
+	}
+	// act-b reports 100 ms after act-a, each once a second.
+	for _, body := range []string{rep("act-a", 0, 0, 7), rep("act-b", 0, 0, 7), rep("act-a", 10, 1000, 9), rep("act-b", 4, 400, 11)} {
+		if code, msg := f.post(t, "/v1/stats", body); code != http.StatusAccepted {
+			t.Fatalf("stats: %d %s", code, msg)
+		}
+		if strings.Contains(body, "act-a") {
+			f.now = f.now.Add(100 * time.Millisecond)
+		} else {
+			f.now = f.now.Add(900 * time.Millisecond)
+		}
+	}
+	f.now = f.now.Add(-900 * time.Millisecond)
+	l, _ := f.api.Stats.Load(f.now, "default/chat-00001")
+	if l.Arrivals() != 14 || l.ArrivedPromptTokensPerSecond != 1400 {
+		t.Errorf("arrivals %v/s, prompt tokens %v/s: want 14 and 1400 (summed over activators)", l.Arrivals(), l.ArrivedPromptTokensPerSecond)
+	}
+	pods, ok := f.api.Stats.Pods(f.now, "default/chat-00001")
+	if !ok || pods.Decode.Running != 11 || pods.Decode.Waiting != 1 || pods.Decode.KVUsage != 0.5 || pods.Prefill.Waiting != 3 {
+		t.Errorf("pods %+v (ok %v): want the newest report's (act-b: 11 running decodes), not a sum", pods, ok)
+	}
+	if _, ok := f.api.Stats.Pods(f.now.Add(2*ActivatorSilence), "default/chat-00001"); ok {
+		t.Error("telemetry older than ActivatorSilence is still used")
+	}
+}
