@@ -263,12 +263,21 @@ func stampTransitions(before, after *v1alpha1.PodAutoscalerStatus, now time.Time
 	}
 }
 
+// revisionRetry is how soon a PodAutoscaler whose Revision is not found
+// is looked at again.
+const revisionRetry = time.Second
+
 // reconcile computes and applies one PodAutoscaler's state; requeue is when
 // to look again without an event (a stalled activation's timeout).
 func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.PodAutoscaler) (requeue time.Duration, err error) {
 	key := client.ObjectKeyFromObject(pa)
 	rev := &servingv1.Revision{}
 	if err := r.client.Get(ctx, types.NamespacedName{Namespace: pa.Namespace, Name: revisionName(pa)}, rev); err != nil {
+		if apierrors.IsNotFound(err) {
+			// Deleted (garbage collection removes the PA next) or not in
+			// the cache yet (just created): look again shortly, quietly.
+			return revisionRetry, nil
+		}
 		return 0, fmt.Errorf("get revision: %w", err)
 	}
 	spec, err := apis.Parse(rev.Annotations, "metadata.annotations", apis.Vocabulary{})

@@ -17,6 +17,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -32,6 +33,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/llmd-kn/llmd-kn/internal/kubetest"
+	"github.com/llmd-kn/llmd-kn/pkg/reconciler"
 )
 
 const (
@@ -43,10 +45,15 @@ const (
 	nodeName      = "gpu-node-0"
 	// gpusPerNode is the fake node's nvidia.com/gpu allocatable.
 	gpusPerNode = 8
-	// activatorIP is the address the llmd-activator Service's EndpointSlice
-	// names; the autoscaler mirrors it into each revision's Service. Nothing
-	// listens there: only the objects are checked.
-	activatorIP = "10.96.0.50"
+	// scaleToZeroGrace is the autoscaler's scale-to-zero-grace-period
+	// (config-llmd-autoscaler; 30 s by default): how long a revision with
+	// min-scale 0 keeps its pods without traffic.
+	scaleToZeroGrace = 2 * time.Second
+	// tickInterval is the autoscaler's tick-interval (2 s by default).
+	tickInterval = time.Second
+	// activatorName is the llmd-activator's name in its stats reports (its
+	// pod name in a cluster).
+	activatorName = "llmd-activator-e2e"
 )
 
 // binaries the end-to-end tier needs besides kube-apiserver and etcd, all
@@ -64,8 +71,15 @@ type cluster struct {
 	procs      procs
 	reaper     *reaper // kills what is left if this binary dies
 
+	// hostIP is this host's non-loopback address: the address of the
+	// webhooks' and the activator's EndpointSlices.
+	hostIP string
 	// autoscalerURL is the autoscaler's stats address (http://host:port).
 	autoscalerURL string
+	// activatorURL is llmd-kn's activator's OpenAI API (http://hostIP:port),
+	// the address of the llmd-activator Service's EndpointSlice;
+	// activatorAdminURL serves its /metrics, /stats and /healthz.
+	activatorURL, activatorAdminURL string
 }
 
 // logf writes a progress line to the test binary's stderr (TestMain has no
@@ -139,6 +153,7 @@ func startCluster(ctx context.Context, c *cluster) error {
 	if err != nil {
 		return err
 	}
+	c.hostIP = ip
 	if c.dir, err = os.MkdirTemp("", "llmd-e2e-"); err != nil {
 		return err
 	}
@@ -151,13 +166,13 @@ func startCluster(ctx context.Context, c *cluster) error {
 	built := make(chan error, 1)
 	go func(built chan<- error) {
 		start := time.Now()
-		build := exec.Command("go", "build", "-o", c.dir+string(filepath.Separator), "./cmd/webhook", "./cmd/autoscaler")
+		build := exec.Command("go", "build", "-o", c.dir+string(filepath.Separator), "./cmd/webhook", "./cmd/autoscaler", "./cmd/activator")
 		build.Dir = root
 		if out, err := build.CombinedOutput(); err != nil {
-			built <- fmt.Errorf("go build ./cmd/webhook ./cmd/autoscaler: %v\n%s", err, out)
+			built <- fmt.Errorf("go build ./cmd/webhook ./cmd/autoscaler ./cmd/activator: %v\n%s", err, out)
 			return
 		}
-		logf("%-48s %6.1fs", "(in parallel) go build llmd-kn webhook, autoscaler", time.Since(start).Seconds())
+		logf("%-48s %6.1fs", "(in parallel) go build llmd-kn webhook, autoscaler, activator", time.Since(start).Seconds())
 		built <- nil
 	}(built)
 	// Whatever happens next, the build is over before the temp folder is
@@ -250,7 +265,7 @@ func startCluster(ctx context.Context, c *cluster) error {
 		return err
 	}
 
-	ports, err := freePorts(12)
+	ports, err := freePorts(14)
 	if err != nil {
 		return err
 	}
@@ -295,7 +310,7 @@ func startCluster(ctx context.Context, c *cluster) error {
 		return err
 	}
 
-	if err := phase("namespaces, Knative config, webhook objects", func() error {
+	if err := phase("namespaces, Knative config, llmd-kn objects", func() error {
 		for _, ns := range []string{knativeNamespace, llmdNamespace, testNamespace} {
 			if err := c.client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 				return err
@@ -338,8 +353,12 @@ func startCluster(ctx context.Context, c *cluster) error {
 		if err := c.apply(ctx, filepath.Join(serving, "config", "core", "webhooks", "secret.yaml"), nil); err != nil {
 			return err
 		}
-		for _, f := range []string{"200-serviceaccount.yaml", "200-rbac.yaml", "300-secret.yaml"} {
-			if err := c.apply(ctx, filepath.Join(root, "config", "webhook", f), nil); err != nil {
+		for _, f := range []string{
+			"webhook/200-serviceaccount.yaml", "webhook/200-rbac.yaml", "webhook/300-secret.yaml",
+			// The activator runs with its own identity and RBAC.
+			"activator/200-serviceaccount.yaml", "activator/200-rbac.yaml",
+		} {
+			if err := c.apply(ctx, filepath.Join(root, "config", filepath.FromSlash(f)), nil); err != nil {
 				return err
 			}
 		}
@@ -423,13 +442,17 @@ func startCluster(ctx context.Context, c *cluster) error {
 		return err
 	}
 
-	return phase("llmd-kn autoscaler", func() error {
-		if err := c.activatorEndpoints(ctx); err != nil {
+	if err := phase("llmd-kn autoscaler", func() error {
+		if err := c.activatorService(ctx); err != nil {
+			return err
+		}
+		configDir, err := autoscalerConfig(c.dir)
+		if err != nil {
 			return err
 		}
 		stats, health := port(), port()
 		p, err := start("llmd-kn-autoscaler", filepath.Join(c.dir, "autoscaler"), []string{
-			"--kubeconfig=" + c.kubeconfig, "--namespace=" + llmdNamespace,
+			"--kubeconfig=" + c.kubeconfig, "--namespace=" + llmdNamespace, "--config-dir=" + configDir,
 			"--stats-bind-address=127.0.0.1:" + stats, "--metrics-bind-address=127.0.0.1:" + port(),
 			"--health-probe-bind-address=127.0.0.1:" + health, "--leader-elect=false",
 		}, nil)
@@ -437,7 +460,38 @@ func startCluster(ctx context.Context, c *cluster) error {
 			return err
 		}
 		c.autoscalerURL = "http://127.0.0.1:" + stats
-		return c.waitAutoscaler(ctx, p, "http://127.0.0.1:"+health+"/readyz")
+		return c.waitHTTP(ctx, p, "http://127.0.0.1:"+health+"/readyz")
+	}); err != nil {
+		return err
+	}
+
+	return phase("llmd-kn activator (cluster mode)", func() error {
+		kubeconfig, err := c.activatorKubeconfig(ctx)
+		if err != nil {
+			return err
+		}
+		// It listens where its EndpointSlice says, as a pod does on its
+		// own IP; the revision Services the autoscaler makes mirror that
+		// address.
+		api, admin := port(), port()
+		p, err := start("llmd-kn-activator", filepath.Join(c.dir, "activator"), []string{
+			"--kubeconfig=" + kubeconfig, "--autoscaler-url=" + c.autoscalerURL, "--pod-name=" + activatorName,
+			"--addr=" + ip + ":" + api, "--admin-addr=" + ip + ":" + admin,
+			// kwok's pods have addresses where no vLLM answers: every
+			// scrape fails; once a second is enough to learn that.
+			"--scrape-interval=1s",
+		}, nil)
+		if err != nil {
+			return err
+		}
+		c.activatorURL, c.activatorAdminURL = "http://"+ip+":"+api, "http://"+ip+":"+admin
+		// Ready once its informers have synced; only then is its address
+		// ready in the EndpointSlice, as a pod's readiness probe would
+		// have it.
+		if err := c.waitHTTP(ctx, p, c.activatorAdminURL+"/healthz"); err != nil {
+			return err
+		}
+		return c.activatorEndpoints(ctx, ip, api, admin)
 	})
 }
 
@@ -595,31 +649,83 @@ func (c *cluster) hostService(ctx context.Context, ns, svc, portName, ip, port s
 	})
 }
 
-// activatorEndpoints makes the llmd-activator Service of the contracts and
-// an EndpointSlice with one ready address, which the autoscaler mirrors
-// into every revision's Service.
-func (c *cluster) activatorEndpoints(ctx context.Context) error {
-	if err := c.client.Create(ctx, &corev1.Service{
+// activatorService makes the llmd-activator Service of the contracts,
+// selector-less: its EndpointSlice (activatorEndpoints) names this host.
+func (c *cluster) activatorService(ctx context.Context) error {
+	return c.client.Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: llmdNamespace, Name: "llmd-activator"},
 		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{
 			{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)},
 			{Name: "admin", Port: 9091, TargetPort: intstr.FromInt32(9091)},
 		}},
-	}); err != nil {
-		return err
-	}
+	})
+}
+
+// activatorEndpoints gives the llmd-activator Service an EndpointSlice with
+// one ready address, this host, at the ports the activator listens on; the
+// autoscaler mirrors the address into every revision's Service.
+func (c *cluster) activatorEndpoints(ctx context.Context, ip, api, admin string) error {
+	apiPort, adminPort := intstr.Parse(api), intstr.Parse(admin)
 	ready := true
 	return c.client.Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Namespace: llmdNamespace, Name: "llmd-activator-e2e", Labels: map[string]string{
+		ObjectMeta: metav1.ObjectMeta{Namespace: llmdNamespace, Name: "llmd-activator-host", Labels: map[string]string{
 			discoveryv1.LabelServiceName: "llmd-activator", discoveryv1.LabelManagedBy: "e2e.llm-d.ai",
 		}},
 		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{activatorIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
 		Ports: []discoveryv1.EndpointPort{
-			{Name: ptr("http"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)},
-			{Name: ptr("admin"), Port: ptr(int32(9091)), Protocol: ptr(corev1.ProtocolTCP)},
+			{Name: ptr("http"), Port: &apiPort.IntVal, Protocol: ptr(corev1.ProtocolTCP)},
+			{Name: ptr("admin"), Port: &adminPort.IntVal, Protocol: ptr(corev1.ProtocolTCP)},
 		},
 	})
+}
+
+// activatorKubeconfig writes a kubeconfig for the activator's identity, the
+// llmd-activator ServiceAccount (a client certificate for its user name and
+// groups; RBAC from config/activator), and checks that RBAC holds it to
+// least privilege: it may not read Secrets.
+func (c *cluster) activatorKubeconfig(ctx context.Context) (string, error) {
+	user, err := c.env.AddUser(envtest.User{
+		Name:   "system:serviceaccount:" + llmdNamespace + ":llmd-activator",
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + llmdNamespace},
+	}, nil)
+	if err != nil {
+		return "", err
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return "", err
+	}
+	cl, err := client.New(user.Config(), client.Options{Scheme: c.client.Scheme()})
+	if err != nil {
+		return "", err
+	}
+	var secrets corev1.SecretList
+	if err := cl.List(ctx, &secrets, client.InNamespace(llmdNamespace)); !apierrors.IsForbidden(err) {
+		return "", fmt.Errorf("the activator's identity lists Secrets in %s: %v, want Forbidden (is RBAC enforced?)", llmdNamespace, err)
+	}
+	path := filepath.Join(c.dir, "activator.kubeconfig")
+	return path, os.WriteFile(path, kc, 0o600)
+}
+
+// autoscalerConfig writes config-llmd-autoscaler as a mounted ConfigMap
+// would be, one file per key, and returns its folder: a short tick and
+// scale-to-zero grace period, so that a revision goes to zero within
+// seconds.
+func autoscalerConfig(dir string) (string, error) {
+	cfg := filepath.Join(dir, "config-llmd-autoscaler")
+	if err := os.Mkdir(cfg, 0o700); err != nil {
+		return "", err
+	}
+	for k, v := range map[string]string{
+		reconciler.KeyScaleToZeroGracePeriod: scaleToZeroGrace.String(),
+		reconciler.KeyTickInterval:           tickInterval.String(),
+	} {
+		if err := os.WriteFile(filepath.Join(cfg, k), []byte(v), 0o600); err != nil {
+			return "", err
+		}
+	}
+	return cfg, nil
 }
 
 // waitWebhook waits until a webhook answers TLS on addr and has put its CA
@@ -652,13 +758,14 @@ func (c *cluster) waitWebhook(ctx context.Context, p *proc, addr, config string)
 	return nil
 }
 
-// waitAutoscaler waits for the autoscaler's readiness endpoint.
-func (c *cluster) waitAutoscaler(ctx context.Context, p *proc, readyz string) error {
+// waitHTTP waits until a component's health or readiness endpoint answers
+// 200.
+func (c *cluster) waitHTTP(ctx context.Context, p *proc, url string) error {
 	err := poll(ctx, 60*time.Second, func() (bool, error) {
 		if p.exited() {
 			return false, permanent{fmt.Errorf("exited: %v", p.err)}
 		}
-		resp, err := httpClient.Get(readyz)
+		resp, err := httpClient.Get(url)
 		if err != nil {
 			return false, err
 		}

@@ -7,11 +7,15 @@
 // kwok with a fake node that has nvidia.com/gpu allocatable, Knative
 // Serving's controller and webhook, llmd-kn's webhook (reached through a
 // selector-less Service whose EndpointSlice names this host, with the
-// webhook configurations of config/webhook) and llmd-kn's autoscaler. Every
-// process is stopped by PID at the end (SIGTERM, then SIGKILL after a grace
-// period; components first, then kube-apiserver and etcd), also when a test
-// fails or panics; a small reaper process kills their process groups if
-// this binary itself dies (a -timeout alarm, a signal).
+// webhook configurations of config/webhook), llmd-kn's autoscaler (with a
+// short scale-to-zero grace period) and llmd-kn's activator in cluster mode
+// (its own identity with config/activator's RBAC; the llmd-activator
+// Service's EndpointSlice names this host, so every revision Service the
+// autoscaler makes points at it). Every process is stopped by PID at the
+// end (SIGTERM, then SIGKILL after a grace period; components first, then
+// kube-apiserver and etcd), also when a test fails or panics; a small
+// reaper process kills their process groups if this binary itself dies (a
+// -timeout alarm, a signal).
 //
 // The binaries come from `hack/build-k8s.sh all`; llmd-kn's own are built
 // from this checkout. It runs only with LLMD_E2E=1 (make e2e, part of make

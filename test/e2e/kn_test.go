@@ -115,8 +115,12 @@ func TestKnServiceLifecycle(t *testing.T) {
 
 	if !step(t, "kn service create", func(t *testing.T) {
 		// kn's --annotation writes each key on the Service and on the
-		// revision template; llmd-kn reads the template's.
+		// revision template; llmd-kn reads the template's. min-scale 1:
+		// the steps below count replicas, which the harness's short
+		// scale-to-zero grace period would otherwise take to zero between
+		// them (TestScaleFromZero covers min-scale 0).
 		out, err := c.kn(ctx, "service", "create", svc, "--image", testImage,
+			"--annotation", apis.MinScaleAnnotation+"=1",
 			"--annotation", apis.ModelAnnotation+"=meta-llama/Llama-3.1-8B-Instruct",
 			"--annotation", apis.DisaggregationAnnotation+"="+apis.DisaggregationPrefillDecode,
 			"--annotation", apis.SimProfileAnnotation+"=llama-3.1-8b-h100",
@@ -207,7 +211,7 @@ func TestKnServiceLifecycle(t *testing.T) {
 						addrs = append(addrs, e.Addresses...)
 					}
 				}
-				return slices.Contains(addrs, activatorIP), fmt.Sprintf("endpoints %v, want the activator's %s", addrs, activatorIP)
+				return slices.Contains(addrs, c.hostIP), fmt.Sprintf("endpoints %v, want the activator's %s", addrs, c.hostIP)
 			})
 		}) {
 			return
@@ -366,7 +370,9 @@ func TestKnServiceLifecycle(t *testing.T) {
 
 // reportLoad posts heavy-load activator statistics for revision to the
 // autoscaler every second, as an activator would, until the returned
-// function is called.
+// function is called. The autoscaler adds them to the real activator's
+// reports, which show no load: no request reaches it in this test, and it
+// could not serve one from kwok's pods.
 func (c *cluster) reportLoad(t *testing.T, revision string) func() {
 	t.Helper()
 	done := make(chan struct{})
@@ -441,6 +447,15 @@ type recommendation struct {
 	Name      string `json:"name"`
 	Prefill   int    `json:"prefill"`
 	Decode    int    `json:"decode"`
+	// Recommendation is the decider's last decision, with the load it
+	// saw (pkg/autoscaler.Recommendation; the fields the tests read).
+	Recommendation struct {
+		DecodeRole struct {
+			// Backlog is the replicas the queued requests need now: the
+			// activators' reports of queued requests.
+			Backlog float64 `json:"backlog"`
+		} `json:"decodeRole"`
+	} `json:"recommendation"`
 }
 
 // recommendation returns the autoscaler's current recommendation for a
