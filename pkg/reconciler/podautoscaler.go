@@ -437,6 +437,35 @@ func decideActivation(st *v1alpha1.PodAutoscalerStatus, cfg autoscaler.Config, r
 	return a
 }
 
+// knativeOverrides applies Knative's per-revision autoscaling annotations,
+// read with Knative's own PodAutoscaler accessors (the PA carries the
+// revision's annotations): autoscaling.knative.dev/window (the stable
+// window), panic-window-percentage, panic-threshold-percentage,
+// scale-down-delay, target-utilization-percentage, and
+// scale-to-zero-pod-retention-period, which keeps a revision that went
+// idle for at least that long before zero (the grace period becomes the
+// larger of the two). Knative's webhook has validated the values.
+func knativeOverrides(c *autoscaler.Config, pa *v1alpha1.PodAutoscaler) {
+	if w, ok := pa.Window(); ok && w > 0 {
+		c.StableWindow = w
+	}
+	if p, ok := pa.PanicWindowPercentage(); ok && p > 0 {
+		c.PanicWindowPercentage = p
+	}
+	if p, ok := pa.PanicThresholdPercentage(); ok && p > 0 {
+		c.PanicThresholdPercentage = p
+	}
+	if d, ok := pa.ScaleDownDelay(); ok && d >= 0 {
+		c.ScaleDownDelay = d
+	}
+	if u, ok := pa.TargetUtilization(); ok && u > 0 && u <= 1 { // a fraction
+		c.TargetUtilization = u
+	}
+	if d, ok := pa.ScaleToZeroPodRetention(); ok && d > c.ScaleToZeroGracePeriod {
+		c.ScaleToZeroGracePeriod = d
+	}
+}
+
 // revisionName is the PodAutoscaler's Revision: its controller owner, else
 // the same name (Knative names them alike).
 func revisionName(pa *v1alpha1.PodAutoscaler) string {
@@ -454,6 +483,7 @@ func (r *PodAutoscalerReconciler) configFor(pa *v1alpha1.PodAutoscaler, spec api
 		ttft, tpot = r.opts.TierSLO(spec.DefaultTier)
 	}
 	autoscaler.ApplySpec(&c, spec, ttft, tpot)
+	knativeOverrides(&c, pa)
 	if pa.Spec.Reachability == v1alpha1.ReachabilityUnreachable {
 		// As Knative's ScaleBounds: no route, no minimum.
 		c.Decode.MinScale, c.Prefill.MinScale = 0, 0
