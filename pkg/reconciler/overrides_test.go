@@ -23,7 +23,9 @@ func TestKnativeAnnotationsOverrideTheDefaults(t *testing.T) {
 		{"window", map[string]string{"autoscaling.knative.dev/window": "2m"},
 			func(c autoscaler.Config) bool { return c.StableWindow == 2*time.Minute }},
 		{"panic window and threshold", map[string]string{"autoscaling.knative.dev/panic-window-percentage": "20", "autoscaling.knative.dev/panic-threshold-percentage": "400"},
-			func(c autoscaler.Config) bool { return c.PanicWindowPercentage == 20 && c.PanicThresholdPercentage == 400 }},
+			func(c autoscaler.Config) bool {
+				return c.PanicWindowPercentage == 20 && c.PanicThresholdPercentage == 400
+			}},
 		{"scale-down delay", map[string]string{"autoscaling.knative.dev/scale-down-delay": "45s"},
 			func(c autoscaler.Config) bool { return c.ScaleDownDelay == 45*time.Second }},
 		{"target utilization", map[string]string{"autoscaling.knative.dev/target-utilization-percentage": "60"},
