@@ -176,6 +176,10 @@ func TestFlowClientGoneLeavesNoTrace(t *testing.T) {
 		done <- err
 	}()
 	waitQueued(t, f, 1)
+	// The poke follows the enqueue (outside the lock): wait for it.
+	for deadline := time.Now().Add(5 * time.Second); pokes.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if pokes.Load() != 1 {
 		t.Fatalf("autoscaler poked %d times for a request waiting on a revision at zero", pokes.Load())
 	}
