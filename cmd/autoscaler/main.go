@@ -72,6 +72,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		probeAddr    = flag.String("health-probe-bind-address", ":8081", "listen address of /healthz and /readyz")
 		leaderElect  = flag.Bool("leader-elect", false, "elect a leader through a Lease in --namespace before reconciling")
 		configDir    = flag.String("config-dir", "", "the config-llmd-autoscaler ConfigMap mounted as a directory (one file per key); defaults when empty")
+		tiersFile    = flag.String("tiers", "", "SLO tier table (the config-llmd-tiers data) whose targets apply to revisions without llm-d.ai/slo-ttft or slo-tpot; built-in tiers when empty")
 		verbose      = flag.Bool("v", false, "log at debug level")
 	)
 	if err := flag.Parse(args); err != nil {
@@ -90,6 +91,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg, err := reconciler.LoadConfigDir(*configDir)
 	if err != nil {
 		return err
+	}
+	tiers := activator.DefaultTiers()
+	if *tiersFile != "" {
+		data, err := os.ReadFile(*tiersFile)
+		if err != nil {
+			return err
+		}
+		if tiers, err = activator.ParseTiers(data); err != nil {
+			return fmt.Errorf("%s: %w", *tiersFile, err)
+		}
 	}
 	restCfg, err := restConfig(*kubeconfig)
 	if err != nil {
@@ -114,7 +125,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)
 	}
-	tiers := activator.DefaultTiers()
 	rec, err := reconciler.New(mgr, reconciler.Options{
 		Namespace:        *namespace,
 		ActivatorService: *activatorSvc,

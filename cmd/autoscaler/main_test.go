@@ -47,6 +47,8 @@ func TestRunRejectsBadInput(t *testing.T) {
 		want string
 	}{
 		{[]string{"--config-dir", dir}, `scale-to-zero-grace-period: invalid value "soon"`},
+		{[]string{"--tiers", filepath.Join(dir, "scale-to-zero-grace-period")}, "scale-to-zero-grace-period"},
+		{[]string{"--tiers", filepath.Join(dir, "missing.yaml")}, "missing.yaml"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 		{[]string{"extra"}, "unexpected arguments"},
 		{[]string{"--kubeconfig", filepath.Join(dir, "missing")}, "kubeconfig"},
