@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,30 +20,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/llmd-kn/llmd-kn/internal/kubetest"
+	"github.com/llmd-kn/llmd-kn/internal/testutil"
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/activator/discovery"
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
 )
-
-// syncBuffer is a bytes.Buffer safe for the command's concurrent logging.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestClusterMode runs the command as the llmd-activator Deployment does,
 // without --config, against a real API server: it is not ready until its
@@ -147,7 +128,7 @@ func TestClusterMode(t *testing.T) {
 	addr, admin := freeAddr(t), freeAddr(t)
 	rctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	go func() {
 		done <- run(rctx, []string{"--kubeconfig", kubeconfig, "--addr", addr, "--admin-addr", admin,
 			"--autoscaler-url", scaler.URL, "--pod-name", "llmd-activator-0"}, logs)

@@ -1,12 +1,12 @@
 package bench
 
 import (
-	"bytes"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/llmd-kn/llmd-kn/internal/testutil"
 )
 
 func TestProgressLine(t *testing.T) {
@@ -32,30 +32,12 @@ func TestProgressLine(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the progress goroutine and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestShowProgress(t *testing.T) {
 	live := &Live{}
 	live.total.Store(3)
 	live.completed.Store(3)
 
-	var bar syncBuffer
+	var bar testutil.SyncBuffer
 	stop := ShowProgress(&bar, "r", live, ProgressBar, 0)
 	time.Sleep(BarInterval + 100*ms)
 	stop()
@@ -65,13 +47,13 @@ func TestShowProgress(t *testing.T) {
 		t.Errorf("bar output %q: want carriage-return updates and one final newline", out)
 	}
 
-	var lines syncBuffer
+	var lines testutil.SyncBuffer
 	ShowProgress(&lines, "r", live, ProgressLines, 0)()
 	if out := lines.String(); strings.Contains(out, "\r") || strings.Count(out, "\n") != 1 || !strings.Contains(out, "3/3 done") {
 		t.Errorf("lines output %q", out)
 	}
 
-	var none syncBuffer
+	var none testutil.SyncBuffer
 	ShowProgress(&none, "r", live, ProgressNone, 0)()
 	if none.String() != "" {
 		t.Errorf("none wrote %q", none.String())

@@ -16,13 +16,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	llmdtest "github.com/llmd-kn/llmd-kn/internal/testutil"
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
 )
 
@@ -84,23 +84,6 @@ spec:
 
 func svcYAML(name, annotations string) string {
 	return strings.NewReplacer("NAME", name, "ANNOTATIONS", annotations).Replace(testService)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func newRuntime(t *testing.T, yaml string, mod func(*Options)) *Runtime {
@@ -321,7 +304,7 @@ func TestProcessPods(t *testing.T) {
 			if ignoreTerm {
 				t.Setenv("FAKE_POD_IGNORE_TERM", "1")
 			}
-			var out syncBuffer
+			var out llmdtest.SyncBuffer
 			rt := newRuntime(t, svcYAML("proc", "llm-d.ai/disaggregation: prefill-decode"), func(o *Options) {
 				o.PodCommand = exe + " --served {served_model_name} --role {role} --port {port} {args}"
 				o.PodOutput = &out
@@ -387,7 +370,7 @@ func TestFailingPodsAreReplacedAndReported(t *testing.T) {
 	}
 	t.Setenv("LOCAL_TEST_POD", t.TempDir())
 	t.Setenv("FAKE_POD_FAIL", "1")
-	var out syncBuffer
+	var out llmdtest.SyncBuffer
 	rt := newRuntime(t, svcYAML("bad", "{}"), func(o *Options) {
 		o.PodCommand = exe + " --port {port}"
 		o.PodOutput = &out

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	llmdtest "github.com/llmd-kn/llmd-kn/internal/testutil"
 )
 
 // chromium finds a headless-capable Chromium: Debian's /usr/bin/chromium,
@@ -50,7 +52,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
-	var stderr syncBuffer
+	var stderr llmdtest.SyncBuffer
 	cmd.Stderr = &stderr
 	start := time.Now()
 	out, err := cmd.Output()

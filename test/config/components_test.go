@@ -1,7 +1,6 @@
 package config_test
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"net/http"
@@ -11,7 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,25 +20,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/llmd-kn/llmd-kn/internal/testutil"
 )
-
-// syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func freePort(t *testing.T) string {
 	t.Helper()
@@ -68,7 +50,7 @@ func runComponents(t *testing.T, env *envtest.Environment, admin client.Client, 
 	statsAddr := ""
 	type running struct {
 		name string
-		out  *syncBuffer
+		out  *testutil.SyncBuffer
 	}
 	var procs []running
 	for _, name := range []string{"llmd-autoscaler", "llmd-activator", "llmd-kn-webhook"} {
@@ -154,7 +136,7 @@ func runComponents(t *testing.T, env *envtest.Environment, admin client.Client, 
 				cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
 			}
 		}
-		out := &syncBuffer{}
+		out := &testutil.SyncBuffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -15,13 +15,14 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+
+	"github.com/llmd-kn/llmd-kn/internal/testutil"
 )
 
 var knLLMD string // the built binary
@@ -49,28 +50,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// lockedBuffer collects a subprocess's output while tests read it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // runtime is a running `kn-llmd local`.
 type runtime struct {
 	cmd            *exec.Cmd
-	stdout, stderr *lockedBuffer
+	stdout, stderr *testutil.SyncBuffer
 	api, status    string
 	curl           string
 	done           chan struct{}
@@ -82,7 +65,7 @@ func start(t *testing.T, args ...string) *runtime {
 	t.Helper()
 	args = append([]string{"local", "--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"}, args...)
 	cmd := exec.Command(knLLMD, args...)
-	rt := &runtime{cmd: cmd, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	rt := &runtime{cmd: cmd, stdout: &testutil.SyncBuffer{}, stderr: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	pr, pw := io.Pipe()
 	cmd.Stdout = io.MultiWriter(rt.stdout, pw)
 	cmd.Stderr = rt.stderr

@@ -8,7 +8,6 @@ package discovery_test
 // activator sends to what it discovered really arrive somewhere.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -33,6 +32,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/llmd-kn/llmd-kn/internal/kubetest"
+	"github.com/llmd-kn/llmd-kn/internal/testutil"
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/activator/discovery"
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
@@ -204,34 +204,16 @@ func setReady(t *testing.T, c client.Client, p *corev1.Pod, ready bool) {
 	}
 }
 
-// logBuffer collects the discovery's logs.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // front is an activator kept in step by discovery, behind an HTTP server.
 type front struct {
 	act  *activator.Activator
 	url  string
-	logs *logBuffer
+	logs *testutil.SyncBuffer
 }
 
 func startFront(t *testing.T, poke func(activator.RevisionKey)) *front {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testutil.SyncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	act, err := activator.New(activator.Options{Debug: true, ScrapeInterval: 20 * time.Millisecond, Poke: poke, Logger: log})
 	if err != nil {
