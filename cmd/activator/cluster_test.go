@@ -34,13 +34,12 @@ import (
 // the autoscaler, and exits cleanly when told to stop.
 func TestClusterMode(t *testing.T) {
 	assets := kubetest.AssetsOrSkip(t)
-	serving, err := kubetest.ModuleDir("knative.dev/serving")
+	crdPaths, err := kubetest.ServingCRDs("revision", "route")
 	if err != nil {
 		t.Fatal(err)
 	}
-	crds := filepath.Join(serving, "config", "core", "300-resources")
 	env := &envtest.Environment{BinaryAssetsDirectory: assets, ErrorIfCRDPathMissing: true,
-		CRDInstallOptions: envtest.CRDInstallOptions{Paths: []string{filepath.Join(crds, "revision.yaml"), filepath.Join(crds, "route.yaml")}}}
+		CRDInstallOptions: envtest.CRDInstallOptions{Paths: crdPaths}}
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatal(err)

@@ -89,12 +89,20 @@ func TestActivatorInFrontOfASimulator(t *testing.T) {
 		b, _ := io.ReadAll(r.Body)
 		return string(b)
 	}
-	if m := get("/metrics"); !strings.Contains(m, `llmd_activator_requests_total{code="200",revision="default/llm-00001",tier="standard"} 1`) {
-		t.Fatalf("metrics do not count the request:\n%s", m)
+	// The activator counts a request when its handler returns, which may be
+	// just after the client has read the last byte: wait for the counts.
+	eventually := func(path, want string) {
+		t.Helper()
+		var got string
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if got = get(path); strings.Contains(got, want) {
+				return
+			}
+		}
+		t.Fatalf("%s lacks %s:\n%s", path, want, got)
 	}
-	if s := get("/stats"); !strings.Contains(s, `"completionTokens":5`) {
-		t.Fatalf("stats: %s", s)
-	}
+	eventually("/metrics", `llmd_activator_requests_total{code="200",revision="default/llm-00001",tier="standard"} 1`)
+	eventually("/stats", `"completionTokens":5`)
 	cancel()
 	select {
 	case err := <-done:

@@ -87,17 +87,14 @@ func TestAutoscalerInACluster(t *testing.T) {
 	if err != nil {
 		t.Skipf("no RBAC manifest: %v", err)
 	}
-	servingDir, err := kubetest.ModuleDir("knative.dev/serving")
+	crdPaths, err := kubetest.ServingCRDs("revision", "podautoscaler")
 	if err != nil {
 		t.Fatal(err)
 	}
-	crds := filepath.Join(servingDir, "config", "core", "300-resources")
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		ErrorIfCRDPathMissing: true,
-		CRDInstallOptions: envtest.CRDInstallOptions{Paths: []string{
-			filepath.Join(crds, "revision.yaml"), filepath.Join(crds, "podautoscaler.yaml"),
-		}},
+		CRDInstallOptions:     envtest.CRDInstallOptions{Paths: crdPaths},
 	}
 	cfg, err := env.Start()
 	if err != nil {

@@ -89,3 +89,23 @@ func ModuleDir(path string) (string, error) {
 	}
 	return dir, nil
 }
+
+// ServingCRDs returns the paths of Knative Serving's CRD manifests of the
+// given resources (file names under config/core/300-resources without
+// .yaml, e.g. "revision", "podautoscaler") in the module cache, at the
+// version the main module requires.
+func ServingCRDs(resources ...string) ([]string, error) {
+	serving, err := ModuleDir("knative.dev/serving")
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(serving, "config", "core", "300-resources")
+	paths := make([]string, len(resources))
+	for i, r := range resources {
+		paths[i] = filepath.Join(dir, r+".yaml")
+		if _, err := os.Stat(paths[i]); err != nil {
+			return nil, fmt.Errorf("Knative Serving CRD %q: %w", r, err)
+		}
+	}
+	return paths, nil
+}

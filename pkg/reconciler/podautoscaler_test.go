@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -141,17 +140,14 @@ func clockCluster(t *testing.T) *cluster {
 }
 
 func startCluster(assets string, clock *shiftedClock) (*cluster, error) {
-	servingDir, err := kubetest.ModuleDir("knative.dev/serving")
+	crdPaths, err := kubetest.ServingCRDs("revision", "podautoscaler")
 	if err != nil {
 		return nil, err
 	}
-	crds := filepath.Join(servingDir, "config", "core", "300-resources")
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		ErrorIfCRDPathMissing: true,
-		CRDInstallOptions: envtest.CRDInstallOptions{Paths: []string{
-			filepath.Join(crds, "revision.yaml"), filepath.Join(crds, "podautoscaler.yaml"),
-		}},
+		CRDInstallOptions:     envtest.CRDInstallOptions{Paths: crdPaths},
 	}
 	cfg, err := env.Start()
 	if err != nil {

@@ -106,18 +106,14 @@ func startCluster(assets string) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	serving, err := kubetest.ModuleDir("knative.dev/serving")
+	crdPaths, err := kubetest.ServingCRDs("service", "configuration", "revision", "route")
 	if err != nil {
 		return nil, err
 	}
-	crds := filepath.Join(serving, "config", "core", "300-resources")
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		ErrorIfCRDPathMissing: true,
-		CRDInstallOptions: envtest.CRDInstallOptions{Paths: []string{
-			filepath.Join(crds, "service.yaml"), filepath.Join(crds, "configuration.yaml"),
-			filepath.Join(crds, "revision.yaml"), filepath.Join(crds, "route.yaml"),
-		}},
+		CRDInstallOptions:     envtest.CRDInstallOptions{Paths: crdPaths},
 		WebhookInstallOptions: envtest.WebhookInstallOptions{
 			Paths: []string{filepath.Join(root, "config", "webhook", "500-webhooks.yaml")},
 		},

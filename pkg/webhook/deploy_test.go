@@ -48,18 +48,14 @@ func TestDeployedAsInACluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serving, err := kubetest.ModuleDir("knative.dev/serving")
+	crdPaths, err := kubetest.ServingCRDs("service", "configuration", "revision", "route")
 	if err != nil {
 		t.Fatal(err)
 	}
-	crds := filepath.Join(serving, "config", "core", "300-resources")
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		ErrorIfCRDPathMissing: true,
-		CRDInstallOptions: envtest.CRDInstallOptions{Paths: []string{
-			filepath.Join(crds, "service.yaml"), filepath.Join(crds, "configuration.yaml"),
-			filepath.Join(crds, "revision.yaml"), filepath.Join(crds, "route.yaml"),
-		}},
+		CRDInstallOptions:     envtest.CRDInstallOptions{Paths: crdPaths},
 	}
 	// Webhook Services are then resolved to their endpoints rather than a
 	// cluster IP nobody routes here.

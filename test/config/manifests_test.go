@@ -332,19 +332,14 @@ func TestApplyToAPIServer(t *testing.T) {
 	kc := kubectl(t)
 	assets := kubetest.AssetsOrSkip(t)
 	root := repo(t)
-	serving, err := kubetest.ModuleDir("knative.dev/serving")
+	crdPaths, err := kubetest.ServingCRDs("service", "configuration", "revision", "route", "podautoscaler")
 	if err != nil {
 		t.Fatal(err)
 	}
-	crds := filepath.Join(serving, "config", "core", "300-resources")
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		ErrorIfCRDPathMissing: true,
-		CRDInstallOptions: envtest.CRDInstallOptions{Paths: []string{
-			filepath.Join(crds, "service.yaml"), filepath.Join(crds, "configuration.yaml"),
-			filepath.Join(crds, "revision.yaml"), filepath.Join(crds, "route.yaml"),
-			filepath.Join(crds, "podautoscaler.yaml"),
-		}},
+		CRDInstallOptions:     envtest.CRDInstallOptions{Paths: crdPaths},
 	}
 	ctrl.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	cfg, err := env.Start()

@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,18 +61,15 @@ func apiServer(t *testing.T) client.Client {
 	assets := kubetest.AssetsOrSkip(t)
 	envOnce.Do(func() {
 		start := time.Now()
-		serving, err := kubetest.ModuleDir("knative.dev/serving")
+		crdPaths, err := kubetest.ServingCRDs("revision", "route")
 		if err != nil {
 			envErr = err
 			return
 		}
-		crds := filepath.Join(serving, "config", "core", "300-resources")
 		env = &envtest.Environment{
 			BinaryAssetsDirectory: assets,
 			ErrorIfCRDPathMissing: true,
-			CRDInstallOptions: envtest.CRDInstallOptions{Paths: []string{
-				filepath.Join(crds, "revision.yaml"), filepath.Join(crds, "route.yaml"),
-			}},
+			CRDInstallOptions:     envtest.CRDInstallOptions{Paths: crdPaths},
 		}
 		if restCfg, envErr = env.Start(); envErr == nil {
 			fmt.Fprintf(os.Stderr, "envtest: API server and CRDs up in %.1fs\n", time.Since(start).Seconds())
