@@ -100,25 +100,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	tiers := activator.DefaultTiers()
-	if *tiersFile != "" {
-		data, err := os.ReadFile(*tiersFile)
-		if err != nil {
-			return err
-		}
-		if tiers, err = activator.ParseTiers(data); err != nil {
-			return fmt.Errorf("%s: %w", *tiersFile, err)
-		}
+	tiers, err := activator.LoadTiers(*tiersFile)
+	if err != nil {
+		return err
 	}
-	rcfg := router.DefaultConfig()
-	if *routerFile != "" {
-		data, err := os.ReadFile(*routerFile)
-		if err != nil {
-			return err
-		}
-		if rcfg, err = router.ParseConfig(data); err != nil {
-			return fmt.Errorf("%s: %w", *routerFile, err)
-		}
+	rcfg, err := router.LoadConfig(*routerFile)
+	if err != nil {
+		return err
 	}
 	var doms []string
 	for d := range strings.SplitSeq(*domains, ",") {

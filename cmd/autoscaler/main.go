@@ -92,15 +92,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	tiers := activator.DefaultTiers()
-	if *tiersFile != "" {
-		data, err := os.ReadFile(*tiersFile)
-		if err != nil {
-			return err
-		}
-		if tiers, err = activator.ParseTiers(data); err != nil {
-			return fmt.Errorf("%s: %w", *tiersFile, err)
-		}
+	tiers, err := activator.LoadTiers(*tiersFile)
+	if err != nil {
+		return err
 	}
 	restCfg, err := restConfig(*kubeconfig)
 	if err != nil {

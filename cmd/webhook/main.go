@@ -104,25 +104,13 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 // profiles and SLO tiers the activator is configured with, and the
 // built-in engine profiles.
 func vocabulary(routerFile, tiersFile string) (apis.Vocabulary, error) {
-	tiers := activator.DefaultTiers()
-	if tiersFile != "" {
-		data, err := os.ReadFile(tiersFile)
-		if err != nil {
-			return apis.Vocabulary{}, err
-		}
-		if tiers, err = activator.ParseTiers(data); err != nil {
-			return apis.Vocabulary{}, fmt.Errorf("%s: %w", tiersFile, err)
-		}
+	tiers, err := activator.LoadTiers(tiersFile)
+	if err != nil {
+		return apis.Vocabulary{}, err
 	}
-	rcfg := router.DefaultConfig()
-	if routerFile != "" {
-		data, err := os.ReadFile(routerFile)
-		if err != nil {
-			return apis.Vocabulary{}, err
-		}
-		if rcfg, err = router.ParseConfig(data); err != nil {
-			return apis.Vocabulary{}, fmt.Errorf("%s: %w", routerFile, err)
-		}
+	rcfg, err := router.LoadConfig(routerFile)
+	if err != nil {
+		return apis.Vocabulary{}, err
 	}
 	return apis.Vocabulary{
 		RoutingProfiles: rcfg.ProfileNames(),

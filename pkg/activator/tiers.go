@@ -3,6 +3,7 @@ package activator
 import (
 	"fmt"
 	"math"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -159,4 +160,21 @@ func validTierName(s string) bool {
 func (t *Tiers) VLLMPriority(tier Tier) int {
 	top := t.byName[t.order[0]].Priority
 	return top - tier.Priority
+}
+
+// LoadTiers reads the tier table at path (the config-llmd-tiers data as
+// mounted); an empty path is the built-in table. Errors name the file.
+func LoadTiers(path string) (*Tiers, error) {
+	if path == "" {
+		return DefaultTiers(), nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	t, err := ParseTiers(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return t, nil
 }

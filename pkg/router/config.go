@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -494,4 +495,22 @@ func parseProfile(raw json.RawMessage, path string) (ProfileConfig, *profileSpec
 	}
 	spec.finish()
 	return pc, spec, nil
+}
+
+// LoadConfig reads the router configuration at path (the
+// config-llmd-router data as mounted); an empty path is DefaultConfig.
+// Errors name the file.
+func LoadConfig(path string) (*Config, error) {
+	if path == "" {
+		return DefaultConfig(), nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := ParseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
 }
