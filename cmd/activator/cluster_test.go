@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,12 +21,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/llmd-kn/llmd-kn/internal/kubetest"
+	"github.com/llmd-kn/llmd-kn/internal/simtest"
 	"github.com/llmd-kn/llmd-kn/internal/testutil"
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/activator/discovery"
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
-	"github.com/llmd-kn/llmd-kn/pkg/engine"
-	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
 )
 
 // TestClusterMode runs the command as the llmd-activator Deployment does,
@@ -68,18 +68,15 @@ func TestClusterMode(t *testing.T) {
 	ctx := context.Background()
 
 	// One simulated vLLM, as the pod of a revision of our class.
-	p, _ := engine.BuiltinProfile(engine.DefaultProfile)
-	sim, err := vllmsim.New(vllmsim.Config{Model: "demo", Profile: p, TimeScale: 0.01})
+	_, simAddr := simtest.Start(t, "demo")
+	_, simPort, err := net.SplitHostPort(simAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := strconv.Atoi(simPort)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sctx, scancel := context.WithCancel(context.Background())
-	go func() { _ = sim.Serve(sctx, ln) }()
-	t.Cleanup(func() { scancel(); _ = sim.Close() })
 	for _, o := range []client.Object{
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team"}},
 		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: "team"}},
@@ -99,7 +96,7 @@ func TestClusterMode(t *testing.T) {
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "llm-00001-deployment-0", Namespace: "team",
 		Labels: map[string]string{"serving.knative.dev/revision": "llm-00001"}},
 		Spec: corev1.PodSpec{AutomountServiceAccountToken: &no, Containers: []corev1.Container{{Name: "user-container", Image: "vllm",
-			Ports: []corev1.ContainerPort{{ContainerPort: int32(ln.Addr().(*net.TCPAddr).Port)}}}}}}
+			Ports: []corev1.ContainerPort{{ContainerPort: int32(port)}}}}}}
 	if err := c.Create(ctx, pod); err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +121,7 @@ func TestClusterMode(t *testing.T) {
 	}))
 	t.Cleanup(scaler.Close)
 
-	addr, admin := freeAddr(t), freeAddr(t)
+	addr, admin := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	rctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	logs := &testutil.SyncBuffer{}

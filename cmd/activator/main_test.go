@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,49 +13,29 @@ import (
 	"testing"
 	"time"
 
-	"github.com/llmd-kn/llmd-kn/pkg/engine"
-	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
+	"github.com/llmd-kn/llmd-kn/internal/simtest"
+	"github.com/llmd-kn/llmd-kn/internal/testutil"
 )
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // TestActivatorInFrontOfASimulator runs the command as a user would, with a
 // static config naming one simulated vLLM pod, and checks an answer, the
 // metrics and the autoscaler's stats feed.
 func TestActivatorInFrontOfASimulator(t *testing.T) {
-	p, _ := engine.BuiltinProfile(engine.DefaultProfile)
-	srv, err := vllmsim.New(vllmsim.Config{Model: "demo", Profile: p, TimeScale: 0.01})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, scancel := context.WithCancel(context.Background())
-	go func() { _ = srv.Serve(sctx, ln) }()
-	t.Cleanup(func() { scancel(); _ = srv.Close() })
+	_, simAddr := simtest.Start(t, "demo")
 
 	cfg := filepath.Join(t.TempDir(), "revisions.yaml")
-	doc := fmt.Sprintf("revisions:\n- name: llm-00001\n  service: llm\n  models: [demo]\n  pods:\n  - {name: pod-0, url: \"http://%s\"}\n", ln.Addr())
+	doc := fmt.Sprintf("revisions:\n- name: llm-00001\n  service: llm\n  models: [demo]\n  pods:\n  - {name: pod-0, url: \"http://%s\"}\n", simAddr)
 	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr, admin := freeAddr(t), freeAddr(t)
+	addr, admin := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var logs bytes.Buffer
 	go func() { done <- run(ctx, []string{"--config", cfg, "--addr", addr, "--admin-addr", admin}, &logs) }()
 
 	var resp *http.Response
+	var err error
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		resp, err = http.Post("http://"+addr+"/v1/completions", "application/json",
 			strings.NewReader(`{"model":"demo","prompt":"Knative is","max_tokens":5}`))

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -59,16 +58,6 @@ func TestRunRejectsBadInput(t *testing.T) {
 			t.Errorf("run %v: got %v, want an error containing %q", tc.args, err, tc.want)
 		}
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // TestAutoscalerInACluster runs the command against a real API server as
@@ -136,7 +125,7 @@ func TestAutoscalerInACluster(t *testing.T) {
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.4"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
 	}))
 
-	statsAddr, metricsAddr, probeAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	statsAddr, metricsAddr, probeAddr := testutil.FreeAddr(t), testutil.FreeAddr(t), testutil.FreeAddr(t)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var logs testutil.SyncBuffer

@@ -14,12 +14,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/llmd-kn/llmd-kn/internal/simtest"
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
-	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
-	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
 )
 
 // TestStatsReachTheAutoscaler: after a request through the activator, the
@@ -27,18 +26,7 @@ import (
 // interval, the contract's JSON: the activator's name and one entry per
 // revision that decodes into autoscaler.Snapshot with the request counted.
 func TestStatsReachTheAutoscaler(t *testing.T) {
-	p, _ := engine.BuiltinProfile(engine.DefaultProfile)
-	sim, err := vllmsim.New(vllmsim.Config{Model: "demo", Profile: p, TimeScale: 0.01})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, scancel := context.WithCancel(context.Background())
-	go func() { _ = sim.Serve(sctx, ln) }()
-	t.Cleanup(func() { scancel(); _ = sim.Close() })
+	_, simAddr := simtest.Start(t, "demo")
 
 	type report struct {
 		raw map[string]json.RawMessage
@@ -77,7 +65,7 @@ func TestStatsReachTheAutoscaler(t *testing.T) {
 	if err := act.UpsertRevision(activator.RevisionConfig{Key: key, Service: "llm", Models: []string{"demo"}, Spec: defaultSpec()}); err != nil {
 		t.Fatal(err)
 	}
-	if err := act.SetPods(key, []activator.PodSpec{{Name: "pod-0", URL: "http://" + ln.Addr().String(), Role: router.RoleBoth}}); err != nil {
+	if err := act.SetPods(key, []activator.PodSpec{{Name: "pod-0", URL: "http://" + simAddr, Role: router.RoleBoth}}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
