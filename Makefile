@@ -10,7 +10,7 @@ FUZZTIME ?= 20000x
 # end-to-end tier adds, built from Go modules by hack/build-k8s.sh.
 K8S_BIN ?= $(CURDIR)/_output/k8s/bin
 
-.PHONY: test verify unit e2e fidelity fuzz build bench chromium k8s k8s-e2e
+.PHONY: test verify unit e2e fidelity fuzz build bench chromium k8s k8s-e2e tokenizers
 
 ## test: everything CI checks: formatting, vet, unit and integration tests
 ## (with the race detector), the end-to-end tier, and a short run of every
@@ -45,9 +45,17 @@ k8s-e2e:
 e2e: k8s-e2e
 	KUBEBUILDER_ASSETS=$(K8S_BIN) LLMD_E2E=1 LLMD_REQUIRE_APISERVER=1 $(GO) test -count=1 -timeout 15m -v ./test/e2e
 
-## unit: all tests, race detector on; the API-server tests must not skip.
-unit: k8s-e2e
-	KUBEBUILDER_ASSETS=$(K8S_BIN) LLMD_REQUIRE_APISERVER=1 $(GO) test -race -count=1 -timeout 20m ./...
+## tokenizers: the published Llama 3.1 and Qwen 3 tokenizer files and the
+## JavaScript reference the tokenizer equality test runs (npm, cached in
+## _output/tokenizers). A failed install does not stop `make unit`: the
+## test then fails there with the reason.
+tokenizers:
+	-./hack/install-tokenizers.sh
+
+## unit: all tests, race detector on; the API-server and tokenizer-equality
+## tests must not skip.
+unit: k8s-e2e tokenizers
+	KUBEBUILDER_ASSETS=$(K8S_BIN) LLMD_REQUIRE_APISERVER=1 LLMD_REQUIRE_TOKENIZERS=1 $(GO) test -race -count=1 -timeout 20m ./...
 
 ## fidelity: the same workload through `kn-llmd local` + bench (real time) and
 ## through plan (virtual time) must agree on TTFT p50/p90 within 15% and rank

@@ -1,7 +1,11 @@
-// Package tokenizer is the project's deterministic stand-in for a model
-// tokenizer. The simulator, the activator and the workload generators all use
-// it, so that every component derives the same token ids, and therefore the
-// same KV block hashes, from the same text.
+// Package tokenizer holds the Tokenizer interface (iface.go) and the
+// project's deterministic stand-in for a model tokenizer, the estimate: an
+// approximation, used wherever no tokenizer files or engine mode are
+// configured. The simulator, the activator and the workload generators all
+// use it by default, so that every component derives the same token ids,
+// and therefore the same KV block hashes, from the same text; exact ids come
+// from pkg/tokenizer/native (the model's Hugging Face files) or
+// pkg/tokenizer/engine (the pod's own tokenizer).
 //
 // Text is cut into pieces the way BPE tokenizers roughly do: a run of up to
 // eight letters with its leading space, a run of up to three digits, or any
