@@ -73,6 +73,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		scrape     = flag.Duration("scrape-interval", 50*time.Millisecond, "how often each pod's /metrics is read")
 		maxBody    = flag.Int64("max-body-bytes", 16<<20, "request body limit")
 		debug      = flag.Bool("debug-routing", false, "add the X-Llm-D-Route explanation header to answers")
+		tokDir     = flag.String("tokenizer-dir", "", "folder of models' Hugging Face tokenizer files (a mounted volume or HF cache: org/name, models--org--name or name), for llm-d.ai/tokenizer auto and native; empty: the estimate unless a revision names native:DIR")
 		verbose    = flag.Bool("v", false, "log at debug level")
 	)
 	if err := flag.Parse(args); err != nil {
@@ -118,7 +119,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := activator.Options{Tiers: tiers, RouterConfig: rcfg, Registerer: reg, Logger: log,
-		ScrapeInterval: *scrape, MaxBodyBytes: *maxBody, Debug: *debug, Domains: doms}
+		ScrapeInterval: *scrape, MaxBodyBytes: *maxBody, Debug: *debug, Domains: doms, TokenizerDir: *tokDir}
 	var reporter *activator.Reporter
 	if *scalerURL != "" {
 		var err error

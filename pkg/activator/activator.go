@@ -33,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmd-kn/llmd-kn/pkg/router"
+	"github.com/llmd-kn/llmd-kn/pkg/tokenizer/native"
 )
 
 // Knative's revision headers, set by its ingress on the way to a revision.
@@ -72,6 +73,10 @@ type Options struct {
 	Now          func() time.Time
 	ScrapeClient *http.Client
 	Proxy        *Proxy
+	// TokenizerDir is the folder (a mounted volume or Hugging Face cache)
+	// where llm-d.ai/tokenizer auto and native find a model's tokenizer
+	// files; "" leaves revisions without native:DIR on the estimate.
+	TokenizerDir string
 }
 
 // Activator routes LLM requests to the pods of known revisions.
@@ -81,6 +86,9 @@ type Activator struct {
 
 	mu   sync.RWMutex
 	revs map[RevisionKey]*revision
+
+	tokenizers *native.Cache
+	tokWarned  sync.Map // what tokenizerFor warned about
 }
 
 // New builds an Activator.
@@ -121,7 +129,8 @@ func New(opts Options) (*Activator, error) {
 	if opts.Proxy == nil {
 		opts.Proxy = NewProxy()
 	}
-	return &Activator{opts: opts, metrics: NewMetrics(opts.Registerer), revs: map[RevisionKey]*revision{}}, nil
+	return &Activator{opts: opts, metrics: NewMetrics(opts.Registerer), revs: map[RevisionKey]*revision{},
+		tokenizers: native.NewCache(native.Options{})}, nil
 }
 
 // UpsertRevision adds a revision or replaces its configuration (its pods
@@ -465,6 +474,10 @@ func (a *Activator) resolveRevision(next http.Handler) http.Handler {
 		c := callOf(r)
 		var err error
 		if c.rev, c.tagTier, err = a.resolve(r, c.req.Model); err != nil {
+			a.fail(w, err)
+			return
+		}
+		if err = a.tokenize(r.Context(), c); err != nil {
 			a.fail(w, err)
 			return
 		}

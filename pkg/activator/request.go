@@ -2,6 +2,7 @@ package activator
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,6 +28,13 @@ type LLMRequest struct {
 	Tokens    []uint32
 	Fields    map[string]json.RawMessage
 	Size      int
+
+	// The prompt as parsed, for the revision's tokenizer (Retokenize):
+	// a completion's text (or token ids, when idPrompt), or a chat's
+	// messages.
+	promptText string
+	idPrompt   bool
+	messages   []tokenizer.Message
 }
 
 // BadRequestError is a request the activator refuses with 400 (or Status).
@@ -88,9 +96,9 @@ func ParseLLMRequest(kind string, body []byte) (*LLMRequest, error) {
 	var err error
 	switch kind {
 	case KindCompletion:
-		r.Tokens, err = promptTokens(r.Fields["prompt"])
+		r.Tokens, err = r.promptTokens(r.Fields["prompt"])
 	case KindChat:
-		r.Tokens, err = chatTokens(r.Fields["messages"])
+		r.Tokens, err = r.chatTokens(r.Fields["messages"])
 	default:
 		err = bad("unknown request kind %q", kind)
 	}
@@ -100,7 +108,39 @@ func ParseLLMRequest(kind string, body []byte) (*LLMRequest, error) {
 	return r, nil
 }
 
-func promptTokens(raw json.RawMessage) ([]uint32, error) {
+// Retokenize replaces the estimate's ids with tk's (the revision's
+// tokenizer, known once the revision is resolved) and checks token-id
+// prompts against its vocabulary.
+func (r *LLMRequest) Retokenize(ctx context.Context, tk tokenizer.Tokenizer) error {
+	if r.idPrompt {
+		if n := tk.Info().VocabSize; n > 0 {
+			for i, id := range r.Tokens {
+				if int(id) >= n {
+					return bad("prompt[%d]: token id %d out of range [0, %d)", i, id, n)
+				}
+			}
+		}
+		return nil
+	}
+	if tk == tokenizer.Estimate {
+		return nil // ParseLLMRequest computed these
+	}
+	var ids []uint32
+	var err error
+	switch r.Kind {
+	case KindCompletion:
+		ids, err = tk.Encode(ctx, r.promptText)
+	case KindChat:
+		ids, err = tk.ApplyChatTemplate(ctx, r.messages, true)
+	}
+	if err != nil {
+		return bad("%s: %v", map[string]string{KindCompletion: "prompt", KindChat: "messages"}[r.Kind], err)
+	}
+	r.Tokens = ids
+	return nil
+}
+
+func (r *LLMRequest) promptTokens(raw json.RawMessage) ([]uint32, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, bad("prompt: required")
 	}
@@ -109,6 +149,7 @@ func promptTokens(raw json.RawMessage) ([]uint32, error) {
 		if s == "" {
 			return nil, bad("prompt: must not be empty")
 		}
+		r.promptText = s
 		return tokenizer.Encode(nil, s), nil
 	}
 	// Token ids (as long as the body limit allows: the engine checks the
@@ -119,13 +160,16 @@ func promptTokens(raw json.RawMessage) ([]uint32, error) {
 		if len(ids) == 0 {
 			return nil, bad("prompt: must not be empty")
 		}
+		// The vocabulary is the revision's tokenizer's: Retokenize checks
+		// the upper bound.
 		out := make([]uint32, len(ids))
 		for i, id := range ids {
-			if id < 0 || id >= tokenizer.VocabSize {
-				return nil, bad("prompt[%d]: token id %d out of range [0, %d)", i, id, tokenizer.VocabSize)
+			if id < 0 || id > math.MaxUint32 {
+				return nil, bad("prompt[%d]: token id %d out of range", i, id)
 			}
 			out[i] = uint32(id)
 		}
+		r.idPrompt = true
 		return out, nil
 	}
 	var list []json.RawMessage
@@ -138,10 +182,10 @@ func promptTokens(raw json.RawMessage) ([]uint32, error) {
 	if len(list) > maxPromptItems {
 		return nil, bad("prompt: more than %d prompts", maxPromptItems)
 	}
-	return promptTokens(list[0])
+	return r.promptTokens(list[0])
 }
 
-func chatTokens(raw json.RawMessage) ([]uint32, error) {
+func (r *LLMRequest) chatTokens(raw json.RawMessage) ([]uint32, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, bad("messages: required")
 	}
@@ -169,6 +213,7 @@ func chatTokens(raw json.RawMessage) ([]uint32, error) {
 		}
 		tm[i] = tokenizer.Message{Role: m.Role, Content: text}
 	}
+	r.messages = tm
 	return tokenizer.ApplyChatTemplate(nil, tm, true), nil
 }
 

@@ -10,6 +10,7 @@ package apis
 import (
 	"fmt"
 	"math"
+	pathpkg "path"
 	"slices"
 	"sort"
 	"strconv"
@@ -36,6 +37,7 @@ const (
 	SimProfileAnnotation      = Group + "sim-profile"
 	AcceleratorAnnotation     = Group + "accelerator"
 	VariantCostAnnotation     = Group + "variant-cost"
+	TokenizerAnnotation       = Group + "tokenizer"
 
 	KnativeAutoscalingGroup        = "autoscaling.knative.dev/"
 	ClassAnnotation                = KnativeAutoscalingGroup + "class"
@@ -59,6 +61,21 @@ const (
 const (
 	AutoscalerAct    = "act"
 	AutoscalerAdvise = "advise"
+)
+
+// Tokenizer modes (llm-d.ai/tokenizer).
+const (
+	// TokenizerAuto: the model's tokenizer files when the activator has
+	// them (its tokenizer folder holds the llm-d.ai/model's files), else
+	// the estimate.
+	TokenizerAuto = "auto"
+	// TokenizerEstimate: the built-in approximation, whatever files exist.
+	TokenizerEstimate = "estimate"
+	// TokenizerNative: the model's files from the activator's tokenizer
+	// folder, found by llm-d.ai/model; "native:/path" names a folder
+	// (tokenizer.json and tokenizer_config.json, or a Hugging Face cache
+	// folder models--org--name) on a volume mounted into the activator.
+	TokenizerNative = "native"
 )
 
 // Spec is a revision's llm-d configuration, parsed from its annotations
@@ -85,6 +102,11 @@ type Spec struct {
 	// llm-d.ai/model are variants the autoscaler chooses among.
 	Accelerator string
 	VariantCost float64
+	// Tokenizer is the tokenizer mode (TokenizerAuto, TokenizerEstimate or
+	// TokenizerNative); TokenizerDir the folder "native:DIR" names ("" for
+	// the activator's own folder).
+	Tokenizer    string
+	TokenizerDir string
 }
 
 // Disaggregated reports whether the revision runs separate prefill pods.
@@ -159,6 +181,7 @@ var known = map[string]string{
 	SimProfileAnnotation:      "engine profile name",
 	AcceleratorAnnotation:     "accelerator name",
 	VariantCostAnnotation:     "number > 0",
+	TokenizerAnnotation:       "auto | estimate | native | native:/absolute/path",
 }
 
 // Parse reads and validates the annotations of one object; path is the
@@ -178,6 +201,7 @@ func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, 
 		Model:           annotations[ModelAnnotation],
 		SimProfile:      annotations[SimProfileAnnotation],
 		PrefillMinScale: 0,
+		Tokenizer:       TokenizerAuto,
 	}
 	var errs Errors
 	fail := func(key, format string, args ...any) {
@@ -299,6 +323,14 @@ func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, 
 			s.VariantCost = c
 		}
 	}
+	if v, ok := annotations[TokenizerAnnotation]; ok {
+		mode, dir, err := ParseTokenizer(v)
+		if err != nil {
+			fail(TokenizerAnnotation, "%v", err)
+		} else {
+			s.Tokenizer, s.TokenizerDir = mode, dir
+		}
+	}
 	oneOf(AutoscalerModeAnnotation, &s.AutoscalerMode, []string{AutoscalerAct, AutoscalerAdvise})
 	if v, ok := annotations[SimProfileAnnotation]; ok && len(vocab.SimProfiles) > 0 && !slices.Contains(vocab.SimProfiles, v) {
 		fail(SimProfileAnnotation, "unknown engine profile %q: must be one of %s", v, strings.Join(vocab.SimProfiles, ", "))
@@ -308,6 +340,22 @@ func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, 
 		fail(AutoscalerModeAnnotation, "advise mode needs the %s autoscaler class, the revision uses %q", AutoscalerClass, c)
 	}
 	return s, errs.OrNil()
+}
+
+// ParseTokenizer reads an llm-d.ai/tokenizer value: auto, estimate, native
+// or native:/absolute/path.
+func ParseTokenizer(v string) (mode, dir string, err error) {
+	switch v {
+	case TokenizerAuto, TokenizerEstimate, TokenizerNative:
+		return v, "", nil
+	}
+	if d, ok := strings.CutPrefix(v, TokenizerNative+":"); ok {
+		if !pathpkg.IsAbs(d) || pathpkg.Clean(d) != d || len(d) > 1024 || strings.ContainsAny(d, "\x00\n") {
+			return "", "", fmt.Errorf("invalid value %q: native:DIR needs an absolute, clean path (a volume mounted into the activator), like native:/models/Qwen3-8B", v)
+		}
+		return TokenizerNative, d, nil
+	}
+	return "", "", fmt.Errorf("invalid value %q: must be auto, estimate, native, or native:/absolute/path", v)
 }
 
 // Default adds what an LLM revision needs in Knative and returns the keys

@@ -82,6 +82,10 @@ func TestParseRejectsWithFieldPaths(t *testing.T) {
 		{"zero cost", map[string]string{VariantCostAnnotation: "0"}, "[llm-d.ai/variant-cost]"},
 		{"cost not a number", map[string]string{VariantCostAnnotation: "cheap"}, "[llm-d.ai/variant-cost]"},
 		{"infinite cost", map[string]string{VariantCostAnnotation: "+Inf"}, "[llm-d.ai/variant-cost]"},
+		{"unknown tokenizer", map[string]string{TokenizerAnnotation: "sentencepiece"}, "[llm-d.ai/tokenizer]"},
+		{"relative tokenizer dir", map[string]string{TokenizerAnnotation: "native:models/qwen"}, "[llm-d.ai/tokenizer]"},
+		{"unclean tokenizer dir", map[string]string{TokenizerAnnotation: "native:/models/../etc"}, "[llm-d.ai/tokenizer]"},
+		{"empty tokenizer dir", map[string]string{TokenizerAnnotation: "native:"}, "[llm-d.ai/tokenizer]"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -139,4 +143,22 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted an invalid spec: %+v", s)
 		}
 	})
+}
+
+func TestParseTokenizer(t *testing.T) {
+	for _, tc := range []struct{ in, mode, dir string }{
+		{"auto", TokenizerAuto, ""},
+		{"estimate", TokenizerEstimate, ""},
+		{"native", TokenizerNative, ""},
+		{"native:/models/Qwen3-8B", TokenizerNative, "/models/Qwen3-8B"},
+	} {
+		mode, dir, err := ParseTokenizer(tc.in)
+		if err != nil || mode != tc.mode || dir != tc.dir {
+			t.Errorf("ParseTokenizer(%q) = %q, %q, %v; want %q, %q", tc.in, mode, dir, err, tc.mode, tc.dir)
+		}
+	}
+	s, err := Parse(map[string]string{}, "a", Vocabulary{})
+	if err != nil || s.Tokenizer != TokenizerAuto {
+		t.Errorf("default tokenizer = %q, %v; want auto", s.Tokenizer, err)
+	}
 }
