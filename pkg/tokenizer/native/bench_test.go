@@ -8,7 +8,6 @@ import (
 	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
 )
 
-
 // benchConversation builds a multi-turn chat of about tokens tokens from
 // the corpus (mixed scripts, code, whitespace), each message unique.
 func benchConversation(turns, tokensPerTurn int) []tokenizer.Message {
