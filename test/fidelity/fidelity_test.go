@@ -1,34 +1,47 @@
 // Package fidelity_test checks that the two instruments of llmd-kn agree:
 // the same workload through `kn-llmd local` (simulated pods in real time,
 // measured by pkg/bench) and through `kn-llmd plan` (the same engine model,
-// router and activator accounting in virtual time) gives TTFT p50 and p90
-// within 15 % per routing profile, and the same ranking of the profiles.
+// router and activator accounting in virtual time) gives the same TTFT
+// distribution per routing profile, at every decile, and the same ranking
+// of the profiles at p50 and p90.
+//
+// "The same" is a band with two widths (band_test.go): 15 % in value, and
+// in rank the sampling spread of a quantile, derived from the sample size
+// and measured across plan replicas that carry the real path's timing
+// noise. A p50 that falls between two modes (cache hits and misses under
+// round-robin) is judged by the share of requests on each side, which the
+// data determines, not by its value, which it does not: that is what made
+// the former "p50 within 15 %" check fail at random.
 //
 // The real-time side runs at a time scale (modelled time passes 1/scale
 // times faster than wall time), so its wall latencies are divided by the
 // scale before they are compared; the activator's own wall-clock constants
 // (its 50 ms metrics scrape, the KV-event path) are converted the other way
 // into the plan's configuration. Nothing is fitted: every plan knob is the
-// real path's setting expressed in modelled time.
-//
-// Measured on the shared 2-core machine: overhead 13–17 ms modelled, TTFT
-// local/plan ratios 0.92–1.03 (p50) and 0.98–0.99 (p90), 60 s wall.
+// real path's setting expressed in modelled time, and the path's own
+// overhead is measured by probes on an idle deployment.
 //
 // The test drives a few hundred streams for about a minute of wall time and
 // needs a machine that keeps up with the time scale, so it runs only with
-// LLMD_FIDELITY=1 and without the race detector:
+// LLMD_FIDELITY=1 and without the race detector (LLMD_FIDELITY_OUT=DIR
+// also writes both instruments' TTFTs there):
 //
 //	LLMD_FIDELITY=1 go test -count=1 -v -run Fidelity ./test/fidelity
 package fidelity_test
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"math"
+	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,7 +66,8 @@ const (
 	activatorScrape = 50 * time.Millisecond
 	activatorStale  = 500 * time.Millisecond
 	kvEventLag      = 2 * time.Millisecond
-	// tolerance is the largest relative TTFT difference allowed.
+	// tolerance is the largest relative TTFT difference allowed where the
+	// distribution is steep (see band_test.go for where it is not).
 	tolerance = 0.15
 )
 
@@ -93,7 +107,10 @@ func probeSpec() workload.Spec {
 	}
 }
 
-type ttft struct{ p50, p90 float64 } // modelled seconds
+// replicas is how many times plan replays the workload with the real
+// path's timing noise (see replica), to measure how far a run's quantiles
+// move in rank from one run to the next. Plan runs them in about a second.
+const replicas = 16
 
 func TestFidelity(t *testing.T) {
 	if os.Getenv("LLMD_FIDELITY") == "" {
@@ -103,57 +120,94 @@ func TestFidelity(t *testing.T) {
 		t.Skip("the race detector slows the simulated pods below their time scale")
 	}
 	start := time.Now()
-	real := make(map[string]ttft)
-	overhead := make(map[string]time.Duration)
+	real := make(map[string]sample)
+	lateness := make(map[string][]time.Duration)
+	var diffs []time.Duration
 	for _, p := range profiles {
-		got, oh, err := runLocal(t, p)
+		got, d, late, err := runLocal(t, p)
 		if err != nil {
 			t.Fatalf("%s: local: %v", p, err)
 		}
-		real[p], overhead[p] = got, oh
-		t.Logf("%s: real path overhead %s (modelled time)", p, oh.Round(100*time.Microsecond))
+		real[p], lateness[p] = got, late
+		diffs = append(diffs, d...)
+	}
+	// The real path's overhead: the median of both profiles' probes (the
+	// profiles' routing costs differ by microseconds; pooling halves the
+	// noise of a 16-probe median, which moved the low quantiles by ±5 %).
+	slices.Sort(diffs)
+	oh := max(0, diffs[len(diffs)/2])
+	t.Logf("real path overhead %s (modelled time; probes %s to %s)", oh.Round(100*time.Microsecond),
+		diffs[0].Round(100*time.Microsecond), diffs[len(diffs)-1].Round(100*time.Microsecond))
+	overhead := map[string]time.Duration{}
+	for _, p := range profiles {
+		overhead[p] = oh
 	}
 	t.Logf("real time: %s wall", time.Since(start).Round(time.Second))
-	modelled := make(map[string]ttft)
+
+	// The plan side: the same arrivals as the real run, and the replicas
+	// that measure the spread, all after the real runs so that they do not
+	// compete with the simulated pods for CPU.
+	start = time.Now()
+	modelled := make(map[string]sample)
+	spread := make(map[string]map[float64]float64)
 	for _, p := range profiles {
-		got, err := runPlan(p, overhead[p])
+		got, err := runPlan(p, overhead[p], nil)
 		if err != nil {
 			t.Fatalf("%s: plan: %v", p, err)
 		}
 		modelled[p] = got
+		reps, err := runReplicas(p, overhead[p], lateness[p])
+		if err != nil {
+			t.Fatalf("%s: plan: %v", p, err)
+		}
+		spread[p] = make(map[float64]float64)
+		for _, q := range deciles {
+			spread[p][q] = rankSpread(reps, q)
+		}
 	}
-	t.Logf("%-12s %23s %23s", "profile", "TTFT p50 local/plan", "TTFT p90 local/plan")
-	for _, p := range profiles {
-		r, m := real[p], modelled[p]
-		t.Logf("%-12s %7.3fs %7.3fs %5.2f %7.3fs %7.3fs %5.2f", p, r.p50, m.p50, r.p50/m.p50, r.p90, m.p90, r.p90/m.p90)
+	t.Logf("plan: %d runs in %s wall", len(profiles)*(1+replicas), time.Since(start).Round(100*time.Millisecond))
+	if dir := os.Getenv("LLMD_FIDELITY_OUT"); dir != "" {
+		writeSamples(t, dir, real, modelled)
 	}
+
 	for _, p := range profiles {
-		r, m := real[p], modelled[p]
-		for _, q := range []struct {
-			name       string
-			real, plan float64
-		}{{"p50", r.p50, m.p50}, {"p90", r.p90, m.p90}} {
-			if d := math.Abs(q.real-q.plan) / q.plan; d > tolerance {
-				t.Errorf("%s: TTFT %s local+bench %.3fs vs plan %.3fs: %.0f%% apart (tolerance %.0f%%)",
-					p, q.name, q.real, q.plan, 100*d, 100*tolerance)
+		for _, q := range deciles {
+			a := agree(real[p], modelled[p], q, spread[p][q], tolerance)
+			if a.ok() {
+				t.Logf("%-12s %v", p, a)
+			} else {
+				t.Errorf("%-12s %v: TTFT distributions apart (value tolerance %.0f%%, rank spread across replicas %.3f)",
+					p, a, 100*tolerance, spread[p][q])
 			}
 		}
 	}
-	for _, q := range []struct {
-		name string
-		get  func(ttft) float64
-	}{{"p50", func(v ttft) float64 { return v.p50 }}, {"p90", func(v ttft) float64 { return v.p90 }}} {
-		if a, b := ranking(real, q.get), ranking(modelled, q.get); !slices.Equal(a, b) {
-			t.Errorf("TTFT %s ranking: local+bench %v, plan %v", q.name, a, b)
+	for _, q := range []float64{0.5, 0.9} {
+		get := func(s sample) float64 { return s.quantile(q) }
+		if a, b := ranking(real, get), ranking(modelled, get); !slices.Equal(a, b) {
+			t.Errorf("TTFT p%.0f ranking: local+bench %v, plan %v", 100*q, a, b)
 		}
 	}
 }
 
 // ranking orders the profiles from the lowest TTFT to the highest.
-func ranking(m map[string]ttft, get func(ttft) float64) []string {
+func ranking(m map[string]sample, get func(sample) float64) []string {
 	r := slices.Clone(profiles)
 	sort.SliceStable(r, func(i, j int) bool { return get(m[r[i]]) < get(m[r[j]]) })
 	return r
+}
+
+// writeSamples saves both instruments' TTFTs (modelled seconds) for
+// offline analysis of run-to-run spread.
+func writeSamples(t *testing.T, dir string, real, modelled map[string]sample) {
+	out := map[string]map[string]sample{"real": real, "plan": modelled}
+	b, err := json.Marshal(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := filepath.Join(dir, fmt.Sprintf("fidelity-%d.json", time.Now().UnixNano()))
+	if err := os.WriteFile(name, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func openWorkload(s workload.Spec, speedup float64) (*workload.Workload, error) {
@@ -162,9 +216,10 @@ func openWorkload(s workload.Spec, speedup float64) (*workload.Workload, error) 
 }
 
 // runLocal runs the workload through an in-process `kn-llmd local` with
-// routing profile p, at the time scale, and returns its TTFT percentiles
-// in modelled time, and the real path's overhead measured with probeSpec.
-func runLocal(t *testing.T, p string) (ttft, time.Duration, error) {
+// routing profile p, at the time scale, and returns its TTFTs in modelled
+// time, the probes' differences from plan (the real path's overhead, see
+// probeSpec) and each request's lateness (modelled time).
+func runLocal(t *testing.T, p string) (sample, []time.Duration, []time.Duration, error) {
 	manifest := fmt.Sprintf(`apiVersion: serving.knative.dev/v1
 kind: Service
 metadata:
@@ -185,79 +240,139 @@ spec:
 `, pods, pods, p, simProfile, model)
 	svcs, err := local.Parse(p+".yaml", []byte(manifest), local.DefaultVocabulary())
 	if err != nil {
-		return ttft{}, 0, err
+		return nil, nil, nil, err
 	}
 	rt, err := local.New(local.Options{Services: svcs, Addr: "127.0.0.1:0", MetricsAddr: "off",
 		SimTimeScale: scale, GracePeriod: 2 * time.Second, DrainTimeout: 5 * time.Second, PodOutput: io.Discard})
 	if err != nil {
-		return ttft{}, 0, err
+		return nil, nil, nil, err
 	}
 	defer rt.Close()
 	if err := rt.Start(); err != nil {
-		return ttft{}, 0, err
+		return nil, nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if err := rt.WaitReady(ctx); err != nil {
-		return ttft{}, 0, err
+		return nil, nil, nil, err
 	}
 	pw, err := openWorkload(probeSpec(), 1/scale)
 	if err != nil {
-		return ttft{}, 0, err
+		return nil, nil, nil, err
 	}
 	probe, err := bench.Run(ctx, bench.Config{URL: rt.APIURL(), Model: model}, pw.Source())
 	if err != nil {
-		return ttft{}, 0, err
+		return nil, nil, nil, err
 	}
-	pp, err := runPlanRecords(p, 0, probeSpec())
+	pp, err := runPlanRecords(p, 0, probeSpec(), nil)
 	if err != nil {
-		return ttft{}, 0, err
+		return nil, nil, nil, err
 	}
 	var diffs []time.Duration
 	for i, r := range probe.Records {
 		if r.Error != "" || i >= len(pp) {
-			return ttft{}, 0, fmt.Errorf("probe %d failed: %s", i, r.Error)
+			return nil, nil, nil, fmt.Errorf("probe %d failed: %s", i, r.Error)
 		}
 		diffs = append(diffs, time.Duration(float64(r.TTFT)/scale)-pp[i].TTFT)
 	}
-	slices.Sort(diffs)
-	overhead := max(0, diffs[len(diffs)/2])
 
 	w, err := openWorkload(spec(), 1/scale)
 	if err != nil {
-		return ttft{}, 0, err
+		return nil, nil, nil, err
 	}
 	res, err := bench.Run(ctx, bench.Config{URL: rt.APIURL(), Model: model}, w.Source())
 	if err != nil {
-		return ttft{}, 0, err
+		return nil, nil, nil, err
 	}
 	sum := bench.Summarize(p, res.Records, bench.SummaryOptions{})
 	if n := sum.Requests.Completed; n != w.Len() {
-		return ttft{}, 0, fmt.Errorf("%d of %d requests completed (errors %v)", n, w.Len(), sum.ErrorExamples)
+		return nil, nil, nil, fmt.Errorf("%d of %d requests completed (errors %v)", n, w.Len(), sum.ErrorExamples)
 	}
 	if late := sum.LatencySeconds.Lateness.P90; late > 0.005 {
 		t.Logf("%s: the generator ran %.1f ms late at p90: the machine is too busy for the time scale", p, 1000*late)
 	}
-	l := sum.LatencySeconds.TTFT
-	return ttft{l.P50 / scale, l.P90 / scale}, overhead, nil
+	late := make([]time.Duration, len(res.Records))
+	for i, r := range res.Records {
+		late[i] = time.Duration(float64(r.Sent-r.Scheduled) / scale)
+	}
+	return ttfts(res.Records, scale), diffs, late, nil
+}
+
+// ttfts are the records' TTFTs in modelled seconds (wall time divided by
+// the time scale for the real run).
+func ttfts(recs []bench.Record, scale float64) sample {
+	xs := make([]float64, len(recs))
+	for i, r := range recs {
+		xs[i] = r.TTFT.Seconds() / scale
+	}
+	return newSample(xs)
+}
+
+// replica is one replay of the workload in plan with the timing noise of
+// the real path: its own seed for the router's tie-breaks and the engines'
+// sampling, a random phase of the activator's scrape against the arrivals,
+// and each arrival late by a draw from the real run's measured lateness.
+type replica struct {
+	seed     uint64
+	lateness []time.Duration
+}
+
+// shift returns the arrivals of src moved as the replica says.
+func (r *replica) shift(src workload.Source, scrape time.Duration) workload.Source {
+	rng := rand.New(rand.NewPCG(r.seed, 0x5eed))
+	phase := time.Duration(rng.Int64N(int64(scrape)))
+	var reqs []workload.Request
+	for {
+		q, ok := src.Next()
+		if !ok {
+			break
+		}
+		q.At += phase
+		if len(r.lateness) > 0 {
+			q.At += max(0, r.lateness[rng.IntN(len(r.lateness))])
+		}
+		reqs = append(reqs, q)
+	}
+	slices.SortStableFunc(reqs, func(a, b workload.Request) int { return cmp.Compare(a.At, b.At) })
+	return workload.Requests(reqs)
 }
 
 // runPlan runs the workload through plan with routing profile p, the real
-// path's constants in modelled time and the measured overhead per hop.
-func runPlan(p string, overhead time.Duration) (ttft, error) {
-	recs, err := runPlanRecords(p, overhead, spec())
+// path's constants in modelled time and the measured overhead per hop, as
+// replica rep (nil: the real run's own arrivals), and returns its TTFTs.
+func runPlan(p string, overhead time.Duration, rep *replica) (sample, error) {
+	recs, err := runPlanRecords(p, overhead, spec(), rep)
 	if err != nil {
-		return ttft{}, err
+		return nil, err
 	}
 	sum := bench.Summarize(p, recs, bench.SummaryOptions{Mode: bench.ModeVirtualTime})
 	if n := sum.Requests.Completed; n != len(recs) {
-		return ttft{}, fmt.Errorf("%d of %d requests completed", n, len(recs))
+		return nil, fmt.Errorf("%d of %d requests completed", n, len(recs))
 	}
-	l := sum.LatencySeconds.TTFT
-	return ttft{l.P50, l.P90}, nil
+	return ttfts(recs, 1), nil
 }
 
-func runPlanRecords(p string, overhead time.Duration, s workload.Spec) ([]bench.Record, error) {
+// runReplicas runs the replicas, two at a time (plan is single threaded
+// and the machine has two cores).
+func runReplicas(p string, overhead time.Duration, lateness []time.Duration) ([]sample, error) {
+	reps := make([]sample, replicas)
+	errs := make([]error, replicas)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 2)
+	for i := range replicas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			reps[i], errs[i] = runPlan(p, overhead, &replica{seed: uint64(i + 1), lateness: lateness})
+		}()
+	}
+	wg.Wait()
+	return reps, errors.Join(errs...)
+}
+
+func runPlanRecords(p string, overhead time.Duration, s workload.Spec, rep *replica) ([]bench.Record, error) {
 	prof, err := engine.BuiltinProfile(simProfile)
 	if err != nil {
 		return nil, err
@@ -275,7 +390,12 @@ func runPlanRecords(p string, overhead time.Duration, s workload.Spec) ([]bench.
 	if err != nil {
 		return nil, err
 	}
-	res, err := plan.Run(context.Background(), cfg, w.Source())
+	src := w.Source()
+	if rep != nil {
+		cfg.Seed = rep.seed
+		src = rep.shift(src, cfg.ScrapeInterval)
+	}
+	res, err := plan.Run(context.Background(), cfg, src)
 	if err != nil {
 		return nil, err
 	}
