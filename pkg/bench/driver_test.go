@@ -135,17 +135,29 @@ func TestRunTextAndChat(t *testing.T) {
 	}
 }
 
-// TestRunOpenLoop: a server that holds the first request for 600ms must not
-// delay the sends of the next ones.
+// TestRunOpenLoop: a server that holds the first request it gets until
+// the three others have arrived must not delay their sends: a closed loop
+// would never send them, and the held request would fail at the hang guard.
 func TestRunOpenLoop(t *testing.T) {
 	var n atomic.Int32
-	slow := &fakeVLLM{headerDelay: 600 * ms}
+	others := make(chan struct{}, 3)
 	fast := &fakeVLLM{}
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if n.Add(1) == 1 {
-			slow.ServeHTTP(w, r)
+			for range 3 {
+				select {
+				case <-others:
+				case <-time.After(30 * time.Second):
+					http.Error(w, "the later requests never came: a closed loop", http.StatusGatewayTimeout)
+					return
+				case <-r.Context().Done():
+					return
+				}
+			}
+			fast.ServeHTTP(w, r)
 			return
 		}
+		others <- struct{}{}
 		fast.ServeHTTP(w, r)
 	}))
 	defer ts.Close()
@@ -155,29 +167,25 @@ func TestRunOpenLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	recs := res.Records
+	if len(recs) != 4 {
+		t.Fatalf("%d records", len(recs))
+	}
 	for i, r := range recs {
 		if !r.OK() {
 			t.Fatalf("record %d: %s %s", i, r.Error, r.Detail)
 		}
-		// Generous for the race detector on a shared machine; a closed
-		// loop would be 600ms late.
-		if late := r.Sent - r.Scheduled; late < 0 || late > 60*ms {
-			t.Errorf("record %d sent %v late", i, late)
+		if late := r.Sent - r.Scheduled; late < 0 {
+			t.Errorf("record %d sent %v before it was due", i, -late)
 		}
 	}
-	if recs[0].E2E < 600*ms {
-		t.Errorf("slow request E2E %v, want ≥ 600ms", recs[0].E2E)
-	}
-	if end0, end3 := recs[0].Sent+recs[0].E2E, recs[3].Sent+recs[3].E2E; end3 >= end0 {
-		t.Errorf("last request ended at %v, after the slow first one (%v)", end3, end0)
-	}
 	s := Summarize("open", recs, SummaryOptions{})
-	if s.LatencySeconds.Lateness.Count != 4 || s.LatencySeconds.Lateness.Max > 0.06 {
+	if s.LatencySeconds.Lateness.Count != 4 {
 		t.Errorf("lateness %+v", s.LatencySeconds.Lateness)
 	}
 	if s.Concurrency.Max < 2 || res.MaxInFlight < 2 {
 		t.Errorf("concurrency %+v, max in flight %d: requests did not overlap", s.Concurrency, res.MaxInFlight)
 	}
+	t.Logf("lateness max %.1f ms", s.LatencySeconds.Lateness.Max*1e3)
 }
 
 func TestRunErrors(t *testing.T) {
@@ -191,6 +199,9 @@ func TestRunErrors(t *testing.T) {
 		w.WriteHeader(http.StatusBadRequest)
 		fmt.Fprint(w, `{"error":{"message":"prompt too long","type":"BadRequestError","code":400}}`)
 	})
+	// The request timeout is what /slow tests; it is long enough for a busy
+	// client to read the chunk sent before the server stalls.
+	const timeout = 2 * time.Second
 	sse := func(w http.ResponseWriter, chunks int) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		for i := range chunks {
@@ -215,7 +226,7 @@ func TestRunErrors(t *testing.T) {
 	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		sse(w, 1)
-		sleepCtx(r, 5*time.Second)
+		sleepCtx(r, time.Minute)
 	})
 	ts := httptest.NewServer(mux)
 	defer ts.Close()
@@ -242,12 +253,12 @@ func TestRunErrors(t *testing.T) {
 		{ts.URL + "/nodone", ErrStreamCut, 200, 2, "before [DONE]"},
 		{ts.URL + "/errevent", ErrStreamError, 200, 1, "engine died"},
 		{ts.URL + "/json", ErrProtocol, 200, 0, "not an event stream"},
-		{ts.URL + "/slow", ErrTimeout, 200, 1, "within 200ms"},
+		{ts.URL + "/slow", ErrTimeout, 200, 1, "within 2s"},
 	}
 	var all []Record
 	for _, tt := range tests {
 		t.Run(strings.TrimPrefix(tt.url, ts.URL), func(t *testing.T) {
-			res, err := Run(context.Background(), Config{URL: tt.url, Model: "m", RequestTimeout: 200 * ms}, requestsAt(3, 4, 0))
+			res, err := Run(context.Background(), Config{URL: tt.url, Model: "m", RequestTimeout: timeout}, requestsAt(3, 4, 0))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -274,9 +285,19 @@ func TestRunErrors(t *testing.T) {
 
 // TestRunHardCap: beyond the hard cap requests are dropped and counted.
 func TestRunHardCap(t *testing.T) {
-	ts := httptest.NewServer(&fakeVLLM{headerDelay: 300 * ms})
+	// The server holds the requests it gets until the driver has dropped
+	// two (or a hang guard passes), so the two in flight are still in
+	// flight when the next ones are due, however busy the machine.
+	live := &Live{}
+	held := &fakeVLLM{}
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for deadline := time.Now().Add(30 * time.Second); live.Snapshot().Dropped < 2 && time.Now().Before(deadline); {
+			time.Sleep(ms)
+		}
+		held.ServeHTTP(w, r)
+	}))
 	defer ts.Close()
-	res, err := Run(context.Background(), Config{URL: ts.URL, Model: "m", HardCap: 2}, requestsAt(3, 1, 0, 0, 0, 10*ms))
+	res, err := Run(context.Background(), Config{URL: ts.URL, Model: "m", HardCap: 2, Live: live}, requestsAt(3, 1, 0, 0, 0, 10*ms))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,16 +346,27 @@ func TestRunMaxConcurrency(t *testing.T) {
 // TestRunCancel: cancelling ends the run promptly; in-flight requests are
 // canceled and requests not yet due have no record.
 func TestRunCancel(t *testing.T) {
-	ts := httptest.NewServer(&fakeVLLM{headerDelay: 10 * time.Second})
-	defer ts.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 100*ms)
+	// The run is canceled once the server holds the first request (which
+	// it would hold for a minute; the second is due in an hour).
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	begin := time.Now()
+	var canceledAt atomic.Int64
+	slow := &fakeVLLM{headerDelay: time.Minute}
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		canceledAt.Store(time.Now().UnixNano())
+		cancel()
+		slow.ServeHTTP(w, r)
+	}))
+	defer ts.Close()
+	guard := time.AfterFunc(30*time.Second, cancel) // a hang guard, should the request never arrive
+	defer guard.Stop()
 	res, err := Run(ctx, Config{URL: ts.URL, Model: "m"}, requestsAt(3, 1, 0, time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(begin); d > 3*time.Second {
+	if at := canceledAt.Load(); at == 0 {
+		t.Fatal("the request never reached the server")
+	} else if d := time.Since(time.Unix(0, at)); d > 20*time.Second {
 		t.Errorf("run took %v after cancel", d)
 	}
 	if !res.Interrupted || len(res.Records) != 1 || res.Records[0].Error != ErrCanceled {
