@@ -99,10 +99,11 @@ func TestForwardRetryableOnlyBeforeFirstByte(t *testing.T) {
 }
 
 func TestForwardClientGoneCancelsUpstream(t *testing.T) {
-	cancelled := make(chan struct{})
+	started, cancelled := make(chan struct{}), make(chan struct{})
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(200)
 		w.(http.Flusher).Flush()
+		close(started)
 		<-r.Context().Done()
 		close(cancelled)
 	}))
@@ -113,11 +114,17 @@ func TestForwardClientGoneCancelsUpstream(t *testing.T) {
 	go func() {
 		done <- p.Forward(ctx, httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, "/", nil), up.URL, "/", []byte(`{}`), nil)
 	}()
-	time.Sleep(50 * time.Millisecond)
+	// Cancel once the upstream has the request (a cancel before it was
+	// sent would never reach the upstream).
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("upstream never got the request")
+	}
 	cancel()
 	select {
 	case <-cancelled:
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("upstream request not cancelled")
 	}
 	if err := <-done; !errors.Is(err, context.Canceled) {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
@@ -26,13 +25,15 @@ func TestReconfigureKeepsThePrefixIndex(t *testing.T) {
 	if first.status != 200 || home == "" {
 		t.Fatalf("first request: %d %q %s", first.status, first.route, first.body)
 	}
-	time.Sleep(100 * time.Millisecond)
 	for i := range 3 {
 		spec.AllowedTiers = nil
 		if err := f.act.UpsertRevision(RevisionConfig{Key: f.key, Service: "llm", Models: []string{testModel}, Spec: spec,
 			Tags: []string{fmt.Sprintf("tag-%d", i)}}); err != nil {
 			t.Fatal(err)
 		}
+		// prefix-approx: the router recorded the prefix when it routed; a
+		// scrape from during the last request would show its pod busy.
+		f.waitSettled(t, 0)
 		p := append(append([]uint32{}, shared...), longPrompt(100, uint32(30+i))...)
 		c := f.complete(t, p, 4, nil)
 		// The router must still know the prefix is there (not merely
