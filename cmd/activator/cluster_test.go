@@ -142,7 +142,7 @@ func TestClusterMode(t *testing.T) {
 		t.Fatalf("never ready:\n%s", logs.String())
 	}
 	var resp *http.Response
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/completions", strings.NewReader(`{"model":"demo","prompt":"Knative is","max_tokens":3}`))
 		req.Header.Set(activator.RevisionHeader, "llm-00001")
 		req.Header.Set(activator.NamespaceHeader, "team")
@@ -162,7 +162,7 @@ func TestClusterMode(t *testing.T) {
 		return rep.Activator == "llmd-activator-0" && len(rep.Revisions) == 1 && rep.Revisions[0].Revision == "team/llm-00001" &&
 			rep.Revisions[0].RequestsByTier["standard"] == 1
 	}
-	for deadline, ok := time.After(5*time.Second), false; !ok; {
+	for deadline, ok := time.After(30*time.Second), false; !ok; {
 		select {
 		case rep := <-reports:
 			ok = counted(rep)
@@ -176,7 +176,7 @@ func TestClusterMode(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("activator did not shut down")
 	}
 }

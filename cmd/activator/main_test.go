@@ -36,7 +36,7 @@ func TestActivatorInFrontOfASimulator(t *testing.T) {
 
 	var resp *http.Response
 	var err error
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		resp, err = http.Post("http://"+addr+"/v1/completions", "application/json",
 			strings.NewReader(`{"model":"demo","prompt":"Knative is","max_tokens":5}`))
 		if err == nil && resp.StatusCode == 200 {
@@ -73,7 +73,7 @@ func TestActivatorInFrontOfASimulator(t *testing.T) {
 	eventually := func(path, want string) {
 		t.Helper()
 		var got string
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 			if got = get(path); strings.Contains(got, want) {
 				return
 			}
@@ -88,7 +88,7 @@ func TestActivatorInFrontOfASimulator(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("activator did not shut down")
 	}
 }

@@ -64,7 +64,7 @@ func TestRevisionEndpointsWithControllerManager(t *testing.T) {
 	})
 
 	f := newRevision(t, cl, apis.AutoscalerClass, nil, 1)
-	eventually(t, 10*time.Second, "revision EndpointSlice", func() error {
+	eventually(t, 30*time.Second, "revision EndpointSlice", func() error {
 		return cl.c.Get(ctx, f.key(f.name), &discoveryv1.EndpointSlice{})
 	})
 

@@ -72,7 +72,7 @@ func TestActivationTimeout(t *testing.T) {
 				d.Spec.ProgressDeadlineSeconds = ptr.To(c.deadlineSeconds)
 				must(t, cl.c.Update(ctx, d))
 			}
-			eventually(t, 10*time.Second, "activating at the initial scale", func() error {
+			eventually(t, 30*time.Second, "activating at the initial scale", func() error {
 				if err := checkQueued(t, cl, f); err != nil {
 					return err
 				}
@@ -83,7 +83,7 @@ func TestActivationTimeout(t *testing.T) {
 			})
 			if c.fromZero {
 				setReady(t, cl, f.key(f.deploy.Name), 1)
-				eventually(t, 5*time.Second, "ready", func() error {
+				eventually(t, 30*time.Second, "ready", func() error {
 					if pa := f.getPA(t, cl); !pa.IsReady() {
 						return fmt.Errorf("status %+v", pa.Status)
 					}
@@ -91,7 +91,7 @@ func TestActivationTimeout(t *testing.T) {
 				})
 				cl.clock.Shift(time.Minute)
 				nudge(t, cl, f, 100)
-				eventually(t, 5*time.Second, "at zero without traffic", func() error {
+				eventually(t, 30*time.Second, "at zero without traffic", func() error {
 					if act, _ := condStatus(f.getPA(t, cl), "Active"); act != "False" {
 						return fmt.Errorf("active %s", act)
 					}
@@ -101,7 +101,7 @@ func TestActivationTimeout(t *testing.T) {
 				if code := cl.post(t, "/v1/poke", fmt.Sprintf(`{"namespace":%q,"name":%q}`, f.ns, f.name)); code != http.StatusAccepted {
 					t.Fatalf("poke: %d", code)
 				}
-				eventually(t, 5*time.Second, "activating from zero", func() error { return checkQueued(t, cl, f) })
+				eventually(t, 30*time.Second, "activating from zero", func() error { return checkQueued(t, cl, f) })
 			}
 			for i, s := range c.steps {
 				cl.clock.Shift(s.shift)
@@ -109,7 +109,7 @@ func TestActivationTimeout(t *testing.T) {
 				// A tick on the new time, then an event for the PA: in a
 				// cluster the reconciler's own requeue comes back at the
 				// deadline; here the clock jumped past it.
-				eventually(t, 5*time.Second, "a tick after the shift", func() error {
+				eventually(t, 30*time.Second, "a tick after the shift", func() error {
 					if rec, _ := cl.recommendation(t, f.ns, f.name); !rec.Recommendation.At.After(shifted) {
 						return fmt.Errorf("last recommendation at %v", rec.Recommendation.At)
 					}
@@ -123,7 +123,7 @@ func TestActivationTimeout(t *testing.T) {
 					}
 					continue
 				}
-				eventually(t, 5*time.Second, "timed out", func() error { return checkTimedOut(t, cl, f, c.fromZero) })
+				eventually(t, 30*time.Second, "timed out", func() error { return checkTimedOut(t, cl, f, c.fromZero) })
 				// It stays so: the initial scale is not applied again.
 				time.Sleep(5 * tick)
 				if err := checkTimedOut(t, cl, f, c.fromZero); err != nil {
@@ -152,9 +152,9 @@ func TestActivationTimeout(t *testing.T) {
 			if code := cl.post(t, "/v1/poke", fmt.Sprintf(`{"namespace":%q,"name":%q}`, f.ns, f.name)); code != http.StatusAccepted {
 				t.Fatalf("poke: %d", code)
 			}
-			eventually(t, 5*time.Second, "activating again", func() error { return checkQueued(t, cl, f) })
+			eventually(t, 30*time.Second, "activating again", func() error { return checkQueued(t, cl, f) })
 			setReady(t, cl, f.key(f.deploy.Name), 1)
-			eventually(t, 5*time.Second, "ready", func() error {
+			eventually(t, 30*time.Second, "ready", func() error {
 				if pa := f.getPA(t, cl); !pa.IsReady() || !pa.Status.IsScaleTargetInitialized() {
 					return fmt.Errorf("status %+v", pa.Status)
 				}
