@@ -109,7 +109,7 @@ func TestScaleFromZero(t *testing.T) {
 			return len(pods) == 0, fmt.Sprintf("%d pods left", len(pods))
 		})
 		// What Knative's revision reconciler reads.
-		waitFor(t, "podautoscaler desired scale 0", 10*time.Second, func() (bool, string) {
+		waitFor(t, "podautoscaler desired scale 0", 30*time.Second, func() (bool, string) {
 			var pa autoscalingv1alpha1.PodAutoscaler
 			if err := c.client.Get(ctx, types.NamespacedName{Namespace: testNamespace, Name: rev}, &pa); err != nil {
 				return false, err.Error()
@@ -132,7 +132,7 @@ func TestScaleFromZero(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "endpoints of Service "+rev, 10*time.Second, func() (bool, string) {
+		waitFor(t, "endpoints of Service "+rev, 30*time.Second, func() (bool, string) {
 			var l discoveryv1.EndpointSliceList
 			if err := c.client.List(ctx, &l, client.InNamespace(testNamespace), client.MatchingLabels{discoveryv1.LabelServiceName: rev}); err != nil {
 				return false, err.Error()
@@ -146,7 +146,7 @@ func TestScaleFromZero(t *testing.T) {
 			return slices.Contains(addrs, u.Hostname()), fmt.Sprintf("endpoints %v, want the activator's %s", addrs, u.Hostname())
 		})
 		// The activator found the revision (its informers) and no pod.
-		waitFor(t, "the activator serves "+key, 10*time.Second, func() (bool, string) {
+		waitFor(t, "the activator serves "+key, 30*time.Second, func() (bool, string) {
 			s, err := c.activatorStats(key)
 			if err != nil {
 				return false, err.Error()
@@ -208,13 +208,13 @@ func TestScaleFromZero(t *testing.T) {
 			}
 		}
 
-		waitFor(t, "the request queued in the activator", 10*time.Second, func() (bool, string) {
+		waitFor(t, "the request queued in the activator", 30*time.Second, func() (bool, string) {
 			notAnswered()
 			n := c.activatorMetric(t, "llmd_activator_queued_requests", labels)
 			return n == 1, fmt.Sprintf("queued %v", n)
 		})
 		since("queued in the activator")
-		waitFor(t, "the activator poked the autoscaler", 10*time.Second, func() (bool, string) {
+		waitFor(t, "the activator poked the autoscaler", 30*time.Second, func() (bool, string) {
 			n := c.activatorMetric(t, "llmd_activator_autoscaler_pokes_total", map[string]string{"outcome": "sent"})
 			return n > pokes0, fmt.Sprintf("pokes sent %v (before the request: %v)", n, pokes0)
 		})
@@ -238,7 +238,7 @@ func TestScaleFromZero(t *testing.T) {
 		})
 		since("decode pod running on " + nodeName)
 		// The activator's informers see the pod; no vLLM answers there.
-		waitFor(t, "the activator knows the new pod", 10*time.Second, func() (bool, string) {
+		waitFor(t, "the activator knows the new pod", 30*time.Second, func() (bool, string) {
 			s, err := c.activatorStats(key)
 			if err != nil {
 				return false, err.Error()
@@ -248,7 +248,7 @@ func TestScaleFromZero(t *testing.T) {
 		since("the activator knows the pod")
 		// The activator's stats reports carry the waiting request: the
 		// autoscaler's decision counts it as a backlog.
-		waitFor(t, "the autoscaler sees the activator's queued request", 10*time.Second, func() (bool, string) {
+		waitFor(t, "the autoscaler sees the activator's queued request", 30*time.Second, func() (bool, string) {
 			rec, err := c.recommendation(testNamespace, rev)
 			if err != nil {
 				return false, err.Error()
@@ -265,11 +265,11 @@ func TestScaleFromZero(t *testing.T) {
 			if !errors.Is(a.err, context.Canceled) {
 				t.Errorf("cancelled request: status %d %s, err %v; want context.Canceled", a.status, a.body, a.err)
 			}
-		case <-time.After(10 * time.Second):
+		case <-time.After(30 * time.Second):
 			t.Fatal("the cancelled request did not return")
 		}
 		// The activator saw the client go away while the request waited.
-		waitFor(t, "the activator counts the cancelled request", 10*time.Second, func() (bool, string) {
+		waitFor(t, "the activator counts the cancelled request", 30*time.Second, func() (bool, string) {
 			done := c.activatorMetric(t, "llmd_activator_requests_total", map[string]string{"revision": key, "code": "499"})
 			queued := c.activatorMetric(t, "llmd_activator_queued_requests", labels)
 			return done == 1 && queued == 0, fmt.Sprintf("requests with code 499: %v, queued %v", done, queued)
