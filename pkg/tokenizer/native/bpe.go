@@ -1,5 +1,10 @@
 package native
 
+import (
+	"strings"
+	"sync"
+)
+
 // Byte-level BPE over token ids: a word (a pre-token's bytes) starts as one
 // symbol per byte, and the lowest-ranked adjacent pair is merged until none
 // is left, the leftmost first among equals. This is the order of the Rust
@@ -90,6 +95,35 @@ func (s *scratch) pop() candidate {
 	return top
 }
 
+// wordCache remembers the ids of short words (pre-tokens), as the Rust
+// tokenizers' BPE cache does: natural text repeats its words, and a map
+// lookup is far cheaper than the merges. Bounded: when full it is emptied.
+type wordCache struct {
+	mu sync.RWMutex
+	m  map[string][]uint32
+}
+
+const (
+	maxCachedWord = 48
+	maxWords      = 1 << 16
+)
+
+func (c *wordCache) get(word string) ([]uint32, bool) {
+	c.mu.RLock()
+	ids, ok := c.m[word]
+	c.mu.RUnlock()
+	return ids, ok
+}
+
+func (c *wordCache) put(word string, ids []uint32) {
+	c.mu.Lock()
+	if len(c.m) >= maxWords || c.m == nil {
+		c.m = make(map[string][]uint32, 1024)
+	}
+	c.m[strings.Clone(word)] = append([]uint32(nil), ids...)
+	c.mu.Unlock()
+}
+
 // bpe appends the ids of one pre-token to dst.
 func (t *Tokenizer) bpe(dst []uint32, word string, s *scratch) []uint32 {
 	if len(word) == 1 {
@@ -100,6 +134,20 @@ func (t *Tokenizer) bpe(dst []uint32, word string, s *scratch) []uint32 {
 			return append(dst, id)
 		}
 	}
+	if len(word) > maxCachedWord {
+		return t.merge(dst, word, s)
+	}
+	if ids, ok := t.words.get(word); ok {
+		return append(dst, ids...)
+	}
+	n := len(dst)
+	dst = t.merge(dst, word, s)
+	t.words.put(word, dst[n:])
+	return dst
+}
+
+// merge runs the BPE merges on one word.
+func (t *Tokenizer) merge(dst []uint32, word string, s *scratch) []uint32 {
 	syms := s.syms[:0]
 	for i := 0; i < len(word); i++ {
 		syms = append(syms, symbol{id: t.byteID[word[i]], prev: int32(i - 1), next: int32(i + 1), alive: true})

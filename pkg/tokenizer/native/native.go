@@ -63,6 +63,7 @@ type Tokenizer struct {
 	chatErr   error
 	chatVars  map[string]any
 	sections  *sectionCache
+	words     wordCache
 	scratches sync.Pool
 }
 
