@@ -4,19 +4,28 @@
 //
 // A message is three frames: the topic (vLLM's `kv@<pod>@<model>`
 // convention), an 8-byte big-endian sequence number, and the payload. The
-// payload is a msgpack array `[ts, [event, ...], data_parallel_rank]`, and
-// each event is a tagged array, as vLLM's msgspec structs (array_like, tag)
-// encode them:
+// payload is vLLM's EventBatch, a msgpack array `[ts, [event, ...],
+// data_parallel_rank]`. Each event is one of vLLM's tagged msgspec structs,
+// which vLLM has encoded two ways:
 //
-//	["BlockStored", [hash, ...], parent_hash|nil, [token_id, ...], block_size, lora_id|nil, medium|nil]
-//	["BlockRemoved", [hash, ...], medium|nil]
-//	["AllBlocksCleared"]
+//   - positional arrays (array_like, before vLLM's switch to maps in 2026):
+//     ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size,
+//     lora_id, medium, lora_name, extra_keys, ...], ["BlockRemoved",
+//     block_hashes, medium, ...], ["AllBlocksCleared"];
+//   - maps with the tag under "type" (current vLLM): {"type": "BlockStored",
+//     "block_hashes": ..., "parent_block_hash": ..., "token_ids": ...,
+//     "block_size": ..., "lora_id": ..., "medium": ..., "lora_name": ...,
+//     "group_idx": ..., ...}.
 //
-// The simulator encodes with this package and the router decodes with it, so
-// both speak exactly what a real vLLM sends. The decoder is lenient where vLLM
-// versions differ (a missing or extra trailing field, hashes as integers or
-// as bytes, unknown event tags) and strict where the input is malformed: it
-// never panics and never allocates more than the payload can describe.
+// The decoder reads both (and a map-shaped batch), skips fields and event
+// kinds it does not know, and reads a block hash as vLLM's external hash: an
+// integer (Python's, possibly negative), or bytes (SHA-256 or xxhash
+// digests, VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0), of which the last 8 bytes
+// big-endian are the integer vLLM would have sent. It is strict where the
+// input is malformed: it never panics and never allocates more than the
+// payload can describe. The encoder writes either shape, with integer or
+// byte hashes, so that the simulator publishes exactly what a vLLM of
+// either generation sends.
 //
 // This package is pure: no sockets, no clock, no global mutable state.
 package kvevents
@@ -24,12 +33,9 @@ package kvevents
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"math"
 
 	"github.com/vmihailenco/msgpack/v5"
-	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
 
 // Kind is an event type.
@@ -44,15 +50,19 @@ const (
 	AllBlocksCleared
 )
 
-// The tags vLLM writes as the first element of each event.
+// The tags vLLM writes as the first element (or the "type" field) of each
+// event.
 const (
 	TagBlockStored      = "BlockStored"
 	TagBlockRemoved     = "BlockRemoved"
 	TagAllBlocksCleared = "AllBlocksCleared"
 )
 
-// MediumGPU is the medium vLLM reports for blocks in GPU memory.
-const MediumGPU = "GPU"
+// Media vLLM and its offloading connectors report.
+const (
+	MediumGPU = "GPU"
+	MediumCPU = "CPU"
+)
 
 func (k Kind) String() string {
 	switch k {
@@ -69,7 +79,8 @@ func (k Kind) String() string {
 // Event is one KV-cache event. Fields that a kind does not carry are zero.
 type Event struct {
 	Kind Kind
-	// Hashes are the block hashes, parent first (BlockStored, BlockRemoved).
+	// Hashes are the block hashes, parent first (BlockStored, BlockRemoved),
+	// as vLLM's integer external hashes.
 	Hashes []uint64
 	// Parent is the hash of the block before Hashes[0]; HasParent is false
 	// when the first stored block starts the sequence (BlockStored).
@@ -79,12 +90,21 @@ type Event struct {
 	// of them (BlockStored).
 	TokenIDs  []uint32
 	BlockSize int
-	// LoraID is set when HasLoraID (BlockStored).
+	// LoraID is set when HasLoraID (BlockStored; vLLM deprecated it for
+	// LoraName).
 	LoraID    int64
 	HasLoraID bool
+	// LoraName names the adapter the blocks were computed with; empty for
+	// the base model (BlockStored).
+	LoraName string
 	// Medium is where the blocks live ("GPU", "CPU", ...); empty encodes as
-	// nil.
+	// nil, which vLLM's consumers read as GPU.
 	Medium string
+
+	// RawHashes and RawParent, when set, are encoded as bytes in place of
+	// Hashes and Parent (vLLM's digests); the decoder never sets them.
+	RawHashes [][]byte
+	RawParent []byte
 }
 
 // Batch is the payload of one message: the events of one engine step.
@@ -98,14 +118,26 @@ type Batch struct {
 	HasDPRank bool
 }
 
+// Format is how events are encoded.
+type Format uint8
+
+const (
+	// FormatMap is current vLLM's: each event a map tagged by "type".
+	FormatMap Format = iota
+	// FormatArray is vLLM's before 2026: each event a positional array.
+	FormatArray
+)
+
 // Encoder encodes batches; it reuses its buffer, so one Encoder serves one
 // goroutine.
 type Encoder struct {
-	buf bytes.Buffer
-	enc *msgpack.Encoder
+	// Format of the events; the batch is an array in both.
+	Format Format
+	buf    bytes.Buffer
+	enc    *msgpack.Encoder
 }
 
-// NewEncoder returns an Encoder.
+// NewEncoder returns an Encoder of current vLLM's format.
 func NewEncoder() *Encoder {
 	e := &Encoder{}
 	e.enc = msgpack.NewEncoder(&e.buf)
@@ -123,86 +155,166 @@ func (e *Encoder) Encode(b *Batch) ([]byte, error) {
 	return e.buf.Bytes(), nil
 }
 
-// AppendBatch appends the msgpack payload of b to dst.
-func AppendBatch(dst []byte, b *Batch) ([]byte, error) {
-	p, err := NewEncoder().Encode(b)
+// AppendBatch appends the msgpack payload of b, in format f, to dst.
+func AppendBatch(dst []byte, b *Batch, f Format) ([]byte, error) {
+	enc := NewEncoder()
+	enc.Format = f
+	p, err := enc.Encode(b)
 	if err != nil {
 		return dst, err
 	}
 	return append(dst, p...), nil
 }
 
-func (e *Encoder) encode(b *Batch) error {
-	enc := e.enc
-	var errs []error
-	try := func(err error) {
-		if err != nil {
-			errs = append(errs, err)
-		}
+// errWriter collects the first error of a sequence of writes.
+type errWriter struct {
+	enc *msgpack.Encoder
+	err error
+}
+
+func (w *errWriter) try(err error) {
+	if w.err == nil && err != nil {
+		w.err = err
 	}
-	try(enc.EncodeArrayLen(3))
-	try(enc.EncodeFloat64(b.TS))
-	try(enc.EncodeArrayLen(len(b.Events)))
+}
+
+func (w *errWriter) str(s string) { w.try(w.enc.EncodeString(s)) }
+func (w *errWriter) optStr(s string) {
+	if s == "" {
+		w.try(w.enc.EncodeNil())
+		return
+	}
+	w.str(s)
+}
+
+func (w *errWriter) hashes(hs []uint64, raw [][]byte) {
+	if raw != nil {
+		w.try(w.enc.EncodeArrayLen(len(raw)))
+		for _, h := range raw {
+			w.try(w.enc.EncodeBytes(h))
+		}
+		return
+	}
+	w.try(w.enc.EncodeArrayLen(len(hs)))
+	for _, h := range hs {
+		w.try(w.enc.EncodeUint(h))
+	}
+}
+
+func (w *errWriter) parent(ev *Event) {
+	switch {
+	case ev.RawParent != nil:
+		w.try(w.enc.EncodeBytes(ev.RawParent))
+	case ev.HasParent:
+		w.try(w.enc.EncodeUint(ev.Parent))
+	default:
+		w.try(w.enc.EncodeNil())
+	}
+}
+
+func (w *errWriter) tokens(ts []uint32) {
+	w.try(w.enc.EncodeArrayLen(len(ts)))
+	for _, t := range ts {
+		w.try(w.enc.EncodeUint(uint64(t)))
+	}
+}
+
+func (w *errWriter) loraID(ev *Event) {
+	if ev.HasLoraID {
+		w.try(w.enc.EncodeInt(ev.LoraID))
+	} else {
+		w.try(w.enc.EncodeNil())
+	}
+}
+
+func (e *Encoder) encode(b *Batch) error {
+	w := &errWriter{enc: e.enc}
+	w.try(w.enc.EncodeArrayLen(3))
+	w.try(w.enc.EncodeFloat64(b.TS))
+	w.try(w.enc.EncodeArrayLen(len(b.Events)))
 	for i := range b.Events {
 		ev := &b.Events[i]
-		switch ev.Kind {
-		case BlockStored:
-			try(enc.EncodeArrayLen(7))
-			try(enc.EncodeString(TagBlockStored))
-			try(encodeHashes(enc, ev.Hashes))
-			if ev.HasParent {
-				try(enc.EncodeUint(ev.Parent))
-			} else {
-				try(enc.EncodeNil())
-			}
-			try(enc.EncodeArrayLen(len(ev.TokenIDs)))
-			for _, t := range ev.TokenIDs {
-				try(enc.EncodeUint(uint64(t)))
-			}
-			try(enc.EncodeInt(int64(ev.BlockSize)))
-			if ev.HasLoraID {
-				try(enc.EncodeInt(ev.LoraID))
-			} else {
-				try(enc.EncodeNil())
-			}
-			try(encodeOptString(enc, ev.Medium))
-		case BlockRemoved:
-			try(enc.EncodeArrayLen(3))
-			try(enc.EncodeString(TagBlockRemoved))
-			try(encodeHashes(enc, ev.Hashes))
-			try(encodeOptString(enc, ev.Medium))
-		case AllBlocksCleared:
-			try(enc.EncodeArrayLen(1))
-			try(enc.EncodeString(TagAllBlocksCleared))
-		default:
+		if ev.Kind < BlockStored || ev.Kind > AllBlocksCleared {
 			return fmt.Errorf("kvevents: event %d: unknown kind %v", i, ev.Kind)
+		}
+		if e.Format == FormatArray {
+			e.arrayEvent(w, ev)
+		} else {
+			e.mapEvent(w, ev)
 		}
 	}
 	if b.HasDPRank {
-		try(enc.EncodeInt(int64(b.DPRank)))
+		w.try(w.enc.EncodeInt(int64(b.DPRank)))
 	} else {
-		try(enc.EncodeNil())
+		w.try(w.enc.EncodeNil())
 	}
-	return errors.Join(errs...)
+	return w.err
 }
 
-func encodeHashes(enc *msgpack.Encoder, hs []uint64) error {
-	if err := enc.EncodeArrayLen(len(hs)); err != nil {
-		return err
-	}
-	for _, h := range hs {
-		if err := enc.EncodeUint(h); err != nil {
-			return err
+func (e *Encoder) arrayEvent(w *errWriter, ev *Event) {
+	switch ev.Kind {
+	case BlockStored:
+		n := 7
+		if ev.LoraName != "" {
+			n = 8
 		}
+		w.try(w.enc.EncodeArrayLen(n))
+		w.str(TagBlockStored)
+		w.hashes(ev.Hashes, ev.RawHashes)
+		w.parent(ev)
+		w.tokens(ev.TokenIDs)
+		w.try(w.enc.EncodeInt(int64(ev.BlockSize)))
+		w.loraID(ev)
+		w.optStr(ev.Medium)
+		if n == 8 {
+			w.str(ev.LoraName)
+		}
+	case BlockRemoved:
+		w.try(w.enc.EncodeArrayLen(3))
+		w.str(TagBlockRemoved)
+		w.hashes(ev.Hashes, ev.RawHashes)
+		w.optStr(ev.Medium)
+	case AllBlocksCleared:
+		w.try(w.enc.EncodeArrayLen(1))
+		w.str(TagAllBlocksCleared)
 	}
-	return nil
 }
 
-func encodeOptString(enc *msgpack.Encoder, s string) error {
-	if s == "" {
-		return enc.EncodeNil()
+// mapEvent writes the fields vLLM always writes (msgspec's omit_defaults
+// leaves out only fields with defaults, such as extra_keys and group_idx).
+func (e *Encoder) mapEvent(w *errWriter, ev *Event) {
+	switch ev.Kind {
+	case BlockStored:
+		w.try(w.enc.EncodeMapLen(8))
+		w.str("type")
+		w.str(TagBlockStored)
+		w.str("block_hashes")
+		w.hashes(ev.Hashes, ev.RawHashes)
+		w.str("parent_block_hash")
+		w.parent(ev)
+		w.str("token_ids")
+		w.tokens(ev.TokenIDs)
+		w.str("block_size")
+		w.try(w.enc.EncodeInt(int64(ev.BlockSize)))
+		w.str("lora_id")
+		w.loraID(ev)
+		w.str("medium")
+		w.optStr(ev.Medium)
+		w.str("lora_name")
+		w.optStr(ev.LoraName)
+	case BlockRemoved:
+		w.try(w.enc.EncodeMapLen(3))
+		w.str("type")
+		w.str(TagBlockRemoved)
+		w.str("block_hashes")
+		w.hashes(ev.Hashes, ev.RawHashes)
+		w.str("medium")
+		w.optStr(ev.Medium)
+	case AllBlocksCleared:
+		w.try(w.enc.EncodeMapLen(1))
+		w.str("type")
+		w.str(TagAllBlocksCleared)
 	}
-	return enc.EncodeString(s)
 }
 
 // AppendSeq appends the 8-byte big-endian sequence frame.
@@ -222,323 +334,12 @@ func ParseMessage(frames [][]byte) (topic string, seq uint64, payload []byte, er
 	return string(frames[0]), binary.BigEndian.Uint64(frames[1]), frames[2], nil
 }
 
-// DecodeBatch decodes a msgpack payload. Events with an unknown tag are
-// skipped, so that a router keeps working when a newer vLLM adds kinds.
-func DecodeBatch(payload []byte) (Batch, error) {
-	r := bytes.NewReader(payload)
-	d := &decoder{r: r, dec: msgpack.NewDecoder(r)}
-	b, err := d.batch()
-	if err != nil {
-		return Batch{}, fmt.Errorf("kvevents: %w", err)
-	}
-	if r.Len() != 0 {
-		return Batch{}, fmt.Errorf("kvevents: %d trailing bytes after the batch", r.Len())
-	}
-	return b, nil
-}
-
-type decoder struct {
-	r   *bytes.Reader
-	dec *msgpack.Decoder
-}
-
-var errTooLong = errors.New("declared length exceeds the payload")
-
-// arrayLen decodes an array header and bounds its length by the bytes left:
-// every element takes at least one byte.
-func (d *decoder) arrayLen(what string) (int, error) {
-	n, err := d.dec.DecodeArrayLen()
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", what, err)
-	}
-	if n < 0 {
-		return 0, fmt.Errorf("%s: nil, want an array", what)
-	}
-	if n > d.r.Len() {
-		return 0, fmt.Errorf("%s: %w", what, errTooLong)
-	}
-	return n, nil
-}
-
-func (d *decoder) isNil() (bool, error) {
-	c, err := d.dec.PeekCode()
-	if err != nil {
-		return false, err
-	}
-	if c == msgpcode.Nil {
-		return true, d.dec.DecodeNil()
-	}
-	return false, nil
-}
-
-func (d *decoder) batch() (Batch, error) {
-	var b Batch
-	n, err := d.arrayLen("batch")
-	if err != nil {
-		return b, err
-	}
-	if n < 2 {
-		return b, fmt.Errorf("batch: %d elements, want at least 2 (ts, events)", n)
-	}
-	if b.TS, err = d.float("ts"); err != nil {
-		return b, err
-	}
-	ne, err := d.arrayLen("events")
-	if err != nil {
-		return b, err
-	}
-	b.Events = make([]Event, 0, min(ne, 64))
-	for i := range ne {
-		ev, ok, err := d.event()
-		if err != nil {
-			return Batch{}, fmt.Errorf("event %d: %w", i, err)
-		}
-		if ok {
-			b.Events = append(b.Events, ev)
-		}
-	}
-	if n >= 3 {
-		isNil, err := d.isNil()
-		if err != nil {
-			return Batch{}, fmt.Errorf("data_parallel_rank: %w", err)
-		}
-		if !isNil {
-			v, err := d.dec.DecodeInt64()
-			if err != nil {
-				return Batch{}, fmt.Errorf("data_parallel_rank: %w", err)
-			}
-			if v < 0 || v > math.MaxInt32 {
-				return Batch{}, fmt.Errorf("data_parallel_rank %d out of range", v)
-			}
-			b.DPRank, b.HasDPRank = int(v), true
-		}
-	}
-	if err := d.skip(n - 3); err != nil {
-		return Batch{}, err
-	}
-	return b, nil
-}
-
-func (d *decoder) float(what string) (float64, error) {
-	c, err := d.dec.PeekCode()
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", what, err)
-	}
-	if c == msgpcode.Float || c == msgpcode.Double {
-		v, err := d.dec.DecodeFloat64()
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", what, err)
-		}
-		return v, nil
-	}
-	// An integer timestamp is still a timestamp.
-	v, err := d.dec.DecodeInt64()
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", what, err)
-	}
-	return float64(v), nil
-}
-
-// maxSkipDepth bounds the nesting of values the decoder skips, so that a
-// hostile payload of nested arrays cannot exhaust the stack.
-const maxSkipDepth = 32
-
-// skip skips n values (ignored trailing fields and unknown events).
-func (d *decoder) skip(n int) error { return d.skipDepth(n, 0) }
-
-func (d *decoder) skipDepth(n, depth int) error {
-	if depth > maxSkipDepth {
-		return errors.New("values nested too deeply")
-	}
-	for range n {
-		c, err := d.dec.PeekCode()
-		if err != nil {
-			return err
-		}
-		switch {
-		case msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32:
-			m, err := d.arrayLen("skipped array")
-			if err != nil {
-				return err
-			}
-			if err := d.skipDepth(m, depth+1); err != nil {
-				return err
-			}
-		case msgpcode.IsFixedMap(c) || c == msgpcode.Map16 || c == msgpcode.Map32:
-			m, err := d.dec.DecodeMapLen()
-			if err != nil {
-				return err
-			}
-			if m < 0 || 2*m > d.r.Len() {
-				return errTooLong
-			}
-			if err := d.skipDepth(2*m, depth+1); err != nil {
-				return err
-			}
-		default:
-			if err := d.dec.Skip(); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func (d *decoder) event() (Event, bool, error) {
-	var ev Event
-	n, err := d.arrayLen("event")
-	if err != nil {
-		return ev, false, err
-	}
-	if n < 1 {
-		return ev, false, errors.New("empty event array")
-	}
-	tag, err := d.dec.DecodeString()
-	if err != nil {
-		return ev, false, fmt.Errorf("tag: %w", err)
-	}
-	switch tag {
-	case TagBlockStored:
-		ev.Kind = BlockStored
-		if n < 5 {
-			return ev, false, fmt.Errorf("BlockStored has %d elements, want at least 5", n)
-		}
-		if ev.Hashes, err = d.hashes(); err != nil {
-			return ev, false, err
-		}
-		isNil, err := d.isNil()
-		if err != nil {
-			return ev, false, fmt.Errorf("parent_block_hash: %w", err)
-		}
-		if !isNil {
-			if ev.Parent, err = d.hash(); err != nil {
-				return ev, false, fmt.Errorf("parent_block_hash: %w", err)
-			}
-			ev.HasParent = true
-		}
-		if ev.TokenIDs, err = d.tokens(); err != nil {
-			return ev, false, err
-		}
-		bs, err := d.dec.DecodeInt64()
-		if err != nil {
-			return ev, false, fmt.Errorf("block_size: %w", err)
-		}
-		if bs < 1 || bs > math.MaxInt32 {
-			return ev, false, fmt.Errorf("block_size %d out of range", bs)
-		}
-		ev.BlockSize = int(bs)
-		if n >= 6 {
-			isNil, err := d.isNil()
-			if err != nil {
-				return ev, false, fmt.Errorf("lora_id: %w", err)
-			}
-			if !isNil {
-				if ev.LoraID, err = d.dec.DecodeInt64(); err != nil {
-					return ev, false, fmt.Errorf("lora_id: %w", err)
-				}
-				ev.HasLoraID = true
-			}
-		}
-		if n >= 7 {
-			if ev.Medium, err = d.optString("medium"); err != nil {
-				return ev, false, err
-			}
-		}
-		return ev, true, d.skip(n - 7)
-	case TagBlockRemoved:
-		ev.Kind = BlockRemoved
-		if n < 2 {
-			return ev, false, fmt.Errorf("BlockRemoved has %d elements, want at least 2", n)
-		}
-		if ev.Hashes, err = d.hashes(); err != nil {
-			return ev, false, err
-		}
-		if n >= 3 {
-			if ev.Medium, err = d.optString("medium"); err != nil {
-				return ev, false, err
-			}
-		}
-		return ev, true, d.skip(n - 3)
-	case TagAllBlocksCleared:
-		ev.Kind = AllBlocksCleared
-		return ev, true, d.skip(n - 1)
-	}
-	return ev, false, d.skip(n - 1)
-}
-
-func (d *decoder) optString(what string) (string, error) {
-	isNil, err := d.isNil()
-	if err != nil || isNil {
-		return "", err
-	}
-	s, err := d.dec.DecodeString()
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", what, err)
-	}
-	return s, nil
-}
-
-func (d *decoder) hashes() ([]uint64, error) {
-	n, err := d.arrayLen("block_hashes")
-	if err != nil {
-		return nil, err
-	}
-	hs := make([]uint64, n)
-	for i := range hs {
-		if hs[i], err = d.hash(); err != nil {
-			return nil, fmt.Errorf("block_hashes[%d]: %w", i, err)
-		}
-	}
-	return hs, nil
-}
-
-// hash decodes a block hash: an integer (vLLM's int hashes, possibly
-// negative from Python's hash()) or bytes (vLLM's newer ExternalBlockHash),
-// of which the last 8 are taken as a big-endian integer.
-func (d *decoder) hash() (uint64, error) {
-	c, err := d.dec.PeekCode()
-	if err != nil {
-		return 0, err
-	}
-	if msgpcode.IsBin(c) || msgpcode.IsString(c) {
-		n, err := d.dec.DecodeBytesLen()
-		if err != nil {
-			return 0, err
-		}
-		if n < 0 || n > d.r.Len() {
-			return 0, errTooLong
-		}
-		var buf [8]byte
-		skip := max(0, n-8)
-		if _, err := d.r.Seek(int64(skip), 1); err != nil {
-			return 0, err
-		}
-		if err := d.dec.ReadFull(buf[8-(n-skip):]); err != nil {
-			return 0, err
-		}
-		return binary.BigEndian.Uint64(buf[:]), nil
-	}
-	if c == msgpcode.Nil {
-		return 0, errors.New("nil hash")
-	}
-	return d.dec.DecodeUint64()
-}
-
-func (d *decoder) tokens() ([]uint32, error) {
-	n, err := d.arrayLen("token_ids")
-	if err != nil {
-		return nil, err
-	}
-	ts := make([]uint32, n)
-	for i := range ts {
-		v, err := d.dec.DecodeInt64()
-		if err != nil {
-			return nil, fmt.Errorf("token_ids[%d]: %w", i, err)
-		}
-		if v < 0 || v > math.MaxUint32 {
-			return nil, fmt.Errorf("token_ids[%d]: %d out of range", i, v)
-		}
-		ts[i] = uint32(v)
-	}
-	return ts, nil
+// HashFromBytes folds a vLLM block-hash digest into the integer vLLM sends
+// when VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES is set (its default): the last 8
+// bytes, big-endian.
+func HashFromBytes(b []byte) uint64 {
+	var buf [8]byte
+	n := min(len(b), 8)
+	copy(buf[8-n:], b[len(b)-n:])
+	return binary.BigEndian.Uint64(buf[:])
 }

@@ -24,8 +24,29 @@ func sampleBatch() Batch {
 }
 
 func TestRoundTrip(t *testing.T) {
-	b := sampleBatch()
-	p, err := AppendBatch(nil, &b)
+	for _, f := range []Format{FormatMap, FormatArray} {
+		b := sampleBatch()
+		p, err := AppendBatch(nil, &b, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeBatch(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, b) {
+			t.Fatalf("format %d round trip:\n got %+v\nwant %+v", f, got, b)
+		}
+	}
+}
+
+// TestRawHashes: digests encode as bytes and decode to the integers vLLM
+// would have sent for them.
+func TestRawHashes(t *testing.T) {
+	d1 := bytes.Repeat([]byte{0xab}, 32)
+	d2 := append(bytes.Repeat([]byte{0}, 24), 1, 2, 3, 4, 5, 6, 7, 8)
+	b := Batch{Events: []Event{{Kind: BlockStored, RawHashes: [][]byte{d2}, RawParent: d1, TokenIDs: []uint32{1}, BlockSize: 1}}}
+	p, err := AppendBatch(nil, &b, FormatMap)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,8 +54,9 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(got, b) {
-		t.Fatalf("round trip:\n got %+v\nwant %+v", got, b)
+	ev := got.Events[0]
+	if ev.Hashes[0] != 0x0102030405060708 || ev.Parent != HashFromBytes(d1) || !ev.HasParent {
+		t.Fatalf("got %+v", ev)
 	}
 }
 
@@ -50,7 +72,7 @@ func TestWireFormat(t *testing.T) {
 		},
 		HasDPRank: true,
 	}
-	p, err := AppendBatch(nil, &b)
+	p, err := AppendBatch(nil, &b, FormatArray)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,9 +137,31 @@ func TestDecodeVariants(t *testing.T) {
 				[]any{"BlockRemoved", []any{hashBytes}, "CPU", 0},
 			}, 2},
 			want: Batch{TS: 1, DPRank: 2, HasDPRank: true, Events: []Event{
-				{Kind: BlockStored, Hashes: []uint64{0x0102}, Parent: 9, HasParent: true, TokenIDs: []uint32{1}, BlockSize: 1, Medium: "CPU"},
+				{Kind: BlockStored, Hashes: []uint64{0x0102}, Parent: 9, HasParent: true, TokenIDs: []uint32{1}, BlockSize: 1, Medium: "CPU", LoraName: "lora-a"},
 				{Kind: BlockRemoved, Hashes: []uint64{0x0102}, Medium: "CPU"},
 			}},
+		},
+		{
+			// As vLLM 0.26 publishes: the batch an array, each event a map.
+			name: "map events",
+			in: []any{1789095808.8378847, []any{
+				map[string]any{"type": "BlockStored", "block_hashes": []any{uint64(15760518052499183552)}, "parent_block_hash": nil,
+					"token_ids": []any{151644, 872}, "block_size": 2, "lora_id": nil, "medium": "GPU", "lora_name": nil,
+					"extra_keys": []any{nil}, "group_idx": 0, "kv_cache_spec_kind": "full_attention"},
+				map[string]any{"block_hashes": []any{hashBytes}, "medium": "CPU", "type": "BlockRemoved", "group_idx": 0},
+				map[string]any{"type": "AllBlocksCleared"},
+				map[string]any{"type": "BlockMoved", "x": []any{1}},
+			}, 0},
+			want: Batch{TS: 1789095808.8378847, HasDPRank: true, Events: []Event{
+				{Kind: BlockStored, Hashes: []uint64{15760518052499183552}, TokenIDs: []uint32{151644, 872}, BlockSize: 2, Medium: "GPU"},
+				{Kind: BlockRemoved, Hashes: []uint64{0x0102}, Medium: "CPU"},
+				{Kind: AllBlocksCleared},
+			}},
+		},
+		{
+			name: "map batch",
+			in:   map[string]any{"events": []any{[]any{"AllBlocksCleared"}}, "ts": 2.5, "other": 1},
+			want: Batch{TS: 2.5, Events: []Event{{Kind: AllBlocksCleared}}},
 		},
 		{
 			name: "unknown tag skipped",
@@ -157,6 +201,11 @@ func TestDecodeRejects(t *testing.T) {
 		{"nil hash", enc(t, []any{1.0, []any{[]any{"BlockRemoved", []any{nil}}}})},
 		{"huge declared array", []byte{0x92, 0xcb, 0, 0, 0, 0, 0, 0, 0, 0, 0xdd, 0xff, 0xff, 0xff, 0xff}},
 		{"deep nesting in unknown event", append(append([]byte{0x92, 0x01, 0x91, 0x92, 0xa1, 'X'}, nested...), 0x01)},
+		{"map event without type", enc(t, []any{1.0, []any{map[string]any{"block_hashes": []any{1}}}})},
+		{"map BlockStored without tokens", enc(t, []any{1.0, []any{map[string]any{"type": "BlockStored", "block_hashes": []any{1}, "block_size": 1}}})},
+		{"map key not a string", enc(t, []any{1.0, []any{map[int]any{1: 2}}})},
+		{"float token", enc(t, []any{1.0, []any{[]any{"BlockStored", []any{1}, nil, []any{1.5}, 1}}})},
+		{"map batch without events", enc(t, map[string]any{"ts": 1.0})},
 		{"trailing bytes", append(enc(t, []any{1.0, []any{}}), 0x00)},
 	}
 	for _, tc := range tests {
@@ -182,7 +231,7 @@ func TestParseMessage(t *testing.T) {
 }
 
 func TestEncodeRejectsUnknownKind(t *testing.T) {
-	if _, err := AppendBatch(nil, &Batch{Events: []Event{{Kind: 9}}}); err == nil {
+	if _, err := AppendBatch(nil, &Batch{Events: []Event{{Kind: 9}}}, FormatMap); err == nil {
 		t.Fatal("unknown kind encoded")
 	}
 }
@@ -191,7 +240,9 @@ func TestEncodeRejectsUnknownKind(t *testing.T) {
 // re-encodes to a payload that decodes to the same batch.
 func FuzzDecodeBatch(f *testing.F) {
 	b := sampleBatch()
-	p, _ := AppendBatch(nil, &b)
+	p, _ := AppendBatch(nil, &b, FormatArray)
+	f.Add(p)
+	p, _ = AppendBatch(nil, &b, FormatMap)
 	f.Add(p)
 	f.Add([]byte{0x92, 0xcb, 0, 0, 0, 0, 0, 0, 0, 0, 0x90})
 	f.Add([]byte{0x93, 0x01, 0x91, 0x92, 0xac, 'B', 'l', 'o', 'c', 'k', 'R', 'e', 'm', 'o', 'v', 'e', 'd', 0x91, 0xc4, 0x01, 0x07, 0xc0})
@@ -205,7 +256,7 @@ func FuzzDecodeBatch(f *testing.F) {
 				t.Fatalf("decoded an event without a kind")
 			}
 		}
-		p, err := AppendBatch(nil, &b)
+		p, err := AppendBatch(nil, &b, Format(len(data)%2))
 		if err != nil {
 			t.Fatalf("re-encode: %v", err)
 		}
