@@ -307,9 +307,6 @@ func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
 		if rc, err = router.ParseConfig(data); err != nil {
 			return nil, fmt.Errorf("--router-config %s: %w", f.routerConfig, err)
 		}
-		if rc.PreciseIndex.BlockSize != f.blockSize {
-			return nil, fmt.Errorf("--router-config %s: preciseIndex.blockSize is %d but --block-size is %d: they must be equal", f.routerConfig, rc.PreciseIndex.BlockSize, f.blockSize)
-		}
 	} else if rc, err = plan.RouterConfigFor(f.blockSize, 0); err != nil {
 		return nil, err
 	}

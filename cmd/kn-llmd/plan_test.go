@@ -28,7 +28,7 @@ func TestPlanRejectsBadFlags(t *testing.T) {
 	dir := t.TempDir()
 	wl := []string{"--dataset", "shared-prefix", "--rate", "1", "--max-requests", "2", "--out", dir}
 	cfgFile := filepath.Join(dir, "router.yaml")
-	if err := os.WriteFile(cfgFile, []byte("preciseIndex: {blockSize: 32}\n"), 0o644); err != nil {
+	if err := os.WriteFile(cfgFile, []byte("preciseIndex: {blockSize: 0}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -43,7 +43,7 @@ func TestPlanRejectsBadFlags(t *testing.T) {
 		{append([]string{"--routing", "default,default"}, wl...), "given twice"},
 		{append([]string{"--routing", "default,"}, wl...), "empty profile name"},
 		{append([]string{"--block-size", "0"}, wl...), "--block-size"},
-		{append([]string{"--router-config", cfgFile}, wl...), "must be equal"},
+		{append([]string{"--router-config", cfgFile}, wl...), "preciseIndex.blockSize"},
 		{append([]string{"--kv-event-delay", "-1ms"}, wl...), "--kv-event-delay"},
 		{append([]string{"--scrape-interval", "0s"}, wl...), "--scrape-interval"},
 		{append([]string{"--flow-control=false", "--flow-max-queue-time", "5s"}, wl...), "needs --flow-control"},

@@ -41,8 +41,8 @@ type Config struct {
 	Engine EngineConfig
 
 	// RouterConfig is the router's configuration (nil: the built-in one).
-	// Its preciseIndex.blockSize must equal Engine.BlockSize, and its hash
-	// seed is the engines'.
+	// Its precise index keys blocks by their tokens at its own block size,
+	// whatever the engines' (Engine.BlockSize).
 	RouterConfig *router.Config
 	// Routing is the routing profile ("" for the configuration's default).
 	Routing string
@@ -199,9 +199,6 @@ func (c *Config) Validate() error {
 	rc := c.routerConfig()
 	if _, err := engine.New(c.engineConfig(engine.RoleBoth, 0, false)); err != nil {
 		return err
-	}
-	if bs := c.blockSize(); rc.PreciseIndex.BlockSize != bs {
-		return fmt.Errorf("the router's preciseIndex.blockSize (%d) must equal the engines' block size (%d): KV events at another size never match a request", rc.PreciseIndex.BlockSize, bs)
 	}
 	name := c.Routing
 	if name == "" {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/llmd-kn/llmd-kn/pkg/kvblock"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
 )
 
@@ -59,23 +58,19 @@ func probePrecise(cfg *router.Config, name string) (bool, error) {
 		return false, err
 	}
 	bs := cfg.PreciseIndex.BlockSize
-	h, err := kvblock.NewHasher(bs, cfg.PreciseIndex.HashSeed)
-	if err != nil {
-		return false, err
-	}
 	tokens := make([]uint32, 2*bs+1)
 	for i := range tokens {
 		tokens[i] = uint32(i + 1)
 	}
-	hashes := h.Hashes(nil, tokens)
 	const id = "probe"
-	if err := r.Apply(id, router.KVEvent{Kind: router.BlockStored, Hashes: hashes[:1], BlockSize: bs}); err != nil {
+	// One engine block of the router's size: its own key.
+	if err := r.Apply(id, router.KVEvent{Kind: router.BlockStored, Hashes: []uint64{1}, TokenIDs: tokens[:bs], BlockSize: bs}); err != nil {
 		return false, err
 	}
 	var d router.Decision
 	for _, role := range []router.Role{router.RoleBoth, router.RoleDecode, router.RolePrefill} {
 		eps := []router.Endpoint{{ID: id, Role: role, Ready: true, BlockSize: bs, NumBlocks: 1 << 16}}
-		err := s.Decide(&d, &router.Request{Model: "probe", Tokens: tokens, BlockHashes: hashes}, eps)
+		err := s.Decide(&d, &router.Request{Model: "probe", Tokens: tokens}, eps)
 		if errors.Is(err, router.ErrNoEndpoint) {
 			continue
 		}

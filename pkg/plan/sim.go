@@ -151,6 +151,7 @@ type node struct {
 type kvBatch struct {
 	events []router.KVEvent
 	hashes []uint64
+	tokens []uint32
 }
 
 type sim struct {
@@ -462,7 +463,8 @@ func (s *sim) stepEnd(n *node) {
 }
 
 // queueKV copies a step's KV events (the engine reuses its buffers) for
-// delivery at time at. Token ids are left out: the index reads hashes.
+// delivery at time at. The router keys blocks by their token ids, as it
+// does a real vLLM's.
 func (s *sim) queueKV(n *node, evs []engine.KVEvent, at time.Duration) {
 	var b *kvBatch
 	if k := len(s.freeKV); k > 0 {
@@ -471,14 +473,16 @@ func (s *sim) queueKV(n *node, evs []engine.KVEvent, at time.Duration) {
 	} else {
 		b = new(kvBatch)
 	}
-	b.events, b.hashes = b.events[:0], b.hashes[:0]
+	b.events, b.hashes, b.tokens = b.events[:0], b.hashes[:0], b.tokens[:0]
 	for i := range evs {
 		e := &evs[i]
-		h0 := len(b.hashes)
+		h0, t0 := len(b.hashes), len(b.tokens)
 		b.hashes = append(b.hashes, e.Hashes...)
+		b.tokens = append(b.tokens, e.TokenIDs...)
 		b.events = append(b.events, router.KVEvent{
 			Kind: router.KVEventKind(e.Kind), Hashes: b.hashes[h0:len(b.hashes):len(b.hashes)],
 			Parent: e.Parent, HasParent: e.HasParent, BlockSize: e.BlockSize,
+			TokenIDs: b.tokens[t0:len(b.tokens):len(b.tokens)],
 		})
 	}
 	n.kv = append(n.kv, b)
@@ -796,6 +800,11 @@ func (s *sim) output(n *node, o *engine.Output) {
 		// As the activator reports a disaggregated answer: what no engine
 		// had to compute is what the prefill engine found in its cache.
 		rec.CachedTokens = f.prefilled
+	}
+	if d := f.d; !f.disagg && d.PreciseHitTokens >= 0 {
+		// As activator.account: the router checks its predictions against
+		// the engine's answer.
+		s.rt.Observe(d.DecodeID, router.Observation{PreciseHitTokens: d.PreciseHitTokens, ApproxHitTokens: d.ApproxHitTokens, CachedTokens: rec.CachedTokens})
 	}
 	s.promptTokens += int64(rec.PromptTokens)
 	s.cachedTokens += int64(min(rec.CachedTokens, rec.PromptTokens))

@@ -372,7 +372,7 @@ func TestValidate(t *testing.T) {
 		mod  func(*Config)
 		want string
 	}{
-		{"block size differs from the precise index", func(c *Config) { c.Engine.BlockSize = 64 }, "blockSize"},
+		{"engine blocks of 64 under a router's of 16", func(c *Config) { c.Engine.BlockSize = 64 }, ""},
 		{"block sizes agree", func(c *Config) { c.Engine.BlockSize = 64; c.RouterConfig = rc64 }, ""},
 		{"unknown routing profile", func(c *Config) { c.Routing = "fastest" }, "unknown routing profile"},
 		{"no engine", func(c *Config) { c.Engines = 0 }, "no decode-capable engine"},

@@ -52,20 +52,21 @@ func newBenchFixture(tb testing.TB, nEndpoints int) *benchFixture {
 		docs = append(docs, tok(8192+rng.IntN(16384)))
 	}
 	hasher := kvblock.MustHasher(16, 0)
+	eng := newTestEngine(16)
 	for d, doc := range docs {
 		prompt := append(append(append([]uint32(nil), system...), doc...), tok(512)...)
-		hashes := hasher.Hashes(nil, prompt)
+		nb := len(prompt) / 16
 		for k := range 4 {
 			e := f.eps[(d*4+k*7)%nEndpoints]
-			held := hashes[:len(hashes)*(k+1)/4]
-			if err := r.Apply(e.ID, KVEvent{Kind: BlockStored, Hashes: held, BlockSize: 16}); err != nil {
+			held := nb * (k + 1) / 4
+			if err := r.Apply(e.ID, eng.stored(prompt, 0, held)); err != nil {
 				tb.Fatal(err)
 			}
 			// The approximate index learns the same placements.
 			var dec Decision
 			s, _ := r.Scheduler("prefix-approx")
 			one := []Endpoint{e}
-			if err := s.Decide(&dec, &Request{Model: "m", Tokens: prompt[:len(held)*16]}, one); err != nil {
+			if err := s.Decide(&dec, &Request{Model: "m", Tokens: prompt[:held*16]}, one); err != nil {
 				tb.Fatal(err)
 			}
 			r.Record(&dec)
@@ -73,8 +74,8 @@ func newBenchFixture(tb testing.TB, nEndpoints int) *benchFixture {
 	}
 	for _, e := range f.eps {
 		// Every endpoint holds the system prompt and some private blocks.
-		priv := hasher.Hashes(nil, append(append([]uint32(nil), system...), tok(4096)...))
-		if err := r.Apply(e.ID, KVEvent{Kind: BlockStored, Hashes: priv, BlockSize: 16}); err != nil {
+		priv := eng.all(append(append([]uint32(nil), system...), tok(4096)...))
+		if err := r.Apply(e.ID, priv); err != nil {
 			tb.Fatal(err)
 		}
 	}
@@ -163,18 +164,20 @@ func BenchmarkIndexMemory(b *testing.B) {
 		runtime.GC()
 		runtime.ReadMemStats(&before)
 		r, _ := New(nil, Options{Seed: 1})
-		shared := make([]uint64, 14000)
-		for i := range shared {
-			shared[i] = rand.Uint64()
+		eng := newTestEngine(16)
+		randTokens := func(n int) []uint32 {
+			t := make([]uint32, n)
+			for i := range t {
+				t[i] = rand.Uint32N(128000)
+			}
+			return t
 		}
+		shared := eng.all(randTokens(14000 * 16))
 		keys := make([]uint64, 31250)
 		for e := range 64 {
 			id := fmt.Sprintf("pod-%d", e)
-			own := make([]uint64, 14000)
-			for i := range own {
-				own[i] = rand.Uint64()
-			}
-			if err := r.Apply(id, KVEvent{Kind: BlockStored, Hashes: shared}, KVEvent{Kind: BlockStored, Hashes: own}); err != nil {
+			own := eng.all(randTokens(14000 * 16))
+			if err := r.Apply(id, shared, own); err != nil {
 				b.Fatal(err)
 			}
 			for i := range keys {

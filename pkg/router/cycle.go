@@ -40,11 +40,12 @@ type cycle struct {
 	// Which indexes the running profile predicts cached tokens from.
 	useApprox, usePrecise bool
 
-	preDone bool
-	preLen  []int32 // by endpoint: leading blocks held, capped
-	preSeen []bool  // by endpoint: the precise index has data for it
-	apxDone bool
-	apxLen  []int32
+	preDone    bool
+	preLen     []int32   // by endpoint: leading blocks held, capped
+	preSeen    []bool    // by endpoint: the precise index has data for it
+	preVerdict []verdict // by endpoint: what its precise predictions are worth
+	apxDone    bool
+	apxLen     []int32
 
 	out  []int32 // by slot
 	want []uint64
@@ -67,6 +68,7 @@ func (c *cycle) reset(r *Router, req *Request, eps []Endpoint, d *Decision, rng 
 	c.preLen = grow(c.preLen, n)
 	c.apxLen = grow(c.apxLen, n)
 	c.preSeen = grow(c.preSeen, n)
+	c.preVerdict = grow(c.preVerdict, n)
 	c.ttft = grow(c.ttft, n)
 	c.cands = grow(c.cands, n)
 	c.scores = grow(c.scores, n)
@@ -209,6 +211,10 @@ func (c *cycle) lookupPrecise() {
 	p.mu.RLock()
 	for i, s := range c.slots {
 		c.preSeen[i] = s >= 0 && int(s) < len(p.ep) && p.ep[s].seen
+		c.preVerdict[i] = verdictUnknown
+		if c.preSeen[i] {
+			c.preVerdict[i] = p.ep[s].trust.verdict()
+		}
 	}
 	c.prefixLens(p.t, c.preHashes, c.preLen, c.maxHitBlocks(p.blockSize), func(i int, _ int32) bool { return c.preSeen[i] })
 	p.mu.RUnlock()
@@ -230,13 +236,25 @@ func (c *cycle) lookupApprox() {
 }
 
 // hitTokens predicts the prompt tokens endpoint i holds, from the indexes
-// the running profile reads: the precise one when it has data for the
-// endpoint, else the approximate one.
+// the running profile reads. A profile that reads both takes the precise
+// index for an endpoint it has data for and whose predictions have proven
+// right (trust.go), the larger of the two while that is not yet known, and
+// the approximate index otherwise.
 func (c *cycle) hitTokens(i int) int {
 	if c.usePrecise {
 		c.lookupPrecise()
-		if c.preSeen[i] || !c.useApprox {
-			return int(c.preLen[i]) * c.r.cfg.PreciseIndex.BlockSize
+		pre := int(c.preLen[i]) * c.r.cfg.PreciseIndex.BlockSize
+		if !c.useApprox {
+			return pre
+		}
+		if c.preSeen[i] {
+			switch c.preVerdict[i] {
+			case verdictTrusted:
+				return pre
+			case verdictUnknown:
+				c.lookupApprox()
+				return max(pre, int(c.apxLen[i])*c.apxBlock)
+			}
 		}
 	}
 	if c.useApprox {
@@ -244,6 +262,23 @@ func (c *cycle) hitTokens(i int) int {
 		return int(c.apxLen[i]) * c.apxBlock
 	}
 	return 0
+}
+
+// predictions are each index's prediction for endpoint i, -1 where the
+// running profile does not read that index or it has no data.
+func (c *cycle) predictions(i int) (pre, apx int) {
+	pre, apx = -1, -1
+	if c.usePrecise {
+		c.lookupPrecise()
+		if c.preSeen[i] {
+			pre = int(c.preLen[i]) * c.r.cfg.PreciseIndex.BlockSize
+		}
+	}
+	if c.useApprox {
+		c.lookupApprox()
+		apx = int(c.apxLen[i]) * c.apxBlock
+	}
+	return pre, apx
 }
 
 // run applies a profile to all endpoints: filters, then scorers (their

@@ -25,8 +25,7 @@ func decide(t *testing.T, r *Router, profile string, req *Request, eps []Endpoin
 // store makes the precise index believe ep holds the first n tokens of p.
 func store(t *testing.T, r *Router, ep string, p []uint32, n int) {
 	t.Helper()
-	hs := kvblock.MustHasher(16, 0).Hashes(nil, p[:n])
-	if err := r.Apply(ep, KVEvent{Kind: BlockStored, Hashes: hs, BlockSize: 16}); err != nil {
+	if err := r.Apply(ep, newTestEngine(16).all(p[:n])); err != nil {
 		t.Fatal(err)
 	}
 }

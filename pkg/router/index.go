@@ -1,7 +1,6 @@
 package router
 
 import (
-	"errors"
 	"sync"
 
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
@@ -204,81 +203,6 @@ const (
 	AllBlocksCleared = engine.AllBlocksCleared
 )
 
-// KVEvent is a change to an engine's prefix cache. The caller converts from
-// its transport (vLLM's msgpack over ZMQ, or pkg/engine's events in
-// process). Hashes must be computed as kvblock.Hasher does, at the precise
-// index's block size and hash seed, which is how pkg/engine and the
-// simulator compute them. Parent and TokenIDs are carried for engines whose
-// hashes the router would have to recompute (vLLM's SHA-256 keys); the
-// index does not read them yet.
-type KVEvent struct {
-	Kind      KVEventKind
-	Hashes    []uint64
-	Parent    uint64
-	HasParent bool
-	TokenIDs  []uint32
-	// BlockSize of a BlockStored event, 0 if unknown; a size other than the
-	// index's is rejected, since those keys could never match a request.
-	BlockSize int
-}
-
-// preciseIndex mirrors the engines' prefix caches from their KV events.
-// Router.Apply drives it.
-type preciseIndex struct {
-	mu        sync.RWMutex
-	t         *holderTable
-	ep        []preciseEndpoint // by slot
-	blockSize int
-	maxBlocks int
-}
-
-type preciseEndpoint struct {
-	// seen: events arrive for this endpoint, so its entries are data, not
-	// absence of data.
-	seen   bool
-	blocks int
-	resets int // overflows of maxBlocks that cleared the endpoint
-}
-
-// ErrBlockSize reports a BlockStored event at a block size other than the
-// precise index's.
-var ErrBlockSize = errors.New("router: KV event block size differs from the precise index's")
-
-// endpoint returns slot s's record, making it if needed; the caller holds
-// mu for writing.
-func (p *preciseIndex) endpoint(s int32) *preciseEndpoint {
-	for int(s) >= len(p.ep) {
-		p.ep = append(p.ep, preciseEndpoint{})
-	}
-	return &p.ep[s]
-}
-
-// store adds hashes to slot s and reports whether the slot went over its
-// bound: more blocks than an engine can hold means removals were lost, and
-// what the index holds for the endpoint is no longer trustworthy.
-func (p *preciseIndex) store(s int32, hashes []uint64) (overflow bool) {
-	e := p.endpoint(s)
-	for _, h := range hashes {
-		if p.t.add(h, int(s)) {
-			e.blocks++
-		}
-	}
-	if e.blocks > p.maxBlocks {
-		e.resets++
-		return true
-	}
-	return false
-}
-
-func (p *preciseIndex) remove(s int32, hashes []uint64) {
-	e := p.endpoint(s)
-	for _, h := range hashes {
-		if p.t.remove(h, int(s)) {
-			e.blocks--
-		}
-	}
-}
-
 // IndexStats describes one prefix index.
 type IndexStats struct {
 	// Endpoints with index data; Keys distinct blocks; Holdings
@@ -296,4 +220,7 @@ type Stats struct {
 	// PreciseResets counts endpoints cleared because they exceeded
 	// preciseIndex.maxBlocksPerEndpoint (lost BlockRemoved events).
 	PreciseResets int
+	// PreciseEngineBlocks counts the engine blocks the precise index maps
+	// to its keys (shared by the endpoints holding them).
+	PreciseEngineBlocks int
 }

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"testing"
-
-	"github.com/llmd-kn/llmd-kn/pkg/kvblock"
 )
 
 func mustRouter(t testing.TB, yaml string) *Router {
@@ -53,9 +51,9 @@ func hit(t *testing.T, r *Router, profile string, req *Request, ep Endpoint) int
 }
 
 func TestPreciseIndexTracksEvents(t *testing.T) {
-	h := kvblock.MustHasher(16, 0)
+	eng := newTestEngine(16)
 	prompt := tokens(16*10+5, 1)
-	hashes := h.Hashes(nil, prompt)
+	hashes := eng.hashes(prompt)
 	req := &Request{Model: "m", Tokens: prompt}
 	ep := Endpoint{ID: "a", Ready: true}
 
@@ -65,12 +63,12 @@ func TestPreciseIndexTracksEvents(t *testing.T) {
 		want   int
 	}{
 		{"no events: nothing known", nil, 0},
-		{"first six blocks stored", []KVEvent{{Kind: BlockStored, Hashes: hashes[:6], BlockSize: 16}}, 96},
-		{"the rest stored with a parent", []KVEvent{{Kind: BlockStored, Hashes: hashes[6:], Parent: hashes[5], HasParent: true}}, 160},
+		{"first six blocks stored", []KVEvent{eng.stored(prompt, 0, 6)}, 96},
+		{"the rest stored with a parent", []KVEvent{eng.stored(prompt, 6, 10)}, 160},
 		{"tail blocks evicted", []KVEvent{{Kind: BlockRemoved, Hashes: hashes[8:]}}, 128},
 		{"removing blocks it never had changes nothing", []KVEvent{{Kind: BlockRemoved, Hashes: []uint64{1, 2, 3}}}, 128},
 		{"cache reset", []KVEvent{{Kind: AllBlocksCleared}}, 0},
-		{"stored again after the reset", []KVEvent{{Kind: BlockStored, Hashes: hashes[:3]}}, 48},
+		{"stored again after the reset", []KVEvent{eng.stored(prompt, 0, 3)}, 48},
 	}
 	r := mustRouter(t, "")
 	for _, st := range steps {
@@ -91,10 +89,9 @@ func TestPreciseIndexTracksEvents(t *testing.T) {
 func TestPreciseIndexCapsHitBelowPrompt(t *testing.T) {
 	// An engine always computes the last prompt token, so a prompt of
 	// exactly 4 blocks can hit at most 3.
-	h := kvblock.MustHasher(16, 0)
 	prompt := tokens(64, 1)
 	r := mustRouter(t, "")
-	if err := r.Apply("a", KVEvent{Kind: BlockStored, Hashes: h.Hashes(nil, prompt)}); err != nil {
+	if err := r.Apply("a", newTestEngine(16).all(prompt)); err != nil {
 		t.Fatal(err)
 	}
 	if got := hit(t, r, "kv-precise", &Request{Tokens: prompt}, Endpoint{ID: "a", Ready: true}); got != 48 {
@@ -102,16 +99,19 @@ func TestPreciseIndexCapsHitBelowPrompt(t *testing.T) {
 	}
 }
 
-func TestPreciseIndexRejectsOtherBlockSizes(t *testing.T) {
+func TestPreciseIndexRejectsMalformedStores(t *testing.T) {
 	r := mustRouter(t, "")
 	err := r.Apply("a",
-		KVEvent{Kind: BlockStored, Hashes: []uint64{1}, BlockSize: 32},
-		KVEvent{Kind: BlockStored, Hashes: []uint64{2}, BlockSize: 16})
-	if !errors.Is(err, ErrBlockSize) {
-		t.Fatalf("err = %v, want ErrBlockSize", err)
+		KVEvent{Kind: BlockStored, Hashes: []uint64{1}, TokenIDs: tokens(16, 1), BlockSize: 32},
+		KVEvent{Kind: BlockStored, Hashes: []uint64{2}, TokenIDs: tokens(16, 1), BlockSize: 16})
+	if !errors.Is(err, ErrEventShape) {
+		t.Fatalf("err = %v, want ErrEventShape", err)
 	}
 	if st := r.Stats(); st.Precise.Holdings != 1 {
 		t.Fatalf("holdings %d: the good event should apply, the bad one not", st.Precise.Holdings)
+	}
+	if st := r.PreciseEndpoint("a"); st.Rejected != 1 || st.Stored != 1 {
+		t.Fatalf("endpoint stats %+v, want 1 rejected and 1 stored", st)
 	}
 	if err := r.Apply("a", KVEvent{Kind: 9}); err == nil {
 		t.Fatal("unknown event kind accepted")
@@ -121,11 +121,7 @@ func TestPreciseIndexRejectsOtherBlockSizes(t *testing.T) {
 func TestPreciseIndexBoundClearsAnEndpointThatLostRemovals(t *testing.T) {
 	r := mustRouter(t, "preciseIndex: {maxBlocksPerEndpoint: 100}")
 	for i := range 3 {
-		hs := make([]uint64, 40)
-		for j := range hs {
-			hs[j] = uint64(i*1000 + j + 1)
-		}
-		if err := r.Apply("a", KVEvent{Kind: BlockStored, Hashes: hs}); err != nil {
+		if err := r.Apply("a", newTestEngine(16).all(tokens(40*16, uint32(i)*100000))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -211,12 +207,12 @@ func TestApproxIndexLRUBound(t *testing.T) {
 
 func TestForgetAndRetainFreeEverything(t *testing.T) {
 	r := mustRouter(t, "")
-	h := kvblock.MustHasher(16, 0)
+	eng := newTestEngine(16)
 	s, _ := r.Scheduler("default")
 	eps := endpoints(70) // more than one bitset word
 	for i := range eps {
 		p := tokens(16*20, uint32(i*1000))
-		if err := r.Apply(eps[i].ID, KVEvent{Kind: BlockStored, Hashes: h.Hashes(nil, p)}); err != nil {
+		if err := r.Apply(eps[i].ID, eng.all(p)); err != nil {
 			t.Fatal(err)
 		}
 		var d Decision
@@ -239,11 +235,11 @@ func TestForgetAndRetainFreeEverything(t *testing.T) {
 	}
 	r.Retain(nil)
 	st = r.Stats()
-	if st.Precise.Keys != 0 || st.Approximate.Keys != 0 || st.Precise.Holdings != 0 || st.Approximate.Holdings != 0 {
+	if st.Precise.Keys != 0 || st.Approximate.Keys != 0 || st.Precise.Holdings != 0 || st.Approximate.Holdings != 0 || st.PreciseEngineBlocks != 0 {
 		t.Fatalf("after Retain(nil): %+v", st)
 	}
 	// Slots are reused rather than grown.
-	if err := r.Apply("new", KVEvent{Kind: BlockStored, Hashes: []uint64{5}}); err != nil {
+	if err := r.Apply("new", eng.all(tokens(16, 5))); err != nil {
 		t.Fatal(err)
 	}
 	if r.Stats().Slots != 70 {
@@ -253,17 +249,16 @@ func TestForgetAndRetainFreeEverything(t *testing.T) {
 
 func TestPreciseIndexAppliesLongEventsInChunks(t *testing.T) {
 	r := mustRouter(t, "")
-	hs := make([]uint64, 5000)
-	for i := range hs {
-		hs[i] = uint64(i + 1)
-	}
-	if err := r.Apply("a", KVEvent{Kind: BlockStored, Hashes: hs}, KVEvent{Kind: BlockRemoved, Hashes: hs[1000:]}); err != nil {
+	eng := newTestEngine(16)
+	p := tokens(5000*16, 1)
+	hs := eng.hashes(p)
+	if err := r.Apply("a", eng.all(p), KVEvent{Kind: BlockRemoved, Hashes: hs[1000:]}); err != nil {
 		t.Fatal(err)
 	}
 	if st := r.Stats().Precise; st.Holdings != 1000 || st.Keys != 1000 {
 		t.Fatalf("%+v, want 1000 holdings", st)
 	}
-	if err := r.Apply("a", KVEvent{Kind: AllBlocksCleared}, KVEvent{Kind: BlockStored, Hashes: hs[:10]}); err != nil {
+	if err := r.Apply("a", KVEvent{Kind: AllBlocksCleared}, eng.stored(p, 0, 10)); err != nil {
 		t.Fatal(err)
 	}
 	if st := r.Stats().Precise; st.Holdings != 10 || st.Keys != 10 {

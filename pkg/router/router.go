@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/llmd-kn/llmd-kn/pkg/kvblock"
 )
@@ -70,7 +71,9 @@ func New(cfg *Config, opts Options) (*Router, error) {
 		approx:    approxIndex{t: newHolderTable(1, salt)},
 		precise: preciseIndex{
 			t:         newHolderTable(1, salt),
+			blocks:    make(map[uint64]*engBlock),
 			blockSize: cfg.PreciseIndex.BlockSize,
+			hasher:    h,
 			maxBlocks: cfg.PreciseIndex.MaxBlocksPerEndpoint,
 		},
 	}
@@ -155,6 +158,7 @@ func (s *Scheduler) Decide(d *Decision, req *Request, eps []Endpoint) error {
 	}
 	if spec.approx || spec.precise {
 		d.PrefixHitTokens = c.hitTokens(i)
+		d.PreciseHitTokens, d.ApproxHitTokens = c.predictions(i)
 	}
 	if s.prefill != nil && d.PrefixHitTokens >= 0 && c.prompt-d.PrefixHitTokens >= s.pdThreshold {
 		c.stage, c.decodeHit = stagePrefill, d.PrefixHitTokens
@@ -207,8 +211,8 @@ func (r *Router) Record(d *Decision) {
 const applyChunk = 256
 
 // Apply updates the precise index with an endpoint's KV events, in order.
-// Events it cannot use are reported (the first error) and skipped; the
-// others apply. Events of one endpoint must be applied in order (one
+// Events it cannot use are counted, reported (the first error) and skipped;
+// the others apply. Events of one endpoint must be applied in order (one
 // goroutine per endpoint); if the endpoint is forgotten meanwhile, the rest
 // of the call is dropped.
 func (r *Router) Apply(endpointID string, events ...KVEvent) error {
@@ -231,27 +235,61 @@ func (r *Router) Apply(endpointID string, events ...KVEvent) error {
 		ev := &events[i]
 		switch ev.Kind {
 		case BlockStored:
-			if ev.BlockSize != 0 && ev.BlockSize != p.blockSize {
-				err = cmp.Or(err, fmt.Errorf("%w: event %d has %d, index has %d", ErrBlockSize, i, ev.BlockSize, p.blockSize))
-				continue
-			}
-			for hs := range slices.Chunk(ev.Hashes, applyChunk) {
-				overflow := false
-				if !step(func() { overflow = p.store(s, hs) }) {
+			n, bs := len(ev.Hashes), ev.BlockSize
+			if bs < 1 || len(ev.TokenIDs) != n*bs {
+				if !step(func() { p.endpoint(s).rejected++ }) {
 					return err
 				}
-				if overflow && !r.clearPrecise(endpointID, s) {
+				err = cmp.Or(err, fmt.Errorf("%w: event %d has %d tokens for %d blocks of %d", ErrEventShape, i, len(ev.TokenIDs), n, bs))
+				continue
+			}
+			m := mediumOf(ev.Medium)
+			var st chainState
+			for lo := 0; lo < n; lo += applyChunk {
+				hi := min(lo+applyChunk, n)
+				overflow, stop := false, false
+				if !step(func() {
+					if lo == 0 {
+						st = p.startState(ev)
+					}
+					e := p.endpoint(s)
+					for j := lo; j < hi; j++ {
+						if !st.ok {
+							// The chain is unknown from here on.
+							e.unmatched += int64(n - j)
+							stop = true
+							return
+						}
+						var b *engBlock
+						if b, st = p.block(ev.Hashes[j], st, ev.TokenIDs[j*bs:(j+1)*bs]); b == nil {
+							e.rejected++
+							continue
+						}
+						overflow = p.store(s, ev.Hashes[j], b, m) || overflow
+					}
+				}) {
 					return err
+				}
+				if overflow && !r.clearPrecise(endpointID, s, true) {
+					return err
+				}
+				if stop {
+					break
 				}
 			}
 		case BlockRemoved:
+			m := mediumOf(ev.Medium)
 			for hs := range slices.Chunk(ev.Hashes, applyChunk) {
-				if !step(func() { p.remove(s, hs) }) {
+				if !step(func() {
+					for _, h := range hs {
+						p.remove(s, h, m)
+					}
+				}) {
 					return err
 				}
 			}
 		case AllBlocksCleared:
-			if !r.clearPrecise(endpointID, s) {
+			if !r.clearPrecise(endpointID, s, false) {
 				return err
 			}
 		default:
@@ -261,16 +299,25 @@ func (r *Router) Apply(endpointID string, events ...KVEvent) error {
 	return err
 }
 
-// clearPrecise removes slot s from the precise table one shard at a time,
-// keeping the endpoint's block count equal to what the table holds for it
-// at every step.
-func (r *Router) clearPrecise(id string, s int32) bool {
+// clearPrecise drops everything the precise index holds for slot s: its
+// engine blocks at once, its keys one table shard at a time.
+func (r *Router) clearPrecise(id string, s int32, overflow bool) bool {
 	p := &r.precise
+	if !r.whileMapped(id, s, func() {
+		p.mu.Lock()
+		p.releaseAll(s)
+		if overflow {
+			p.endpoint(s).resets++
+		}
+		p.mu.Unlock()
+	}) {
+		return false
+	}
 	for i := range numShards {
 		if !r.whileMapped(id, s, func() {
 			p.mu.Lock()
-			if e := p.endpoint(s); e.blocks > 0 {
-				e.blocks -= p.t.clearSlotShard(int(s), i)
+			if e := p.endpoint(s); e.keys > 0 {
+				e.keys -= p.t.clearSlotShard(int(s), i)
 			}
 			p.mu.Unlock()
 		}) {
@@ -359,7 +406,8 @@ func (r *Router) drain(s int32) {
 	hadApprox := r.approx.detach(s)
 	r.approx.mu.Unlock()
 	r.precise.mu.Lock()
-	hadPrecise := int(s) < len(r.precise.ep) && r.precise.ep[s].blocks > 0
+	hadPrecise := int(s) < len(r.precise.ep) && r.precise.ep[s].keys > 0
+	r.precise.releaseAll(s)
 	if int(s) < len(r.precise.ep) {
 		r.precise.ep[s] = preciseEndpoint{}
 	}
@@ -402,12 +450,21 @@ func (r *Router) Stats() Stats {
 
 	p := &r.precise
 	p.mu.RLock()
-	st.Precise = IndexStats{Keys: p.t.len(), Bytes: p.t.bytes() + int64(cap(p.ep))*24}
-	for _, e := range p.ep {
+	st.Precise = IndexStats{Keys: p.t.len(), Bytes: p.t.bytes() + int64(cap(p.ep))*int64(unsafe.Sizeof(preciseEndpoint{}))}
+	st.PreciseEngineBlocks = len(p.blocks)
+	// An engine block costs its map entry and record (about 120 bytes) and
+	// its tail tokens; a holding about 24 bytes of an endpoint's map.
+	st.Precise.Bytes += int64(len(p.blocks)) * 120
+	for _, b := range p.blocks {
+		st.Precise.Bytes += int64(cap(b.tail))*4 + int64(cap(b.keys))*8
+	}
+	for i := range p.ep {
+		e := &p.ep[i]
 		if e.seen {
 			st.Precise.Endpoints++
 		}
-		st.Precise.Holdings += e.blocks
+		st.Precise.Holdings += e.keys
+		st.Precise.Bytes += int64(len(e.held)) * 24
 		st.PreciseResets += e.resets
 	}
 	p.mu.RUnlock()

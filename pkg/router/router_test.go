@@ -130,6 +130,7 @@ func convert(evs []engine.KVEvent) []KVEvent {
 // at once; run it with -race.
 func TestConcurrentUse(t *testing.T) {
 	r := mustRouter(t, "")
+	eng := newTestEngine(16)
 	eps := endpoints(80)
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -164,12 +165,15 @@ func TestConcurrentUse(t *testing.T) {
 				default:
 				}
 				id := eps[rng.IntN(len(eps))].ID
-				hs := make([]uint64, 1+rng.IntN(50))
-				for j := range hs {
-					hs[j] = uint64(rng.IntN(5000))
+				p := tokens(16*(1+rng.IntN(50)), uint32(rng.IntN(8))*1000)
+				ev := eng.all(p)
+				switch rng.IntN(4) {
+				case 2:
+					ev = KVEvent{Kind: BlockRemoved, Hashes: ev.Hashes[rng.IntN(len(ev.Hashes)):]}
+				case 3:
+					ev = KVEvent{Kind: AllBlocksCleared}
 				}
-				kind := []KVEventKind{BlockStored, BlockStored, BlockRemoved, AllBlocksCleared}[rng.IntN(4)]
-				if err := r.Apply(id, KVEvent{Kind: kind, Hashes: hs}); err != nil {
+				if err := r.Apply(id, ev); err != nil {
 					t.Error(err)
 					return
 				}
@@ -187,12 +191,20 @@ func TestConcurrentUse(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	// Each index's per-endpoint accounting agrees with its table.
-	sum := 0
+	sum, held := 0, 0
 	for _, e := range r.precise.ep {
-		sum += e.blocks
+		sum += e.keys
+		held += len(e.held)
 	}
 	if got := r.precise.t.holdings(); got != sum {
 		t.Fatalf("precise table holds %d, endpoints count %d", got, sum)
+	}
+	refs := 0
+	for _, b := range r.precise.blocks {
+		refs += int(b.refs)
+	}
+	if refs != held {
+		t.Fatalf("engine blocks count %d references, endpoints hold %d", refs, held)
 	}
 	sum = 0
 	for _, l := range r.approx.lru {

@@ -36,10 +36,11 @@ type Request struct {
 	Tier string
 	// Tokens is the tokenized prompt.
 	Tokens []uint32
-	// BlockHashes are the prompt's block hashes at engine granularity:
-	// kvblock.Hasher at the precise index's block size and hash seed
-	// (Config.PreciseIndex). When empty, the router computes them from
-	// Tokens; a caller that already has them saves that cost.
+	// BlockHashes are the prompt's block keys: kvblock.Hasher at the
+	// precise index's block size and hash seed (Config.PreciseIndex), the
+	// router's own keys, unrelated to any engine's hashes. When empty, the
+	// router computes them from Tokens; a caller that already has them
+	// saves that cost.
 	BlockHashes []uint64
 	// ExpectedOutput is the expected number of output tokens, 0 if unknown;
 	// no built-in plugin reads it yet.
@@ -128,6 +129,11 @@ type Decision struct {
 	// endpoint.
 	PrefixHitTokens  int
 	PrefillHitTokens int
+	// PreciseHitTokens and ApproxHitTokens are each index's prediction for
+	// the decode endpoint, -1 where the profile does not read that index
+	// (or, for the precise one, it has no data for the endpoint). Pass them
+	// to Router.Observe with the engine's answer.
+	PreciseHitTokens, ApproxHitTokens int
 	// PredictedTTFT is the ttft-cost prediction for the decode endpoint in
 	// seconds (decode-only path), 0 when the profile does not use it.
 	PredictedTTFT float64
@@ -154,6 +160,7 @@ func (d *Decision) reset(profile string) {
 	d.Prefill, d.PrefillID = -1, ""
 	d.Disaggregated = false
 	d.PromptTokens, d.PrefixHitTokens, d.PrefillHitTokens = 0, -1, -1
+	d.PreciseHitTokens, d.ApproxHitTokens = -1, -1
 	d.PredictedTTFT = 0
 	d.Candidates = d.Candidates[:0]
 	d.Scores, d.Totals = d.Scores[:0], d.Totals[:0]
