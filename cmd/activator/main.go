@@ -42,6 +42,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/yaml"
 
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/activator/discovery"
@@ -75,6 +76,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		debug      = flag.Bool("debug-routing", false, "add the X-Llm-D-Route explanation header to answers")
 		tokDir     = flag.String("tokenizer-dir", "", "folder of models' Hugging Face tokenizer files (a mounted volume or HF cache: org/name, models--org--name or name), for llm-d.ai/tokenizer auto and native; empty: the estimate unless a revision names native:DIR")
 		verbose    = flag.Bool("v", false, "log at debug level")
+		kvBind     = flag.String("kv-events-bind", "", "ZMQ endpoint (tcp://*:5557) to bind for KV-event publishers that connect to a collector (llm-d's direction); pods are told apart by their topic kv@<pod name or IP>@<model>. Publishers that bind (vLLM's default) are dialed per pod instead")
 	)
 	if err := flag.Parse(args); err != nil {
 		return err
@@ -168,6 +170,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", *config, err)
 		}
+		var sc activator.StaticConfig
+		if err := yaml.Unmarshal(data, &sc); err == nil && sc.KVEventsBind != "" && !set["kv-events-bind"] {
+			*kvBind = sc.KVEventsBind
+		}
 		for _, r := range revs {
 			if err := act.UpsertRevision(r); err != nil {
 				return err
@@ -179,6 +185,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if reporter != nil {
 		wg.Go(func() { reporter.Run(ctx, act.Stats) })
+	}
+	if *kvBind != "" {
+		wg.Go(func() {
+			if err := act.ServeKVEvents(ctx, *kvBind, nil); err != nil {
+				errc <- fmt.Errorf("--kv-events-bind: %w", err)
+			}
+		})
 	}
 
 	admin := http.NewServeMux()

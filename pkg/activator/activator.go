@@ -28,6 +28,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -89,6 +90,8 @@ type Activator struct {
 
 	tokenizers *native.Cache
 	tokWarned  sync.Map // what tokenizerFor warned about
+
+	kvUnknown atomic.Int64 // messages at the bound KV-event endpoint from no known pod
 }
 
 // New builds an Activator.
@@ -129,8 +132,10 @@ func New(opts Options) (*Activator, error) {
 	if opts.Proxy == nil {
 		opts.Proxy = NewProxy()
 	}
-	return &Activator{opts: opts, metrics: NewMetrics(opts.Registerer), revs: map[RevisionKey]*revision{},
-		tokenizers: native.NewCache(native.Options{})}, nil
+	a := &Activator{opts: opts, metrics: NewMetrics(opts.Registerer), revs: map[RevisionKey]*revision{},
+		tokenizers: native.NewCache(native.Options{})}
+	opts.Registerer.MustRegister(kvCollector{a})
+	return a, nil
 }
 
 // UpsertRevision adds a revision or replaces its configuration (its pods
@@ -741,6 +746,7 @@ func (a *Activator) account(rev *revision, tier Tier, d *router.Decision, res Re
 		if d.PrefixHitTokens > 0 {
 			m.PredictedCached.WithLabelValues(revName).Add(float64(d.PrefixHitTokens))
 		}
+		rev.observe(d, res.Usage)
 	}
 	rev.stats.record(done)
 }

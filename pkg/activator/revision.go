@@ -72,6 +72,7 @@ type pod struct {
 
 	inflight       atomic.Int64
 	inflightTokens atomic.Int64
+	kv             kvCounts
 	cancel         context.CancelFunc
 	done           chan struct{}
 }
@@ -228,8 +229,7 @@ func (rev *revision) subscribe(ctx context.Context, p *pod) {
 			continue
 		}
 		_ = sub.SetOption(zmq4.OptionSubscribe, "")
-		var next uint64
-		first := true
+		var st kvStream
 		for ctx.Err() == nil {
 			msg, err := sub.Recv()
 			if err != nil {
@@ -237,29 +237,11 @@ func (rev *revision) subscribe(ctx context.Context, p *pod) {
 			}
 			_, seq, payload, err := kvevents.ParseMessage(msg.Frames)
 			if err != nil {
+				p.kv.rejected.Add(1)
 				log.Debug("bad KV event message", "err", err)
 				continue
 			}
-			if !first && seq != next {
-				rev.rt.Forget(p.spec.Name)
-			}
-			first, next = false, seq+1
-			b, err := kvevents.DecodeBatch(payload)
-			if err != nil {
-				log.Debug("bad KV event batch", "err", err)
-				continue
-			}
-			evs := make([]router.KVEvent, 0, len(b.Events))
-			for _, e := range b.Events {
-				if e.Medium != "" && e.Medium != kvevents.MediumGPU {
-					continue
-				}
-				evs = append(evs, router.KVEvent{Kind: router.KVEventKind(e.Kind), Hashes: e.Hashes,
-					Parent: e.Parent, HasParent: e.HasParent, TokenIDs: e.TokenIDs, BlockSize: e.BlockSize})
-			}
-			if err := rev.rt.Apply(p.spec.Name, evs...); err != nil {
-				log.Debug("KV events rejected by the index", "err", err)
-			}
+			rev.applyKV(p, &st, seq, payload)
 		}
 		_ = sub.Close()
 		if !sleepCtx(ctx, 250*time.Millisecond) {

@@ -17,6 +17,11 @@ import (
 // --config). In a cluster the same information comes from the API server.
 type StaticConfig struct {
 	Revisions []StaticRevision `json:"revisions"`
+	// KVEventsBind is a ZMQ endpoint (tcp://*:5557) the activator binds
+	// for KV-event publishers that connect (llm-d's direction), as
+	// --kv-events-bind; pods whose publishers bind are dialed at
+	// pods[].kvEvents.
+	KVEventsBind string `json:"kvEventsBind,omitempty"`
 }
 
 // StaticRevision is one revision with its pods; Annotations are the

@@ -1,0 +1,93 @@
+package activator
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
+)
+
+// TestKVEventsBind: with the activator binding a collector endpoint and the
+// engines' publishers connecting to it (llm-d's direction), events reach the
+// pod their topic names and a repeated prompt is predicted cached.
+func TestKVEventsBind(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The fixture's activator is built first; its collector binds before
+	// the simulators connect.
+	f := newFixture(t, apis.Spec{RoutingProfile: "kv-precise", PDThreshold: 1 << 30})
+	addrc := make(chan net.Addr, 1)
+	errc := make(chan error, 1)
+	go func() { errc <- f.act.ServeKVEvents(ctx, "tcp://127.0.0.1:0", func(a net.Addr) { addrc <- a }) }()
+	var bound net.Addr
+	select {
+	case bound = <-addrc:
+	case err := <-errc:
+		t.Fatal(err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("collector never bound")
+	}
+	var sims []*sim
+	for i := range 2 {
+		name := fmt.Sprintf("pod-%d", i)
+		sims = append(sims, startSim(t, name, engine.RoleBoth, 0.02, func(c *vllmsim.Config) {
+			c.KVEvents.Endpoint = "tcp://" + bound.String()
+		}))
+	}
+	var pods []PodSpec
+	for _, s := range sims {
+		if s.kv != "" {
+			t.Fatalf("%s binds %s, want it to connect", s.name, s.kv)
+		}
+		pods = append(pods, PodSpec{Name: s.name, URL: s.url})
+	}
+	if err := f.act.SetPods(f.key, pods); err != nil {
+		t.Fatal(err)
+	}
+	f.waitReady(t, 2)
+	f.act.mu.RLock()
+	rev := f.act.revs[f.key]
+	f.act.mu.RUnlock()
+	// A connecting publisher's first messages may go before the connection
+	// is up: send throwaway prompts until events flow for both pods.
+	deadline := time.Now().Add(10 * time.Second)
+	for n := 0; ; n++ {
+		if c := f.complete(t, longPrompt(200, uint32(1000+n)), 1, nil); c.status != 200 {
+			t.Fatalf("%d %s", c.status, c.body)
+		}
+		if rev.rt.PreciseEndpoint("pod-0").Stored > 0 && rev.rt.PreciseEndpoint("pod-1").Stored > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no KV events through the bound endpoint: %+v %+v", rev.rt.PreciseEndpoint("pod-0"), rev.rt.PreciseEndpoint("pod-1"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	shared := longPrompt(2000, 7)
+	first := f.complete(t, shared, 4, nil)
+	pod := routedTo(first.route)
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		c := f.complete(t, shared, 4, nil)
+		if routedTo(c.route) == pod && strings.Contains(c.route, "cached=19") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("repeat not predicted cached on %s: %s", pod, c.route)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if p := rev.pod(pod); p.kv.decoded.Load() == 0 || p.kv.rejected.Load() != 0 {
+		t.Fatalf("pod %s: %d batches decoded, %d rejected", pod, p.kv.decoded.Load(), p.kv.rejected.Load())
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
