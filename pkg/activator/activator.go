@@ -746,7 +746,9 @@ func (a *Activator) account(rev *revision, tier Tier, d *router.Decision, res Re
 		if d.PrefixHitTokens > 0 {
 			m.PredictedCached.WithLabelValues(revName).Add(float64(d.PrefixHitTokens))
 		}
-		rev.observe(d, res.Usage)
 	}
 	rev.stats.record(done)
+	if res.Code < 400 {
+		rev.observe(d, res.Usage)
+	}
 }
