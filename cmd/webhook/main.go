@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
@@ -78,6 +79,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	tiers, err := activator.LoadTiers(*tiersFile)
+	if err != nil {
+		return err
+	}
 	cfg, err := restConfig(*kubeconfig)
 	if err != nil {
 		return err
@@ -89,6 +94,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Namespace: *ns, ServiceName: *service, SecretName: *secret,
 		MutatingWebhookConfiguration: *mutating, ValidatingWebhookConfiguration: *validating,
 		KnativeNamespace: *knativeNS, Vocabulary: vocab,
+		Defaults: webhook.DefaultOptions{TierTPOT: func(name string) time.Duration {
+			t, _ := tiers.Get(name)
+			return time.Duration(t.TPOT)
+		}},
 		HealthAddr: *healthAddr, MetricsAddr: *metricsAddr,
 	})
 }

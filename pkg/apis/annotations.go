@@ -38,6 +38,14 @@ const (
 	AcceleratorAnnotation     = Group + "accelerator"
 	VariantCostAnnotation     = Group + "variant-cost"
 	TokenizerAnnotation       = Group + "tokenizer"
+	StepTokenBudgetAnnotation = Group + "step-token-budget"
+
+	// StepTokenBudgetChoiceAnnotation records on a revision template the
+	// per-step token budget the webhook chose and why (it is not an input:
+	// its prefix is not llm-d.ai/). Its value is the decode (or only)
+	// budget, the prefill budget for a prefill-decode revision, and the
+	// reason: "2048 prefill=8192: TPOT 100ms: ...".
+	StepTokenBudgetChoiceAnnotation = "status.llm-d.ai/step-token-budget"
 
 	KnativeAutoscalingGroup        = "autoscaling.knative.dev/"
 	ClassAnnotation                = KnativeAutoscalingGroup + "class"
@@ -107,6 +115,10 @@ type Spec struct {
 	// the activator's own folder).
 	Tokenizer    string
 	TokenizerDir string
+	// StepTokenBudget is llm-d.ai/step-token-budget: vLLM's per-step token
+	// budget (--max-num-batched-tokens) for the revision's pods; 0 (auto,
+	// the default) chooses it from the TPOT target and the engine profile.
+	StepTokenBudget int
 }
 
 // Disaggregated reports whether the revision runs separate prefill pods.
@@ -182,7 +194,15 @@ var known = map[string]string{
 	AcceleratorAnnotation:     "accelerator name",
 	VariantCostAnnotation:     "number > 0",
 	TokenizerAnnotation:       "auto | estimate | native | native:/absolute/path",
+	StepTokenBudgetAnnotation: "auto | integer in [1, 1048576]",
 }
+
+// StepTokenBudgetAuto is the llm-d.ai/step-token-budget value that chooses
+// the budget from the TPOT target (also what an absent annotation means).
+const StepTokenBudgetAuto = "auto"
+
+// MaxStepTokenBudget bounds llm-d.ai/step-token-budget.
+const MaxStepTokenBudget = 1 << 20
 
 // Parse reads and validates the annotations of one object; path is the
 // field path of the annotation map (e.g. "spec.template.metadata.annotations")
@@ -329,6 +349,14 @@ func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, 
 			fail(TokenizerAnnotation, "%v", err)
 		} else {
 			s.Tokenizer, s.TokenizerDir = mode, dir
+		}
+	}
+	if v, ok := annotations[StepTokenBudgetAnnotation]; ok && strings.TrimSpace(v) != StepTokenBudgetAuto {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 || n > MaxStepTokenBudget {
+			fail(StepTokenBudgetAnnotation, "invalid value %q: must be %s or a token count from 1 to %d, like 2048", v, StepTokenBudgetAuto, MaxStepTokenBudget)
+		} else {
+			s.StepTokenBudget = n
 		}
 	}
 	oneOf(AutoscalerModeAnnotation, &s.AutoscalerMode, []string{AutoscalerAct, AutoscalerAdvise})

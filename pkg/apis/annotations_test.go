@@ -46,13 +46,14 @@ func TestParseFullSpec(t *testing.T) {
 		SimProfileAnnotation:      "llama-3.1-8b-h100",
 		AcceleratorAnnotation:     "H100-SXM-80GB",
 		VariantCostAnnotation:     "2.5",
+		StepTokenBudgetAnnotation: "2048",
 	}, path, vocab)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !s.Disaggregated() || s.PDThreshold != 1024 || s.TTFT != 300*time.Millisecond || s.TPOT != 40*time.Millisecond ||
 		s.AllowsTier("batch") || !s.AllowsTier("critical") || s.MinScale != 2 || s.PrefillMaxScale != 4 || s.Percentile != 99 ||
-		s.Accelerator != "H100-SXM-80GB" || s.VariantCost != 2.5 {
+		s.Accelerator != "H100-SXM-80GB" || s.VariantCost != 2.5 || s.StepTokenBudget != 2048 {
 		t.Fatalf("spec: %+v", s)
 	}
 }
@@ -86,6 +87,10 @@ func TestParseRejectsWithFieldPaths(t *testing.T) {
 		{"relative tokenizer dir", map[string]string{TokenizerAnnotation: "native:models/qwen"}, "[llm-d.ai/tokenizer]"},
 		{"unclean tokenizer dir", map[string]string{TokenizerAnnotation: "native:/models/../etc"}, "[llm-d.ai/tokenizer]"},
 		{"empty tokenizer dir", map[string]string{TokenizerAnnotation: "native:"}, "[llm-d.ai/tokenizer]"},
+		{"budget zero", map[string]string{StepTokenBudgetAnnotation: "0"}, "[llm-d.ai/step-token-budget]"},
+		{"budget huge", map[string]string{StepTokenBudgetAnnotation: "2097152"}, "[llm-d.ai/step-token-budget]"},
+		{"budget word", map[string]string{StepTokenBudgetAnnotation: "Auto"}, "[llm-d.ai/step-token-budget]"},
+		{"budget fraction", map[string]string{StepTokenBudgetAnnotation: "1.5k"}, "[llm-d.ai/step-token-budget]"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -101,6 +106,15 @@ func TestParseRejectsWithFieldPaths(t *testing.T) {
 				t.Fatalf("not a field error list: %T", err)
 			}
 		})
+	}
+}
+
+func TestParseStepTokenBudgetAuto(t *testing.T) {
+	for _, v := range []string{"auto", " auto "} {
+		s, err := Parse(map[string]string{StepTokenBudgetAnnotation: v}, path, vocab)
+		if err != nil || s.StepTokenBudget != 0 {
+			t.Fatalf("%q: %v %d", v, err, s.StepTokenBudget)
+		}
 	}
 }
 
@@ -139,7 +153,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if s.MinScale < 0 || s.PDThreshold < 0 || s.Percentile <= 0 || s.Percentile >= 100 || (s.MaxScale > 0 && s.MinScale > s.MaxScale) {
+		if s.MinScale < 0 || s.PDThreshold < 0 || s.StepTokenBudget < 0 || s.StepTokenBudget > MaxStepTokenBudget || s.Percentile <= 0 || s.Percentile >= 100 || (s.MaxScale > 0 && s.MinScale > s.MaxScale) {
 			t.Fatalf("accepted an invalid spec: %+v", s)
 		}
 	})

@@ -76,6 +76,10 @@ type Config struct {
 	// (vLLM's --max-num-seqs and --max-num-batched-tokens).
 	MaxNumSeqs          int `json:"maxNumSeqs"`
 	MaxNumBatchedTokens int `json:"maxNumBatchedTokens"`
+	// PrefillMaxNumBatchedTokens is the prefill pods' budget of a
+	// disaggregated revision when it differs (the step-budget choice gives
+	// prefill pods vLLM's default); 0 means MaxNumBatchedTokens.
+	PrefillMaxNumBatchedTokens int `json:"prefillMaxNumBatchedTokens,omitempty"`
 	// AssumedPromptTokens and AssumedOutputTokens stand in for the mean
 	// lengths until traffic has shown them (scale from zero).
 	AssumedPromptTokens int `json:"assumedPromptTokens"`
@@ -194,6 +198,9 @@ func (c *Config) Validate() error {
 	if c.MaxNumBatchedTokens < 1 {
 		bad("maxNumBatchedTokens", "must be positive, got %d", c.MaxNumBatchedTokens)
 	}
+	if c.PrefillMaxNumBatchedTokens < 0 {
+		bad("prefillMaxNumBatchedTokens", "must not be negative, got %d", c.PrefillMaxNumBatchedTokens)
+	}
 	if c.AssumedPromptTokens < 1 {
 		bad("assumedPromptTokens", "must be positive, got %d", c.AssumedPromptTokens)
 	}
@@ -210,6 +217,15 @@ func (c *Config) Validate() error {
 		bad("correctionMax", "must be at least 1, got %v", c.CorrectionMax)
 	}
 	return errors.Join(errs...)
+}
+
+// prefillBudget is the per-step token budget of the engines that prefill:
+// the prefill pods' own when disaggregated and set.
+func (c *Config) prefillBudget() int {
+	if c.Disaggregated && c.PrefillMaxNumBatchedTokens > 0 {
+		return c.PrefillMaxNumBatchedTokens
+	}
+	return c.MaxNumBatchedTokens
 }
 
 // panicWindow is the panic averaging window.

@@ -62,7 +62,7 @@ type DecodeCapacity struct {
 func PrefillLoadFunction(p *engine.Profile, cfg *Config, promptTokens, cachedTokens, correction float64) PrefillCapacity {
 	uncached := max(1, int(math.Round(promptTokens-cachedTokens)))
 	cached := max(0, int(math.Round(cachedTokens)))
-	budget := cfg.MaxNumBatchedTokens
+	budget := cfg.prefillBudget()
 	q := min(uncached, budget)
 	k := max(1, min(budget/q, cfg.MaxNumSeqs))
 	batch := make([]engine.StepInput, k)

@@ -45,6 +45,10 @@ type Profile struct {
 	ActivationReserveBytes float64     `json:"activationReserveBytes"`
 	StepOverheadSeconds    float64     `json:"stepOverheadSeconds"`
 	KVLinkBandwidth        float64     `json:"kvLinkBandwidth"`
+	// MaxNumSeqs, when set, is the running-batch bound engines of this
+	// profile should run with (vLLM's --max-num-seqs): the step-budget
+	// choice sets it along with the budget. 0 leaves vLLM's default.
+	MaxNumSeqs int `json:"maxNumSeqs,omitempty"`
 }
 
 // KVBytesPerToken is 2 (K and V) x layers x KV heads x head dim x dtype bytes.
@@ -109,6 +113,9 @@ func (p *Profile) Validate() error {
 		if err != nil {
 			return err
 		}
+	}
+	if p.MaxNumSeqs < 0 || p.MaxNumSeqs > 1<<16 {
+		return fmt.Errorf("profile %q: maxNumSeqs must be in [0, 65536], got %d", p.Name, p.MaxNumSeqs)
 	}
 	if p.ActivationReserveBytes < 0 || p.StepOverheadSeconds < 0 {
 		return fmt.Errorf("profile %q: activationReserveBytes and stepOverheadSeconds must not be negative", p.Name)

@@ -108,6 +108,7 @@ func AutoscalerConfig(svc *Service, o AutoscaleOptions) (autoscaler.Config, erro
 	if svc.Engine.MaxNumBatchedTokens > 0 {
 		c.MaxNumBatchedTokens = svc.Engine.MaxNumBatchedTokens
 	}
+	c.PrefillMaxNumBatchedTokens = svc.Engine.PrefillMaxNumBatchedTokens
 	return c, c.Validate()
 }
 

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
@@ -22,6 +23,7 @@ import (
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/admission"
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
 )
@@ -58,6 +60,11 @@ type Service struct {
 	Env   []corev1.EnvVar
 	// Engine holds the vLLM engine flags the simulator honours.
 	Engine EngineArgs
+	// StepBudget is the per-step token budget chosen for the pods (as the
+	// webhook does: autoscaler.ChooseStepBudgets) when the args set none;
+	// nil when they do. Engine carries it, and pods started from
+	// --pod-command get it as flags.
+	StepBudget *autoscaler.StepBudgets
 	// Tags are the traffic tags: {tag}-{name}.{namespace}.localhost reaches
 	// the Service too, and a tag named like an SLO tier selects that tier.
 	Tags []string
@@ -79,13 +86,16 @@ func (s *Service) String() string { return "Service " + s.Namespace + "/" + s.Na
 // EngineArgs are the vLLM flags of the container that change what a
 // simulated pod does; zero means vLLM's default.
 type EngineArgs struct {
-	MaxModelLen          int
-	MaxNumSeqs           int
-	MaxNumBatchedTokens  int
-	BlockSize            int
-	NumGPUBlocksOverride int
-	GPUMemoryUtilization float64
-	Seed                 uint64
+	MaxModelLen         int
+	MaxNumSeqs          int
+	MaxNumBatchedTokens int
+	// PrefillMaxNumBatchedTokens is the prefill pods' budget when it
+	// differs (a chosen budget: prefill pods keep vLLM's default).
+	PrefillMaxNumBatchedTokens int
+	BlockSize                  int
+	NumGPUBlocksOverride       int
+	GPUMemoryUtilization       float64
+	Seed                       uint64
 	// SchedulingPolicy is --scheduling-policy: "", fcfs or priority.
 	SchedulingPolicy string
 }
@@ -420,6 +430,23 @@ func fromKnative(ksvc *servingv1.Service, spec apis.Spec) (*Service, apis.Errors
 	var err error
 	if s.Engine, err = fl.engineArgs(); err != nil {
 		fail(cpath+".args", "%v", err)
+	} else if s.Engine.MaxNumBatchedTokens == 0 {
+		var tierTPOT time.Duration
+		if tier, ok := activator.DefaultTiers().Get(orDefault(spec.DefaultTier, apis.DefaultTier)); ok {
+			tierTPOT = time.Duration(tier.TPOT)
+		}
+		if b, err := autoscaler.ChooseStepBudgets(spec, tierTPOT, s.Engine.MaxNumSeqs); err == nil {
+			if s.Engine.MaxNumSeqs > 0 {
+				// The args' own: nothing to add.
+				b.Decode.MaxNumSeqs, b.Prefill.MaxNumSeqs = 0, 0
+			}
+			s.StepBudget = &b
+			s.Engine.MaxNumBatchedTokens = b.Decode.MaxNumBatchedTokens
+			s.Engine.PrefillMaxNumBatchedTokens = b.Prefill.MaxNumBatchedTokens
+			if b.Decode.MaxNumSeqs > 0 {
+				s.Engine.MaxNumSeqs = b.Decode.MaxNumSeqs
+			}
+		}
 	}
 	if s.Engine.MaxModelLen > 0 {
 		name := spec.SimProfile

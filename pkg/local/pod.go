@@ -115,6 +115,9 @@ func simConfig(svc *Service, name string, role engine.Role, timeScale float64, l
 		return vllmsim.Config{}, err
 	}
 	e := svc.Engine
+	if role == engine.RolePrefill && e.PrefillMaxNumBatchedTokens > 0 {
+		e.MaxNumBatchedTokens = e.PrefillMaxNumBatchedTokens
+	}
 	policy := engine.PolicyFCFS
 	if svc.PriorityScheduling(true) {
 		policy = engine.PolicyPriority

@@ -66,9 +66,21 @@ func expandPodCommand(tmpl string, svc *Service, name, role string, timeScale fl
 			return podCommand{}, err
 		}
 	}
-	args := make([]string, len(svc.Args))
+	args := make([]string, len(svc.Args), len(svc.Args)+4)
 	for i, a := range svc.Args {
 		args[i] = shellQuote(a)
+	}
+	// A chosen step budget (the args set none) goes to the engine as the
+	// webhook would put it in a pod's args: prefill pods their own.
+	if b := svc.StepBudget; b != nil {
+		n := b.Decode.MaxNumBatchedTokens
+		if role == "prefill" && b.Prefill.MaxNumBatchedTokens > 0 {
+			n = b.Prefill.MaxNumBatchedTokens
+		}
+		args = append(args, "--max-num-batched-tokens", strconv.Itoa(n))
+		if b.Decode.MaxNumSeqs > 0 { // only when the args set none
+			args = append(args, "--max-num-seqs", strconv.Itoa(b.Decode.MaxNumSeqs))
+		}
 	}
 	profile := svc.Spec.SimProfile
 	r := strings.NewReplacer(

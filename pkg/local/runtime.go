@@ -522,12 +522,33 @@ func (r *Runtime) Banner(w io.Writer) {
 			fmt.Fprintf(w, "  Tag:     %s\n", r.ServiceURL(svc, t))
 		}
 		fmt.Fprintf(w, "  Model:   %s\n", svc.Model)
+		if line := StepBudgetLine(svc); line != "" {
+			fmt.Fprintf(w, "  Budget:  %s\n", line)
+		}
 	}
 	fmt.Fprintf(w, "API:       %s (OpenAI: /v1/chat/completions, /v1/completions, /v1/models)\n", r.APIURL())
 	if s := r.StatusURL(); s != "" {
 		fmt.Fprintf(w, "Status:    %s (metrics: %smetrics)\n", s, s)
 	}
 	fmt.Fprintf(w, "Try:\n  %s\n", r.CurlLine(r.opts.Services[0]))
+}
+
+// StepBudgetLine says the pods' per-step token budget and where it comes
+// from: the args, or the choice from the TPOT target
+// (llm-d.ai/step-token-budget).
+func StepBudgetLine(svc *Service) string {
+	b := svc.StepBudget
+	if b == nil {
+		if svc.Engine.MaxNumBatchedTokens > 0 {
+			return fmt.Sprintf("--max-num-batched-tokens %d (from the container's args)", svc.Engine.MaxNumBatchedTokens)
+		}
+		return ""
+	}
+	line := fmt.Sprintf("--max-num-batched-tokens %d", b.Decode.MaxNumBatchedTokens)
+	if b.Prefill.MaxNumBatchedTokens > 0 {
+		line += fmt.Sprintf(" (prefill pods %d)", b.Prefill.MaxNumBatchedTokens)
+	}
+	return line + ": " + b.Decode.Reason
 }
 
 // CurlLine is a streaming chat completion against a Service.

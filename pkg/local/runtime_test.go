@@ -410,7 +410,7 @@ func TestPodCommandTemplate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf(`exec vllm serve demo --port %d --max-model-len 8192 --chat-template '{{ it'\''s }}' --kv-events-config '{"endpoint":"tcp://*:%d"}' # llm-00001-1 both 0.5`, pc.port, pc.kvPort)
+	want := fmt.Sprintf(`exec vllm serve demo --port %d --max-model-len 8192 --chat-template '{{ it'\''s }}' --max-num-batched-tokens 2048 --kv-events-config '{"endpoint":"tcp://*:%d"}' # llm-00001-1 both 0.5`, pc.port, pc.kvPort)
 	if pc.line != want {
 		t.Fatalf("expanded:\n%s\nwant:\n%s", pc.line, want)
 	}

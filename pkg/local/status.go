@@ -46,6 +46,8 @@ type ServiceStatus struct {
 	Disaggregation string   `json:"disaggregation"`
 	RoutingProfile string   `json:"routingProfile"`
 	SimProfile     string   `json:"simProfile,omitempty"`
+	// StepBudget is the pods' per-step token budget and its reason.
+	StepBudget string `json:"stepBudget,omitempty"`
 	// Requests counts finished requests, all tiers.
 	Requests         int64   `json:"requests"`
 	Errors           int64   `json:"errors"`
@@ -144,6 +146,7 @@ func (sp *statusPage) snapshot(ctx context.Context) Status {
 			Namespace: svc.Namespace, Name: svc.Name, Revision: svc.Revision, URL: r.ServiceURL(svc, ""),
 			Model: svc.Model, Disaggregation: svc.Spec.Disaggregation, RoutingProfile: svc.Spec.RoutingProfile,
 			SimProfile:   orDefault(svc.Spec.SimProfile, engine.DefaultProfile),
+			StepBudget:   StepBudgetLine(svc),
 			Errors:       rs.Errors,
 			PromptTokens: rs.PromptTokens, CompletionTokens: rs.CompletionTokens, CachedTokens: rs.CachedTokens,
 			Disaggregated: rs.Disaggregated, InFlight: rs.InFlight,
@@ -223,7 +226,9 @@ func (sp *statusPage) snapshot(ctx context.Context) Status {
 }
 
 func (sp *statusPage) scrape(ctx context.Context, ps *PodStatus, base string) {
-	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	// Generous: a pod's /metrics is large, and on a busy machine (or under
+	// the race detector) reading it takes hundreds of milliseconds.
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
 	if err != nil {

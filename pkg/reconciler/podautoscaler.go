@@ -500,6 +500,11 @@ func (r *PodAutoscalerReconciler) configFor(pa *v1alpha1.PodAutoscaler, spec api
 			}
 			if n, ok := intFlag(args, "--max-num-batched-tokens"); ok {
 				c.MaxNumBatchedTokens = n
+				// The prefill pods' budget, where the webhook chose one
+				// for them (MakePrefillDeployment puts it in their args).
+				if d, p, ok := autoscaler.ParseStepBudgetChoice(decode.Spec.Template.Annotations[apis.StepTokenBudgetChoiceAnnotation]); ok && d == n && c.Disaggregated {
+					c.PrefillMaxNumBatchedTokens = p
+				}
 			}
 			break
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net"
 	"slices"
+	"strconv"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -16,6 +17,9 @@ import (
 	"knative.dev/pkg/kmeta"
 	"knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
 	"knative.dev/serving/pkg/apis/serving"
+
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
 )
 
 // Labels and values of the objects this package creates.
@@ -168,6 +172,7 @@ func MakePrefillDeployment(pa *v1alpha1.PodAutoscaler, decode *appsv1.Deployment
 	tmpl.Spec.Containers = slices.DeleteFunc(tmpl.Spec.Containers, func(c corev1.Container) bool {
 		return c.Name == QueueProxyContainer
 	})
+	prefillStepBudget(&tmpl)
 	for i := range tmpl.Spec.Containers {
 		if lc := tmpl.Spec.Containers[i].Lifecycle; lc != nil {
 			lc.PreStop = nil
@@ -194,6 +199,33 @@ func MakePrefillDeployment(pa *v1alpha1.PodAutoscaler, decode *appsv1.Deployment
 		},
 	}
 	return d
+}
+
+// prefillStepBudget gives prefill pods their own per-step token budget:
+// where the webhook chose the budget (status.llm-d.ai/step-token-budget
+// says "D prefill=P" and the args carry D), the args carry P instead.
+// Budgets a user wrote are left alone.
+func prefillStepBudget(tmpl *corev1.PodTemplateSpec) {
+	decode, prefill, ok := autoscaler.ParseStepBudgetChoice(tmpl.Annotations[apis.StepTokenBudgetChoiceAnnotation])
+	if !ok || prefill == 0 {
+		return
+	}
+	const flag = "--max-num-batched-tokens"
+	have, want := strconv.Itoa(decode), strconv.Itoa(prefill)
+	for i := range tmpl.Spec.Containers {
+		args := tmpl.Spec.Containers[i].Args
+		for j, a := range args {
+			switch {
+			case a == flag+"="+have:
+				args[j] = flag + "=" + want
+			case a == flag && j+1 < len(args) && args[j+1] == have:
+				args[j+1] = want
+			default:
+				continue
+			}
+			return
+		}
+	}
 }
 
 // templateHash identifies a pod template, so that a prefill Deployment is

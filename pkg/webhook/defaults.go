@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,6 +19,7 @@ import (
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
 )
 
 // What an LLM revision gets when its template leaves it unset.
@@ -55,7 +58,16 @@ const (
 	flagKVTransfer       = "--kv-transfer-config"
 	flagServedModelName  = "--served-model-name"
 	flagModel            = "--model"
+	flagMaxBatched       = "--max-num-batched-tokens"
+	flagMaxNumSeqs       = "--max-num-seqs"
 )
+
+// DefaultOptions are what defaulting needs from llmd-kn's own configuration.
+type DefaultOptions struct {
+	// TierTPOT is a tier's TPOT target (config-llmd-tiers), for revisions
+	// without llm-d.ai/slo-tpot; nil or 0 means the SLO decider's default.
+	TierTPOT func(tier string) time.Duration
+}
 
 // HasLLMD reports whether any annotation is an llm-d one: only such
 // objects are defaulted or validated.
@@ -98,6 +110,16 @@ func DefaultConfiguration(c *servingv1.Configuration, cfg *config.Config) []stri
 // left to Knative's webhook, which reads the same cluster configuration.
 // cfg is that configuration; nil means Knative's built-in defaults.
 func DefaultTemplate(tmpl *servingv1.RevisionTemplateSpec, cfg *config.Config) []string {
+	return DefaultTemplateWith(tmpl, cfg, DefaultOptions{})
+}
+
+// DefaultTemplateWith is DefaultTemplate with llmd-kn's configuration:
+// besides the above, vLLM's per-step token budget (--max-num-batched-tokens,
+// and --max-num-seqs where the engine profile names one) from the
+// revision's TPOT target and profile, or llm-d.ai/step-token-budget, unless
+// the container's args set it; the choice and its reason are recorded in
+// the template's status.llm-d.ai/step-token-budget annotation.
+func DefaultTemplateWith(tmpl *servingv1.RevisionTemplateSpec, cfg *config.Config, opts DefaultOptions) []string {
 	if !HasLLMD(tmpl.Annotations) {
 		return nil
 	}
@@ -112,7 +134,7 @@ func DefaultTemplate(tmpl *servingv1.RevisionTemplateSpec, cfg *config.Config) [
 	}
 	c := &tmpl.Spec.Containers[i]
 	defaultReadinessProbe(c)
-	return defaultVLLM(c, tmpl.Annotations, cfg.Features)
+	return defaultVLLM(c, tmpl.Annotations, cfg.Features, opts)
 }
 
 func defaultAnnotations(meta *metav1.ObjectMeta) {
@@ -165,7 +187,7 @@ func defaultReadinessProbe(c *corev1.Container) {
 	}}
 }
 
-func defaultVLLM(c *corev1.Container, ann map[string]string, features *config.Features) []string {
+func defaultVLLM(c *corev1.Container, ann map[string]string, features *config.Features, opts DefaultOptions) []string {
 	var add []string
 	if !hasFlag(c, flagPrefixCaching) && !hasFlag(c, flagNoPrefixCaching) {
 		add = append(add, flagPrefixCaching)
@@ -205,7 +227,12 @@ func defaultVLLM(c *corev1.Container, ann map[string]string, features *config.Fe
 	if ann[apis.DisaggregationAnnotation] == apis.DisaggregationPrefillDecode && !hasFlag(c, flagKVTransfer) {
 		add = append(add, flagKVTransfer, KVTransferConfig)
 	}
+	budget, choice := stepBudget(c, ann, opts)
+	add = append(add, budget...)
 	if len(add) == 0 {
+		if choice != "" {
+			ann[apis.StepTokenBudgetChoiceAnnotation] = choice
+		}
 		return warnings
 	}
 	if runsShell(c) {
@@ -219,6 +246,9 @@ func defaultVLLM(c *corev1.Container, ann map[string]string, features *config.Fe
 			name, strings.Join(add, " ")))
 	}
 	c.Args = append(c.Args, add...)
+	if choice != "" {
+		ann[apis.StepTokenBudgetChoiceAnnotation] = choice
+	}
 	// Only reached with the flag added when POD_IP is defined or the
 	// downward API is allowed (see the switch above).
 	if slices.Contains(add, flagKVEvents) && !hasEnv(c, PodIPEnv) {
@@ -227,6 +257,64 @@ func defaultVLLM(c *corev1.Container, ann map[string]string, features *config.Fe
 		}})
 	}
 	return warnings
+}
+
+// stepBudget chooses the revision's per-step token budget
+// (autoscaler.ChooseStepBudgets) and returns the flags to add and the
+// status annotation's value. A --max-num-batched-tokens the user wrote is
+// never changed, and the annotation then removed (nothing was chosen); one
+// this webhook wrote (its value is the annotation's) follows a new choice,
+// as when the TPOT target changed. Annotations that do not parse are left
+// to validation.
+func stepBudget(c *corev1.Container, ann map[string]string, opts DefaultOptions) ([]string, string) {
+	spec, err := apis.Parse(ann, "", apis.Vocabulary{})
+	if err != nil {
+		return nil, ""
+	}
+	var tierTPOT time.Duration
+	if opts.TierTPOT != nil {
+		tierTPOT = opts.TierTPOT(spec.DefaultTier)
+	}
+	words := append(append([]string{}, c.Command...), c.Args...)
+	seqs := 0
+	if v, ok := flagValue(words, flagMaxNumSeqs); ok {
+		seqs, _ = strconv.Atoi(v)
+	}
+	b, err := autoscaler.ChooseStepBudgets(spec, tierTPOT, seqs)
+	if err != nil {
+		return nil, ""
+	}
+	want := strconv.Itoa(b.Decode.MaxNumBatchedTokens)
+	if have, ok := flagValue(words, flagMaxBatched); ok || hasFlag(c, flagMaxBatched) {
+		prev, _, own := autoscaler.ParseStepBudgetChoice(ann[apis.StepTokenBudgetChoiceAnnotation])
+		if !own || strconv.Itoa(prev) != have {
+			delete(ann, apis.StepTokenBudgetChoiceAnnotation)
+			return nil, ""
+		}
+		setFlagValue(c, flagMaxBatched, want)
+		return nil, b.String()
+	}
+	add := []string{flagMaxBatched + "=" + want}
+	if n := b.Decode.MaxNumSeqs; n > 0 && !hasFlag(c, flagMaxNumSeqs) {
+		add = append(add, flagMaxNumSeqs+"="+strconv.Itoa(n))
+	}
+	return add, b.String()
+}
+
+// setFlagValue replaces the value of flag in c.Args (--flag=V or --flag V).
+func setFlagValue(c *corev1.Container, flag, value string) {
+	for i := 0; i < len(c.Args); i++ {
+		name, _, inline := splitFlag(c.Args[i])
+		if name != flag {
+			continue
+		}
+		if inline {
+			c.Args[i] = flag + "=" + value
+		} else if i+1 < len(c.Args) {
+			c.Args[i+1] = value
+		}
+		return
+	}
 }
 
 // kvEventsConfig is the --kv-events-config value llm-d's routers expect:

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
@@ -63,6 +64,9 @@ func TestDefaultTemplateAddsWhatVLLMNeeds(t *testing.T) {
 		apis.ClassAnnotation:                    apis.AutoscalerClass,
 		apis.TargetBurstCapacityAnnotation:      "-1",
 		"serving.knative.dev/progress-deadline": "1800s",
+		// The decider's default TPOT (50ms) on the default profile; the
+		// prefill pods keep vLLM's default.
+		apis.StepTokenBudgetChoiceAnnotation: "1024 prefill=8192: TPOT 50ms: a full 1024-token step takes 36ms on llama-3.1-8b-h100, within 75% of the target (vLLM's default of 8192 takes 373ms)",
 	}
 	if d := cmp.Diff(wantAnn, tmpl.Annotations); d != "" {
 		t.Errorf("annotations (-want +got):\n%s", d)
@@ -76,6 +80,7 @@ func TestDefaultTemplateAddsWhatVLLMNeeds(t *testing.T) {
 		"--scheduling-policy", "priority",
 		"--kv-events-config", `{"enable_kv_cache_events":true,"publisher":"zmq","endpoint":"tcp://*:5557","topic":"kv@$(POD_IP)@meta-llama/Llama-3.1-8B-Instruct"}`,
 		"--kv-transfer-config", `{"kv_connector":"NixlConnector","kv_role":"kv_both"}`,
+		"--max-num-batched-tokens=1024",
 	}
 	if d := cmp.Diff(wantArgs, c.Args); d != "" {
 		t.Errorf("args (-want +got):\n%s", d)
@@ -129,7 +134,7 @@ func TestDefaultTemplateIsIdempotent(t *testing.T) {
 
 func TestDefaultTemplateRespectsUser(t *testing.T) {
 	c := vllm()
-	c.Args = append(c.Args, "--scheduling_policy=fcfs", "--no-enable-prefix-caching", "--served-model-name", "m",
+	c.Args = append(c.Args, "--scheduling_policy=fcfs", "--no-enable-prefix-caching", "--served-model-name", "m", "--max_num_batched_tokens", "4096",
 		"--kv-events-config", `{"enable_kv_cache_events":true,"publisher":"zmq","endpoint":"tcp://*:7777","topic":"mine"}`)
 	c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{}}}
 	tmpl := template(map[string]string{
@@ -137,6 +142,7 @@ func TestDefaultTemplateRespectsUser(t *testing.T) {
 		apis.ClassAnnotation:                    "kpa.autoscaling.knative.dev",
 		apis.TargetBurstCapacityAnnotation:      "200",
 		"serving.knative.dev/progress-deadline": "300s",
+		apis.SLOTPOTAnnotation:                  "100ms",
 	}, c)
 	tmpl.Spec.TimeoutSeconds = ptr(int64(120))
 	want := tmpl.DeepCopy()
@@ -265,5 +271,106 @@ func TestDefaultTemplateServesTheAnnotatedModelName(t *testing.T) {
 	other := template(map[string]string{apis.ModelAnnotation: "llama"}, c)
 	if w := DefaultTemplate(other, knativeConfig(t, nil, fieldRefOn)); len(w) == 0 || !strings.Contains(strings.Join(w, " "), "404") {
 		t.Fatalf("no warning for a served name that differs from llm-d.ai/model: %v", w)
+	}
+}
+
+func TestDefaultTemplateStepTokenBudget(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	tiers := DefaultOptions{TierTPOT: func(tier string) time.Duration {
+		return map[string]time.Duration{"critical": ms(50), "standard": ms(100)}[tier]
+	}}
+	for _, tc := range []struct {
+		name     string
+		ann      map[string]string
+		args     []string
+		opts     DefaultOptions
+		want     []string // the budget flags in the args
+		choice   string   // the status annotation's head ("" none)
+		noChoice bool
+	}{
+		{"default tier's TPOT", map[string]string{apis.ModelAnnotation: "m"}, nil, tiers,
+			[]string{"--max-num-batched-tokens=2048"}, "2048", false},
+		{"critical tier", map[string]string{apis.SLOTierAnnotation: "critical"}, nil, tiers,
+			[]string{"--max-num-batched-tokens=1024"}, "1024", false},
+		{"slo-tpot beats the tier", map[string]string{apis.SLOTPOTAnnotation: "200ms"}, nil, tiers,
+			[]string{"--max-num-batched-tokens=3840"}, "3840", false},
+		{"no tiers: decider default", map[string]string{apis.SLOTPOTAnnotation: "50ms", apis.SimProfileAnnotation: "qwen3-32b-2xh100"}, nil, DefaultOptions{},
+			[]string{"--max-num-batched-tokens=512"}, "512", false},
+		{"A100 profile", map[string]string{apis.SimProfileAnnotation: "llama-3.1-8b-a100"}, nil, tiers,
+			[]string{"--max-num-batched-tokens=512"}, "512", false},
+		{"70B", map[string]string{apis.SimProfileAnnotation: "llama-3.1-70b-4xh100", apis.SLOTPOTAnnotation: "200ms"}, nil, tiers,
+			[]string{"--max-num-batched-tokens=1792"}, "1792", false},
+		{"prefill-decode", map[string]string{apis.DisaggregationAnnotation: apis.DisaggregationPrefillDecode}, nil, tiers,
+			[]string{"--max-num-batched-tokens=2048"}, "2048 prefill=8192", false},
+		{"annotation N", map[string]string{apis.StepTokenBudgetAnnotation: "4096"}, nil, tiers,
+			[]string{"--max-num-batched-tokens=4096"}, "4096", false},
+		{"annotation auto", map[string]string{apis.StepTokenBudgetAnnotation: "auto"}, nil, tiers,
+			[]string{"--max-num-batched-tokens=2048"}, "2048", false},
+		{"user flag wins over auto", map[string]string{apis.ModelAnnotation: "m"}, []string{"--max-num-batched-tokens", "16384"}, tiers,
+			[]string{"--max-num-batched-tokens", "16384"}, "", true},
+		{"user flag wins over N", map[string]string{apis.StepTokenBudgetAnnotation: "1024"}, []string{"--max_num_batched_tokens=512"}, tiers,
+			[]string{"--max_num_batched_tokens=512"}, "", true},
+		{"invalid annotation: left to validation", map[string]string{apis.StepTokenBudgetAnnotation: "0"}, nil, tiers,
+			nil, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := vllm()
+			c.Args = append(c.Args, tc.args...)
+			tmpl := template(tc.ann, c)
+			cfg := knativeConfig(t, nil, fieldRefOn)
+			DefaultTemplateWith(tmpl, cfg, tc.opts)
+			var got []string
+			args := tmpl.Spec.Containers[0].Args
+			for i, a := range args {
+				if strings.Contains(strings.ReplaceAll(a, "_", "-"), "--max-num-batched-tokens") {
+					got = append(got, a)
+					if !strings.Contains(a, "=") {
+						got = append(got, args[i+1])
+					}
+				}
+			}
+			if d := cmp.Diff(tc.want, got); d != "" {
+				t.Errorf("budget flags (-want +got):\n%s", d)
+			}
+			choice, ok := tmpl.Annotations[apis.StepTokenBudgetChoiceAnnotation]
+			if tc.noChoice != !ok || (ok && !strings.HasPrefix(choice, tc.choice+": ")) {
+				t.Errorf("choice %q (present %v), want head %q", choice, ok, tc.choice)
+			}
+			// Idempotent, and following a new target when the webhook
+			// owns the flag.
+			again := tmpl.DeepCopy()
+			DefaultTemplateWith(again, cfg, tc.opts)
+			if d := cmp.Diff(tmpl, again); d != "" {
+				t.Errorf("second defaulting changed (-first +second):\n%s", d)
+			}
+		})
+	}
+}
+
+func TestDefaultTemplateStepTokenBudgetFollowsTarget(t *testing.T) {
+	cfg := knativeConfig(t, nil, fieldRefOn)
+	tmpl := template(map[string]string{apis.SLOTPOTAnnotation: "100ms"}, vllm())
+	DefaultTemplate(tmpl, cfg)
+	tmpl.Annotations[apis.SLOTPOTAnnotation] = "50ms" // kn service update
+	DefaultTemplate(tmpl, cfg)
+	args := tmpl.Spec.Containers[0].Args
+	if !slices.Contains(args, "--max-num-batched-tokens=1024") || slices.Contains(args, "--max-num-batched-tokens=2048") {
+		t.Fatalf("args %v: the webhook's own budget did not follow the new TPOT", args)
+	}
+	if !strings.HasPrefix(tmpl.Annotations[apis.StepTokenBudgetChoiceAnnotation], "1024: ") {
+		t.Fatalf("choice %q", tmpl.Annotations[apis.StepTokenBudgetChoiceAnnotation])
+	}
+	// The user edits the flag: theirs from then on, and no choice shown.
+	for i, a := range tmpl.Spec.Containers[0].Args {
+		if a == "--max-num-batched-tokens=1024" {
+			tmpl.Spec.Containers[0].Args[i] = "--max-num-batched-tokens=3000"
+		}
+	}
+	DefaultTemplate(tmpl, cfg)
+	if !slices.Contains(tmpl.Spec.Containers[0].Args, "--max-num-batched-tokens=3000") {
+		t.Fatalf("user's value changed: %v", tmpl.Spec.Containers[0].Args)
+	}
+	if v, ok := tmpl.Annotations[apis.StepTokenBudgetChoiceAnnotation]; ok {
+		t.Fatalf("choice %q kept for a user's flag", v)
 	}
 }

@@ -40,6 +40,8 @@ type Options struct {
 	KnativeNamespace string
 	// Vocabulary is what annotation values are accepted.
 	Vocabulary apis.Vocabulary
+	// Defaults is llmd-kn's configuration for defaulting (tier targets).
+	Defaults DefaultOptions
 	// HealthAddr serves /healthz and /readyz; MetricsAddr /metrics ("0"
 	// disables).
 	HealthAddr, MetricsAddr string
@@ -85,7 +87,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	}
 	knative := &KnativeConfig{Reader: mgr.GetCache(), Namespace: o.KnativeNamespace}
 	srv := mgr.GetWebhookServer()
-	srv.Register(DefaultingPath, &admission.Webhook{Handler: &Defaulter{Config: knative}})
+	srv.Register(DefaultingPath, &admission.Webhook{Handler: &Defaulter{Config: knative, Options: o.Defaults}})
 	srv.Register(ValidationPath, &admission.Webhook{Handler: &Validator{Config: knative, Vocabulary: o.Vocabulary}})
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err

@@ -64,7 +64,8 @@ type ConfigLoader interface {
 
 // Defaulter is the mutating handler.
 type Defaulter struct {
-	Config ConfigLoader
+	Config  ConfigLoader
+	Options DefaultOptions
 }
 
 var _ admission.Handler = (*Defaulter)(nil)
@@ -112,7 +113,7 @@ func (d *Defaulter) Handle(ctx context.Context, req admission.Request) admission
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err)
 	}
-	warnings := DefaultTemplate(tmpl, cfg)
+	warnings := DefaultTemplateWith(tmpl, cfg, d.Options)
 	resp := patch(req.Object.Raw, before, obj)
 	if len(resp.Patches) > 0 {
 		log.FromContext(ctx).V(1).Info("defaulted", "kind", gk.Kind, "namespace", req.Namespace, "name", req.Name, "patches", len(resp.Patches))

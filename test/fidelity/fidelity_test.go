@@ -386,6 +386,24 @@ func runPlanRecords(p string, overhead time.Duration, s workload.Spec, rep *repl
 	cfg.StaleAfter = time.Duration(float64(activatorStale) / scale)
 	cfg.KVEventDelay = time.Duration(float64(kvEventLag) / scale)
 	cfg.Overhead = overhead
+	// The per-step token budget kn-llmd local chose for its pods (none is
+	// in the manifest's args): the same on both sides.
+	svcs, err := local.Parse("budget.yaml", []byte(fmt.Sprintf(`apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: llm}
+spec:
+  template:
+    metadata:
+      annotations: {llm-d.ai/sim-profile: %s}
+    spec:
+      containers:
+      - image: vllm/vllm-openai:v0.11.0
+        args: [--model, %s]
+`, simProfile, model)), local.DefaultVocabulary())
+	if err != nil {
+		return nil, err
+	}
+	cfg.Engine.MaxNumBatchedTokens = svcs[0].Engine.MaxNumBatchedTokens
 	w, err := openWorkload(s, 1)
 	if err != nil {
 		return nil, err
