@@ -1,6 +1,7 @@
 package fidelity_test
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -43,6 +44,17 @@ import (
 // spread up to 3.5 times the binomial one at p90 (each seed has its own
 // bursts). That spread is between workloads, not between two instruments
 // replaying one, and is not used.
+
+// medianCI is the distribution-free confidence interval of the median of
+// sorted xs: the order statistics bandZ standard deviations of the
+// binomial rank either side of the middle.
+func medianCI[T cmp.Ordered](xs []T) (lo, mid, hi T) {
+	n := len(xs)
+	h := bandZ * math.Sqrt(float64(n)) / 2
+	l := max(0, int(math.Floor(float64(n)/2-h)))
+	u := min(n-1, int(math.Ceil(float64(n)/2+h)))
+	return xs[l], xs[n/2], xs[u]
+}
 
 // sample is a sorted set of TTFTs in modelled seconds.
 type sample []float64
@@ -134,16 +146,18 @@ func (a agreement) String() string {
 
 // agree checks the real sample's q-quantile against the plan's, with the
 // rank half-width from spread (the rank spread measured across replicas)
-// and the sample size, and the value tolerance tol.
-func agree(real, plan sample, q, spread, tol float64) agreement {
+// and the sample size, the value tolerance tol, and slack seconds added
+// to each side: the uncertainty of the real path's overhead, which plan
+// adds to every request as a constant measured by probes.
+func agree(real, plan sample, q, spread, tol, slack float64) agreement {
 	n := float64(min(len(real), len(plan)))
 	s := max(math.Sqrt(q*(1-q)/n), spread)
 	d := bandZ * s
 	a := agreement{q: q, real: real.quantile(q), plan: plan.quantile(q), delta: d, spread: spread}
-	a.lo = plan.quantile(q-d) / (1 + tol)
-	a.hi = plan.quantile(q+d) * (1 + tol)
-	a.plo = real.quantile(q-d) / (1 + tol)
-	a.phi = real.quantile(q+d) * (1 + tol)
+	a.lo = (plan.quantile(q-d) - slack) / (1 + tol)
+	a.hi = (plan.quantile(q+d) + slack) * (1 + tol)
+	a.plo = (real.quantile(q-d) - slack) / (1 + tol)
+	a.phi = (real.quantile(q+d) + slack) * (1 + tol)
 	a.realRank = plan.rank(a.real)
 	return a
 }
@@ -155,7 +169,7 @@ func TestBandSteepDistributionKeepsValueTolerance(t *testing.T) {
 		xs = append(xs, 0.2+0.2*float64(i)/1000) // uniform on [0.2, 0.4)
 	}
 	plan := newSample(xs)
-	a := agree(plan, plan, 0.5, 0, 0.15)
+	a := agree(plan, plan, 0.5, 0, 0.15, 0)
 	if !a.ok() {
 		t.Fatalf("identical samples disagree: %v", a)
 	}
@@ -167,7 +181,7 @@ func TestBandSteepDistributionKeepsValueTolerance(t *testing.T) {
 		for i, x := range xs {
 			shifted[i] = x * f
 		}
-		if a := agree(newSample(shifted), plan, 0.5, 0, 0.15); a.ok() {
+		if a := agree(newSample(shifted), plan, 0.5, 0, 0.15, 0); a.ok() {
 			t.Errorf("a sample %.0f%% off passes: %v", 100*(f-1), a)
 		}
 	}
@@ -189,21 +203,50 @@ func TestBandGapFollowsTheShareOnEachSide(t *testing.T) {
 	}
 	plan := mix(490, 1000) // p50 lands on the miss mode
 	real := mix(510, 1000) // p50 on the hit mode: 4.5× apart in value
-	if a := agree(real, plan, 0.5, 0.02, 0.15); !a.ok() {
+	if a := agree(real, plan, 0.5, 0.02, 0.15, 0); !a.ok() {
 		t.Errorf("a 2-point difference in hit share fails: %v", a)
 	}
 	for _, hits := range []int{300, 700} {
 		failed := false
 		for _, q := range deciles {
-			failed = failed || !agree(mix(hits, 1000), plan, q, 0.02, 0.15).ok()
+			failed = failed || !agree(mix(hits, 1000), plan, q, 0.02, 0.15, 0).ok()
 		}
 		if !failed {
 			t.Errorf("hit share %d%% against 49%% passes at every decile", hits/10)
 		}
 	}
 	// p90 is inside the miss mode: the value tolerance applies there.
-	if a := agree(real, plan, 0.9, 0.02, 0.15); !a.ok() {
+	if a := agree(real, plan, 0.9, 0.02, 0.15, 0); !a.ok() {
 		t.Errorf("p90 inside one mode fails: %v", a)
+	}
+}
+
+func TestBandSlackCoversTheOverheadsUncertainty(t *testing.T) {
+	var xs, lower []float64
+	for i := range 1000 {
+		x := 0.05 + 0.001*float64(i%20)
+		xs, lower = append(xs, x), append(lower, x-0.012) // 12 ms less overhead
+	}
+	plan, real := newSample(xs), newSample(lower)
+	if a := agree(real, plan, 0.1, 0, 0.15, 0); a.ok() {
+		t.Errorf("a 12 ms shift on 50 ms passes without slack: %v", a)
+	}
+	if a := agree(real, plan, 0.1, 0, 0.15, 0.006); !a.ok() {
+		t.Errorf("a 12 ms shift on 50 ms fails with 6 ms of slack: %v", a)
+	}
+}
+
+func TestMedianCI(t *testing.T) {
+	xs := make([]int, 32)
+	for i := range xs {
+		xs[i] = i
+	}
+	lo, mid, hi := medianCI(xs)
+	if mid != 16 || lo >= mid || hi <= mid || lo < 0 || hi > 31 {
+		t.Errorf("medianCI(0..31) = %d, %d, %d", lo, mid, hi)
+	}
+	if lo, _, hi := medianCI([]int{7}); lo != 7 || hi != 7 {
+		t.Errorf("medianCI of one value = %d, %d", lo, hi)
 	}
 }
 

@@ -134,9 +134,14 @@ func TestFidelity(t *testing.T) {
 	// The real path's overhead: the median of both profiles' probes (the
 	// profiles' routing costs differ by microseconds; pooling halves the
 	// noise of a 16-probe median, which moved the low quantiles by ±5 %).
+	// Its confidence interval is slack in the band: a probe that waited on
+	// a busy machine moved the median by 5 ms once, 10 % of a cache hit.
 	slices.Sort(diffs)
-	oh := max(0, diffs[len(diffs)/2])
-	t.Logf("real path overhead %s (modelled time; probes %s to %s)", oh.Round(100*time.Microsecond),
+	ohLo, oh, ohHi := medianCI(diffs)
+	oh = max(0, oh)
+	slack := max(oh-ohLo, ohHi-oh).Seconds()
+	t.Logf("real path overhead %s (modelled time; %s to %s at %g standard deviations; probes %s to %s)",
+		oh.Round(100*time.Microsecond), ohLo.Round(100*time.Microsecond), ohHi.Round(100*time.Microsecond), float64(bandZ),
 		diffs[0].Round(100*time.Microsecond), diffs[len(diffs)-1].Round(100*time.Microsecond))
 	overhead := map[string]time.Duration{}
 	for _, p := range profiles {
@@ -172,12 +177,12 @@ func TestFidelity(t *testing.T) {
 
 	for _, p := range profiles {
 		for _, q := range deciles {
-			a := agree(real[p], modelled[p], q, spread[p][q], tolerance)
+			a := agree(real[p], modelled[p], q, spread[p][q], tolerance, slack)
 			if a.ok() {
 				t.Logf("%-12s %v", p, a)
 			} else {
-				t.Errorf("%-12s %v: TTFT distributions apart (value tolerance %.0f%%, rank spread across replicas %.3f)",
-					p, a, 100*tolerance, spread[p][q])
+				t.Errorf("%-12s %v: TTFT distributions apart (value tolerance %.0f%%, overhead slack %.1f ms, rank spread across replicas %.3f)",
+					p, a, 100*tolerance, 1000*slack, spread[p][q])
 			}
 		}
 	}
