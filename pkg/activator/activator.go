@@ -89,6 +89,7 @@ type Activator struct {
 	revs map[RevisionKey]*revision
 
 	tokenizers *native.Cache
+	engineToks sync.Map // *revision -> its engine tokenizer
 	tokWarned  sync.Map // what tokenizerFor warned about
 
 	kvUnknown atomic.Int64 // messages at the bound KV-event endpoint from no known pod

@@ -92,6 +92,8 @@ type revision struct {
 	mu   sync.RWMutex
 	pods map[string]*pod
 	list []*pod
+
+	tokNext atomic.Uint32 // rotation of the engine tokenizer among pods
 }
 
 // revisionConf is a revision's configuration and the scheduler built from it.

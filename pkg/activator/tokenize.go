@@ -4,18 +4,28 @@ import (
 	"context"
 
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/router"
 	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
+	"github.com/llmd-kn/llmd-kn/pkg/tokenizer/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/tokenizer/native"
 )
 
 // tokenizerFor returns the revision's tokenizer (llm-d.ai/tokenizer): the
-// model's Hugging Face files when configured and found, else the estimate.
-// A native tokenizer that cannot be had falls back to the estimate with a
-// warning, once per folder: routing stays approximate rather than failing
-// requests.
-func (a *Activator) tokenizerFor(spec *apis.Spec) tokenizer.Tokenizer {
-	if spec.Tokenizer == apis.TokenizerEstimate {
+// model's Hugging Face files when configured and found, the engine's own
+// when asked, else the estimate. A native tokenizer that cannot be had
+// falls back to the estimate with a warning, once per folder: routing
+// stays approximate rather than failing requests.
+func (a *Activator) tokenizerFor(rev *revision) tokenizer.Tokenizer {
+	spec := &rev.config().Spec
+	switch spec.Tokenizer {
+	case apis.TokenizerEstimate:
 		return tokenizer.Estimate
+	case apis.TokenizerEngine:
+		if tk, ok := a.engineToks.Load(rev); ok {
+			return tk.(*engine.Tokenizer)
+		}
+		tk, _ := a.engineToks.LoadOrStore(rev, engine.New(rev.readyPodURL, engine.Options{Model: spec.Model}))
+		return tk.(*engine.Tokenizer)
 	}
 	dir := spec.TokenizerDir
 	if dir == "" {
@@ -44,7 +54,38 @@ func (a *Activator) warnTokenizer(key, msg string, args ...any) {
 
 // tokenize replaces the estimate ParseLLMRequest computed with the
 // revision's tokenizer's ids, and checks token-id prompts against its
-// vocabulary.
+// vocabulary. When the engine cannot answer (no ready pod yet, a timeout,
+// an error: the engine will say the same to the client), the estimate
+// stays.
 func (a *Activator) tokenize(ctx context.Context, c *call) error {
-	return c.req.Retokenize(ctx, a.tokenizerFor(&c.rev.config().Spec))
+	tk := a.tokenizerFor(c.rev)
+	err := c.req.Retokenize(ctx, tk)
+	if err != nil && tk.Info().Kind == "engine" {
+		a.warnTokenizer("engine:"+c.rev.key.String(), "the engine could not tokenize; using the estimate for this revision's requests it cannot answer",
+			"revision", c.rev.key.String(), "err", err)
+		return c.req.Retokenize(ctx, tokenizer.Estimate)
+	}
+	return err
+}
+
+// readyPodURL returns the base URL of a ready decode-capable pod, rotating
+// among them, for the engine tokenizer.
+func (rev *revision) readyPodURL() (string, bool) {
+	rev.mu.RLock()
+	defer rev.mu.RUnlock()
+	n := len(rev.list)
+	start := int(rev.tokNext.Add(1))
+	for i := 0; i < n; i++ {
+		p := rev.list[(start+i)%n]
+		if p.spec.Role == router.RolePrefill {
+			continue
+		}
+		p.mu.Lock()
+		ready := p.healthy && !p.down
+		p.mu.Unlock()
+		if ready {
+			return p.spec.URL, true
+		}
+	}
+	return "", false
 }

@@ -2,6 +2,7 @@ package activator
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,16 +42,24 @@ func TestTokenizerPerRevision(t *testing.T) {
 		t.Fatal(err)
 	}
 	qwenDir := filepath.Join(root, "tokenizer-qwen3", "models")
-	spec := func(ann map[string]string) *apis.Spec {
+	n := 0
+	spec := func(ann map[string]string) *revision {
 		s, err := apis.Parse(ann, "a", apis.Vocabulary{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &s
+		n++
+		key := RevisionKey{Namespace: "ns", Name: fmt.Sprintf("r%d", n)}
+		if err := a.UpsertRevision(RevisionConfig{Key: key, Models: []string{key.Name}, Spec: s}); err != nil {
+			t.Fatal(err)
+		}
+		a.mu.RLock()
+		defer a.mu.RUnlock()
+		return a.revs[key]
 	}
 	for _, tc := range []struct {
 		name string
-		spec *apis.Spec
+		spec *revision
 		kind string
 	}{
 		{"default: no files for the model", spec(map[string]string{apis.ModelAnnotation: "m"}), "estimate"},
@@ -58,12 +67,26 @@ func TestTokenizerPerRevision(t *testing.T) {
 		{"auto finds the model's files", spec(map[string]string{apis.ModelAnnotation: "tokenizer-qwen3/models"}), "native"},
 		{"native:DIR", spec(map[string]string{apis.TokenizerAnnotation: "native:" + qwenDir}), "native"},
 		{"native:DIR missing", spec(map[string]string{apis.TokenizerAnnotation: "native:/nonexistent"}), "estimate"},
+		{"engine", spec(map[string]string{apis.TokenizerAnnotation: "engine"}), "engine"},
 	} {
 		if got := a.tokenizerFor(tc.spec).Info().Kind; got != tc.kind {
 			t.Errorf("%s: tokenizer %s, want %s", tc.name, got, tc.kind)
 		}
 	}
 	qwen := a.tokenizerFor(spec(map[string]string{apis.TokenizerAnnotation: "native:" + qwenDir}))
+
+	// The engine mode with no ready pod keeps the estimate.
+	chat0, err := ParseLLMRequest(KindChat, []byte(`{"messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := append([]uint32(nil), chat0.Tokens...)
+	if err := a.tokenize(context.Background(), &call{req: chat0, rev: spec(map[string]string{apis.TokenizerAnnotation: "engine"})}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(chat0.Tokens, before) {
+		t.Errorf("engine without pods: ids %v, want the estimate's %v", chat0.Tokens, before)
+	}
 
 	req, err := ParseLLMRequest(KindCompletion, []byte(`{"model":"m","prompt":[151000, 1]}`))
 	if err != nil {

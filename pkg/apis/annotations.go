@@ -84,6 +84,10 @@ const (
 	// (tokenizer.json and tokenizer_config.json, or a Hugging Face cache
 	// folder models--org--name) on a volume mounted into the activator.
 	TokenizerNative = "native"
+	// TokenizerEngine: the pod's own tokenizer, asked over HTTP (vLLM's
+	// /v1/chat/completions/render, /v1/completions/render, else /tokenize);
+	// the estimate while no pod is ready or when the pod cannot answer.
+	TokenizerEngine = "engine"
 )
 
 // Spec is a revision's llm-d configuration, parsed from its annotations
@@ -110,8 +114,8 @@ type Spec struct {
 	// llm-d.ai/model are variants the autoscaler chooses among.
 	Accelerator string
 	VariantCost float64
-	// Tokenizer is the tokenizer mode (TokenizerAuto, TokenizerEstimate or
-	// TokenizerNative); TokenizerDir the folder "native:DIR" names ("" for
+	// Tokenizer is the tokenizer mode (TokenizerAuto, TokenizerEstimate,
+	// TokenizerEngine or TokenizerNative); TokenizerDir the folder "native:DIR" names ("" for
 	// the activator's own folder).
 	Tokenizer    string
 	TokenizerDir string
@@ -193,7 +197,7 @@ var known = map[string]string{
 	SimProfileAnnotation:      "engine profile name",
 	AcceleratorAnnotation:     "accelerator name",
 	VariantCostAnnotation:     "number > 0",
-	TokenizerAnnotation:       "auto | estimate | native | native:/absolute/path",
+	TokenizerAnnotation:       "auto | estimate | engine | native | native:/absolute/path",
 	StepTokenBudgetAnnotation: "auto | integer in [1, 1048576]",
 }
 
@@ -370,11 +374,11 @@ func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, 
 	return s, errs.OrNil()
 }
 
-// ParseTokenizer reads an llm-d.ai/tokenizer value: auto, estimate, native
-// or native:/absolute/path.
+// ParseTokenizer reads an llm-d.ai/tokenizer value: auto, estimate, engine,
+// native or native:/absolute/path.
 func ParseTokenizer(v string) (mode, dir string, err error) {
 	switch v {
-	case TokenizerAuto, TokenizerEstimate, TokenizerNative:
+	case TokenizerAuto, TokenizerEstimate, TokenizerNative, TokenizerEngine:
 		return v, "", nil
 	}
 	if d, ok := strings.CutPrefix(v, TokenizerNative+":"); ok {
@@ -383,7 +387,7 @@ func ParseTokenizer(v string) (mode, dir string, err error) {
 		}
 		return TokenizerNative, d, nil
 	}
-	return "", "", fmt.Errorf("invalid value %q: must be auto, estimate, native, or native:/absolute/path", v)
+	return "", "", fmt.Errorf("invalid value %q: must be auto, estimate, engine, native, or native:/absolute/path", v)
 }
 
 // Default adds what an LLM revision needs in Knative and returns the keys

@@ -1,0 +1,134 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/llmd-kn/llmd-kn/internal/simtest"
+	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
+	"github.com/llmd-kn/llmd-kn/pkg/tokenizer/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
+)
+
+func fixed(url string) func() (string, bool) { return func() (string, bool) { return url, true } }
+
+// TestAgainstSimulator: the simulator serves /tokenize and not /render, so
+// the tokenizer falls back to it and gets the simulator's own ids.
+func TestAgainstSimulator(t *testing.T) {
+	_, addr := simtest.Start(t, "m")
+	tk := engine.New(fixed("http://"+addr), engine.Options{Model: "m"})
+	ctx := context.Background()
+	got, err := tk.Encode(ctx, "hello world, 12345")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := vllmsim.EncodeCompletionPrompt(nil, "hello world, 12345"); !slices.Equal(got, want) {
+		t.Errorf("Encode = %v, want %v", got, want)
+	}
+	msgs := []tokenizer.Message{{Role: "system", Content: "be brief"}, {Role: "user", Content: "hi"}}
+	got, err = tk.ApplyChatTemplate(ctx, msgs, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := vllmsim.EncodeChatPrompt(nil, msgs, true); !slices.Equal(got, want) {
+		t.Errorf("ApplyChatTemplate = %v, want %v", got, want)
+	}
+}
+
+// renderServer answers /v1/chat/completions/render in vLLM's shape once
+// release is closed, counting calls.
+func renderServer(t *testing.T, release chan struct{}) (*httptest.Server, *atomic.Int32) {
+	var calls atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/chat/completions/render", func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"request_id":"x","token_ids":[151644,872,198]}`))
+	})
+	mux.HandleFunc("POST /v1/completions/render", func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		_, _ = w.Write([]byte(`[{"token_ids":[128000,9906]}]`))
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv, &calls
+}
+
+// TestCoalesceAndCache: identical calls in flight make one request to the
+// engine, and a repeat is answered from the cache.
+func TestCoalesceAndCache(t *testing.T) {
+	release := make(chan struct{})
+	srv, calls := renderServer(t, release)
+	tk := engine.New(fixed(srv.URL), engine.Options{Model: "m", Timeout: 30 * time.Second})
+	msgs := []tokenizer.Message{{Role: "user", Content: "hi"}}
+	want := []uint32{151644, 872, 198}
+	const n = 8
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ids, err := tk.ApplyChatTemplate(context.Background(), msgs, true)
+			if err == nil && !slices.Equal(ids, want) {
+				err = errors.New("wrong ids")
+			}
+			errs <- err
+		}()
+	}
+	// Let the first call reach the server, then hold it until all callers
+	// have had time to join; joining is proven by the count below.
+	deadline := time.Now().Add(30 * time.Second)
+	for calls.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Callers that arrived after the answer was cached did not call either.
+	if got := calls.Load(); got != 1 {
+		t.Errorf("engine calls = %d, want 1", got)
+	}
+	if _, err := tk.ApplyChatTemplate(context.Background(), msgs, true); err != nil || calls.Load() != 1 {
+		t.Errorf("repeat: %v, calls %d; want a cache hit", err, calls.Load())
+	}
+	if _, err := tk.ApplyChatTemplate(context.Background(), msgs, false); err != nil || calls.Load() != 2 {
+		t.Errorf("without generation prompt: %v, calls %d; want a new call", err, calls.Load())
+	}
+	ids, err := tk.Encode(context.Background(), "Hello")
+	if err != nil || !slices.Equal(ids, []uint32{128000, 9906}) {
+		t.Errorf("Encode = %v, %v", ids, err)
+	}
+}
+
+func TestTimeoutAndNoEngine(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	srv, _ := renderServer(t, release)
+	tk := engine.New(fixed(srv.URL), engine.Options{Model: "m", Timeout: 20 * time.Millisecond})
+	if _, err := tk.ApplyChatTemplate(context.Background(), []tokenizer.Message{{Role: "user", Content: "x"}}, true); err == nil {
+		t.Error("a stalled engine: want a timeout error")
+	}
+	none := engine.New(func() (string, bool) { return "", false }, engine.Options{})
+	if _, err := none.Encode(context.Background(), "x"); !errors.Is(err, engine.ErrNoEngine) {
+		t.Errorf("no engine: %v, want ErrNoEngine", err)
+	}
+}
