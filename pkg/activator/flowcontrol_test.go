@@ -40,7 +40,7 @@ func tier(t *testing.T, name string) Tier {
 
 func waitQueued(t *testing.T, f *FlowController, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		total := 0
 		for _, v := range f.Stats().Queued {
@@ -177,7 +177,7 @@ func TestFlowClientGoneLeavesNoTrace(t *testing.T) {
 	}()
 	waitQueued(t, f, 1)
 	// The poke follows the enqueue (outside the lock): wait for it.
-	for deadline := time.Now().Add(5 * time.Second); pokes.Load() == 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(30 * time.Second); pokes.Load() == 0 && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
 	}
 	if pokes.Load() != 1 {

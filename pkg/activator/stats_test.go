@@ -34,7 +34,7 @@ func TestArrivalsAreCountedBeforeTheAnswer(t *testing.T) {
 		}
 	}()
 	var st RevisionStats
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		st = f.act.Stats()[0]
 		if st.ArrivedByTier["batch"] == 1 {
 			break
@@ -62,7 +62,7 @@ func TestArrivalsAreCountedBeforeTheAnswer(t *testing.T) {
 	<-done
 	// The client went away: it ends counted as a failed request; it
 	// arrived once.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		st = f.act.Stats()[0]
 		if st.RequestsByTier["batch"] == 1 {
 			break

@@ -237,7 +237,7 @@ func startFront(t *testing.T, poke func(activator.RevisionKey)) *front {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if cond() {
 			return
 		}
@@ -249,7 +249,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // shown on failure.
 func (f *front) eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if cond() {
 			return
 		}
@@ -501,7 +501,7 @@ func TestRequestAtZeroPokesTheAutoscaler(t *testing.T) {
 		t.Logf("poke arrived %v after the request", time.Since(start).Round(time.Millisecond))
 	case a := <-answered:
 		t.Fatalf("answered at zero instead of waiting: %d %s", a.status, a.body)
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("the autoscaler was not poked")
 	}
 	select {
@@ -520,7 +520,7 @@ func TestRequestAtZeroPokesTheAutoscaler(t *testing.T) {
 		}
 		t.Logf("buffered request answered %v after it was sent, %v after its pod turned Ready in the API server",
 			time.Since(start).Round(time.Millisecond), time.Since(readyAt).Round(time.Millisecond))
-	case <-time.After(15 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("the buffered request was not answered once a pod was ready")
 	}
 }
