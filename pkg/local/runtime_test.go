@@ -111,7 +111,7 @@ func newRuntime(t *testing.T, yaml string, mod func(*Options)) *Runtime {
 
 func waitReady(t *testing.T, rt *Runtime) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := rt.WaitReady(ctx); err != nil {
 		t.Fatal(err)
@@ -375,7 +375,7 @@ func TestFailingPodsAreReplacedAndReported(t *testing.T) {
 		o.PodCommand = exe + " --port {port}"
 		o.PodOutput = &out
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	err = rt.WaitReady(ctx)
 	if err == nil || !strings.Contains(err.Error(), "keep failing") {
