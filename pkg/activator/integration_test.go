@@ -93,7 +93,10 @@ type fixture struct {
 func newFixture(t *testing.T, spec apis.Spec, sims ...*sim) *fixture {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	act, err := New(Options{Registerer: reg, Debug: true, ScrapeInterval: 20 * time.Millisecond})
+	// Metrics count as stale after a minute, not the default 500 ms: the
+	// tests are about routing on known metrics, and a busy machine can
+	// hold up a 20 ms scrape loop past 500 ms at any moment.
+	act, err := New(Options{Registerer: reg, Debug: true, ScrapeInterval: 20 * time.Millisecond, StaleAfter: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,27 +142,29 @@ func (f *fixture) waitReady(t *testing.T, n int) {
 }
 
 // waitSettled waits until the revision's precise prefix index holds at
-// least blocks blocks and the last scrape of its pods shows none running or
-// waiting: what routing decisions after a request depend on. It stands in
-// for a sleep, which a busy machine can outlast.
+// least blocks blocks and the last scrape of its pods shows every one ready
+// (a scrape that failed or took over 2 s on a busy machine makes a pod
+// stale until the next) and none running or waiting: what routing
+// decisions after a request depend on. It stands in for a sleep, which a
+// busy machine can outlast.
 func (f *fixture) waitSettled(t *testing.T, blocks int) {
 	t.Helper()
 	f.act.mu.Lock()
 	rev := f.act.revs[f.key]
 	f.act.mu.Unlock()
 	var held int
-	var roles map[string]RoleStats
+	var st RevisionStats
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		held, roles = rev.rt.Stats().Precise.Holdings, f.act.Stats()[0].Roles
+		held, st = rev.rt.Stats().Precise.Holdings, f.act.Stats()[0]
 		idle := true
-		for _, r := range roles {
+		for _, r := range st.Roles {
 			idle = idle && r.Running == 0 && r.Waiting == 0
 		}
-		if held >= blocks && idle {
+		if held >= blocks && idle && st.ReadyPods == len(f.sims) {
 			return
 		}
 	}
-	t.Fatalf("not settled: the precise index holds %d blocks (want %d), pods %+v", held, blocks, roles)
+	t.Fatalf("not settled: the precise index holds %d blocks (want %d), %d of %d pods ready, roles %+v", held, blocks, st.ReadyPods, len(f.sims), st.Roles)
 }
 
 type completion struct {
@@ -304,7 +309,7 @@ func TestKilledPodQueuedRequestsGoElsewhere(t *testing.T) {
 	b := startSim(t, "pod-b", engine.RoleBoth, 0.05, nil)
 	f := newFixture(t, apis.Spec{RoutingProfile: "round-robin"}, a, b)
 
-	// A long stream in flight on pod-a (round-robin's first pick).
+	// A long stream in flight on one pod (round-robin's first pick).
 	inflight := make(chan error, 1)
 	streaming := make(chan struct{})
 	go func() {
@@ -334,17 +339,21 @@ func TestKilledPodQueuedRequestsGoElsewhere(t *testing.T) {
 		}
 		inflight <- err
 	}()
-	// Kill pod-a once the stream's first chunk has reached the client: from
-	// then on the activator cannot retry it elsewhere.
+	// Kill its pod once the stream's first chunk has reached the client:
+	// from then on the activator cannot retry it elsewhere.
 	select {
 	case <-streaming:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the stream never started")
 	}
-	if a.srv.Stats().Running != 1 {
-		t.Fatalf("the stream does not run on pod-a: %+v", a.srv.Stats())
+	victim, survivor := a, b
+	if b.srv.Stats().Running == 1 {
+		victim, survivor = b, a
 	}
-	a.kill()
+	if victim.srv.Stats().Running != 1 {
+		t.Fatalf("the stream runs on no pod: %+v, %+v", a.srv.Stats(), b.srv.Stats())
+	}
+	victim.kill()
 	select {
 	case err := <-inflight:
 		if err == nil {
@@ -357,7 +366,7 @@ func TestKilledPodQueuedRequestsGoElsewhere(t *testing.T) {
 	// router would have sent to the dead one before its scrape went stale.
 	for i := range 6 {
 		c := f.complete(t, longPrompt(100, uint32(i)), 2, nil)
-		if c.status != 200 || routedTo(c.route) != "pod-b" {
+		if c.status != 200 || routedTo(c.route) != survivor.name {
 			t.Fatalf("request %d after the kill: %d %q %s", i, c.status, c.route, c.body)
 		}
 	}
