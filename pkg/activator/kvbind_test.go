@@ -30,7 +30,7 @@ func TestKVEventsBind(t *testing.T) {
 	case bound = <-addrc:
 	case err := <-errc:
 		t.Fatal(err)
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("collector never bound")
 	}
 	var sims []*sim
@@ -56,7 +56,7 @@ func TestKVEventsBind(t *testing.T) {
 	f.act.mu.RUnlock()
 	// A connecting publisher's first messages may go before the connection
 	// is up: send throwaway prompts until events flow for both pods.
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for n := 0; ; n++ {
 		if c := f.complete(t, longPrompt(200, uint32(1000+n)), 1, nil); c.status != 200 {
 			t.Fatalf("%d %s", c.status, c.body)
@@ -72,7 +72,7 @@ func TestKVEventsBind(t *testing.T) {
 	shared := longPrompt(2000, 7)
 	first := f.complete(t, shared, 4, nil)
 	pod := routedTo(first.route)
-	deadline = time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for {
 		c := f.complete(t, shared, 4, nil)
 		if routedTo(c.route) == pod && strings.Contains(c.route, "cached=19") {
