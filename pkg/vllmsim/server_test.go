@@ -699,7 +699,7 @@ func TestGracefulShutdownDrainsStreams(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatal("Serve did not return after the drain")
 	}
 }
