@@ -32,6 +32,7 @@ type simFlags struct {
 	advertiseHost, engineID       string
 	startupDelay                  string
 	seed, hashSeed                uint64
+	hashAlgo, tokenizerDir        string
 	logLevel, schedulingPolicy    string
 }
 
@@ -88,6 +89,8 @@ continuous batching, prefix caching, KV capacity and timing from a profile.
 	fl.StringVar(&f.startupDelay, "startup-delay", "0s", "simulated cold start: /health answers 503 until it passes (scaled by --time-scale)")
 	fl.Uint64Var(&f.seed, "seed", 0, "seed for generated tokens and output lengths")
 	fl.Uint64Var(&f.hashSeed, "hash-seed", envUint("PYTHONHASHSEED"), "seed of the KV block hashes (default: $PYTHONHASHSEED, as vLLM)")
+	fl.StringVar(&f.tokenizerDir, "tokenizer", "", "folder of the model's Hugging Face tokenizer files (tokenizer.json, tokenizer_config.json), as vLLM's --tokenizer: prompts and chat templates are tokenized exactly as that model's vLLM does; the project's estimate when empty")
+	fl.StringVar(&f.hashAlgo, "prefix-caching-hash-algo", "sha256_cbor", "block hash function, as vLLM's: sha256_cbor or xxhash_cbor")
 	fl.StringVar(&f.advertiseHost, "advertise-host", os.Getenv("POD_IP"), "host a decode engine uses to reach this one in P/D (default: $POD_IP, else --host)")
 	fl.StringVar(&f.engineID, "engine-id", "", "engine id reported in kv_transfer_params (default: random)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -178,7 +181,7 @@ func (f *simFlags) config() (vllmsim.Config, error) {
 		Model: f.model, ServedModelNames: names, Profile: profile, Role: role, SchedulingPolicy: policy,
 		BlockSize: f.blockSize, MaxNumSeqs: f.maxNumSeqs, MaxNumBatchedTokens: f.maxBatchedTokens,
 		MaxModelLen: f.maxModelLen, MaxWaiting: f.maxWaiting, NumBlocks: f.numGPUBlocks,
-		GPUMemoryUtilization: f.gpuMemUtil, HashSeed: f.hashSeed, Seed: f.seed,
+		GPUMemoryUtilization: f.gpuMemUtil, HashSeed: f.hashSeed, HashAlgo: f.hashAlgo, TokenizerDir: f.tokenizerDir, Seed: f.seed,
 		TimeScale: f.timeScale, StreamChunkTokens: f.streamChunkTokens, StartupDelay: delay,
 		EngineID: f.engineID, AdvertiseHost: f.advertiseHost, Host: f.host, Port: f.port,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),

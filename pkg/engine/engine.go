@@ -76,6 +76,10 @@ type Config struct {
 	NumBlocks int
 	// HashSeed seeds the block hashes (vLLM's PYTHONHASHSEED).
 	HashSeed uint64
+	// Hashing, when set, computes the prefix-cache keys instead (a
+	// simulator hashes as vLLM does, kvblock.VLLMHasher); its block size
+	// must be BlockSize. Default: kvblock.Hasher seeded with HashSeed.
+	Hashing kvblock.Chain
 	// Seed seeds generated tokens and output lengths.
 	Seed uint64
 	// HeldTimeout frees a prefill engine's held blocks that no decode
@@ -257,7 +261,8 @@ type seq struct {
 	stopAt     int
 	natural    bool
 	hashes     []uint64
-	numCached  int // hashes[:numCached] are registered in the cache
+	hstate     []byte // the hashing chain's state after hashes
+	numCached  int    // hashes[:numCached] are registered in the cache
 	blocks     []int32
 	computed   int
 	admitted   bool
@@ -277,6 +282,7 @@ type seq struct {
 type Engine struct {
 	cfg      Config
 	hasher   kvblock.Hasher
+	chain    kvblock.Chain
 	pool     *blockPool
 	seqs     map[string]*seq
 	waiting  []*seq // FCFS; front at index 0
@@ -381,9 +387,16 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	chain := cfg.Hashing
+	if chain == nil {
+		chain = h
+	} else if chain.BlockSize() != cfg.BlockSize {
+		return nil, fmt.Errorf("engine: hashing block size %d, engine block size %d", chain.BlockSize(), cfg.BlockSize)
+	}
 	e := &Engine{
 		cfg:    cfg,
 		hasher: h,
+		chain:  chain,
 		seqs:   make(map[string]*seq),
 		vocab:  tokenizer.GeneratedVocab(),
 	}
@@ -396,7 +409,8 @@ func New(cfg Config) (*Engine, error) {
 // Config returns the effective configuration (defaults filled in).
 func (e *Engine) Config() Config { return e.cfg }
 
-// Hasher returns the block hasher, so callers can predict cache keys.
+// Hasher returns the default block hasher, which computes the cache keys
+// unless Config.Hashing replaced it.
 func (e *Engine) Hasher() kvblock.Hasher { return e.hasher }
 
 // NumBlocks is the KV capacity in blocks.
@@ -435,7 +449,7 @@ func (e *Engine) Add(now time.Time, r Request) error {
 	s := &seq{req: r, promptLen: len(r.Prompt), first: true, arrival: e.arrivals}
 	s.tokens = make([]uint32, len(r.Prompt), len(r.Prompt)+r.MaxTokens)
 	copy(s.tokens, r.Prompt)
-	s.hashes = e.hasher.Hashes(make([]uint64, 0, (len(r.Prompt)+r.MaxTokens)/e.cfg.BlockSize+1), s.tokens)
+	s.hashes, s.hstate = e.chain.ExtendChain(make([]uint64, 0, (len(r.Prompt)+r.MaxTokens)/e.cfg.BlockSize+1), nil, s.tokens)
 	seed := r.Seed
 	if seed == 0 {
 		seed = e.cfg.Seed ^ strHash(r.ID)
@@ -812,7 +826,7 @@ func (e *Engine) cacheFull(s *seq) {
 	if full <= s.numCached {
 		return
 	}
-	s.hashes = e.hasher.Extend(s.hashes, s.tokens[:full*bs])
+	s.hashes, s.hstate = e.chain.ExtendChain(s.hashes, s.hstate, s.tokens[:full*bs])
 	first := -1
 	for i := s.numCached; i < full; i++ {
 		stored := e.pool.store(s.blocks[i], s.hashes[i])

@@ -90,6 +90,22 @@ func (h Hasher) Extend(have []uint64, tokens []uint32) []uint64 {
 	return have
 }
 
+// Chain is how an engine hashes a sequence's blocks into its prefix-cache
+// keys: Hasher (this package's fast hash) or VLLMHasher (vLLM's digests).
+type Chain interface {
+	BlockSize() int
+	// ExtendChain appends to have the keys of the full blocks of tokens
+	// beyond len(have) and returns them with the chain's state after the
+	// last one; state is what the previous call returned (nil for an empty
+	// have).
+	ExtendChain(have []uint64, state []byte, tokens []uint32) ([]uint64, []byte)
+}
+
+// ExtendChain is Extend; the chain needs no state beyond the last key.
+func (h Hasher) ExtendChain(have []uint64, _ []byte, tokens []uint32) ([]uint64, []byte) {
+	return h.Extend(have, tokens), nil
+}
+
 // littleEndian reports whether this machine stores integers little-endian,
 // in which case token ids are hashed in place without a copy.
 var littleEndian = func() bool {

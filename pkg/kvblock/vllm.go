@@ -103,6 +103,11 @@ func (h VLLMHasher) Extend(have []uint64, last []byte, tokens []uint32) ([]uint6
 	return have, last
 }
 
+// ExtendChain is Extend, for the Chain interface.
+func (h VLLMHasher) ExtendChain(have []uint64, state []byte, tokens []uint32) ([]uint64, []byte) {
+	return h.Extend(have, state, tokens)
+}
+
 // cborHead appends a CBOR head of major type major and argument n in its
 // shortest form (RFC 8949 §4.2.1, as canonical encoders write it).
 func cborHead(dst []byte, major byte, n uint64) []byte {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/kvblock"
 )
 
 // Config configures one simulated vLLM server. Zero fields take the defaults
@@ -45,9 +46,19 @@ type Config struct {
 	NumBlocks int
 	// GPUMemoryUtilization overrides the profile's when positive.
 	GPUMemoryUtilization float64
-	// HashSeed seeds the block hashes (vLLM's PYTHONHASHSEED); routers must
-	// use the same seed to predict cache hits.
+	// HashSeed is vLLM's PYTHONHASHSEED: the root of the block hashes is
+	// the digest of its decimal string, as vLLM derives NONE_HASH. Routers
+	// need not know it: they key blocks by the token ids in KV events.
 	HashSeed uint64
+	// TokenizerDir holds the model's Hugging Face tokenizer files
+	// (tokenizer.json, tokenizer_config.json), as vLLM's --tokenizer: the
+	// simulator then tokenizes prompts and chat templates exactly as a vLLM
+	// serving that model does. Empty: the project's estimate tokenizer.
+	TokenizerDir string
+	// HashAlgo is vLLM's --prefix-caching-hash-algo: sha256_cbor (default)
+	// or xxhash_cbor. The block hashes, and the integers published in KV
+	// events (the digests' last 8 bytes), are vLLM's.
+	HashAlgo string
 	// Seed seeds generated tokens and natural output lengths.
 	Seed uint64
 	// HeldTimeout frees the blocks a prefill engine holds for a decode engine
@@ -239,6 +250,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxModelLen > c.Profile.Model.MaxModelLen {
 		return c, fmt.Errorf("max model len %d exceeds the model's maximum %d (profile %s)",
 			c.MaxModelLen, c.Profile.Model.MaxModelLen, c.Profile.Name)
+	}
+	if c.HashAlgo == "" {
+		c.HashAlgo = kvblock.AlgoSHA256CBOR
 	}
 	if c.TimeScale == 0 {
 		c.TimeScale = 1

@@ -1,6 +1,7 @@
 package vllmsim
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
-	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
 )
 
 // ReleasePath is the internal endpoint a decode simulator calls on a prefill
@@ -65,6 +65,8 @@ func (s *Server) routes() http.Handler {
 	rt.handle(http.MethodGet, "/version", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"version": "kn-llmd-sim"})
 	})
+	rt.handle(http.MethodPost, "/v1/completions/render", func(w http.ResponseWriter, r *http.Request) { s.handleRender(w, r, false) })
+	rt.handle(http.MethodPost, "/v1/chat/completions/render", func(w http.ResponseWriter, r *http.Request) { s.handleRender(w, r, true) })
 	rt.handle(http.MethodPost, "/tokenize", s.handleTokenize)
 	rt.handle(http.MethodPost, "/detokenize", s.handleDetokenize)
 	rt.handle(http.MethodPost, ReleasePath, s.handleRelease)
@@ -208,25 +210,9 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 		writeError(w, herr)
 		return
 	}
-	prompt := req.promptTokens()
-	if len(prompt) == 0 {
-		writeError(w, badRequest("prompt", "the prompt cannot be empty"))
-		return
-	}
-	if len(prompt) >= s.maxLen {
-		writeError(w, badRequest("", "This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input messages.", s.maxLen, len(prompt)))
-		return
-	}
-	maxTokens := req.MaxTokens
-	if maxTokens == 0 {
-		maxTokens = s.maxLen - len(prompt)
-		if !chat {
-			maxTokens = min(16, maxTokens) // vLLM's completions default
-		}
-	}
-	if len(prompt)+maxTokens > s.maxLen {
-		writeError(w, badRequest("max_tokens", "'max_tokens' is too large: %d. This model's maximum context length is %d tokens and your request has %d input tokens (%d > %d - %d).",
-			maxTokens, s.maxLen, len(prompt), maxTokens, s.maxLen, len(prompt)))
+	prompt, maxTokens, herr := s.render(r.Context(), req, chat)
+	if herr != nil {
+		writeError(w, herr)
 		return
 	}
 
@@ -473,6 +459,102 @@ func (o *responder) stream(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// render returns a request's prompt ids and its resolved max_tokens, as
+// vLLM's renderer does before a request reaches the engine.
+func (s *Server) render(ctx context.Context, req *Request, chat bool) ([]uint32, int, *Error) {
+	prompt, err := req.promptTokens(ctx, s.tok)
+	if err != nil {
+		return nil, 0, badRequest("messages", "%v", err)
+	}
+	if len(prompt) == 0 {
+		return nil, 0, badRequest("prompt", "the prompt cannot be empty")
+	}
+	if len(prompt) >= s.maxLen {
+		return nil, 0, badRequest("", "This model's maximum context length is %d tokens. However, your request has %d input tokens. Please reduce the length of the input messages.", s.maxLen, len(prompt))
+	}
+	maxTokens := req.MaxTokens
+	if maxTokens == 0 {
+		maxTokens = s.maxLen - len(prompt)
+		if !chat {
+			maxTokens = min(16, maxTokens) // vLLM's completions default
+		}
+	}
+	if len(prompt)+maxTokens > s.maxLen {
+		return nil, 0, badRequest("max_tokens", "'max_tokens' is too large: %d. This model's maximum context length is %d tokens and your request has %d input tokens (%d > %d - %d).",
+			maxTokens, s.maxLen, len(prompt), maxTokens, s.maxLen, len(prompt))
+	}
+	return prompt, maxTokens, nil
+}
+
+// generateRequest is vLLM's GenerateRequest, what its /render endpoints
+// answer: the prompt as token ids and the sampling parameters, ready for the
+// engine.
+type generateRequest struct {
+	RequestID        string            `json:"request_id"`
+	TokenIDs         []uint32          `json:"token_ids"`
+	Features         any               `json:"features"`
+	SamplingParams   renderedSampling  `json:"sampling_params"`
+	Model            string            `json:"model"`
+	Stream           bool              `json:"stream"`
+	CacheSalt        *string           `json:"cache_salt"`
+	Priority         int               `json:"priority"`
+	KVTransferParams *KVTransferParams `json:"kv_transfer_params"`
+}
+
+type renderedSampling struct {
+	MaxTokens int    `json:"max_tokens"`
+	IgnoreEOS bool   `json:"ignore_eos"`
+	Seed      *int64 `json:"seed"`
+}
+
+// handleRender serves vLLM's /v1/chat/completions/render (one
+// GenerateRequest) and /v1/completions/render (a list, one per prompt): the
+// token ids this server would compute for the request, chat template
+// included, without running it.
+func (s *Server) handleRender(w http.ResponseWriter, r *http.Request, chat bool) {
+	body, herr := s.readBody(w, r)
+	if herr != nil {
+		writeError(w, herr)
+		return
+	}
+	var req *Request
+	var err error
+	if chat {
+		req, err = DecodeChatRequest(body)
+	} else {
+		req, err = DecodeCompletionRequest(body)
+	}
+	if err != nil {
+		writeError(w, asError(err))
+		return
+	}
+	model, herr := s.checkModel(req.Model)
+	if herr != nil {
+		writeError(w, herr)
+		return
+	}
+	prompt, maxTokens, herr := s.render(r.Context(), req, chat)
+	if herr != nil {
+		writeError(w, herr)
+		return
+	}
+	prefix := "cmpl-"
+	if chat {
+		prefix = "chatcmpl-"
+	}
+	g := generateRequest{RequestID: newID(prefix), TokenIDs: prompt, Model: model, Stream: req.Stream,
+		Priority: req.Priority, KVTransferParams: req.KVTransfer,
+		SamplingParams: renderedSampling{MaxTokens: maxTokens, IgnoreEOS: req.IgnoreEOS}}
+	if req.HasSeed {
+		g.SamplingParams.Seed = &req.Seed
+	}
+	if chat {
+		writeJSON(w, http.StatusOK, &g)
+		return
+	}
+	writeJSON(w, http.StatusOK, []generateRequest{g})
+}
+
 // handleTokenize serves vLLM's /tokenize: the token ids the engine sees for a
 // completion prompt or chat messages. add_special_tokens is accepted and
 // ignored: the project's tokenizer adds no special tokens to a prompt.
@@ -509,9 +591,16 @@ func (s *Server) handleTokenize(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		addGen := raw.AddGenerationPrompt == nil || *raw.AddGenerationPrompt
-		toks = EncodeChatPrompt(nil, req.Messages, addGen)
+		if toks, err = s.tok.ApplyChatTemplate(r.Context(), req.Messages, addGen); err != nil {
+			writeError(w, badRequest("messages", "%v", err))
+			return
+		}
 	case raw.Prompt != nil:
-		toks = EncodeCompletionPrompt(nil, *raw.Prompt)
+		var err error
+		if toks, err = s.tok.Encode(r.Context(), *raw.Prompt); err != nil {
+			writeError(w, badRequest("prompt", "%v", err))
+			return
+		}
 	default:
 		writeError(w, badRequest("prompt", "either prompt or messages is required"))
 		return
@@ -548,15 +637,21 @@ func (s *Server) handleDetokenize(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	vocab := s.tok.Info().VocabSize
 	ids := make([]uint32, len(raw.Tokens))
 	for i, t := range raw.Tokens {
-		if t < 0 || t >= tokenizer.VocabSize {
-			writeError(w, badRequest("tokens", "token id %d at position %d is out of vocabulary (size %d)", t, i, tokenizer.VocabSize))
+		if t < 0 || t >= int64(vocab) {
+			writeError(w, badRequest("tokens", "token id %d at position %d is out of vocabulary (size %d)", t, i, vocab))
 			return
 		}
 		ids[i] = uint32(t)
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"prompt": tokenizer.DecodeString(ids)})
+	text, err := s.detok(ids)
+	if err != nil {
+		writeError(w, badRequest("tokens", "%v", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"prompt": text})
 }
 
 // handleRelease frees the blocks this (prefill) engine holds for a request

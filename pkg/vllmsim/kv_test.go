@@ -100,7 +100,16 @@ func TestKVEventsOverZMQ(t *testing.T) {
 		t.Fatalf("%d %s", code, b)
 	}
 	tokens := vllmsim.EncodeCompletionPrompt(nil, prompt)
-	want := kvblock.MustHasher(16, 42).Hashes(nil, tokens)
+	// vLLM's hashes: sha256_cbor chained from NONE_HASH = sha256_cbor("42")
+	// (PYTHONHASHSEED=42), published as the digests' last 8 bytes.
+	vh, err := kvblock.NewVLLMHasher(16, kvblock.AlgoSHA256CBOR, "42")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := vh.Extend(nil, nil, tokens)
+	if kvblock.MustHasher(16, 42).Hashes(nil, tokens)[0] == want[0] {
+		t.Fatal("the simulator's hashes are the router's")
+	}
 
 	var lastSeq uint64
 	haveSeq := false
@@ -125,8 +134,8 @@ func TestKVEventsOverZMQ(t *testing.T) {
 			if ev.Kind != kvevents.BlockStored || len(ev.Hashes) == 0 || ev.Hashes[0] != want[0] {
 				continue
 			}
-			// The router's property: the stored hashes are exactly what
-			// kvblock computes from the prompt's token ids.
+			// The stored hashes are exactly vLLM's for the prompt's token
+			// ids, and the tokens come with them.
 			if ev.HasParent || !slices.Equal(ev.Hashes, want) || ev.BlockSize != 16 || ev.Medium != "GPU" {
 				t.Fatalf("BlockStored %+v, want hashes %v", ev, want)
 			}

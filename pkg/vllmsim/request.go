@@ -2,6 +2,7 @@ package vllmsim
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -467,13 +468,14 @@ func EncodeChatPrompt(dst []uint32, msgs []tokenizer.Message, addGenerationPromp
 	return tokenizer.ApplyChatTemplate(dst, msgs, addGenerationPrompt)
 }
 
-// promptTokens returns the request's prompt as token ids.
-func (r *Request) promptTokens() []uint32 {
+// promptTokens returns the request's prompt as token ids, tokenized with
+// tok.
+func (r *Request) promptTokens(ctx context.Context, tok tokenizer.Tokenizer) ([]uint32, error) {
 	switch {
 	case r.Chat:
-		return EncodeChatPrompt(nil, r.Messages, r.AddGenerationPrompt)
+		return tok.ApplyChatTemplate(ctx, r.Messages, r.AddGenerationPrompt)
 	case r.PromptIsText:
-		return EncodeCompletionPrompt(nil, r.PromptText)
+		return tok.Encode(ctx, r.PromptText)
 	}
-	return r.PromptTokens
+	return r.PromptTokens, nil
 }

@@ -1,6 +1,7 @@
 package vllmsim
 
 import (
+	"context"
 	"net/http"
 	"reflect"
 	"strings"
@@ -141,7 +142,11 @@ func checkDecoded(t *testing.T, r *Request) {
 	} else if !r.PromptIsText && len(r.PromptTokens) == 0 {
 		t.Fatal("completion request without a prompt accepted")
 	}
-	for _, id := range r.promptTokens() {
+	ids, err := r.promptTokens(context.Background(), tokenizer.Estimate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
 		if id >= tokenizer.VocabSize {
 			t.Fatalf("token %d out of vocabulary accepted", id)
 		}

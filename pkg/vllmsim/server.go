@@ -19,6 +19,11 @@
 // hardware's), which is what a client and an autoscaler of the simulator
 // see.
 //
+// It hashes blocks as vLLM does (sha256_cbor or xxhash_cbor chained from
+// PYTHONHASHSEED, kvblock.VLLMHasher) and publishes vLLM's KV events with
+// their token ids, so a router that predicts its cache hits proves the path
+// a real vLLM takes: it shares no hash function with the router.
+//
 // This package may import the engine, tokenizer, kvblock and kvevents
 // packages, net/http, Prometheus and ZMQ; nothing of Kubernetes, the router
 // or the activator.
@@ -39,7 +44,10 @@ import (
 	"time"
 
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/kvblock"
 	"github.com/llmd-kn/llmd-kn/pkg/kvevents"
+	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
+	"github.com/llmd-kn/llmd-kn/pkg/tokenizer/native"
 )
 
 const (
@@ -77,6 +85,9 @@ type Server struct {
 
 	metrics *metrics
 	pub     *kvPublisher
+	// tok tokenizes prompts; detok decodes ids for /detokenize.
+	tok     tokenizer.Tokenizer
+	detok   func([]uint32) (string, error)
 	handler http.Handler
 
 	advPort atomic.Int32
@@ -147,7 +158,24 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vllmsim: %w", err)
 	}
+	tok, detok := tokenizer.Estimate, func(ids []uint32) (string, error) { return tokenizer.DecodeString(ids), nil }
+	if cfg.TokenizerDir != "" {
+		nt, err := native.Load(cfg.TokenizerDir, native.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("vllmsim: tokenizer: %w", err)
+		}
+		tok, detok = nt, func(ids []uint32) (string, error) { return nt.Decode(ids, false) }
+	}
+	bs := cfg.BlockSize
+	if bs == 0 {
+		bs = kvblock.DefaultBlockSize
+	}
+	hashing, err := kvblock.NewVLLMHasher(bs, cfg.HashAlgo, strconv.FormatUint(cfg.HashSeed, 10))
+	if err != nil {
+		return nil, fmt.Errorf("vllmsim: %w", err)
+	}
 	eng, err := engine.New(engine.Config{
+		Hashing:             hashing,
 		Profile:             cfg.Profile,
 		Role:                cfg.Role,
 		Policy:              cfg.SchedulingPolicy,
@@ -179,6 +207,8 @@ func New(cfg Config) (*Server, error) {
 		loopDone:  make(chan struct{}),
 		wall0:     time.Now(),
 		client:    &http.Client{Timeout: cfg.ReleaseTimeout},
+		tok:       tok,
+		detok:     detok,
 	}
 	s.created = s.wall0.Unix()
 	// Held blocks expire inside Step; an idle loop looks again this often.
