@@ -464,7 +464,10 @@ func TestBatchFloodDoesNotHurtCritical(t *testing.T) {
 			}
 		}
 		start := time.Now()
-		if err := stream(context.Background(), "critical", longPrompt(500, uint32(1000+i)), make(chan struct{})); err != nil {
+		cctx, ccancel := context.WithTimeout(context.Background(), time.Minute) // a hang guard
+		err := stream(cctx, "critical", longPrompt(500, uint32(1000+i)), make(chan struct{}))
+		ccancel()
+		if err != nil {
 			t.Fatalf("critical request %d: %v", i, err)
 		}
 		ttft := time.Since(start)
