@@ -91,6 +91,7 @@ type Activator struct {
 	tokenizers *native.Cache
 	engineToks sync.Map // *revision -> its engine tokenizer
 	tokWarned  sync.Map // what tokenizerFor warned about
+	tokFound   sync.Map // model -> where its tokenizer files are
 
 	kvUnknown atomic.Int64 // messages at the bound KV-event endpoint from no known pod
 }
@@ -160,6 +161,7 @@ func (a *Activator) UpsertRevision(cfg RevisionConfig) error {
 	if err != nil {
 		return fmt.Errorf("activator: revision %s: %w", cfg.Key, err)
 	}
+	a.preloadTokenizer(&cfg.Spec)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if old, ok := a.revs[cfg.Key]; ok {

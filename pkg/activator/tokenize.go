@@ -27,16 +27,9 @@ func (a *Activator) tokenizerFor(rev *revision) tokenizer.Tokenizer {
 		tk, _ := a.engineToks.LoadOrStore(rev, engine.New(rev.readyPodURL, engine.Options{Model: spec.Model}))
 		return tk.(*engine.Tokenizer)
 	}
-	dir := spec.TokenizerDir
-	if dir == "" {
-		var ok bool
-		if dir, ok = native.FindModel(a.opts.TokenizerDir, spec.Model); !ok {
-			if spec.Tokenizer == apis.TokenizerNative {
-				a.warnTokenizer("model:"+spec.Model, "no tokenizer files for the model in the activator's tokenizer folder; using the estimate",
-					"model", spec.Model, "tokenizerDir", a.opts.TokenizerDir)
-			}
-			return tokenizer.Estimate
-		}
+	dir, ok := a.nativeDir(spec)
+	if !ok {
+		return tokenizer.Estimate
 	}
 	tk, err := a.tokenizers.Get(dir)
 	if err != nil {
@@ -44,6 +37,43 @@ func (a *Activator) tokenizerFor(rev *revision) tokenizer.Tokenizer {
 		return tokenizer.Estimate
 	}
 	return tk
+}
+
+// nativeDir returns the folder of the revision's native tokenizer files,
+// if it has one (warning once when native was asked for and none exists).
+func (a *Activator) nativeDir(spec *apis.Spec) (string, bool) {
+	if spec.TokenizerDir != "" {
+		return spec.TokenizerDir, true
+	}
+	// Looked up once per model (the folder is read at the first request
+	// or revision that names the model; files added later need a restart).
+	type found struct {
+		dir string
+		ok  bool
+	}
+	v, seen := a.tokFound.Load(spec.Model)
+	if !seen {
+		dir, ok := native.FindModel(a.opts.TokenizerDir, spec.Model)
+		v, _ = a.tokFound.LoadOrStore(spec.Model, found{dir, ok})
+	}
+	dir, ok := v.(found).dir, v.(found).ok
+	if !ok && spec.Tokenizer == apis.TokenizerNative {
+		a.warnTokenizer("model:"+spec.Model, "no tokenizer files for the model in the activator's tokenizer folder; using the estimate",
+			"model", spec.Model, "tokenizerDir", a.opts.TokenizerDir)
+	}
+	return dir, ok
+}
+
+// preloadTokenizer starts loading a revision's native tokenizer in the
+// background (a second or more for a large tokenizer.json), so that its
+// first request does not wait for it.
+func (a *Activator) preloadTokenizer(spec *apis.Spec) {
+	if spec.Tokenizer != apis.TokenizerAuto && spec.Tokenizer != apis.TokenizerNative {
+		return
+	}
+	if dir, ok := a.nativeDir(spec); ok {
+		go func() { _, _ = a.tokenizers.Get(dir) }()
+	}
 }
 
 func (a *Activator) warnTokenizer(key, msg string, args ...any) {
