@@ -240,6 +240,7 @@ func (a *Activator) Stats() []RevisionStats {
 			rs.KVUsage /= float64(rs.Ready)
 			s.Roles[role] = rs
 		}
+		s.KVEvents = r.kvSummary()
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Revision < out[j].Revision })

@@ -86,6 +86,9 @@ func TestKVEventsBind(t *testing.T) {
 	if p := rev.pod(pod); p.kv.decoded.Load() == 0 || p.kv.rejected.Load() != 0 {
 		t.Fatalf("pod %s: %d batches decoded, %d rejected", pod, p.kv.decoded.Load(), p.kv.rejected.Load())
 	}
+	if st := f.act.Stats(); st[0].KVEvents == nil || st[0].KVEvents.PodsPublishing != 2 || !strings.Contains(st[0].KVEvents.Line, "KV events from 2 pods") {
+		t.Fatalf("status summary %+v", st[0].KVEvents)
+	}
 	cancel()
 	if err := <-errc; err != nil {
 		t.Fatal(err)

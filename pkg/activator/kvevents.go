@@ -276,3 +276,53 @@ func (rev *revision) observe(d *router.Decision, u *Usage) {
 		"precise_error_tokens", int(ps.PreciseError), "approx_error_tokens", int(ps.ApproxError),
 		"blocks_unmatched", ps.Unmatched)
 }
+
+// KVEventsStats summarizes a revision's KV events and precise index, for
+// the status page.
+type KVEventsStats struct {
+	// PodsPublishing have sent events; PodsFallback are those whose precise
+	// predictions are persistently wrong, routed on the approximate index.
+	PodsPublishing int      `json:"podsPublishing"`
+	PodsFallback   []string `json:"podsFallback,omitempty"`
+	// Batches decoded and rejected; blocks stored and unmatched.
+	BatchesDecoded  int64 `json:"batchesDecoded"`
+	BatchesRejected int64 `json:"batchesRejected"`
+	BlocksStored    int64 `json:"blocksStored"`
+	BlocksUnmatched int64 `json:"blocksUnmatched"`
+	// IndexKeys is the precise index's size in router blocks.
+	IndexKeys int `json:"indexKeys"`
+	// Line says it in one line.
+	Line string `json:"line"`
+}
+
+// kvSummary is the revision's KVEventsStats, nil when no pod publishes.
+func (rev *revision) kvSummary() *KVEventsStats {
+	var s KVEventsStats
+	rev.mu.RLock()
+	pods := append([]*pod(nil), rev.list...)
+	rev.mu.RUnlock()
+	for _, p := range pods {
+		ps := rev.rt.PreciseEndpoint(p.spec.Name)
+		if !ps.Seen {
+			continue
+		}
+		s.PodsPublishing++
+		if !ps.Trusted {
+			s.PodsFallback = append(s.PodsFallback, p.spec.Name)
+		}
+		s.BatchesDecoded += p.kv.decoded.Load()
+		s.BatchesRejected += p.kv.rejected.Load()
+		s.BlocksStored += ps.Stored
+		s.BlocksUnmatched += ps.Unmatched
+	}
+	if s.PodsPublishing == 0 {
+		return nil
+	}
+	s.IndexKeys = rev.rt.Stats().Precise.Keys
+	s.Line = fmt.Sprintf("KV events from %d pods: %d batches (%d rejected), %d blocks stored (%d unmatched), index %d blocks",
+		s.PodsPublishing, s.BatchesDecoded, s.BatchesRejected, s.BlocksStored, s.BlocksUnmatched, s.IndexKeys)
+	if len(s.PodsFallback) > 0 {
+		s.Line += fmt.Sprintf("; precise predictions wrong on %s: routed on the approximate index", strings.Join(s.PodsFallback, ", "))
+	}
+	return &s
+}

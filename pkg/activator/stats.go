@@ -46,6 +46,8 @@ type RevisionStats struct {
 	TTFTP90 float64 `json:"ttftP90"`
 	TPOTP50 float64 `json:"tpotP50"`
 	TPOTP90 float64 `json:"tpotP90"`
+	// KVEvents summarizes the pods' KV events, nil when none publish.
+	KVEvents *KVEventsStats `json:"kvEvents,omitempty"`
 }
 
 // RoleStats aggregates one role's ready pods: counts are sums, KVUsage

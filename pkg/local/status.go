@@ -48,6 +48,9 @@ type ServiceStatus struct {
 	SimProfile     string   `json:"simProfile,omitempty"`
 	// StepBudget is the pods' per-step token budget and its reason.
 	StepBudget string `json:"stepBudget,omitempty"`
+	// KVEvents says what the pods' KV events and the precise index do,
+	// pods routed on the approximate index included.
+	KVEvents string `json:"kvEvents,omitempty"`
 	// Requests counts finished requests, all tiers.
 	Requests         int64   `json:"requests"`
 	Errors           int64   `json:"errors"`
@@ -163,6 +166,9 @@ func (sp *statusPage) snapshot(ctx context.Context) Status {
 		}
 		if rs.PromptTokens > 0 {
 			ss.CacheHitRate = float64(rs.CachedTokens) / float64(rs.PromptTokens)
+		}
+		if kv := rs.KVEvents; kv != nil {
+			ss.KVEvents = kv.Line
 		}
 		var rec *autoscaler.Recommendation
 		if a := r.autoscalers[key]; a != nil {
