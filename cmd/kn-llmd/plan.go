@@ -37,7 +37,8 @@ type planFlags struct {
 	routerConfig            string
 	pdThreshold             int
 	blockSize               int
-	maxNumSeqs, maxBatched  int
+	maxNumSeqs              int
+	maxBatched              string
 	numBlocks, maxModelLen  int
 	model                   string
 	noIgnoreEOS             bool
@@ -156,7 +157,7 @@ func newPlanCmd() *cobra.Command {
 				return err
 			}
 			if job.compare != nil {
-				job.compare.command = commandLine(cmd)
+				job.compare.Command = commandLine(cmd)
 			}
 			cmd.SilenceUsage = true
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -177,7 +178,7 @@ func newPlanCmd() *cobra.Command {
 	fl.IntVar(&f.pdThreshold, "pd-threshold", plan.DefaultPDThreshold, "uncached prompt tokens from which a profile with a P/D decider disaggregates")
 	fl.IntVar(&f.blockSize, "block-size", 16, "engines' KV block size in tokens (vLLM --block-size)")
 	fl.IntVar(&f.maxNumSeqs, "max-num-seqs", 256, "engines' running-batch bound (vLLM --max-num-seqs)")
-	fl.IntVar(&f.maxBatched, "max-num-batched-tokens", 8192, "engines' per-step token budget (vLLM --max-num-batched-tokens)")
+	fl.StringVar(&f.maxBatched, "max-num-batched-tokens", "auto", "engines' per-step token budget (vLLM --max-num-batched-tokens): a token count, or auto: chosen from --slo-tpot as the webhook and kn-llmd local do (8192 without a TPOT target)")
 	fl.IntVar(&f.numBlocks, "num-blocks", 0, "engines' KV capacity in blocks (0: derived from the profile)")
 	fl.IntVar(&f.maxModelLen, "max-model-len", 0, "engines' context bound (0: the model's)")
 	fl.StringVar(&f.model, "model", "", "model name requests carry (default: the profile's model)")
@@ -207,7 +208,7 @@ func newPlanCmd() *cobra.Command {
 	fl.IntVar(&f.maxReplicas, "max-replicas", 64, "largest decode-capable count --find-capacity tries")
 
 	fl.StringVar(&f.autoscaler, "autoscaler", "fixed", "replica counts: fixed (--engines, --prefill-engines) or slo (the SLO autoscaler, up to those); "+
-		"a comma-separated list of fixed, slo, kpa, static-peak and lower-bound compares them (see Autoscaling)")
+		"a comma-separated list of fixed, slo, kpa, static-peak, instant-bound (formerly lower-bound) and clairvoyant compares them (see Autoscaling)")
 	fl.IntVar(&f.minEngines, "min-engines", 0, "with --autoscaler slo or kpa: fewest decode-capable engines (0 allows scale to zero)")
 	fl.DurationVar(&f.startupDelay, "startup-delay", 0, "with --autoscaler slo or kpa: time for a new engine to become ready (cold start)")
 	fl.DurationVar(&f.scaleToZeroGrace, "scale-to-zero-grace", autoscaler.DefaultConfig().ScaleToZeroGracePeriod, "with --autoscaler slo or kpa: time without traffic before scaling to zero")
@@ -216,7 +217,7 @@ func newPlanCmd() *cobra.Command {
 	fl.Float64Var(&f.kpaUtilization, "kpa-utilization", 0, "with --autoscaler kpa: target utilization as a fraction (0: Knative's default, 0.7)")
 	fl.Float64Var(&f.panicThreshold, "panic-threshold", autoscaler.DefaultConfig().PanicThresholdPercentage, "with --autoscaler slo or kpa: panic mode starts when the panic window wants this percentage of the ready replicas (Knative's panic-threshold-percentage)")
 	fl.DurationVar(&f.scaleDownDelay, "scale-down-delay", 0, "with --autoscaler slo or kpa: hold the highest recommendation this long before scaling down (Knative's scale-down-delay)")
-	fl.DurationVar(&f.lowerBoundWindow, "lower-bound-window", 10*time.Second, "with --autoscaler lower-bound: the offline optimum's window")
+	fl.DurationVar(&f.lowerBoundWindow, "lower-bound-window", 10*time.Second, "with --autoscaler instant-bound or clairvoyant: the bounds' window")
 	return cmd
 }
 
@@ -236,7 +237,7 @@ type planJob struct {
 	// newScaler makes each run's scaler (nil: the fixed counts).
 	newScaler func() (plan.Scaler, error)
 	// compare is an autoscaling comparison (nil: none).
-	compare *compareJob
+	compare *plan.Comparison
 
 	capacity bool // a sweep or a search
 	decode   []int
@@ -258,7 +259,7 @@ func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--profile: %w", err)
 	}
-	for name, v := range map[string]int{"engines": f.engines, "block-size": f.blockSize, "max-num-seqs": f.maxNumSeqs, "max-num-batched-tokens": f.maxBatched} {
+	for name, v := range map[string]int{"engines": f.engines, "block-size": f.blockSize, "max-num-seqs": f.maxNumSeqs} {
 		if v < 1 {
 			return nil, fmt.Errorf("--%s must be positive, got %d", name, v)
 		}
@@ -313,7 +314,11 @@ func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
 	cfg := plan.DefaultConfig()
 	cfg.Profile = prof
 	cfg.Engines, cfg.PrefillEngines = f.engines, f.prefillEngines
-	cfg.Engine = plan.EngineConfig{BlockSize: f.blockSize, MaxNumSeqs: f.maxNumSeqs, MaxNumBatchedTokens: f.maxBatched,
+	budget, prefillBudget, _, err := plan.ChooseStepBudget(f.maxBatched, &prof, f.sloTPOT, f.prefillEngines > 0 || changed("sweep-prefill"))
+	if err != nil {
+		return nil, fmt.Errorf("--max-num-batched-tokens: %w", err)
+	}
+	cfg.Engine = plan.EngineConfig{BlockSize: f.blockSize, MaxNumSeqs: f.maxNumSeqs, MaxNumBatchedTokens: budget, PrefillMaxNumBatchedTokens: prefillBudget,
 		NumBlocks: f.numBlocks, MaxModelLen: f.maxModelLen}
 	cfg.RouterConfig = rc
 	cfg.PDThreshold = f.pdThreshold
@@ -415,7 +420,7 @@ func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
 	if !compare {
 		for _, n := range []string{"lower-bound-window", "slo-percentile"} {
 			if changed(n) {
-				return nil, fmt.Errorf("--%s needs an autoscaling comparison (--autoscaler with kpa, static-peak, lower-bound or several policies)", n)
+				return nil, fmt.Errorf("--%s needs an autoscaling comparison (--autoscaler with kpa, static-peak, instant-bound, clairvoyant or several policies)", n)
 			}
 		}
 	}
@@ -436,6 +441,9 @@ func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
 	a := cfg.AutoscalerConfig(plan.Replicas{Decode: f.minEngines}, plan.Replicas{Prefill: f.prefillEngines, Decode: f.engines})
 	a.ScaleToZeroGracePeriod = f.scaleToZeroGrace
 	a.PanicThresholdPercentage, a.ScaleDownDelay = f.panicThreshold, f.scaleDownDelay
+	// The decider keeps headroom at the SLO percentile for the load that
+	// arrives while a replica cold-starts.
+	a.ColdStart = f.startupDelay
 	if f.sloTTFT > 0 {
 		a.SLO.TTFT = f.sloTTFT
 	}
@@ -463,16 +471,16 @@ func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
 		if f.lowerBoundWindow <= 0 {
 			return nil, fmt.Errorf("--lower-bound-window must be positive, got %s", f.lowerBoundWindow)
 		}
-		c := &compareJob{policies: policies, slo: a, fixed: f.engines, target: f.targetAttainment,
-			window: f.lowerBoundWindow, startup: f.startupDelay, minEngines: f.minEngines,
-			kpa: plan.KPAConfig{TargetUtilization: f.kpaUtilization, MinScale: f.minEngines, MaxScale: f.engines, ScaleToZeroGrace: f.scaleToZeroGrace,
+		c := &plan.Comparison{Policies: policies, SLO: a, Fixed: f.engines, Target: f.targetAttainment,
+			Window: f.lowerBoundWindow, Startup: f.startupDelay, MinEngines: f.minEngines,
+			KPA: plan.KPAConfig{TargetUtilization: f.kpaUtilization, MinScale: f.minEngines, MaxScale: f.engines, ScaleToZeroGrace: f.scaleToZeroGrace,
 				PanicThresholdPercentage: f.panicThreshold, ScaleDownDelay: f.scaleDownDelay}}
 		if slices.Contains(policies, "kpa") {
-			if c.kpaTargets, err = parseTargets(f.kpaTarget); err != nil {
+			if c.KPATargets, err = parseTargets(f.kpaTarget); err != nil {
 				return nil, fmt.Errorf("--kpa-target: %w", err)
 			}
-			for _, t := range c.kpaTargets {
-				k := c.kpa
+			for _, t := range c.KPATargets {
+				k := c.KPA
 				k.Target = t
 				if _, err := plan.NewKPAScaler(k); err != nil {
 					return nil, fmt.Errorf("--kpa-target %g: %w", t, err)
@@ -591,7 +599,11 @@ func (j *planJob) run(ctx context.Context, out io.Writer) error {
 		return j.runCapacity(ctx, out)
 	}
 	if j.compare != nil {
-		return j.runCompare(ctx, out)
+		base := j.cfg
+		base.Routing = j.routings[0]
+		c := *j.compare
+		c.Out, c.Records, c.Include = j.out, j.records, j.include
+		return c.Run(ctx, base, j.w, j.so, out)
 	}
 	var runs []bench.RunSummary
 	var csv bytes.Buffer
@@ -704,24 +716,23 @@ func (j *planJob) runCapacity(ctx context.Context, out io.Writer) error {
 	return nil
 }
 
-// autoscalingPolicies are --autoscaler's policies, in report order.
-var autoscalingPolicies = []string{"fixed", "slo", "kpa", "static-peak", "lower-bound"}
-
 // parsePolicies reads --autoscaler: one policy or a comma-separated list.
 func parsePolicies(s string) ([]string, error) {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
 		p = strings.TrimSpace(p)
-		if !slices.Contains(autoscalingPolicies, p) {
-			return nil, fmt.Errorf("--autoscaler: unknown policy %q (have %s)", p, strings.Join(autoscalingPolicies, ", "))
+		c := plan.CanonicalPolicy(p)
+		if c == "" {
+			return nil, fmt.Errorf("--autoscaler: unknown policy %q (have %s)", p, strings.Join(plan.ComparePolicies, ", "))
 		}
+		p = c
 		if slices.Contains(out, p) {
 			return nil, fmt.Errorf("--autoscaler: %q given twice", p)
 		}
 		out = append(out, p)
 	}
-	if len(out) == 1 && out[0] == "lower-bound" {
-		return nil, errors.New("--autoscaler lower-bound needs another policy: the bound is computed from a run's token counts")
+	if !slices.ContainsFunc(out, func(p string) bool { return !plan.IsBound(p) }) {
+		return nil, fmt.Errorf("--autoscaler %s needs another policy: a bound is computed from a run's token counts", strings.Join(out, ","))
 	}
 	return out, nil
 }
@@ -742,25 +753,6 @@ func parseTargets(s string) ([]float64, error) {
 	return out, nil
 }
 
-// compareJob is an autoscaling comparison: each policy runs the workload
-// (kpa once per target) and the report compares SLO attainment,
-// GPU-seconds, cold starts and scale events.
-type compareJob struct {
-	policies   []string
-	kpaTargets []float64
-	slo        autoscaler.Config
-	kpa        plan.KPAConfig
-	// fixed is --engines: the fixed count, the autoscalers' and static
-	// peak's largest.
-	fixed      int
-	target     float64
-	window     time.Duration
-	startup    time.Duration
-	minEngines int
-	// command is the invocation, for the report.
-	command string
-}
-
 // commandLine is the invocation with the flags given, in a canonical form,
 // less --out (where the report went).
 func commandLine(cmd *cobra.Command) string {
@@ -772,137 +764,3 @@ func commandLine(cmd *cobra.Command) string {
 	})
 	return line
 }
-
-func (j *planJob) runCompare(ctx context.Context, out io.Writer) error {
-	c := j.compare
-	base := j.cfg
-	base.Routing = j.routings[0]
-	slo := bench.SLO{TTFT: c.slo.SLO.TTFT, TPOT: c.slo.SLO.TPOT}
-	so := j.so
-	so.SLO = slo
-	rep := plan.AutoscalingReport{
-		Workload: so.Workload.Description,
-		Deployment: fmt.Sprintf("kn-llmd plan, %s engines (%d GPU each), routing %s, at most %d replicas; autoscalers from %d, cold start %s, scale-to-zero grace %s, panic threshold %g%%, scale-down delay %s",
-			base.Profile.Name, max(base.Profile.Accelerator.Count, 1), base.Routing, c.fixed, c.minEngines, c.startup, c.slo.ScaleToZeroGracePeriod,
-			c.slo.PanicThresholdPercentage, c.slo.ScaleDownDelay),
-		SLO:        slo,
-		Percentile: c.slo.SLO.Percentile,
-		Command:    c.command,
-	}
-	var runs []bench.RunSummary
-	var csv bytes.Buffer
-	var boundRecs []bench.Record
-	runOne := func(name, detail string, cfg plan.Config) (*plan.Result, error) {
-		o := so
-		o.Name = name
-		start := time.Now()
-		sum, res, err := plan.RunWorkload(ctx, cfg, j.w, o)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		p := plan.PolicyOf(name, detail, res, slo, c.slo.SLO.Percentile)
-		fmt.Fprintf(out, "%s: attainment %.4f (TTFT %.4f, TPOT %.4f), %.0f GPU-seconds, peak %d, %d cold starts, %d scale events (%s wall)\n",
-			name, p.Attainment.Both, p.Attainment.TTFT, p.Attainment.TPOT, p.GPUSeconds, p.Peak, p.ColdStarts, p.ScaleEvents, time.Since(start).Round(time.Millisecond))
-		rep.Policies = append(rep.Policies, p)
-		if err := plan.WriteReplicaCSV(&csv, len(runs) == 0, name, res.Replicas); err != nil {
-			return nil, err
-		}
-		if j.records {
-			if err := bench.WriteRecords(filepath.Join(j.out, bench.RecordsFile(name)), res.Records); err != nil {
-				return nil, err
-			}
-		}
-		runs = append(runs, sum)
-		return res, nil
-	}
-	autoscaled := func(sc plan.Scaler) plan.Config {
-		cfg := base
-		cfg.Scaler, cfg.Engines, cfg.StartupDelay = sc, c.minEngines, c.startup
-		return cfg
-	}
-	for _, p := range c.policies {
-		switch p {
-		case "fixed":
-			cfg := base
-			cfg.Engines = c.fixed
-			res, err := runOne("fixed", fmt.Sprintf("%d replicas", c.fixed), cfg)
-			if err != nil {
-				return err
-			}
-			boundRecs = res.Records
-		case "slo":
-			sc, err := plan.NewSLOScaler(c.slo, base.Profile)
-			if err != nil {
-				return err
-			}
-			if _, err := runOne("slo", "SLO decider, "+autoscalerClassName, autoscaled(sc)); err != nil {
-				return err
-			}
-		case "kpa":
-			for _, t := range c.kpaTargets {
-				k := c.kpa
-				k.Target = t
-				sc, err := plan.NewKPAScaler(k)
-				if err != nil {
-					return err
-				}
-				detail := fmt.Sprintf("Knative KPA, concurrency target %g x %.3g", t, sc.Spec().TargetValue/t)
-				if _, err := runOne(fmt.Sprintf("kpa-%g", t), detail, autoscaled(sc)); err != nil {
-					return err
-				}
-			}
-		case "static-peak":
-			eval := plan.Evaluate(base, j.w, so)
-			found, err := plan.FindCapacity(ctx, eval, base.Routing, c.target, plan.Range{}, plan.Range{Min: 1, Max: c.fixed},
-				func(pt plan.Point, _ *bench.RunSummary) {
-					fmt.Fprintf(out, "  static %d replicas: attainment %.4f\n", pt.Replicas.Decode, pt.SLOAttainment)
-				})
-			if err != nil {
-				return fmt.Errorf("static-peak: %w", err)
-			}
-			n, detail := found.Replicas.Decode, fmt.Sprintf("fewest fixed replicas with attainment >= %g: %d", c.target, found.Replicas.Decode)
-			if !found.Found {
-				n, detail = c.fixed, fmt.Sprintf("no count up to %d reaches %g", c.fixed, c.target)
-			}
-			cfg := base
-			cfg.Engines = n
-			if _, err := runOne("static-peak", detail, cfg); err != nil {
-				return err
-			}
-		}
-	}
-	if slices.Contains(c.policies, "lower-bound") {
-		if boundRecs == nil {
-			// The bound reads the token counts of the fixed fleet at the
-			// maximum, whether or not it is reported: the same for every
-			// comparison of the workload.
-			cfg := base
-			cfg.Engines = c.fixed
-			res, err := plan.Run(ctx, cfg, j.w.Source())
-			if err != nil {
-				return fmt.Errorf("lower-bound: %w", err)
-			}
-			boundRecs = res.Records
-		}
-		lb, err := plan.ComputeLowerBound(boundRecs, c.slo, base.Profile, c.window)
-		if err != nil {
-			return err
-		}
-		rep.Policies = append(rep.Policies, plan.PolicyOfBound(lb))
-		fmt.Fprintf(out, "lower-bound: %.0f GPU-seconds, peak %d\n", lb.GPUSeconds, lb.Peak)
-	}
-	if err := plan.WriteAutoscaling(j.out, rep); err != nil {
-		return err
-	}
-	if err := bench.WriteReport(j.out, append(runs, j.include...)); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(j.out, replicasCSV), csv.Bytes(), 0o644); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "autoscaling: %s\n", filepath.Join(j.out, plan.AutoscalingMD))
-	return nil
-}
-
-// autoscalerClassName is the SLO autoscaler's Knative class.
-const autoscalerClassName = "slo.autoscaling.llm-d.ai"

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -188,7 +189,7 @@ func TestPlanSLOAutoscalerReportsReplicaSeconds(t *testing.T) {
 func TestPlanComparesAutoscalers(t *testing.T) {
 	dir := t.TempDir()
 	out, err := runPlan(t, "--dataset", "shared-prefix", "--rate", "6", "--max-requests", "40", "--routing", "least-request",
-		"--autoscaler", "fixed,slo,kpa,static-peak,lower-bound", "--kpa-target", "4,16", "--engines", "3", "--startup-delay", "2s",
+		"--autoscaler", "fixed,slo,kpa,static-peak,lower-bound,clairvoyant", "--kpa-target", "4,16", "--engines", "3", "--startup-delay", "2s",
 		"--slo-ttft", "5s", "--slo-tpot", "100ms", "--target-attainment", "0.9", "--out", dir)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
@@ -207,12 +208,15 @@ func TestPlanComparesAutoscalers(t *testing.T) {
 		names = append(names, p.Policy)
 		gpu[p.Policy] = p.GPUSeconds
 	}
-	if want := "fixed,slo,kpa-4,kpa-16,static-peak,lower-bound"; strings.Join(names, ",") != want {
+	if want := "fixed,slo,kpa-4,kpa-16,static-peak,instant-bound,clairvoyant"; strings.Join(names, ",") != want {
 		t.Fatalf("policies %v, want %s", names, want)
 	}
 	// The bound is in the load functions' terms (pkg/plan tests it against
 	// every policy); here it must lie under the fixed fleet of the maximum.
-	if gpu["lower-bound"] <= 0 || gpu["lower-bound"] > gpu["fixed"] || gpu["static-peak"] > gpu["fixed"] {
+	// The clairvoyant bound pays cold starts and the grace the instant one
+	// does not.
+	if gpu["instant-bound"] <= 0 || gpu["instant-bound"] > gpu["fixed"] || gpu["static-peak"] > gpu["fixed"] ||
+		gpu["clairvoyant"] < gpu["instant-bound"] {
 		t.Errorf("GPU-seconds %v", gpu)
 	}
 	if rep.Percentile != 90 || rep.TTFT != 5 || rep.TPOT != 0.1 {
@@ -229,7 +233,49 @@ func TestPlanComparesAutoscalers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(sum.Runs) != 5 {
-		t.Errorf("%d runs in the report, want 5 (the bound is no run)", len(sum.Runs))
+	if len(sum.Runs) != 6 {
+		t.Errorf("%d runs in the report, want 6 (the instant bound is no run; the clairvoyant one is replayed)", len(sum.Runs))
 	}
+}
+
+// --slo-percentile reaches the SLO decider and changes what it provisions:
+// with a cold start it keeps headroom for the burst at the percentile
+// (autoscaler.BurstHeadroom), more at p99 than at p90 for the same load
+// (pkg/autoscaler tests that); over a run the provisioning differs, not
+// always upwards (a fleet scaled up earlier drains its queue sooner).
+func TestPlanPercentileChangesTheSLODecider(t *testing.T) {
+	gpu := map[string]float64{}
+	for _, pct := range []string{"90", "99"} {
+		dir := t.TempDir()
+		out, err := runPlan(t, "--dataset", "shared-prefix", "--rate", "12", "--max-requests", "120", "--routing", "least-request",
+			"--autoscaler", "slo,instant-bound", "--engines", "8", "--startup-delay", "5s",
+			"--slo-ttft", "2s", "--slo-tpot", "100ms", "--slo-percentile", pct, "--out", dir)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		data, err := os.ReadFile(filepath.Join(dir, plan.AutoscalingJSON))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep plan.AutoscalingReport
+		if err := json.Unmarshal(data, &rep); err != nil {
+			t.Fatal(err)
+		}
+		if rep.Percentile != mustFloat(t, pct) {
+			t.Fatalf("report at p%v", rep.Percentile)
+		}
+		gpu[pct] = rep.Policies[0].GPUSeconds
+	}
+	if gpu["99"] == gpu["90"] {
+		t.Fatalf("SLO decider GPU-seconds at p90 and p99 both %.1f: the percentile changed nothing", gpu["90"])
+	}
+}
+
+func mustFloat(t *testing.T, s string) float64 {
+	t.Helper()
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

@@ -92,6 +92,14 @@ type Config struct {
 	CorrectionMin       float64 `json:"correctionMin"`
 	CorrectionMax       float64 `json:"correctionMax"`
 
+	// ColdStart is how long a new replica takes to become ready. When
+	// positive, the decider provisions for the load that may arrive while
+	// one starts at the SLO percentile, not for its mean: arrivals over
+	// ColdStart are counted as Poisson, and the load is scaled by
+	// q_p(N)/N, N the mean arrivals in ColdStart and q_p its p-quantile
+	// (BurstHeadroom). 0 plans for the mean (Knative's way).
+	ColdStart time.Duration `json:"coldStart,omitempty"`
+
 	// Advisory marks recommendations as advice (llm-d.ai/autoscaler-mode:
 	// advise): the decider computes them the same way; the caller does not
 	// act on them.
@@ -160,6 +168,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ScaleDownDelay < 0 {
 		bad("scaleDownDelay", "must not be negative, got %v", c.ScaleDownDelay)
+	}
+	if c.ColdStart < 0 {
+		bad("coldStart", "must not be negative, got %v", c.ColdStart)
 	}
 	if c.ScaleToZeroGracePeriod < 0 {
 		bad("scaleToZeroGracePeriod", "must not be negative, got %v", c.ScaleToZeroGracePeriod)

@@ -203,6 +203,16 @@ func (d *Decider) Scale(now time.Time, in Input) Recommendation {
 		arrived = needOf(l.ArrivedPromptTokensPerSecond*uncachedPerReq/max(d.prompt, 1), a*d.output)
 	}
 
+	// At the SLO percentile, the load that may arrive while a replica
+	// cold-starts (BurstHeadroom; 1 without ColdStart).
+	if h := BurstHeadroom(max(l.Arrivals(), l.Requests()), d.cfg.ColdStart, d.cfg.SLO.Percentile); h > 1 {
+		for _, n := range []*need{&done, &arrived} {
+			n.prefill *= h
+			n.decode *= h
+			n.interference *= h
+		}
+	}
+
 	rec := Recommendation{At: now, Advisory: d.cfg.Advisory, PrefillCapacity: pc, DecodeCapacity: dc}
 	active := l.active()
 	if !d.cfg.Disaggregated {

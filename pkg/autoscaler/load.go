@@ -536,3 +536,27 @@ func (c *chain) over(t float64) float64 {
 	}
 	return math.Min(miss, 1)
 }
+
+// BurstHeadroom is the factor by which a load of rate arrivals/s is
+// scaled so that it covers the arrivals of the next horizon at the SLO
+// percentile rather than on average: with N = rate x horizon arrivals
+// expected (Poisson), the p-quantile is about N + z_p sqrt(N) (the normal
+// approximation, z_p the standard normal quantile), so the factor is 1 +
+// z_p / sqrt(N), at most 1 + z_p (one arrival expected, or fewer: the
+// replica a single request needs is there anyway). It is 1 with no
+// horizon, no rate, or a percentile at or below the median.
+//
+// This is where the percentile acts at the loads the published traces
+// have: the queueing tail of PrefillLoadFunction is far inside a TTFT
+// target of seconds, and the colocated TPOT model's tail inside a chunk
+// budget chosen for the TPOT target, so at p90 and p99 both plan the same
+// replicas; what the percentile buys is headroom against the burst that
+// arrives while a new replica cold-starts.
+func BurstHeadroom(rate float64, horizon time.Duration, percentile float64) float64 {
+	n := rate * horizon.Seconds()
+	if !(n > 0) || math.IsInf(n, 0) || !(percentile > 50 && percentile < 100) {
+		return 1
+	}
+	z := math.Sqrt2 * math.Erfinv(2*percentile/100-1)
+	return 1 + z/math.Sqrt(max(n, 1))
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
@@ -91,7 +92,11 @@ type EngineConfig struct {
 	BlockSize           int
 	MaxNumSeqs          int
 	MaxNumBatchedTokens int
-	MaxModelLen         int
+	// PrefillMaxNumBatchedTokens is the prefill engines' budget when it
+	// differs (a chosen budget: prefill engines have no TPOT to protect);
+	// 0 means MaxNumBatchedTokens.
+	PrefillMaxNumBatchedTokens int
+	MaxModelLen                int
 	// NumBlocks overrides the KV capacity derived from the profile.
 	NumBlocks int
 	Policy    engine.Policy
@@ -172,7 +177,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("stale-after must be positive, got %s", c.StaleAfter)
 	case c.ScaleInterval <= 0:
 		return fmt.Errorf("scale interval must be positive, got %s", c.ScaleInterval)
-	case c.Engine.BlockSize < 0 || c.Engine.MaxNumSeqs < 0 || c.Engine.MaxNumBatchedTokens < 0 ||
+	case c.Engine.BlockSize < 0 || c.Engine.MaxNumSeqs < 0 || c.Engine.MaxNumBatchedTokens < 0 || c.Engine.PrefillMaxNumBatchedTokens < 0 ||
 		c.Engine.MaxModelLen < 0 || c.Engine.NumBlocks < 0:
 		return errors.New("engine limits must not be negative")
 	}
@@ -213,6 +218,9 @@ func (c *Config) Validate() error {
 // engineConfig is the configuration of one engine.
 func (c *Config) engineConfig(role engine.Role, seed uint64, kvEvents bool) engine.Config {
 	e := c.Engine
+	if role == engine.RolePrefill && e.PrefillMaxNumBatchedTokens > 0 {
+		e.MaxNumBatchedTokens = e.PrefillMaxNumBatchedTokens
+	}
 	return engine.Config{
 		Profile:             c.Profile,
 		Role:                role,
@@ -244,4 +252,26 @@ func RouterConfigFor(blockSize int, hashSeed uint64) (*router.Config, error) {
 		return nil, err
 	}
 	return router.ParseConfig(doc)
+}
+
+// ChooseStepBudget resolves a --max-num-batched-tokens value for engines
+// of prof: a token count as given, or "auto": engine.StepBudgetFor from
+// the TPOT target (decode engines' when disaggregated), as the webhook
+// and kn-llmd local choose it, with prefill engines' own budget. It
+// returns the budgets and the reason.
+func ChooseStepBudget(value string, prof *engine.Profile, tpot time.Duration, disaggregated bool) (budget, prefill int, reason string, err error) {
+	if value != "auto" {
+		n, err := strconv.Atoi(value)
+		if err != nil || n < 1 {
+			return 0, 0, "", fmt.Errorf("must be auto or a positive token count, got %q", value)
+		}
+		return n, 0, "given", nil
+	}
+	role := engine.RoleBoth
+	if disaggregated {
+		role = engine.RoleDecode
+		prefill = prof.StepBudgetFor(engine.RolePrefill, tpot).MaxNumBatchedTokens
+	}
+	b := prof.StepBudgetFor(role, tpot)
+	return b.MaxNumBatchedTokens, prefill, b.Reason, nil
 }

@@ -11,8 +11,9 @@ import (
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 )
 
-// LowerBound is the offline optimum of an autoscaler that knows the whole
-// trace: per window, the fewest replicas whose load functions (the SLO
+// LowerBound (the "instant bound") is the offline optimum of an
+// autoscaler that knows the whole trace and whose replicas start and stop
+// instantly, scale-to-zero grace included: per window, the fewest replicas whose load functions (the SLO
 // decider's, pkg/autoscaler) cover the load that arrived in the window,
 // with no cold start and no hysteresis. No online policy that plans with
 // the same load functions provisions less.
@@ -28,6 +29,8 @@ type LowerBound struct {
 	// ScaleEvents counts the windows whose count differs from the previous
 	// window's.
 	ScaleEvents int `json:"scaleEvents"`
+	// End is the end of the last window (the last answer).
+	End time.Duration `json:"end"`
 }
 
 // ComputeLowerBound computes the lower bound of a run's records for
@@ -93,6 +96,7 @@ func ComputeLowerBound(recs []bench.Record, a autoscaler.Config, prof engine.Pro
 			at(k).decode += per * (hi - lo).Seconds()
 		}
 	}
+	lb.End = end
 	if n := len(loads); n > 0 {
 		if cut := (end - time.Duration(n-1)*window).Seconds(); cut > 0 && cut < loads[n-1].sec {
 			loads[n-1].sec = cut

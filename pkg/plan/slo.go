@@ -168,6 +168,7 @@ func (c *Config) AutoscalerConfig(lo, hi Replicas) autoscaler.Config {
 		a.MaxNumSeqs = c.Engine.MaxNumSeqs
 	}
 	a.MaxNumBatchedTokens = c.budget()
+	a.PrefillMaxNumBatchedTokens = c.Engine.PrefillMaxNumBatchedTokens
 	a.Decode = autoscaler.Bounds{MinScale: lo.Decode, MaxScale: hi.Decode}
 	if c.pd() {
 		a.Disaggregated = true
