@@ -74,9 +74,9 @@ func burstyTrace(seed uint64) workload.Source {
 	r := rand.New(rand.NewPCG(seed, seed^0x5eed))
 	var reqs []workload.Request
 	at := time.Duration(0)
-	for range 3 {
+	for range 2 {
 		rate := 2 + 20*r.Float64()
-		end := at + time.Duration(5+r.IntN(15))*time.Second
+		end := at + time.Duration(5+r.IntN(10))*time.Second
 		for ; at < end; at += time.Duration(float64(time.Second) * r.ExpFloat64() / rate) {
 			reqs = append(reqs, workload.NewRequest(len(reqs), at, tokens(stepPrompt, uint32(len(reqs)+1)), stepOutput))
 		}
@@ -124,7 +124,7 @@ func TestClairvoyantBoundIsBelowEveryPolicy(t *testing.T) {
 			return c
 		}
 		policies := map[string]Config{}
-		for _, n := range []int{1, 2, sloMax} {
+		for _, n := range []int{1, 2} {
 			c := base
 			c.Engines = n
 			policies["fixed-"+string(rune('0'+n))] = c
@@ -138,7 +138,7 @@ func TestClairvoyantBoundIsBelowEveryPolicy(t *testing.T) {
 			}
 			policies["slo-p"+string(rune('0'+int(pct)/10))+string(rune('0'+int(pct)%10))] = auto(sc)
 		}
-		for _, target := range []float64{2, 8, 32} {
+		for _, target := range []float64{2, 16} {
 			kpa, err := NewKPAScaler(KPAConfig{Target: target, MaxScale: sloMax, ScaleToZeroGrace: sloGrace})
 			if err != nil {
 				t.Fatal(err)
