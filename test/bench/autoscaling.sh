@@ -47,7 +47,7 @@ path: $DATA/mooncake/synthetic_trace.jsonl
 YAML
 
 common=(--routing default --profile llama-3.1-8b-h100 --startup-delay 10s --scale-to-zero-grace 30s
-  --slo-ttft 2s --slo-tpot 100ms --slo-percentile 90 --instant-bound,clairvoyant-window 10s)
+  --slo-ttft 2s --slo-tpot 100ms --slo-percentile 90 --lower-bound-window 10s)
 # Knative's defaults (panic at 200 %, no scale-down delay) and a tuned
 # setting (panic at 500 %, 60 s scale-down delay), the same for both
 # autoscalers.
