@@ -161,7 +161,7 @@ func (a *Activator) UpsertRevision(cfg RevisionConfig) error {
 	if err != nil {
 		return fmt.Errorf("activator: revision %s: %w", cfg.Key, err)
 	}
-	a.preloadTokenizer(&cfg.Spec)
+	a.preloadTokenizer(cfg.Key, &cfg.Spec)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if old, ok := a.revs[cfg.Key]; ok {

@@ -66,14 +66,31 @@ func (a *Activator) nativeDir(spec *apis.Spec) (string, bool) {
 
 // preloadTokenizer starts loading a revision's native tokenizer in the
 // background (a second or more for a large tokenizer.json), so that its
-// first request does not wait for it.
-func (a *Activator) preloadTokenizer(spec *apis.Spec) {
-	if spec.Tokenizer != apis.TokenizerAuto && spec.Tokenizer != apis.TokenizerNative {
+// first request does not wait for it, and logs which tokenizer the
+// revision uses: the estimate is named as approximate.
+func (a *Activator) preloadTokenizer(key RevisionKey, spec *apis.Spec) {
+	log := a.opts.Logger.With("revision", key.String(), "model", spec.Model)
+	switch spec.Tokenizer {
+	case apis.TokenizerEstimate:
+		log.Info("tokenizer: estimate (approximate token ids)")
+		return
+	case apis.TokenizerEngine:
+		log.Info("tokenizer: engine (the pods' own, over HTTP)")
 		return
 	}
-	if dir, ok := a.nativeDir(spec); ok {
-		go func() { _, _ = a.tokenizers.Get(dir) }()
+	dir, ok := a.nativeDir(spec)
+	if !ok {
+		log.Info("tokenizer: estimate (approximate token ids): no tokenizer files for the model", "tokenizerDir", a.opts.TokenizerDir)
+		return
 	}
+	go func() {
+		tk, err := a.tokenizers.Get(dir)
+		if err != nil {
+			log.Warn("tokenizer: estimate (approximate token ids): tokenizer files unusable", "dir", dir, "err", err)
+			return
+		}
+		log.Info("tokenizer: native", "dir", dir, "vocabSize", tk.VocabSize())
+	}()
 }
 
 func (a *Activator) warnTokenizer(key, msg string, args ...any) {
