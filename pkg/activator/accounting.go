@@ -2,8 +2,10 @@ package activator
 
 import (
 	"bytes"
-	"encoding/json"
+	"strconv"
 	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/jsonscan"
 )
 
 // Usage is the OpenAI usage block of an answer.
@@ -36,7 +38,7 @@ type Meter struct {
 	events    int
 	usage     *Usage
 	line      []byte
-	body      []byte
+	body      *buffer
 	streaming bool
 }
 
@@ -51,7 +53,9 @@ func NewMeter(start time.Time, streaming bool, now func() time.Time) *Meter {
 // Status records the upstream status code.
 func (m *Meter) Status(code int) { m.code = code }
 
-// Chunk records a piece of the body.
+// Chunk records a piece of the body. A non-streamed answer is kept (in a
+// pooled buffer, up to 1 MiB) for its usage; a stream is read line by line
+// as it passes, a line copied only when it spans two chunks.
 func (m *Meter) Chunk(b []byte) {
 	t := m.now()
 	if m.first.IsZero() {
@@ -59,8 +63,11 @@ func (m *Meter) Chunk(b []byte) {
 	}
 	m.last = t
 	if !m.streaming {
-		if len(m.body)+len(b) <= maxMeteredBody {
-			m.body = append(m.body, b...)
+		if m.body == nil {
+			m.body = getBuffer()
+		}
+		if len(m.body.b)+len(b) <= maxMeteredBody {
+			m.body.b = append(m.body.b, b...)
 		}
 		return
 	}
@@ -72,9 +79,13 @@ func (m *Meter) Chunk(b []byte) {
 			}
 			return
 		}
-		m.line = append(m.line, b[:i]...)
-		m.event(m.line)
-		m.line = m.line[:0]
+		if len(m.line) == 0 {
+			m.event(b[:i])
+		} else {
+			m.line = append(m.line, b[:i]...)
+			m.event(m.line)
+			m.line = m.line[:0]
+		}
 		b = b[i+1:]
 	}
 }
@@ -89,14 +100,66 @@ func (m *Meter) event(line []byte) {
 		return
 	}
 	m.events++
+	// Only the events that carry a usage object are parsed: with
+	// include_usage, the last one.
 	if bytes.Contains(data, []byte(`"usage":{`)) || bytes.Contains(data, []byte(`"usage": {`)) {
-		var c struct {
-			Usage *Usage `json:"usage"`
-		}
-		if json.Unmarshal(data, &c) == nil && c.Usage != nil {
-			m.usage = c.Usage
+		if u := usageOf(data); u != nil {
+			m.usage = u
 		}
 	}
+}
+
+// usageOf reads the usage object of an answer or a stream event (nil when
+// it has none or is not JSON), skipping everything else without decoding it.
+func usageOf(doc []byte) *Usage {
+	i := jsonscan.Space(doc, 0)
+	var u *Usage
+	_, err := jsonscan.Object(doc, i, func(f jsonscan.Member) (int, error) {
+		if string(f.Key) != "usage" || doc[f.Value] != '{' {
+			return jsonscan.Skip(doc, f.Value)
+		}
+		u = &Usage{}
+		return jsonscan.Object(doc, f.Value, func(g jsonscan.Member) (int, error) {
+			switch string(g.Key) {
+			case "prompt_tokens":
+				return intField(doc, g.Value, &u.PromptTokens)
+			case "completion_tokens":
+				return intField(doc, g.Value, &u.CompletionTokens)
+			case "total_tokens":
+				return intField(doc, g.Value, &u.TotalTokens)
+			case "prompt_tokens_details":
+				if doc[g.Value] != '{' {
+					return jsonscan.Skip(doc, g.Value)
+				}
+				u.Details = &struct {
+					CachedTokens int `json:"cached_tokens"`
+				}{}
+				return jsonscan.Object(doc, g.Value, func(h jsonscan.Member) (int, error) {
+					if string(h.Key) == "cached_tokens" {
+						return intField(doc, h.Value, &u.Details.CachedTokens)
+					}
+					return jsonscan.Skip(doc, h.Value)
+				})
+			}
+			return jsonscan.Skip(doc, g.Value)
+		})
+	})
+	if err != nil {
+		return nil
+	}
+	return u
+}
+
+// intField reads a non-negative integer count; anything else leaves *dst
+// alone.
+func intField(doc []byte, v int, dst *int) (int, error) {
+	end, err := jsonscan.Skip(doc, v)
+	if err == nil {
+		if n, perr := strconv.Atoi(string(doc[v:end])); perr == nil && n >= 0 {
+			*dst = n
+		}
+	}
+	return end, err
 }
 
 // Result is what the meter measured once the answer is complete.
@@ -119,13 +182,10 @@ func (m *Meter) Finish() Result {
 	if !m.first.IsZero() {
 		r.TTFB = m.first.Sub(m.start)
 	}
-	if !m.streaming && len(m.body) > 0 {
-		var c struct {
-			Usage *Usage `json:"usage"`
-		}
-		if json.Unmarshal(m.body, &c) == nil {
-			m.usage = c.Usage
-		}
+	if m.body != nil {
+		m.usage = usageOf(m.body.b)
+		m.body.release()
+		m.body = nil
 	}
 	r.Usage = m.usage
 	return r

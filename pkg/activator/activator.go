@@ -430,6 +430,7 @@ func (a *Activator) byHost(host string) (*revision, string) {
 type call struct {
 	start   time.Time
 	req     *LLMRequest
+	body    *buffer // holds the client's bytes, which req refers to
 	rev     *revision
 	tagTier string
 	tier    Tier
@@ -453,23 +454,34 @@ func (a *Activator) llm(kind string) http.Handler {
 						http.HandlerFunc(a.route))))))
 }
 
-// readBody reads the body once, within the size limit, and parses and
-// tokenizes it once.
+// readBody reads the body once, within the size limit, into a pooled
+// buffer that lives until the request is answered, and parses and
+// tokenizes it once. A declared Content-Length over the limit is refused
+// before anything is read.
 func (a *Activator) readBody(kind string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := &call{start: a.opts.Now(), code: http.StatusOK}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.opts.MaxBodyBytes))
-		if err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
-				writeError(w, http.StatusRequestEntityTooLarge, errorType(413),
-					fmt.Sprintf("request body over the limit of %d bytes", a.opts.MaxBodyBytes))
+		tooBig := func() {
+			writeError(w, http.StatusRequestEntityTooLarge, errorType(413),
+				fmt.Sprintf("request body over the limit of %d bytes", a.opts.MaxBodyBytes))
+		}
+		if r.ContentLength > a.opts.MaxBodyBytes {
+			tooBig()
+			return
+		}
+		c.body = getBuffer()
+		defer c.body.release()
+		if err := c.body.readFrom(http.MaxBytesReader(w, r.Body, a.opts.MaxBodyBytes), r.ContentLength); err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				tooBig()
 				return
 			}
 			writeError(w, http.StatusBadRequest, "BadRequestError", "could not read the request body: "+err.Error())
 			return
 		}
-		if c.req, err = ParseLLMRequest(kind, body); err != nil {
+		var err error
+		if c.req, err = ParseLLMRequest(kind, c.body.b); err != nil {
 			a.fail(w, err)
 			return
 		}
@@ -528,7 +540,11 @@ func (a *Activator) countRequests(next http.Handler) http.Handler {
 		c := callOf(r)
 		c.rev.stats.arrive(c.tier.Name, len(c.req.Tokens))
 		defer func() {
-			a.metrics.Requests.WithLabelValues(c.rev.key.String(), c.tier.Name, strconv.Itoa(c.code)).Inc()
+			if tm := c.rev.m.tiers[c.tier.Name]; c.code == http.StatusOK && tm != nil {
+				tm.ok.Inc()
+			} else {
+				a.metrics.Requests.WithLabelValues(c.rev.name, c.tier.Name, strconv.Itoa(c.code)).Inc()
+			}
 		}()
 		next.ServeHTTP(w, r)
 	})
@@ -541,10 +557,11 @@ func (a *Activator) flowControl(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := callOf(r)
 		rev, m := c.rev, a.metrics
-		revName := rev.key.String()
-		m.Queued.WithLabelValues(revName, c.tier.Name).Inc()
+		revName := rev.name
+		tm := rev.m.tiers[c.tier.Name]
+		tm.queued.Inc()
 		release, err := rev.flow.Acquire(r.Context(), c.tier, int64(c.req.Size))
-		m.Queued.WithLabelValues(revName, c.tier.Name).Dec()
+		tm.queued.Dec()
 		if err != nil {
 			var rej *RejectError
 			if errors.As(err, &rej) {
@@ -561,7 +578,7 @@ func (a *Activator) flowControl(next http.Handler) http.Handler {
 			return
 		}
 		defer release()
-		m.QueueTime.WithLabelValues(revName, c.tier.Name).Observe(a.opts.Now().Sub(c.start).Seconds())
+		tm.queueTime.Observe(a.opts.Now().Sub(c.start).Seconds())
 		next.ServeHTTP(w, r)
 	})
 }
@@ -580,12 +597,12 @@ func (a *Activator) fail(w http.ResponseWriter, err error) {
 // for the answer.
 func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 	c := callOf(r)
-	rev, tier, req, start, m := c.rev, c.tier, c.req, c.start, a.metrics
-	revName := rev.key.String()
+	rev, tier, req, m := c.rev, c.tier, c.req, a.metrics
+	revName := rev.name
 	ctx := r.Context()
 	stripUsage := askUsage(req)
 	if rev.config().PriorityScheduling {
-		req.Fields["priority"] = json.RawMessage(strconv.Itoa(a.opts.Tiers.VLLMPriority(tier)))
+		req.Set("priority", strconv.AppendInt(nil, int64(a.opts.Tiers.VLLMPriority(tier)), 10))
 	}
 	rreq := router.Request{Model: req.Model, Tier: tier.Name, Tokens: req.Tokens, ExpectedOutput: req.MaxTokens}
 	var d router.Decision
@@ -593,7 +610,7 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 	var lastErr error
 	for attempt := 0; attempt < a.opts.MaxAttempts; attempt++ {
 		if attempt > 0 {
-			m.Retries.WithLabelValues(revName).Inc()
+			rev.m.retries.Inc()
 		}
 		eps := rev.snapshot(nil, exclude)
 		t0 := time.Now()
@@ -603,7 +620,7 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 			lastErr = err
 			break
 		}
-		res, err := a.attempt(w, r, rev, req, &d, eps, start, stripUsage)
+		res, err := a.attempt(w, r, c, &d, eps, stripUsage)
 		if err == nil {
 			c.code = res.Code
 			a.account(rev, tier, &d, res)
@@ -638,8 +655,9 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 }
 
 // attempt sends the request to the decided endpoint(s) once.
-func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, rev *revision, req *LLMRequest, d *router.Decision, eps []router.Endpoint, start time.Time, stripUsage bool) (Result, error) {
-	revName := rev.key.String()
+func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, c *call, d *router.Decision, eps []router.Endpoint, stripUsage bool) (Result, error) {
+	rev, req, start := c.rev, c.req, c.start
+	revName := rev.name
 	path := "/v1/completions"
 	if req.Kind == KindChat {
 		path = "/v1/chat/completions"
@@ -648,32 +666,36 @@ func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, rev *revisio
 	if decode == nil {
 		return Result{}, &RetryableError{Endpoint: d.DecodeID, Err: errNoPod}
 	}
-	var extra map[string]json.RawMessage
+	var extra []Edit
 	prefilled := 0
 	if d.Disaggregated {
 		if pre := rev.pod(d.PrefillID); pre != nil {
 			pre.inflight.Add(1)
-			res, err := a.opts.Proxy.Prefill(r.Context(), r, pre.spec.URL, path, req.Fields)
+			res, err := a.opts.Proxy.Prefill(r.Context(), r, pre.spec.URL, path, req)
 			pre.inflight.Add(-1)
 			if err == nil {
-				extra = map[string]json.RawMessage{"kv_transfer_params": res.KVTransferParams}
+				extra = []Edit{{Key: "kv_transfer_params", Value: res.KVTransferParams}}
 				prefilled = res.CachedTokens
-				a.metrics.PDDecisions.WithLabelValues(revName, "disaggregated").Inc()
+				rev.m.disaggregated.Inc()
 			} else {
 				if r.Context().Err() != nil {
 					return Result{}, r.Context().Err()
 				}
 				a.opts.Logger.Info("prefill failed, decoding alone", "revision", revName, "prefill", d.PrefillID, "err", err)
-				a.metrics.PDDecisions.WithLabelValues(revName, "fallback").Inc()
+				rev.m.pdFallback.Inc()
 				d.Disaggregated = false
 			}
 		}
 	} else {
-		a.metrics.PDDecisions.WithLabelValues(revName, "decode_only").Inc()
+		rev.m.decodeOnly.Inc()
 	}
-	body, err := req.Body(extra)
-	if err != nil {
-		return Result{}, err
+	// The client's bytes as they are, or once copied with the edits.
+	body, owner := req.RawBody(), c.body
+	if body == nil || len(extra) > 0 {
+		owner = getBuffer()
+		defer owner.release()
+		owner.b = req.AppendBody(owner.b, extra...)
+		body = owner.b
 	}
 	uncached := int64(max(d.PromptTokens-max(d.PrefixHitTokens, 0), 0))
 	decode.inflight.Add(1)
@@ -685,7 +707,7 @@ func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, rev *revisio
 		w.Header().Set(RouteHeader, d.Explain(eps, 3))
 	}
 	filter := &usageFilter{ResponseWriter: w, streaming: req.Stream, strip: stripUsage, rewrite: d.Disaggregated, cached: prefilled}
-	err = a.opts.Proxy.Forward(r.Context(), filter, r, decode.spec.URL, path, body, obs)
+	err := a.opts.Proxy.forward(r.Context(), filter, r, decode.spec.URL, path, body, owner, obs)
 	filter.close()
 	decode.inflight.Add(-1)
 	if !obs.seen {
@@ -730,25 +752,25 @@ func (f *firstByte) Chunk(b []byte) {
 
 // account records a finished request in metrics and revision stats.
 func (a *Activator) account(rev *revision, tier Tier, d *router.Decision, res Result) {
-	revName, m := rev.key.String(), a.metrics
+	m, tm := rev.m, rev.m.tiers[tier.Name]
 	done := requestDone{tier: tier.Name, failed: res.Code >= 400, usage: res.Usage, predictedCached: d.PrefixHitTokens,
 		disaggregated: d.Disaggregated, at: a.opts.Now()}
 	if res.Code < 400 {
 		if res.Streaming && res.TTFB > 0 {
-			m.TTFT.WithLabelValues(revName, tier.Name).Observe(res.TTFB.Seconds())
+			tm.ttft.Observe(res.TTFB.Seconds())
 			done.ttft = res.TTFB
 		}
 		if tpot, ok := res.TPOT(); ok {
-			m.TPOT.WithLabelValues(revName, tier.Name).Observe(tpot.Seconds())
+			tm.tpot.Observe(tpot.Seconds())
 			done.tpot = tpot
 		}
 		if u := res.Usage; u != nil {
-			m.Tokens.WithLabelValues(revName, "prompt").Add(float64(u.PromptTokens))
-			m.Tokens.WithLabelValues(revName, "completion").Add(float64(u.CompletionTokens))
-			m.Tokens.WithLabelValues(revName, "cached").Add(float64(u.CachedTokens()))
+			m.prompt.Add(float64(u.PromptTokens))
+			m.completion.Add(float64(u.CompletionTokens))
+			m.cached.Add(float64(u.CachedTokens()))
 		}
 		if d.PrefixHitTokens > 0 {
-			m.PredictedCached.WithLabelValues(revName).Add(float64(d.PrefixHitTokens))
+			m.predicted.Add(float64(d.PrefixHitTokens))
 		}
 	}
 	rev.stats.record(done)

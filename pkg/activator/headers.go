@@ -48,6 +48,17 @@ func SanitizeInbound(h http.Header) []string {
 	return removed
 }
 
+// hasHopHeaders reports whether h holds a hop-by-hop header (canonical
+// keys, as net/http parses them), so that the common case needs no copy.
+func hasHopHeaders(h http.Header) bool {
+	for _, name := range hopHeaders {
+		if _, ok := h[name]; ok {
+			return true
+		}
+	}
+	return false
+}
+
 func removeHopHeaders(h http.Header) {
 	for _, v := range h.Values("Connection") {
 		for _, f := range strings.Split(v, ",") {

@@ -55,3 +55,42 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.PDDecisions, m.Rejected, m.Retries, m.Queued)
 	return m
 }
+
+// revMetrics are one revision's metric children, resolved once when the
+// revision is created, so that a request does not look its labels up.
+type revMetrics struct {
+	tiers                                 map[string]*tierMetrics
+	prompt, completion, cached, predicted prometheus.Counter
+	retries                               prometheus.Counter
+	disaggregated, decodeOnly, pdFallback prometheus.Counter
+}
+
+// tierMetrics are a revision's children for one SLO tier.
+type tierMetrics struct {
+	ok                    prometheus.Counter // requests_total with code 200
+	queued                prometheus.Gauge
+	queueTime, ttft, tpot prometheus.Observer
+}
+
+func (m *Metrics) forRevision(rev string, tiers []string) *revMetrics {
+	r := &revMetrics{tiers: make(map[string]*tierMetrics, len(tiers)),
+		prompt:        m.Tokens.WithLabelValues(rev, "prompt"),
+		completion:    m.Tokens.WithLabelValues(rev, "completion"),
+		cached:        m.Tokens.WithLabelValues(rev, "cached"),
+		predicted:     m.PredictedCached.WithLabelValues(rev),
+		retries:       m.Retries.WithLabelValues(rev),
+		disaggregated: m.PDDecisions.WithLabelValues(rev, "disaggregated"),
+		decodeOnly:    m.PDDecisions.WithLabelValues(rev, "decode_only"),
+		pdFallback:    m.PDDecisions.WithLabelValues(rev, "fallback"),
+	}
+	for _, t := range tiers {
+		r.tiers[t] = &tierMetrics{
+			ok:        m.Requests.WithLabelValues(rev, t, "200"),
+			queued:    m.Queued.WithLabelValues(rev, t),
+			queueTime: m.QueueTime.WithLabelValues(rev, t),
+			ttft:      m.TTFT.WithLabelValues(rev, t),
+			tpot:      m.TPOT.WithLabelValues(rev, t),
+		}
+	}
+	return r
+}

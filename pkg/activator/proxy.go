@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -51,20 +52,27 @@ type Observer interface {
 }
 
 // Forward sends body to base+path with the inbound request's headers and
-// streams the response to w, flushing after every read so that SSE events
-// reach the client as they are produced. A connection failure or a 503 from
-// the endpoint (a draining pod) before anything is written returns a
-// *RetryableError and writes nothing. Client cancellation cancels the
-// upstream request through ctx.
+// streams the response to w. A streamed answer (unknown length) is flushed
+// at the end of each line it brings, so that SSE events reach the client as
+// they are produced without a flush for every part of an event; an answer
+// of known length is not flushed (the server sends it as it fills). A
+// connection failure or a 503 from the endpoint (a draining pod) before
+// anything is written returns a *RetryableError and writes nothing. Client
+// cancellation cancels the upstream request through ctx.
 func (p *Proxy) Forward(ctx context.Context, w http.ResponseWriter, in *http.Request, base, path string, body []byte, obs Observer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(body))
+	return p.forward(ctx, w, in, base, path, body, nil, obs)
+}
+
+// forward is Forward with body held by owner (nil: not pooled), which the
+// transport keeps a reference to until it is done sending.
+func (p *Proxy) forward(ctx context.Context, w http.ResponseWriter, in *http.Request, base, path string, body []byte, owner *buffer, obs Observer) error {
+	sent := newSentBody(body, owner)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, sent)
 	if err != nil {
+		_ = sent.Close()
 		return fmt.Errorf("build upstream request: %w", err)
 	}
-	copyHeaders(req.Header, in.Header)
-	removeHopHeaders(req.Header)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Del("Content-Length")
+	req.Header = upstreamHeader(in.Header)
 	req.ContentLength = int64(len(body))
 	resp, err := p.Client.Do(req)
 	if err != nil {
@@ -82,16 +90,26 @@ func (p *Proxy) Forward(ctx context.Context, w http.ResponseWriter, in *http.Req
 		obs.Status(resp.StatusCode)
 	}
 	h := w.Header()
-	copyHeaders(h, resp.Header)
-	removeHopHeaders(h)
-	h.Del("Content-Length")
+	for k, vv := range resp.Header {
+		h[k] = vv // resp.Header is not used again: no copy
+	}
+	if hasHopHeaders(resp.Header) {
+		removeHopHeaders(h)
+	}
+	delete(h, "Content-Length")
 	if resp.ContentLength >= 0 {
-		h.Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+		h["Content-Length"] = []string{strconv.FormatInt(resp.ContentLength, 10)}
 	}
 	w.WriteHeader(resp.StatusCode)
-	rc := http.NewResponseController(w)
-	_ = rc.Flush()
-	buf := make([]byte, 32<<10)
+	streamed := resp.ContentLength < 0
+	sse := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	var rc *http.ResponseController
+	if streamed {
+		rc = http.NewResponseController(w)
+	}
+	bufp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bufp)
+	buf := *bufp
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
@@ -101,7 +119,9 @@ func (p *Proxy) Forward(ctx context.Context, w http.ResponseWriter, in *http.Req
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return fmt.Errorf("write to client: %w", werr)
 			}
-			_ = rc.Flush()
+			if streamed && (!sse || buf[n-1] == '\n') {
+				_ = rc.Flush()
+			}
 		}
 		if rerr == io.EOF {
 			return nil
@@ -115,10 +135,24 @@ func (p *Proxy) Forward(ctx context.Context, w http.ResponseWriter, in *http.Req
 	}
 }
 
-func copyHeaders(dst, src http.Header) {
-	for k, vv := range src {
-		dst[k] = append([]string(nil), vv...)
+// jsonContentType is shared by every upstream request (never modified).
+var jsonContentType = []string{"application/json"}
+
+// upstreamHeader is the header of an upstream request: the inbound one's
+// values (shared, not copied: neither side modifies them) without
+// hop-by-hop headers and Content-Length, as JSON.
+func upstreamHeader(in http.Header) http.Header {
+	h := make(http.Header, len(in)+1)
+	for k, vv := range in {
+		h[k] = vv
 	}
+	if hasHopHeaders(in) {
+		h = h.Clone()
+		removeHopHeaders(h)
+	}
+	delete(h, "Content-Length")
+	h["Content-Type"] = jsonContentType
+	return h
 }
 
 // prefillKVParams is what llm-d's routing sidecar sends a prefill pod: ask
@@ -136,32 +170,20 @@ type PrefillResult struct {
 // the prefill endpoint non-streaming with max_tokens 1 and
 // kv_transfer_params.do_remote_decode, and the kv_transfer_params of its
 // answer are returned for the decode request.
-func (p *Proxy) Prefill(ctx context.Context, in *http.Request, base, path string, body map[string]json.RawMessage) (*PrefillResult, error) {
-	pre := make(map[string]json.RawMessage, len(body)+2)
-	for k, v := range body {
-		pre[k] = v
+func (p *Proxy) Prefill(ctx context.Context, in *http.Request, base, path string, r *LLMRequest) (*PrefillResult, error) {
+	one := []byte("1")
+	edits := []Edit{{Key: "max_tokens", Value: one}, {Key: "stream", Value: []byte("false")},
+		{Key: "stream_options"}, {Key: "kv_transfer_params", Value: prefillKVParams}}
+	if _, ok := r.Field("max_completion_tokens"); ok {
+		edits = append(edits, Edit{Key: "max_completion_tokens", Value: one})
 	}
-	one := json.RawMessage("1")
-	pre["max_tokens"] = one
-	if _, ok := pre["max_completion_tokens"]; ok {
-		pre["max_completion_tokens"] = one
-	}
-	pre["stream"] = json.RawMessage("false")
-	delete(pre, "stream_options")
-	pre["kv_transfer_params"] = prefillKVParams
-	data, err := json.Marshal(pre)
-	if err != nil {
-		return nil, err
-	}
+	data := r.AppendBody(nil, edits...)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(data))
 	if err != nil {
 		return nil, err
 	}
-	copyHeaders(req.Header, in.Header)
-	removeHopHeaders(req.Header)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Del("Content-Length")
-	req.Header.Del("Accept")
+	req.Header = upstreamHeader(in.Header)
+	delete(req.Header, "Accept")
 	resp, err := p.Client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("prefill %s: %w", base, err)

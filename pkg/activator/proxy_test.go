@@ -147,16 +147,18 @@ func TestPrefillSpeaksVLLMProtocol(t *testing.T) {
 		fmt.Fprint(w, `{"choices":[{"text":"x","finish_reason":"length"}],"usage":{"prompt_tokens":100,"completion_tokens":1,"total_tokens":101,"prompt_tokens_details":{"cached_tokens":64}},"kv_transfer_params":{"do_remote_prefill":true,"remote_block_ids":[1,2],"remote_engine_id":"e","remote_host":"h","remote_port":1}}`)
 	}))
 	defer up.Close()
-	body := map[string]json.RawMessage{"model": json.RawMessage(`"m"`), "prompt": json.RawMessage(`"hi"`),
-		"max_tokens": json.RawMessage("50"), "stream": json.RawMessage("true"), "stream_options": json.RawMessage(`{"include_usage":true}`)}
-	res, err := NewProxy().Prefill(context.Background(), httptest.NewRequest(http.MethodPost, "/", nil), up.URL, "/v1/completions", body)
+	req, err := ParseLLMRequest(KindCompletion, []byte(`{"model":"m","prompt":"hi","max_tokens":50,"stream":true,"stream_options":{"include_usage":true}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := NewProxy().Prefill(context.Background(), httptest.NewRequest(http.MethodPost, "/", nil), up.URL, "/v1/completions", req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.CachedTokens != 64 || !strings.Contains(string(res.KVTransferParams), `"remote_block_ids":[1,2]`) {
 		t.Fatalf("prefill result %+v %s", res, res.KVTransferParams)
 	}
-	if string(body["max_tokens"]) != "50" {
+	if v, _ := req.Field("max_tokens"); string(v) != "50" {
 		t.Fatal("prefill modified the caller's body")
 	}
 }
@@ -166,8 +168,22 @@ func TestUsageIsAskedForAndHiddenFromClientsThatDidNot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !askUsage(req) || string(req.Fields["stream_options"]) != `{"include_usage":true}` {
-		t.Fatalf("stream_options %s", req.Fields["stream_options"])
+	if v, _ := req.Field("stream_options"); !askUsage(req) || string(req.AppendBody(nil)) != `{"prompt":"a","stream":true,"stream_options":{"include_usage":true}}` {
+		t.Fatalf("stream_options %s", v)
+	}
+	for in, want := range map[string]string{
+		`{"include_usage":false,"continuous_usage_stats":true}`: `{"include_usage":true,"continuous_usage_stats":true}`,
+		`{ "continuous_usage_stats":true }`:                     `{"include_usage":true, "continuous_usage_stats":true }`,
+		`{}`:                                                    `{"include_usage":true}`,
+		`null`:                                                  `{"include_usage":true}`,
+	} {
+		req, _ := ParseLLMRequest(KindCompletion, []byte(`{"prompt":"a","stream":true,"stream_options":`+in+`}`))
+		if v, _ := req.Field("stream_options"); !askUsage(req) {
+			t.Fatalf("%s: not asked (%s)", in, v)
+		}
+		if v, _ := req.Field("stream_options"); string(v) != want {
+			t.Fatalf("stream_options %s became %s, want %s", in, v, want)
+		}
 	}
 	asked, _ := ParseLLMRequest(KindCompletion, []byte(`{"prompt":"a","stream":true,"stream_options":{"include_usage":true}}`))
 	if askUsage(asked) {

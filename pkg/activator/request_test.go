@@ -1,6 +1,7 @@
 package activator
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -19,7 +20,7 @@ func TestParseLLMRequest(t *testing.T) {
 	if r.Model != "m" || !r.Stream || r.MaxTokens != 20 || len(r.Tokens) != len(want) {
 		t.Fatalf("parsed %+v", r)
 	}
-	if _, ok := r.Fields["kv_transfer_params"]; ok {
+	if _, ok := r.Field("kv_transfer_params"); ok || strings.Contains(string(r.AppendBody(nil)), "kv_transfer") {
 		t.Fatal("client kv_transfer_params kept: a client could make a pod call any address")
 	}
 	c, err := ParseLLMRequest(KindCompletion, []byte(`{"model":"m","prompt":[1,2,3]}`))
@@ -83,9 +84,80 @@ func FuzzParseLLMRequest(f *testing.F) {
 			if len(r.Tokens) == 0 && !(kind == KindChat) {
 				t.Fatalf("accepted a request with no prompt tokens: %q", body)
 			}
-			if _, err := r.Body(nil); err != nil {
-				t.Fatalf("re-encode: %v", err)
+			askUsage(r)
+			r.Set("priority", []byte("3"))
+			out := r.AppendBody(nil, Edit{Key: "kv_transfer_params", Value: []byte(`{"x":1}`)}, Edit{Key: "max_tokens"})
+			if !json.Valid(out) {
+				t.Fatalf("forwarded body is not JSON: %q from %q", out, body)
+			}
+			var m map[string]json.RawMessage
+			if err := json.Unmarshal(out, &m); err != nil || string(m["priority"]) != "3" || m["max_tokens"] != nil || string(m["kv_transfer_params"]) != `{"x":1}` {
+				t.Fatalf("edits not applied: %q from %q", out, body)
 			}
 		}
 	})
+}
+
+// TestForwardedBodyIsTheClientsBytesWithTheDocumentedEdits: what reaches a
+// pod is the client's body byte for byte (key order, spacing, number
+// spellings, unknown fields, escapes) except the activator's edits.
+func TestForwardedBodyIsTheClientsBytesWithTheDocumentedEdits(t *testing.T) {
+	client := `{ "zeta": 1.50, "model" : "m",
+  "prompt": [1, 2,3], "kv_transfer_params": {"remote_host":"169.254.169.254"},
+  "stream":true, "x-unknown": {"nested": [1e3, -0.0, "\u00e9\n"]}, "KV_Transfer_Params": 1,
+  "temperature": 0.70 }`
+	cases := []struct {
+		name string
+		edit func(r *LLMRequest) []byte
+		want string
+	}{
+		{"reserved keys removed, nothing else", func(r *LLMRequest) []byte { return r.AppendBody(nil) },
+			`{ "zeta": 1.50, "model" : "m",
+  "prompt": [1, 2,3],
+  "stream":true, "x-unknown": {"nested": [1e3, -0.0, "\u00e9\n"]},
+  "temperature": 0.70 }`},
+		{"usage asked, priority set", func(r *LLMRequest) []byte {
+			askUsage(r)
+			r.Set("priority", []byte("-5"))
+			return r.AppendBody(nil)
+		}, `{ "zeta": 1.50, "model" : "m",
+  "prompt": [1, 2,3],
+  "stream":true, "x-unknown": {"nested": [1e3, -0.0, "\u00e9\n"]},
+  "temperature": 0.70,"stream_options":{"include_usage":true},"priority":-5 }`},
+		{"decode after prefill", func(r *LLMRequest) []byte {
+			return r.AppendBody(nil, Edit{Key: "kv_transfer_params", Value: []byte(`{"do_remote_prefill":true}`)})
+		}, `{ "zeta": 1.50, "model" : "m",
+  "prompt": [1, 2,3],
+  "stream":true, "x-unknown": {"nested": [1e3, -0.0, "\u00e9\n"]},
+  "temperature": 0.70,"kv_transfer_params":{"do_remote_prefill":true} }`},
+		{"prefill", func(r *LLMRequest) []byte {
+			return r.AppendBody(nil, Edit{Key: "max_tokens", Value: []byte("1")}, Edit{Key: "stream", Value: []byte("false")}, Edit{Key: "zeta"})
+		}, `{ "model" : "m",
+  "prompt": [1, 2,3],
+  "stream":false, "x-unknown": {"nested": [1e3, -0.0, "\u00e9\n"]},
+  "temperature": 0.70,"max_tokens":1 }`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			body := []byte(client)
+			r, err := ParseLLMRequest(KindCompletion, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := string(c.edit(r)); got != c.want {
+				t.Fatalf("forwarded\n%s\nwant\n%s", got, c.want)
+			}
+			if string(body) != client {
+				t.Fatal("the client's bytes were modified")
+			}
+		})
+	}
+	plain := []byte(`{"model":"m","prompt":[1,2],"stream":false}`)
+	r, err := ParseLLMRequest(KindCompletion, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.RawBody(); &got[0] != &plain[0] || len(got) != len(plain) {
+		t.Fatal("a request with no edits is copied instead of forwarded as is")
+	}
 }

@@ -80,7 +80,9 @@ type pod struct {
 // revision is one revision's routing state: its pods, its router (prefix
 // indexes shared by its pods) and its flow control.
 type revision struct {
-	key RevisionKey
+	key  RevisionKey
+	name string // key.String(), for labels and logs
+	m    *revMetrics
 	// conf is replaced whole when the revision's configuration changes
 	// (UpsertRevision) while requests read it.
 	conf  atomic.Pointer[revisionConf]
@@ -126,7 +128,8 @@ func (a *Activator) newRevision(cfg RevisionConfig) (*revision, error) {
 	if err != nil {
 		return nil, err
 	}
-	rev := &revision{key: cfg.Key, rt: rt, a: a, pods: map[string]*pod{}, stats: newRevisionStats()}
+	rev := &revision{key: cfg.Key, name: cfg.Key.String(), m: a.metrics.forRevision(cfg.Key.String(), a.opts.Tiers.Names()),
+		rt: rt, a: a, pods: map[string]*pod{}, stats: newRevisionStats()}
 	rev.conf.Store(&revisionConf{cfg: cfg, sched: sched.WithPDThreshold(cfg.Spec.PDThreshold)})
 	key := cfg.Key
 	rev.flow = NewFlowController(a.opts.Tiers, a.opts.Flow, rev.gate, func() {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+
+	"github.com/llmd-kn/llmd-kn/pkg/jsonscan"
 )
 
 // askUsage makes a streaming request carry stream_options.include_usage, so
@@ -15,19 +17,40 @@ func askUsage(req *LLMRequest) (strip bool) {
 	if !req.Stream {
 		return false
 	}
-	opts := map[string]json.RawMessage{}
-	if raw, ok := req.Fields["stream_options"]; ok && string(raw) != "null" {
-		if json.Unmarshal(raw, &opts) != nil {
-			return false // malformed: leave it for the engine to refuse
-		}
+	raw, ok := req.Field("stream_options")
+	if !ok || string(raw) == "null" {
+		req.Set("stream_options", []byte(`{"include_usage":true}`))
+		return true
 	}
-	var on bool
-	if raw, ok := opts["include_usage"]; ok && json.Unmarshal(raw, &on) == nil && on {
+	if raw[0] != '{' {
+		return false // malformed: leave it for the engine to refuse
+	}
+	at, n := [2]int{-1, -1}, 0
+	_, err := jsonscan.Object(raw, 0, func(m jsonscan.Member) (int, error) {
+		n++
+		end, err := jsonscan.Skip(raw, m.Value)
+		if m.Name() == "include_usage" {
+			at = [2]int{m.Value, end}
+		}
+		return end, err
+	})
+	if err != nil {
 		return false
 	}
-	opts["include_usage"] = json.RawMessage("true")
-	b, _ := json.Marshal(opts)
-	req.Fields["stream_options"] = b
+	var opts []byte
+	switch {
+	case at[0] >= 0 && string(raw[at[0]:at[1]]) == "true":
+		return false
+	case at[0] >= 0:
+		opts = append(append(append(opts, raw[:at[0]]...), "true"...), raw[at[1]:]...)
+	default:
+		opts = append(opts, `{"include_usage":true`...)
+		if n > 0 {
+			opts = append(opts, ',')
+		}
+		opts = append(opts, raw[1:]...)
+	}
+	req.Set("stream_options", opts)
 	return true
 }
 
@@ -45,6 +68,7 @@ type usageFilter struct {
 	rewrite   bool
 	cached    int
 	buf       []byte
+	rc        *http.ResponseController
 }
 
 var sseEnd = []byte("\n\n")
@@ -57,34 +81,71 @@ func (s *usageFilter) WriteHeader(code int) {
 }
 
 func (s *usageFilter) Write(b []byte) (int, error) {
-	s.buf = append(s.buf, b...)
 	if !s.streaming {
-		if !s.rewrite {
-			_, err := s.ResponseWriter.Write(s.buf)
-			s.buf = s.buf[:0]
-			return len(b), err
+		if s.rewrite {
+			s.buf = append(s.buf, b...) // held to its end
+			return len(b), nil
+		}
+		return s.ResponseWriter.Write(b)
+	}
+	if !s.strip && !s.rewrite {
+		return s.ResponseWriter.Write(b)
+	}
+	if len(s.buf) > 0 {
+		// An event began in an earlier write (rare: reads end on event
+		// boundaries): go through the held bytes until they drain.
+		s.buf = append(s.buf, b...)
+		if err := s.relay(); err != nil {
+			return 0, err
 		}
 		return len(b), nil
 	}
-	for {
-		i := bytes.Index(s.buf, sseEnd)
+	// Complete events are relayed from b itself; only an incomplete tail
+	// is copied.
+	n := len(b)
+	for len(b) > 0 {
+		i := bytes.Index(b, sseEnd)
 		if i < 0 {
-			return len(b), nil
+			s.buf = append(s.buf, b...)
+			break
 		}
-		ev := s.buf[:i+2]
-		switch {
-		case s.strip && usageOnly(ev):
-		case s.rewrite && bytes.Contains(ev, []byte(`"usage":{`)):
-			if _, err := s.ResponseWriter.Write(rewriteEvent(ev, s.cached)); err != nil {
-				return 0, err
-			}
-		default:
-			if _, err := s.ResponseWriter.Write(ev); err != nil {
-				return 0, err
-			}
+		if err := s.event(b[:i+2]); err != nil {
+			return 0, err
 		}
-		s.buf = s.buf[i+2:]
+		b = b[i+2:]
 	}
+	return n, nil
+}
+
+// relay writes the complete events held in s.buf and keeps the rest.
+func (s *usageFilter) relay() error {
+	rest := s.buf
+	for {
+		i := bytes.Index(rest, sseEnd)
+		if i < 0 {
+			break
+		}
+		if err := s.event(rest[:i+2]); err != nil {
+			return err
+		}
+		rest = rest[i+2:]
+	}
+	s.buf = append(s.buf[:0], rest...)
+	return nil
+}
+
+// event relays one complete event: dropped if it is the usage-only event
+// the client did not ask for, its usage rewritten under P/D.
+func (s *usageFilter) event(ev []byte) error {
+	var err error
+	switch {
+	case s.strip && usageOnly(ev):
+	case s.rewrite && bytes.Contains(ev, []byte(`"usage":{`)):
+		_, err = s.ResponseWriter.Write(rewriteEvent(ev, s.cached))
+	default:
+		_, err = s.ResponseWriter.Write(ev)
+	}
+	return err
 }
 
 // close writes whatever is left: an incomplete event, or the held body.
@@ -99,7 +160,12 @@ func (s *usageFilter) close() {
 	s.buf = nil
 }
 
-func (s *usageFilter) Flush() { _ = http.NewResponseController(s.ResponseWriter).Flush() }
+func (s *usageFilter) Flush() {
+	if s.rc == nil {
+		s.rc = http.NewResponseController(s.ResponseWriter)
+	}
+	_ = s.rc.Flush()
+}
 
 func (s *usageFilter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
