@@ -78,3 +78,28 @@ func benchmarkStreams(b *testing.B, streams int) {
 	b.ReportMetric(cpu.Seconds()*1e6/n, "cpu-µs/chunk")
 	client.CloseIdleConnections()
 }
+
+// BenchmarkDecodeCompletion32kIDs decodes what `kn-llmd bench` sends for a
+// 32k-token completion: a prompt of token ids (about 190 KB).
+func BenchmarkDecodeCompletion32kIDs(b *testing.B) {
+	var body bytes.Buffer
+	body.WriteString(`{"model":"demo","prompt":[`)
+	for i := range 32768 {
+		if i > 0 {
+			body.WriteByte(',')
+		}
+		fmt.Fprintf(&body, "%d", (i*7919)%128000)
+	}
+	body.WriteString(`],"max_tokens":128,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}`)
+	raw := body.Bytes()
+	b.SetBytes(int64(len(raw)))
+	b.ReportAllocs()
+	c0 := cpuTime()
+	for b.Loop() {
+		r, err := vllmsim.DecodeCompletionRequest(raw)
+		if err != nil || len(r.PromptTokens) != 32768 {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64((cpuTime()-c0).Microseconds())/float64(b.N), "cpu-µs/op")
+}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/llmd-kn/llmd-kn/pkg/jsonscan"
 	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
 )
 
@@ -134,8 +135,12 @@ type rawChat struct {
 // wrong type is an error.
 func DecodeCompletionRequest(body []byte) (*Request, error) {
 	var raw rawCompletion
-	if err := unmarshalBody(body, &raw); err != nil {
+	rest, prompt := cutPrompt(body)
+	if err := unmarshalBody(rest, &raw); err != nil {
 		return nil, err
+	}
+	if prompt != nil {
+		raw.Prompt = prompt
 	}
 	r := &Request{}
 	if err := raw.rawCommon.apply(r); err != nil {
@@ -187,6 +192,37 @@ func DecodeChatRequest(body []byte) (*Request, error) {
 		r.Messages[i] = tokenizer.Message{Role: *m.Role, Content: text}
 	}
 	return r, nil
+}
+
+// cutPrompt finds the prompt of a well-formed completion body in one pass
+// and returns the body with the prompt's value replaced by null, so that
+// encoding/json decodes only the small rest (a prompt of token ids is most
+// of the bytes). A malformed body is returned whole, for unmarshalBody to
+// describe.
+func cutPrompt(body []byte) (rest, prompt []byte) {
+	i := jsonscan.Space(body, 0)
+	if i >= len(body) || body[i] != '{' {
+		return body, nil
+	}
+	var spans [][2]int
+	end, err := jsonscan.Object(body, i, func(m jsonscan.Member) (int, error) {
+		end, err := jsonscan.Skip(body, m.Value)
+		if err == nil && !m.Escaped && string(m.Key) == "prompt" {
+			spans = append(spans, [2]int{m.Value, end})
+		}
+		return end, err
+	})
+	if err != nil || jsonscan.Space(body, end) != len(body) || len(spans) == 0 {
+		return body, nil
+	}
+	last := spans[len(spans)-1]
+	rest = make([]byte, 0, len(body)-(last[1]-last[0])+4*len(spans))
+	at := 0
+	for _, sp := range spans {
+		rest = append(append(rest, body[at:sp[0]]...), "null"...)
+		at = sp[1]
+	}
+	return append(rest, body[at:]...), body[last[0]:last[1]]
 }
 
 func unmarshalBody(body []byte, v any) error {
@@ -358,6 +394,9 @@ func decodePrompt(raw json.RawMessage, r *Request) error {
 		r.PromptIsText = true
 		return nil
 	case '[':
+		if i := jsonscan.Space(raw, 1); i < len(raw) && (raw[i] == '-' || (raw[i] >= '0' && raw[i] <= '9')) {
+			return decodeTokenIDs(raw, r) // the common long case, without a list of raw items
+		}
 	default:
 		return badRequest("prompt", "prompt must be a string, a list of strings or a list of token ids")
 	}
@@ -390,24 +429,20 @@ func decodePrompt(raw json.RawMessage, r *Request) error {
 }
 
 func decodeTokenIDs(raw json.RawMessage, r *Request) error {
-	var ids []*int64
-	if err := json.Unmarshal(raw, &ids); err != nil {
+	// One pass, no reflection: a 32k-token prompt is most of a request.
+	ids, end, err := jsonscan.Uint32s(make([]uint32, 0, len(raw)/6+1), raw, 0, tokenizer.VocabSize)
+	var re *jsonscan.RangeError
+	switch {
+	case errors.As(err, &re):
+		return badRequest("prompt", "token id %s at position %d is out of vocabulary (size %d)", re.Value, re.Index, tokenizer.VocabSize)
+	case errors.Is(err, jsonscan.ErrNotInt):
+		return badRequest("prompt", "token id at position %d is not an integer", len(ids))
+	case err != nil || jsonscan.Space(raw, end) != len(raw):
 		return badRequest("prompt", "prompt must be a string, a list of strings or a list of token ids (integers)")
-	}
-	if len(ids) == 0 {
+	case len(ids) == 0:
 		return badRequest("prompt", "prompt cannot be empty")
 	}
-	r.PromptTokens = make([]uint32, len(ids))
-	for i, p := range ids {
-		if p == nil {
-			return badRequest("prompt", "token id at position %d is null", i)
-		}
-		id := *p
-		if id < 0 || id >= tokenizer.VocabSize {
-			return badRequest("prompt", "token id %d at position %d is out of vocabulary (size %d)", id, i, tokenizer.VocabSize)
-		}
-		r.PromptTokens[i] = uint32(id)
-	}
+	r.PromptTokens = ids
 	return nil
 }
 
