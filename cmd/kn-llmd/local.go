@@ -23,6 +23,7 @@ type localFlags struct {
 	timeScale         float64
 	startupDelay      time.Duration
 	podCommand        string
+	tokenizerDir      string
 	grace, drain      time.Duration
 	startup           time.Duration
 	debugRouting      bool
@@ -88,6 +89,7 @@ a second Ctrl-C cuts the requests and kills the pods at once.`,
 	fl.StringArrayVarP(&f.files, "filename", "f", nil, "Knative Service manifest: a YAML file (several documents allowed) or a directory of them; repeatable (default: the built-in quick start)")
 	fl.Float64Var(&f.timeScale, "sim-time-scale", 1, "multiplies every simulated duration of simulated pods (0.1 runs ten times faster than the modelled GPU)")
 	fl.DurationVar(&f.startupDelay, "sim-startup-delay", 0, "simulated pods' cold start (model loading; scaled by --sim-time-scale): /health fails until it passes")
+	fl.StringVar(&f.tokenizerDir, "tokenizer-dir", "", "folder of models' Hugging Face tokenizer files (org/name, models--org--name or name) the activator tokenizes with under llm-d.ai/tokenizer auto and native; empty: the estimate unless a Service names native:DIR")
 	fl.StringVar(&f.podCommand, "pod-command", "", "run each pod as a process from this template instead of a simulator, e.g. 'vllm serve {model} --port {port} {args}' (placeholders above)")
 	fl.DurationVar(&f.grace, "grace-period", local.DefaultGracePeriod, "how long a stopping pod may drain before it is killed")
 	fl.DurationVar(&f.drain, "drain-timeout", local.DefaultDrainTimeout, "on shutdown, how long in-flight requests may take to finish")
@@ -143,7 +145,7 @@ func (f *localFlags) run(cmd *cobra.Command) error {
 	rt, err := local.New(local.Options{
 		Services: svcs, Addr: f.addr, MetricsAddr: f.metricsAddr, SimTimeScale: f.timeScale, SimStartupDelay: f.startupDelay,
 		PodCommand: f.podCommand, GracePeriod: f.grace, DrainTimeout: f.drain, StartupTimeout: f.startup,
-		DebugRouting: f.debugRouting, Logger: log, PodOutput: cmd.ErrOrStderr(),
+		DebugRouting: f.debugRouting, Logger: log, PodOutput: cmd.ErrOrStderr(), TokenizerDir: f.tokenizerDir,
 		Autoscale: local.AutoscaleOptions{Disabled: f.noAutoscale, Tick: f.autoscaleTick, ScaleToZeroGracePeriod: f.scaleToZeroGrace,
 			StableWindow: f.stableWindow, ScaleDownDelay: f.scaleDownDelay},
 	})

@@ -76,6 +76,9 @@ type Options struct {
 	// Autoscale configures the slo.autoscaling.llm-d.ai deciders that
 	// scale the Services of that autoscaler class (see AutoscaleOptions).
 	Autoscale AutoscaleOptions
+	// TokenizerDir is the activator's folder of models' Hugging Face
+	// tokenizer files (llm-d.ai/tokenizer auto and native).
+	TokenizerDir string
 }
 
 // PodCommandHelp documents the pod command template.
@@ -176,10 +179,11 @@ func New(opts Options) (*Runtime, error) {
 	r := &Runtime{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry()}
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	act, err := activator.New(activator.Options{
-		Registerer: r.reg,
-		Debug:      opts.DebugRouting,
-		Logger:     opts.Logger.With("component", "activator"),
-		Poke:       r.poke,
+		Registerer:   r.reg,
+		Debug:        opts.DebugRouting,
+		Logger:       opts.Logger.With("component", "activator"),
+		Poke:         r.poke,
+		TokenizerDir: opts.TokenizerDir,
 	})
 	if err != nil {
 		return nil, err
