@@ -40,6 +40,16 @@ const (
 	TokenizerAnnotation       = Group + "tokenizer"
 	StepTokenBudgetAnnotation = Group + "step-token-budget"
 
+	// KV offload to shared storage and the engine's own KV tiers (issue 12).
+	KVOffloadAnnotation         = Group + "kv-offload"
+	KVOffloadURIAnnotation      = Group + "kv-offload-uri"
+	KVOffloadMaxBytesAnnotation = Group + "kv-offload-max-bytes"
+	KVOffloadDeadlineAnnotation = Group + "kv-offload-deadline"
+	KVPrefetchBytesAnnotation   = Group + "kv-prefetch-bytes"
+	KVOffloadSecretAnnotation   = Group + "kv-offload-secret"
+	KVCPUTierBytesAnnotation    = Group + "kv-cpu-tier-bytes"
+	KVDiskTierBytesAnnotation   = Group + "kv-disk-tier-bytes"
+
 	// StepTokenBudgetChoiceAnnotation records on a revision template the
 	// per-step token budget the webhook chose and why (it is not an input:
 	// its prefix is not llm-d.ai/). Its value is the decode (or only)
@@ -123,6 +133,55 @@ type Spec struct {
 	// budget (--max-num-batched-tokens) for the revision's pods; 0 (auto,
 	// the default) chooses it from the TPOT target and the engine profile.
 	StepTokenBudget int
+	// KVOffload is what the revision does with its KV cache beyond the
+	// GPU (see KVOffloadSpec); the zero value (Mode "off", no tiers) keeps
+	// today's behaviour exactly.
+	KVOffload KVOffloadSpec
+}
+
+// KV offload modes (llm-d.ai/kv-offload).
+const (
+	// KVOffloadOff: nothing is written to shared storage (the default).
+	KVOffloadOff = "off"
+	// KVOffloadOnScaleDown: a replica that is going away flushes its most
+	// valuable blocks to shared storage before it exits.
+	KVOffloadOnScaleDown = "on-scale-down"
+	// KVOffloadWriteThrough: hot prefixes are also written while serving.
+	KVOffloadWriteThrough = "write-through"
+)
+
+// Defaults of the KV-offload annotations.
+const (
+	// DefaultKVOffloadDeadline bounds the flush of a replica going away:
+	// 10 GiB at 1 GB/s with room for per-object latency; longer holds the
+	// last GPU for little gain.
+	DefaultKVOffloadDeadline = 30 * time.Second
+)
+
+// KVOffloadSpec is a revision's KV offload and tier configuration.
+type KVOffloadSpec struct {
+	Mode string // KVOffloadOff, KVOffloadOnScaleDown or KVOffloadWriteThrough
+	// URI is the storage URL ("" : the local runtime's default directory;
+	// a cluster needs one). It never carries credentials.
+	URI string
+	// MaxBytes bounds the stored bytes per model (0: unbounded).
+	MaxBytes int64
+	// Deadline bounds a replica's flush before it exits.
+	Deadline time.Duration
+	// PrefetchBytes is how much of the hottest stored KV a new replica
+	// loads while it cold-starts (0: restore on demand only).
+	PrefetchBytes int64
+	// Secret names the Secret holding the storage credentials; only its
+	// name is ever read or written by llmd-kn.
+	Secret string
+	// CPUTierBytes and DiskTierBytes size the engine's own tiers below its
+	// GPU cache (0: no such tier).
+	CPUTierBytes, DiskTierBytes int64
+}
+
+// Enabled reports whether the revision offloads to shared storage.
+func (k KVOffloadSpec) Enabled() bool {
+	return k.Mode == KVOffloadOnScaleDown || k.Mode == KVOffloadWriteThrough
 }
 
 // Disaggregated reports whether the revision runs separate prefill pods.
@@ -199,6 +258,15 @@ var known = map[string]string{
 	VariantCostAnnotation:     "number > 0",
 	TokenizerAnnotation:       "auto | estimate | engine | native | native:/absolute/path",
 	StepTokenBudgetAnnotation: "auto | integer in [1, 1048576]",
+
+	KVOffloadAnnotation:         "off | on-scale-down | write-through",
+	KVOffloadURIAnnotation:      "storage URL: file:///abs/path | s3://bucket/prefix | gs://bucket/prefix | azblob://container/prefix",
+	KVOffloadMaxBytesAnnotation: "byte size > 0, like 200Gi",
+	KVOffloadDeadlineAnnotation: "duration up to 1h",
+	KVPrefetchBytesAnnotation:   "byte size >= 0, like 8Gi",
+	KVOffloadSecretAnnotation:   "Secret name (DNS-1123 subdomain)",
+	KVCPUTierBytesAnnotation:    "byte size >= 0, like 64Gi",
+	KVDiskTierBytesAnnotation:   "byte size >= 0, like 500Gi",
 }
 
 // StepTokenBudgetAuto is the llm-d.ai/step-token-budget value that chooses
@@ -226,6 +294,7 @@ func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, 
 		SimProfile:      annotations[SimProfileAnnotation],
 		PrefillMinScale: 0,
 		Tokenizer:       TokenizerAuto,
+		KVOffload:       KVOffloadSpec{Mode: KVOffloadOff, Deadline: DefaultKVOffloadDeadline},
 	}
 	var errs Errors
 	fail := func(key, format string, args ...any) {
@@ -363,6 +432,7 @@ func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, 
 			s.StepTokenBudget = n
 		}
 	}
+	parseKVOffload(annotations, &s.KVOffload, fail)
 	oneOf(AutoscalerModeAnnotation, &s.AutoscalerMode, []string{AutoscalerAct, AutoscalerAdvise})
 	if v, ok := annotations[SimProfileAnnotation]; ok && len(vocab.SimProfiles) > 0 && !slices.Contains(vocab.SimProfiles, v) {
 		fail(SimProfileAnnotation, "unknown engine profile %q: must be one of %s", v, strings.Join(vocab.SimProfiles, ", "))
