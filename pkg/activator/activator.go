@@ -129,7 +129,7 @@ func New(opts Options) (*Activator, error) {
 		opts.Now = time.Now
 	}
 	if opts.ScrapeClient == nil {
-		opts.ScrapeClient = &http.Client{Timeout: scrapeTimeout}
+		opts.ScrapeClient = NewScrapeClient()
 	}
 	if opts.Proxy == nil {
 		opts.Proxy = NewProxy()
