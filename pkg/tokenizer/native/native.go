@@ -56,6 +56,12 @@ type Tokenizer struct {
 	rawFirst  [256]bool // first bytes of added tokens matched on raw text
 	normFirst [256]bool // ... on normalized text
 	hasNorm   bool
+	// byPrefix indexes added tokens of two bytes or more by their first two
+	// bytes, oneByte those of one byte, each longest first; [0] raw, [1]
+	// normalized. (Llama 3's 256 all start with "<|": HTML must not cost a
+	// scan of all of them at every '<'.)
+	byPrefix [2]map[uint16][]int32
+	oneByte  [2][256][]int32
 
 	prefix, suffix []uint32 // post-processor: ids around a single sequence when special tokens are added
 
@@ -300,6 +306,19 @@ func Parse(tokenizerJSON, configJSON []byte, chatTemplate string, opts Options) 
 	}
 	// Longest first, so that the first match at a position is the longest.
 	sort.SliceStable(t.added, func(i, j int) bool { return len(t.added[i].content) > len(t.added[j].content) })
+	t.byPrefix = [2]map[uint16][]int32{{}, {}}
+	for k, a := range t.added {
+		n := 0
+		if a.normalized {
+			n = 1
+		}
+		if len(a.content) == 1 {
+			t.oneByte[n][a.content[0]] = append(t.oneByte[n][a.content[0]], int32(k))
+			continue
+		}
+		key := uint16(a.content[0])<<8 | uint16(a.content[1])
+		t.byPrefix[n][key] = append(t.byPrefix[n][key], int32(k))
+	}
 	var err error
 	if t.normalize, err = normalizer(f.Normalizer); err != nil {
 		return nil, fmt.Errorf("tokenizer.json: normalizer: %w", err)
@@ -598,33 +617,48 @@ func (t *Tokenizer) preTokenize(dst []uint32, text string, level int, s *scratch
 // matched on raw (normalized=false) or normalized text, with the bytes its
 // lstrip/rstrip absorb; start == len(text) when there is none.
 func (t *Tokenizer) findAdded(text string, normalized bool) (start, end int, id uint32) {
-	first := &t.rawFirst
+	first, n := &t.rawFirst, 0
 	if normalized {
-		first = &t.normFirst
+		first, n = &t.normFirst, 1
 	}
 	for i := 0; i < len(text); i++ {
 		if !first[text[i]] {
 			continue
 		}
-		for k := range t.added {
-			a := &t.added[k]
-			if a.normalized != normalized || !strings.HasPrefix(text[i:], a.content) {
-				continue
+		if i+1 < len(text) {
+			for _, k := range t.byPrefix[n][uint16(text[i])<<8|uint16(text[i+1])] {
+				if s, e, ok := t.matchAdded(text, i, k); ok {
+					return s, e, t.added[k].id
+				}
 			}
-			s, e := i, i+len(a.content)
-			if a.oneWord && (isWordBefore(text[:s]) || isWordAfter(text[e:])) {
-				continue
+		}
+		for _, k := range t.oneByte[n][text[i]] {
+			if s, e, ok := t.matchAdded(text, i, k); ok {
+				return s, e, t.added[k].id
 			}
-			if a.lstrip {
-				s = len(strings.TrimRightFunc(text[:s], unicode.IsSpace))
-			}
-			if a.rstrip {
-				e = len(text) - len(strings.TrimLeftFunc(text[e:], unicode.IsSpace))
-			}
-			return s, e, a.id
 		}
 	}
 	return len(text), len(text), 0
+}
+
+// matchAdded reports whether added token k matches text at i, and the
+// span it takes with the whitespace its lstrip/rstrip absorb.
+func (t *Tokenizer) matchAdded(text string, i int, k int32) (s, e int, ok bool) {
+	a := &t.added[k]
+	if !strings.HasPrefix(text[i:], a.content) {
+		return 0, 0, false
+	}
+	s, e = i, i+len(a.content)
+	if a.oneWord && (isWordBefore(text[:s]) || isWordAfter(text[e:])) {
+		return 0, 0, false
+	}
+	if a.lstrip {
+		s = len(strings.TrimRightFunc(text[:s], unicode.IsSpace))
+	}
+	if a.rstrip {
+		e = len(text) - len(strings.TrimLeftFunc(text[e:], unicode.IsSpace))
+	}
+	return s, e, true
 }
 
 func isWordBefore(s string) bool {
