@@ -22,6 +22,7 @@ type localFlags struct {
 	files             []string
 	timeScale         float64
 	startupDelay      time.Duration
+	simTokenizer      string
 	podCommand        string
 	tokenizerDir      string
 	grace, drain      time.Duration
@@ -88,6 +89,7 @@ a second Ctrl-C cuts the requests and kills the pods at once.`,
 	fl.StringVar(&f.metricsAddr, "metrics-addr", local.DefaultMetricsAddr, `listen address of the status page, /metrics, /status.json, /stats, /pods/ and /scale ("off" disables it)`)
 	fl.StringArrayVarP(&f.files, "filename", "f", nil, "Knative Service manifest: a YAML file (several documents allowed) or a directory of them; repeatable (default: the built-in quick start)")
 	fl.Float64Var(&f.timeScale, "sim-time-scale", 1, "multiplies every simulated duration of simulated pods (0.1 runs ten times faster than the modelled GPU)")
+	fl.StringVar(&f.simTokenizer, "sim-tokenizer", "", "folder of Hugging Face tokenizer files (tokenizer.json, tokenizer_config.json) simulated pods tokenize with when llm-d.ai/tokenizer names none, as vLLM's --tokenizer; the estimate when empty")
 	fl.DurationVar(&f.startupDelay, "sim-startup-delay", 0, "simulated pods' cold start (model loading; scaled by --sim-time-scale): /health fails until it passes")
 	fl.StringVar(&f.tokenizerDir, "tokenizer-dir", "", "folder of models' Hugging Face tokenizer files (org/name, models--org--name or name) the activator tokenizes with under llm-d.ai/tokenizer auto and native; empty: the estimate unless a Service names native:DIR")
 	fl.StringVar(&f.podCommand, "pod-command", "", "run each pod as a process from this template instead of a simulator, e.g. 'vllm serve {model} --port {port} {args}' (placeholders above)")
@@ -143,7 +145,7 @@ func (f *localFlags) run(cmd *cobra.Command) error {
 	}
 	cmd.SilenceUsage = true
 	rt, err := local.New(local.Options{
-		Services: svcs, Addr: f.addr, MetricsAddr: f.metricsAddr, SimTimeScale: f.timeScale, SimStartupDelay: f.startupDelay,
+		Services: svcs, Addr: f.addr, MetricsAddr: f.metricsAddr, SimTimeScale: f.timeScale, SimStartupDelay: f.startupDelay, SimTokenizerDir: f.simTokenizer,
 		PodCommand: f.podCommand, GracePeriod: f.grace, DrainTimeout: f.drain, StartupTimeout: f.startup,
 		DebugRouting: f.debugRouting, Logger: log, PodOutput: cmd.ErrOrStderr(), TokenizerDir: f.tokenizerDir,
 		Autoscale: local.AutoscaleOptions{Disabled: f.noAutoscale, Tick: f.autoscaleTick, ScaleToZeroGracePeriod: f.scaleToZeroGrace,

@@ -141,6 +141,11 @@ func simConfig(svc *Service, name string, role engine.Role, timeScale float64, l
 		EngineID:      name,
 		AdvertiseHost: "127.0.0.1",
 		Logger:        log,
+		// A revision whose llm-d.ai/tokenizer names the model's files
+		// (native:DIR) gets simulated engines that tokenize with them, as
+		// its vLLM pods would: the router's tokens are then checked against
+		// an independent engine's.
+		TokenizerDir: svc.Spec.TokenizerDir,
 	}, nil
 }
 

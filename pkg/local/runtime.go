@@ -59,6 +59,11 @@ type Options struct {
 	// SimStartupDelay is a simulated pod's cold start (model loading):
 	// its /health fails until it passes, scaled by SimTimeScale.
 	SimStartupDelay time.Duration
+	// SimTokenizerDir holds Hugging Face tokenizer files the simulated
+	// pods tokenize with when a revision's llm-d.ai/tokenizer names no
+	// folder (as a vLLM's own --tokenizer; the engine tokenizer mode then
+	// learns them from the pods' /render).
+	SimTokenizerDir string
 	// PodCommand, when set, starts pods as processes from this template
 	// instead of in-process simulators (see PodCommandHelp).
 	PodCommand string
@@ -266,6 +271,9 @@ func (r *Runtime) newRunner(svc *Service, name string, role router.Role) (runner
 		log = slog.New(minLevel{log.Handler(), slog.LevelWarn})
 	}
 	cfg, err := simConfig(svc, name, erole, r.opts.SimTimeScale, log)
+	if cfg.TokenizerDir == "" {
+		cfg.TokenizerDir = r.opts.SimTokenizerDir
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -151,6 +151,10 @@ type outRec struct {
 	blockIDs                 []int
 }
 
+// tokenizers shares loaded tokenizer files among the simulators of one
+// process (kn-llmd local runs many): loading one takes a second or more.
+var tokenizers = native.NewCache(native.Options{})
+
 // New builds a server and starts its engine loop (and KV-event publisher).
 // Handler serves requests at once; Run or Serve also listen. Close stops it.
 func New(cfg Config) (*Server, error) {
@@ -160,7 +164,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	tok, detok := tokenizer.Estimate, func(ids []uint32) (string, error) { return tokenizer.DecodeString(ids), nil }
 	if cfg.TokenizerDir != "" {
-		nt, err := native.Load(cfg.TokenizerDir, native.Options{})
+		nt, err := tokenizers.Get(cfg.TokenizerDir)
 		if err != nil {
 			return nil, fmt.Errorf("vllmsim: tokenizer: %w", err)
 		}
