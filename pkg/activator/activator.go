@@ -638,6 +638,9 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		lastErr = err
+		if len(rreq.BlockHashes) == 0 {
+			rreq.BlockHashes = slices.Clone(d.BlockHashes()) // no rehashing on retry
+		}
 		exclude[d.DecodeID] = true
 		if p := rev.pod(d.DecodeID); p != nil {
 			p.mu.Lock()

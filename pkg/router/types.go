@@ -154,6 +154,12 @@ type Decision struct {
 	recordApprox          bool
 }
 
+// BlockHashes are the prompt's block hashes the decision used (empty when
+// its profile needed none), valid until d is reused: a caller that decides
+// again for the same request (a retry) passes a copy as
+// Request.BlockHashes instead of having the prompt hashed again.
+func (d *Decision) BlockHashes() []uint64 { return d.preciseHashes }
+
 func (d *Decision) reset(profile string) {
 	d.Profile = profile
 	d.Decode, d.DecodeID = -1, ""
