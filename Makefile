@@ -10,7 +10,7 @@ FUZZTIME ?= 20000x
 # end-to-end tier adds, built from Go modules by hack/build-k8s.sh.
 K8S_BIN ?= $(CURDIR)/_output/k8s/bin
 
-.PHONY: test verify unit e2e fidelity fuzz build bench chromium k8s k8s-e2e tokenizers
+.PHONY: test verify unit e2e fidelity fuzz build bench bench-datapath chromium k8s k8s-e2e tokenizers
 
 ## test: everything CI checks: formatting, vet, unit and integration tests
 ## (with the race detector), the end-to-end tier, and a short run of every
@@ -77,3 +77,11 @@ build:
 ## bench: the benchmarks whose figures docs/benchmarks/ reports.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
+
+## bench-datapath: the data-path figures of docs/benchmarks/datapath.md
+## (activator CPU against a bare reverse proxy, interleaved; request
+## parsing; metrics parsing; simulator decoding; routing decisions).
+bench-datapath:
+	$(GO) test -run '^$$' -bench 'ParseRequest|ProxyCPU|ParseVLLMMetrics' -benchtime 20x -count 3 -benchmem ./pkg/activator
+	$(GO) test -run '^$$' -bench 'DecodeCompletion32kIDs' -benchtime 50x -count 3 -benchmem ./pkg/vllmsim
+	$(GO) test -run '^$$' -bench 'Decide|Hash32k' -benchtime 200x -count 2 -benchmem ./pkg/router
