@@ -118,7 +118,8 @@ func DefaultTemplate(tmpl *servingv1.RevisionTemplateSpec, cfg *config.Config) [
 // and --max-num-seqs where the engine profile names one) from the
 // revision's TPOT target and profile, or llm-d.ai/step-token-budget, unless
 // the container's args set it; the choice and its reason are recorded in
-// the template's status.llm-d.ai/step-token-budget annotation.
+// the template's status.llm-d.ai/step-token-budget annotation; and the KV
+// tiers and offload of llm-d.ai/kv-* (see defaultKVOffload).
 func DefaultTemplateWith(tmpl *servingv1.RevisionTemplateSpec, cfg *config.Config, opts DefaultOptions) []string {
 	if !HasLLMD(tmpl.Annotations) {
 		return nil
@@ -134,7 +135,8 @@ func DefaultTemplateWith(tmpl *servingv1.RevisionTemplateSpec, cfg *config.Confi
 	}
 	c := &tmpl.Spec.Containers[i]
 	defaultReadinessProbe(c)
-	return defaultVLLM(c, tmpl.Annotations, cfg.Features, opts)
+	warnings := defaultVLLM(c, tmpl.Annotations, cfg.Features, opts)
+	return append(warnings, defaultKVOffload(tmpl, c, cfg.Features)...)
 }
 
 func defaultAnnotations(meta *metav1.ObjectMeta) {

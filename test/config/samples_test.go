@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/local"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
+	"github.com/llmd-kn/llmd-kn/pkg/webhook"
 )
 
 // vocabulary is what the deployed webhook accepts: the routing profiles and
@@ -97,6 +99,30 @@ func TestSamplesPassAdmission(t *testing.T) {
 				if !spec.Disaggregated() {
 					t.Errorf("%s is not prefill-decode", name)
 				}
+			case "kv-offload.yaml":
+				k := spec.KVOffload
+				if !k.Enabled() || k.URI == "" || k.Secret == "" || k.CPUTierBytes == 0 {
+					t.Errorf("%s does not offload to storage with a Secret and a CPU tier: %+v", name, k)
+				}
+				// What the cluster webhook injects still passes Knative's
+				// validation, without warnings about offload (KV events need
+				// a Knative feature flag a default config lacks).
+				injected := svc.DeepCopy()
+				for _, w := range webhook.DefaultService(injected, nil) {
+					if !strings.HasPrefix(w, "KV events not configured") {
+						t.Errorf("%s: webhook warning %s", name, w)
+					}
+				}
+				if _, _, err := admission.Validate(context.Background(), injected, vocab); err != nil {
+					t.Errorf("%s after the webhook's injection: %v", name, err)
+				}
+				c := injected.Spec.Template.Spec.Containers[0]
+				if len(c.EnvFrom) != 1 || c.EnvFrom[0].SecretRef == nil || c.EnvFrom[0].SecretRef.Name != k.Secret {
+					t.Errorf("%s: the Secret is not referenced by envFrom after defaulting: %+v", name, c.EnvFrom)
+				}
+				if !slices.Contains(c.Args, "--kv-transfer-config") {
+					t.Errorf("%s: no --kv-transfer-config after defaulting: %v", name, c.Args)
+				}
 			case "slo-tiers.yaml":
 				var tags []string
 				for _, tt := range svc.Spec.Traffic {
@@ -114,7 +140,7 @@ func TestSamplesPassAdmission(t *testing.T) {
 			}
 		})
 	}
-	for _, want := range []string{"quickstart.yaml", "pd.yaml", "slo-tiers.yaml"} {
+	for _, want := range []string{"quickstart.yaml", "pd.yaml", "slo-tiers.yaml", "kv-offload.yaml"} {
 		if !seen[want] {
 			t.Errorf("config/samples/%s missing", want)
 		}
@@ -131,6 +157,8 @@ func TestSampleWithBadAnnotationIsRefused(t *testing.T) {
 		{"slo-tiers.yaml", apis.SLOTierAnnotation, "gold"},
 		{"pd.yaml", apis.PDThresholdAnnotation, "-1"},
 		{"pd.yaml", "llm-d.ai/prefill-scale", "1"},
+		{"kv-offload.yaml", apis.KVOffloadURIAnnotation, "s3://key:secret@bucket/x"},
+		{"kv-offload.yaml", apis.KVOffloadSecretAnnotation, "AWS_SECRET_ACCESS_KEY=x"},
 	} {
 		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
 			svc := readService(t, filepath.Join(repo(t), "config", "samples", tc.file))
