@@ -1,0 +1,234 @@
+package batch
+
+import (
+	"container/list"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+
+	"github.com/llmd-kn/llmd-kn/pkg/kvstore"
+)
+
+// dedupe remembers each event's result by id+source for a retention
+// window, bounded in memory (oldest first out) and, with a store, kept
+// in object storage so a restarted activator still knows it. An event in
+// flight is shared: a duplicate waits for the first delivery's result.
+type dedupe struct {
+	mu        sync.Mutex
+	byKey     map[string]*list.Element
+	order     *list.List // of *entry, oldest first
+	max       int
+	retention time.Duration
+	store     *kvstore.Store
+	now       func() time.Time
+	puts      int
+}
+
+type entry struct {
+	key    string
+	at     time.Time
+	done   chan struct{}
+	result *event.Event // nil: still in flight, or abandoned (transient)
+}
+
+func newDedupe(max int, retention time.Duration, store *kvstore.Store, now func() time.Time) *dedupe {
+	return &dedupe{byKey: map[string]*list.Element{}, order: list.New(), max: max, retention: retention, store: store, now: now}
+}
+
+// record is what storage keeps per event.
+type record struct {
+	At      time.Time       `json:"at"`
+	Pending bool            `json:"pending,omitempty"`
+	Request json.RawMessage `json:"request,omitempty"` // the request event, while pending
+	Origin  Origin          `json:"origin,omitempty"`
+	Sink    string          `json:"sink,omitempty"`
+	Result  json.RawMessage `json:"result,omitempty"` // the result event
+}
+
+func storeKey(key string) string {
+	h := sha256.Sum256([]byte(key))
+	return "batch/events/" + hex.EncodeToString(h[:16])
+}
+
+// begin returns the entry for key and whether the caller owns it (must
+// compute the result and call finish or abandon). A non-owner waits on
+// entry.done. A result found in storage is loaded as a finished entry.
+func (d *dedupe) begin(ctx context.Context, key string) (*entry, bool) {
+	now := d.now()
+	d.mu.Lock()
+	if el, ok := d.byKey[key]; ok {
+		e := el.Value.(*entry)
+		if e.result == nil || now.Sub(e.at) < d.retention {
+			d.mu.Unlock()
+			return e, false
+		}
+		d.order.Remove(el)
+		delete(d.byKey, key)
+	}
+	e := &entry{key: key, at: now, done: make(chan struct{})}
+	d.byKey[key] = d.order.PushBack(e)
+	d.evictLocked()
+	d.mu.Unlock()
+	if d.store != nil {
+		if rec, err := d.load(ctx, key); err == nil && rec.Result != nil && now.Sub(rec.At) < d.retention {
+			var ev event.Event
+			if json.Unmarshal(rec.Result, &ev) == nil {
+				d.mu.Lock()
+				e.result, e.at = &ev, rec.At
+				close(e.done)
+				d.mu.Unlock()
+				return e, false
+			}
+		}
+	}
+	return e, true
+}
+
+func (d *dedupe) evictLocked() {
+	// Oldest finished entries go first; entries in flight stay.
+	for el := d.order.Front(); el != nil && d.order.Len() > d.max; {
+		next := el.Next()
+		if e := el.Value.(*entry); e.result != nil {
+			d.order.Remove(el)
+			delete(d.byKey, e.key)
+		}
+		el = next
+	}
+}
+
+// finish records the result of an owned entry and wakes its waiters.
+func (d *dedupe) finish(ctx context.Context, e *entry, result event.Event) error {
+	d.mu.Lock()
+	e.result = &result
+	e.at = d.now()
+	close(e.done)
+	d.mu.Unlock()
+	if d.store == nil {
+		return nil
+	}
+	raw, err := json.Marshal(result)
+	if err != nil {
+		return err
+	}
+	if err := d.save(ctx, e.key, record{At: e.at, Result: raw}); err != nil {
+		return err
+	}
+	d.maybeSweep(ctx)
+	return nil
+}
+
+// abandon forgets an owned entry whose outcome was transient: a later
+// delivery computes it again. Waiters wake and find no result.
+func (d *dedupe) abandon(e *entry) {
+	d.mu.Lock()
+	if el, ok := d.byKey[e.key]; ok && el.Value.(*entry) == e {
+		d.order.Remove(el)
+		delete(d.byKey, e.key)
+	}
+	close(e.done)
+	d.mu.Unlock()
+}
+
+// savePending stores accepted work before it is answered, so a restart
+// resumes it.
+func (d *dedupe) savePending(ctx context.Context, key string, rec record) error {
+	if d.store == nil {
+		return nil
+	}
+	if old, err := d.load(ctx, key); err == nil && old.Result != nil {
+		return nil // a redelivery of finished work: keep the result
+	}
+	rec.Pending = true
+	rec.At = d.now()
+	return d.save(ctx, key, rec)
+}
+
+func (d *dedupe) load(ctx context.Context, key string) (record, error) {
+	var rec record
+	raw, err := d.store.Get(ctx, storeKey(key))
+	if err != nil {
+		return rec, err
+	}
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return rec, fmt.Errorf("%w: %v", kvstore.ErrCorrupt, err)
+	}
+	return rec, nil
+}
+
+func (d *dedupe) save(ctx context.Context, key string, rec record) error {
+	raw, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return d.store.Put(ctx, storeKey(key), raw)
+}
+
+// pending lists the stored records still waiting for a result (work
+// accepted before a restart).
+func (d *dedupe) pending(ctx context.Context) ([]record, error) {
+	if d.store == nil {
+		return nil, nil
+	}
+	objs, err := d.store.List(ctx, "batch/events/", 0)
+	if err != nil {
+		return nil, err
+	}
+	var out []record
+	for _, o := range objs {
+		raw, err := d.store.Get(ctx, o.Key)
+		if err != nil {
+			if errors.Is(err, kvstore.ErrCorrupt) {
+				_ = d.store.Delete(ctx, o.Key)
+			}
+			continue
+		}
+		var rec record
+		if json.Unmarshal(raw, &rec) == nil && rec.Pending {
+			out = append(out, rec)
+		}
+	}
+	return out, nil
+}
+
+// sweepEvery is how many stored results pass between sweeps of expired
+// records.
+const sweepEvery = 1024
+
+func (d *dedupe) maybeSweep(ctx context.Context) {
+	d.mu.Lock()
+	d.puts++
+	due := d.puts%sweepEvery == 0
+	d.mu.Unlock()
+	if due {
+		_ = d.sweep(ctx)
+	}
+}
+
+// sweep deletes stored records older than the retention window (pending
+// ones are kept: their work is not done).
+func (d *dedupe) sweep(ctx context.Context) error {
+	objs, err := d.store.List(ctx, "batch/events/", 0)
+	if err != nil {
+		return err
+	}
+	now := d.now()
+	for _, o := range objs {
+		if now.Sub(o.ModTime) < d.retention {
+			continue
+		}
+		raw, err := d.store.Get(ctx, o.Key)
+		var rec record
+		if err == nil && json.Unmarshal(raw, &rec) == nil && rec.Pending {
+			continue
+		}
+		_ = d.store.Delete(ctx, o.Key)
+	}
+	return nil
+}
