@@ -228,7 +228,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 
 // Object is one listed object.
 type Object struct {
-	Key  string
+	Key     string
 	Size    int64 // payload bytes (the stored size less the frame)
 	ModTime time.Time
 }
