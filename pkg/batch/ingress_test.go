@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -42,6 +43,10 @@ func startEngine(t *testing.T) *engine {
 	e := &engine{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost {
+			// Read the body first: only then does the server notice a
+			// client that gives up (and cancel r.Context()).
+			body, _ := io.ReadAll(r.Body)
+			r.Body = io.NopCloser(bytes.NewReader(body))
 			e.calls.Add(1)
 			e.mu.Lock()
 			e.tiers = append(e.tiers, r.Header.Get(TierHeader))

@@ -1,0 +1,849 @@
+package batch
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/kvstore"
+)
+
+// APIOptions configure the Batch API. Zero fields take the defaults named.
+type APIOptions struct {
+	Backend Backend
+	// Store keeps files, batch state and results (required: a directory
+	// locally, a bucket in a cluster; mem:// only for throwaway runs).
+	Store *kvstore.Store
+	Tiers TierPolicy
+	// MaxFileBytes bounds an uploaded file (100 MiB, and at most the
+	// store's object limit); MaxLines the lines of a batch (50,000).
+	MaxFileBytes int64
+	MaxLines     int
+	// Concurrency is how many lines of one batch are in flight at once
+	// (32): the activator's batch tier holds them while interactive tiers
+	// need the pods, so this only bounds what waits in its queue.
+	Concurrency int
+	// FlushEvery commits results after this many lines (64) or this long
+	// (FlushInterval, 1 s), whichever comes first: a restart redoes at
+	// most that much.
+	FlushEvery    int
+	FlushInterval time.Duration
+	// Retry for transient failures (until the completion window closes).
+	Retry  Retry
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// API serves OpenAI's /v1/files and /v1/batches.
+type API struct {
+	opts APIOptions
+	mux  *http.ServeMux
+
+	mu      sync.Mutex
+	batches map[string]*run
+	ctx     context.Context
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// run is one batch in this process.
+type run struct {
+	mu     sync.Mutex
+	st     stored
+	cancel context.CancelFunc // stops its workers (nil when not running)
+	done   chan struct{}
+}
+
+func (r *run) snapshot() BatchObject {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.st.Batch
+}
+
+// NewAPI builds the Batch API and loads the batches already in storage;
+// Resume restarts those that were running.
+func NewAPI(ctx context.Context, opts APIOptions) (*API, error) {
+	if opts.Backend == nil || opts.Store == nil {
+		return nil, errors.New("batch: the Batch API needs a backend and a store")
+	}
+	if opts.MaxFileBytes <= 0 {
+		opts.MaxFileBytes = 100 << 20
+	}
+	opts.MaxFileBytes = min(opts.MaxFileBytes, opts.Store.MaxObjectBytes())
+	if opts.MaxLines <= 0 {
+		opts.MaxLines = 50_000
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 32
+	}
+	if opts.FlushEvery <= 0 {
+		opts.FlushEvery = 64
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = time.Second
+	}
+	if opts.Retry.Attempts <= 0 {
+		opts.Retry.Attempts = 1 << 20 // until the window closes
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	bctx, stop := context.WithCancel(context.Background())
+	a := &API{opts: opts, batches: map[string]*run{}, ctx: bctx, stop: stop}
+	objs, err := opts.Store.List(ctx, "batch/batches/", 0)
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("batch: loading batches: %w", err)
+	}
+	for _, o := range objs {
+		if !strings.HasSuffix(o.Key, "/state") {
+			continue
+		}
+		raw, err := opts.Store.Get(ctx, o.Key)
+		if err != nil {
+			opts.Logger.Warn("batch: unreadable batch state", "key", o.Key, "err", err)
+			continue
+		}
+		var st stored
+		if err := json.Unmarshal(raw, &st); err != nil {
+			opts.Logger.Warn("batch: unreadable batch state", "key", o.Key, "err", err)
+			continue
+		}
+		a.batches[st.Batch.ID] = &run{st: st}
+	}
+	a.mux = http.NewServeMux()
+	a.mux.HandleFunc("POST /v1/files", a.uploadFile)
+	a.mux.HandleFunc("GET /v1/files/{id}", a.getFile)
+	a.mux.HandleFunc("GET /v1/files/{id}/content", a.fileContent)
+	a.mux.HandleFunc("POST /v1/batches", a.createBatch)
+	a.mux.HandleFunc("GET /v1/batches", a.listBatches)
+	a.mux.HandleFunc("GET /v1/batches/{id}", a.getBatch)
+	a.mux.HandleFunc("POST /v1/batches/{id}/cancel", a.cancelBatch)
+	return a, nil
+}
+
+// ServeHTTP serves the API's routes.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+// Resume restarts the batches a previous process left unfinished; lines
+// whose results were committed are not sent again.
+func (a *API) Resume() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, r := range a.batches {
+		if !Terminal(r.st.Batch.Status) && r.cancel == nil {
+			a.start(r)
+			n++
+		}
+	}
+	return n
+}
+
+// Close stops every running batch where it is; committed results stay.
+func (a *API) Close() {
+	a.stop()
+	a.wg.Wait()
+}
+
+// Wait blocks until a batch's runner has stopped (tests and the CLI's
+// embedded mode).
+func (a *API) Wait(id string) {
+	a.mu.Lock()
+	r := a.batches[id]
+	a.mu.Unlock()
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	done := r.done
+	r.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
+func newID(prefix string) string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+func validID(id, prefix string) bool {
+	rest, ok := strings.CutPrefix(id, prefix)
+	if !ok || len(rest) == 0 || len(rest) > 64 {
+		return false
+	}
+	for _, c := range rest {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func fileKey(id, part string) string { return "batch/files/" + id + "/" + part }
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func apiError(w http.ResponseWriter, status int, param, msg string) {
+	typ := "invalid_request_error"
+	if status >= 500 {
+		typ = "server_error"
+	}
+	var p any
+	if param != "" {
+		p = param
+	}
+	writeJSON(w, status, map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": p, "code": nil}})
+}
+
+// putFile stores a file: content first, then its metadata (the commit).
+func (a *API) putFile(ctx context.Context, f FileObject, content []byte) error {
+	if err := a.opts.Store.Put(ctx, fileKey(f.ID, "content"), content); err != nil {
+		return err
+	}
+	raw, _ := json.Marshal(f)
+	return a.opts.Store.Put(ctx, fileKey(f.ID, "meta"), raw)
+}
+
+func (a *API) loadFile(ctx context.Context, id string) (FileObject, error) {
+	var f FileObject
+	if !validID(id, "file-") {
+		return f, kvstore.ErrNotFound
+	}
+	raw, err := a.opts.Store.Get(ctx, fileKey(id, "meta"))
+	if err != nil {
+		return f, err
+	}
+	err = json.Unmarshal(raw, &f)
+	return f, err
+}
+
+func (a *API) uploadFile(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, a.opts.MaxFileBytes+1<<20)
+	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
+		apiError(w, http.StatusBadRequest, "", "upload a file as multipart/form-data with fields purpose and file")
+		return
+	}
+	mr, err := r.MultipartReader()
+	if err != nil {
+		apiError(w, http.StatusBadRequest, "", err.Error())
+		return
+	}
+	var purpose, filename string
+	var content []byte
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			apiError(w, http.StatusBadRequest, "", "reading the upload: "+err.Error())
+			return
+		}
+		switch p.FormName() {
+		case "purpose":
+			b, _ := io.ReadAll(io.LimitReader(p, 64))
+			purpose = strings.TrimSpace(string(b))
+		case "file":
+			filename = p.FileName()
+			content, err = io.ReadAll(io.LimitReader(p, a.opts.MaxFileBytes+1))
+			if err != nil {
+				apiError(w, http.StatusBadRequest, "file", "reading the file: "+err.Error())
+				return
+			}
+			if int64(len(content)) > a.opts.MaxFileBytes {
+				apiError(w, http.StatusRequestEntityTooLarge, "file", fmt.Sprintf("file over the limit of %d bytes", a.opts.MaxFileBytes))
+				return
+			}
+		}
+	}
+	if purpose != "batch" {
+		apiError(w, http.StatusBadRequest, "purpose", fmt.Sprintf("purpose %q: this server takes batch input files (purpose batch)", purpose))
+		return
+	}
+	if content == nil {
+		apiError(w, http.StatusBadRequest, "file", "file: required")
+		return
+	}
+	if filename == "" {
+		filename = "input.jsonl"
+	}
+	f := FileObject{ID: newID("file-"), Object: "file", Bytes: int64(len(content)), CreatedAt: a.opts.Now().Unix(),
+		Filename: filename, Purpose: purpose, Status: "processed"}
+	if err := a.putFile(r.Context(), f, content); err != nil {
+		apiError(w, http.StatusInternalServerError, "", "storing the file: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, f)
+}
+
+func (a *API) getFile(w http.ResponseWriter, r *http.Request) {
+	f, err := a.loadFile(r.Context(), r.PathValue("id"))
+	if err != nil {
+		a.storeError(w, "file", r.PathValue("id"), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, f)
+}
+
+func (a *API) fileContent(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, err := a.loadFile(r.Context(), id); err != nil {
+		a.storeError(w, "file", id, err)
+		return
+	}
+	b, err := a.opts.Store.Get(r.Context(), fileKey(id, "content"))
+	if err != nil {
+		a.storeError(w, "file", id, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/jsonl")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	_, _ = w.Write(b)
+}
+
+func (a *API) storeError(w http.ResponseWriter, what, id string, err error) {
+	if errors.Is(err, kvstore.ErrNotFound) {
+		apiError(w, http.StatusNotFound, "", fmt.Sprintf("no %s with id %q", what, id))
+		return
+	}
+	apiError(w, http.StatusInternalServerError, "", fmt.Sprintf("%s %s: %v", what, id, err))
+}
+
+type createRequest struct {
+	InputFileID      string            `json:"input_file_id"`
+	Endpoint         string            `json:"endpoint"`
+	CompletionWindow string            `json:"completion_window"`
+	Metadata         map[string]string `json:"metadata"`
+}
+
+func (a *API) createBatch(w http.ResponseWriter, r *http.Request) {
+	var req createRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	if err := dec.Decode(&req); err != nil {
+		apiError(w, http.StatusBadRequest, "", "body: "+err.Error())
+		return
+	}
+	if req.Endpoint != PathChat && req.Endpoint != PathCompletion {
+		apiError(w, http.StatusBadRequest, "endpoint", fmt.Sprintf("endpoint %q: supported are %s and %s", req.Endpoint, PathChat, PathCompletion))
+		return
+	}
+	window, err := time.ParseDuration(req.CompletionWindow)
+	if err != nil || window <= 0 {
+		apiError(w, http.StatusBadRequest, "completion_window", fmt.Sprintf("completion_window %q: want a duration such as 24h", req.CompletionWindow))
+		return
+	}
+	if len(req.Metadata) > 16 {
+		apiError(w, http.StatusBadRequest, "metadata", "metadata: at most 16 pairs")
+		return
+	}
+	f, err := a.loadFile(r.Context(), req.InputFileID)
+	if err != nil {
+		if errors.Is(err, kvstore.ErrNotFound) {
+			apiError(w, http.StatusBadRequest, "input_file_id", fmt.Sprintf("no file with id %q", req.InputFileID))
+			return
+		}
+		apiError(w, http.StatusInternalServerError, "", err.Error())
+		return
+	}
+	if f.Purpose != "batch" {
+		apiError(w, http.StatusBadRequest, "input_file_id", fmt.Sprintf("file %s has purpose %q, want batch", f.ID, f.Purpose))
+		return
+	}
+	now := a.opts.Now()
+	exp := now.Add(window).Unix()
+	tier, _ := a.opts.Tiers.Resolve("")
+	if req.Metadata == nil {
+		req.Metadata = map[string]string{}
+	}
+	st := stored{Batch: BatchObject{ID: newID("batch_"), Object: "batch", Endpoint: req.Endpoint, InputFileID: f.ID,
+		CompletionWindow: req.CompletionWindow, Status: StatusValidating, CreatedAt: now.Unix(), ExpiresAt: &exp,
+		Metadata: req.Metadata}, Origin: OriginOf(r), Tier: tier}
+	if err := a.save(r.Context(), &st); err != nil {
+		apiError(w, http.StatusInternalServerError, "", "storing the batch: "+err.Error())
+		return
+	}
+	rn := &run{st: st}
+	a.mu.Lock()
+	a.batches[st.Batch.ID] = rn
+	a.start(rn)
+	a.mu.Unlock()
+	writeJSON(w, http.StatusOK, st.Batch)
+}
+
+func (a *API) save(ctx context.Context, st *stored) error {
+	raw, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	return a.opts.Store.Put(context.WithoutCancel(ctx), "batch/batches/"+st.Batch.ID+"/state", raw)
+}
+
+func (a *API) lookup(w http.ResponseWriter, r *http.Request) *run {
+	id := r.PathValue("id")
+	a.mu.Lock()
+	rn := a.batches[id]
+	a.mu.Unlock()
+	if rn == nil {
+		apiError(w, http.StatusNotFound, "", fmt.Sprintf("no batch with id %q", id))
+	}
+	return rn
+}
+
+func (a *API) getBatch(w http.ResponseWriter, r *http.Request) {
+	if rn := a.lookup(w, r); rn != nil {
+		writeJSON(w, http.StatusOK, rn.snapshot())
+	}
+}
+
+func (a *API) listBatches(w http.ResponseWriter, r *http.Request) {
+	limit := 20
+	if s := r.URL.Query().Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 100 {
+			apiError(w, http.StatusBadRequest, "limit", "limit: 1 to 100")
+			return
+		}
+		limit = n
+	}
+	after := r.URL.Query().Get("after")
+	a.mu.Lock()
+	all := make([]BatchObject, 0, len(a.batches))
+	for _, rn := range a.batches {
+		all = append(all, rn.snapshot())
+	}
+	a.mu.Unlock()
+	// Newest first, as OpenAI lists them.
+	sort.Slice(all, func(i, j int) bool {
+		if all[i].CreatedAt != all[j].CreatedAt {
+			return all[i].CreatedAt > all[j].CreatedAt
+		}
+		return all[i].ID > all[j].ID
+	})
+	if after != "" {
+		for i, b := range all {
+			if b.ID == after {
+				all = all[i+1:]
+				break
+			}
+		}
+	}
+	more := len(all) > limit
+	if more {
+		all = all[:limit]
+	}
+	out := map[string]any{"object": "list", "data": all, "has_more": more}
+	if len(all) > 0 {
+		out["first_id"], out["last_id"] = all[0].ID, all[len(all)-1].ID
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *API) cancelBatch(w http.ResponseWriter, r *http.Request) {
+	rn := a.lookup(w, r)
+	if rn == nil {
+		return
+	}
+	rn.mu.Lock()
+	b := &rn.st.Batch
+	switch {
+	case Terminal(b.Status) || b.Status == StatusCancelling:
+		if b.Status != StatusCancelled && b.Status != StatusCancelling {
+			rn.mu.Unlock()
+			apiError(w, http.StatusConflict, "", fmt.Sprintf("batch %s is %s: it cannot be cancelled", b.ID, b.Status))
+			return
+		}
+	default:
+		now := a.opts.Now().Unix()
+		b.Status, b.CancellingAt = StatusCancelling, &now
+		st := rn.st
+		if err := a.save(r.Context(), &st); err != nil {
+			rn.mu.Unlock()
+			apiError(w, http.StatusInternalServerError, "", err.Error())
+			return
+		}
+		if rn.cancel != nil {
+			rn.cancel()
+		}
+	}
+	out := rn.st.Batch
+	rn.mu.Unlock()
+	writeJSON(w, http.StatusOK, out)
+}
+
+// start runs a batch's runner; a.mu is held.
+func (a *API) start(rn *run) {
+	ctx, cancel := context.WithCancel(a.ctx)
+	rn.mu.Lock()
+	rn.cancel = cancel
+	rn.done = make(chan struct{})
+	done := rn.done
+	rn.mu.Unlock()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer close(done)
+		defer cancel()
+		if err := a.execute(ctx, rn); err != nil && a.ctx.Err() == nil {
+			a.opts.Logger.Warn("batch: runner stopped", "batch", rn.snapshot().ID, "err", err)
+		}
+		rn.mu.Lock()
+		rn.cancel = nil
+		rn.mu.Unlock()
+	}()
+}
+
+// update changes a batch's state under its lock and stores it.
+func (a *API) update(rn *run, f func(st *stored)) error {
+	rn.mu.Lock()
+	f(&rn.st)
+	st := rn.st
+	rn.mu.Unlock()
+	return a.save(a.ctx, &st)
+}
+
+func (a *API) fail(rn *run, code, msg string) error {
+	now := a.opts.Now().Unix()
+	return a.update(rn, func(st *stored) {
+		st.Batch.Status, st.Batch.FailedAt = StatusFailed, &now
+		st.Batch.Errors = &BatchErrors{Object: "list", Data: []BatchError{{Code: code, Message: msg}}}
+	})
+}
+
+func chunkKey(id string, seq int) string {
+	return fmt.Sprintf("batch/batches/%s/chunks/%08d", id, seq)
+}
+
+// execute runs a batch from wherever its stored state says it is.
+func (a *API) execute(ctx context.Context, rn *run) error {
+	st := func() stored { rn.mu.Lock(); defer rn.mu.Unlock(); return rn.st }()
+	b := st.Batch
+	content, err := a.opts.Store.Get(ctx, fileKey(b.InputFileID, "content"))
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return a.fail(rn, "invalid_file", fmt.Sprintf("input file %s: %v", b.InputFileID, err))
+	}
+	lines, _ := splitLines(content)
+	if st.Batch.Status == StatusValidating {
+		switch {
+		case len(lines) == 0:
+			return a.fail(rn, "empty_file", "the input file has no lines")
+		case len(lines) > a.opts.MaxLines:
+			return a.fail(rn, "too_many_lines", fmt.Sprintf("%d lines, limit %d", len(lines), a.opts.MaxLines))
+		}
+		now := a.opts.Now().Unix()
+		if err := a.update(rn, func(st *stored) {
+			if st.Batch.Status == StatusValidating { // not if cancelled meanwhile
+				st.Batch.Status, st.Batch.InProgressAt = StatusInProgress, &now
+			}
+			st.Batch.RequestCounts.Total = len(lines)
+		}); err != nil {
+			return err
+		}
+	}
+	// What earlier runs committed.
+	results := make([]*lineResult, len(lines))
+	for seq := 0; seq < st.Chunks; seq++ {
+		raw, err := a.opts.Store.Get(ctx, chunkKey(b.ID, seq))
+		if err != nil {
+			return fmt.Errorf("chunk %d: %w", seq, err)
+		}
+		var chunk []lineResult
+		if err := json.Unmarshal(raw, &chunk); err != nil {
+			return fmt.Errorf("chunk %d: %w", seq, err)
+		}
+		for i := range chunk {
+			if c := &chunk[i]; c.Index >= 0 && c.Index < len(results) {
+				results[c.Index] = c
+			}
+		}
+	}
+	status := func() string { rn.mu.Lock(); defer rn.mu.Unlock(); return rn.st.Batch.Status }
+	if status() == StatusInProgress {
+		deadline := time.Unix(*b.ExpiresAt, 0)
+		wctx, cancel := context.WithDeadline(ctx, deadline)
+		err := a.work(wctx, rn, lines, results)
+		cancel()
+		if a.ctx.Err() != nil {
+			return a.ctx.Err() // shutting down: resume later
+		}
+		if err != nil {
+			return err
+		}
+	}
+	// Finalize: whatever stopped the work (all done, cancelled, expired),
+	// unfinished lines become error lines and the files are written.
+	final := StatusCompleted
+	switch s := status(); {
+	case s == StatusCancelling || s == StatusCancelled:
+		final = StatusCancelled
+	case a.opts.Now().Unix() >= *b.ExpiresAt && slicesHasNil(results):
+		final = StatusExpired
+	}
+	if final == StatusCompleted {
+		now := a.opts.Now().Unix()
+		if err := a.update(rn, func(st *stored) { st.Batch.Status, st.Batch.FinalizingAt = StatusFinalizing, &now }); err != nil {
+			return err
+		}
+	}
+	return a.finalize(rn, lines, results, final)
+}
+
+func slicesHasNil(rs []*lineResult) bool {
+	for _, r := range rs {
+		if r == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// work sends the unfinished lines, Concurrency at a time, and commits
+// results in chunks.
+func (a *API) work(ctx context.Context, rn *run, lines [][]byte, results []*lineResult) error {
+	b := rn.snapshot()
+	st := func() stored { rn.mu.Lock(); defer rn.mu.Unlock(); return rn.st }()
+	todo := make(chan int)
+	out := make(chan *lineResult)
+	var wg sync.WaitGroup
+	for w := 0; w < a.opts.Concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range todo {
+				res := a.line(ctx, b, st, i, lines[i])
+				if res == nil {
+					continue // stopped: not finished
+				}
+				select {
+				case out <- res:
+				case <-ctx.Done():
+				}
+			}
+		}()
+	}
+	go func() {
+		defer close(todo)
+		for i, r := range results {
+			if r != nil {
+				continue
+			}
+			select {
+			case todo <- i:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	go func() { wg.Wait(); close(out) }()
+
+	var pending []lineResult
+	flush := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		raw, err := json.Marshal(pending)
+		if err != nil {
+			return err
+		}
+		rn.mu.Lock()
+		seq := rn.st.Chunks
+		rn.mu.Unlock()
+		// The chunk first, then the state that counts it: a crash between
+		// the two redoes the chunk's lines, never loses them.
+		if err := a.opts.Store.Put(context.WithoutCancel(ctx), chunkKey(b.ID, seq), raw); err != nil {
+			return err
+		}
+		ok, failed := 0, 0
+		for _, p := range pending {
+			if p.OK {
+				ok++
+			} else {
+				failed++
+			}
+		}
+		batchUsage := sumUsage(pending)
+		pending = pending[:0]
+		return a.update(rn, func(st *stored) {
+			st.Chunks = seq + 1
+			st.Batch.RequestCounts.Completed += ok
+			st.Batch.RequestCounts.Failed += failed
+			st.Batch.Usage = addUsage(st.Batch.Usage, batchUsage)
+		})
+	}
+	tick := time.NewTicker(a.opts.FlushInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case res, open := <-out:
+			if !open {
+				return flush()
+			}
+			results[res.Index] = res
+			pending = append(pending, *res)
+			if len(pending) >= a.opts.FlushEvery {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		case <-tick.C:
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// line serves one input line; nil if stopped before an answer.
+func (a *API) line(ctx context.Context, b BatchObject, st stored, i int, raw []byte) *lineResult {
+	reqID := fmt.Sprintf("batch_req_%s_%d", strings.TrimPrefix(b.ID, "batch_"), i)
+	l, err := parseLine(raw, b.Endpoint)
+	if err != nil {
+		return errorLine(i, reqID, l.CustomID, ReasonMalformed, "line "+strconv.Itoa(i+1)+": "+err.Error(), nil)
+	}
+	out := infer(ctx, a.opts.Backend, b.Endpoint, l.Body, st.Tier, st.Origin, a.opts.Retry)
+	if ctx.Err() != nil && !out.OK() {
+		return nil
+	}
+	if !out.OK() {
+		return errorLine(i, reqID, l.CustomID, out.Reason, out.Message, &out)
+	}
+	id := l.CustomID
+	line, _ := json.Marshal(outputLine{ID: reqID, CustomID: &id,
+		Response: &lineResponse{StatusCode: out.Status, RequestID: reqID, Body: out.Body}})
+	var u struct {
+		Usage *usage `json:"usage"`
+	}
+	_ = json.Unmarshal(out.Body, &u)
+	return &lineResult{Index: i, Line: line, OK: true, Usage: u.Usage}
+}
+
+func errorLine(i int, reqID, customID, code, msg string, out *Outcome) *lineResult {
+	ol := outputLine{ID: reqID, Error: &lineError{Code: code, Message: msg}}
+	if customID != "" {
+		ol.CustomID = &customID
+	}
+	if out != nil && out.Status != 0 {
+		ol.Response = &lineResponse{StatusCode: out.Status, RequestID: reqID, Body: out.Body}
+		if out.Body == nil {
+			ol.Response.Body = json.RawMessage("null")
+		}
+	}
+	line, _ := json.Marshal(ol)
+	return &lineResult{Index: i, Line: line}
+}
+
+func sumUsage(rs []lineResult) *BatchUsage {
+	u := &BatchUsage{}
+	for _, r := range rs {
+		if r.Usage == nil {
+			continue
+		}
+		u.InputTokens += r.Usage.PromptTokens
+		u.OutputTokens += r.Usage.CompletionTokens
+		if r.Usage.PromptTokensDetails != nil {
+			u.InputTokensDetails.CachedTokens += r.Usage.PromptTokensDetails.CachedTokens
+		}
+	}
+	u.TotalTokens = u.InputTokens + u.OutputTokens
+	return u
+}
+
+// addUsage returns a+b in a new value (snapshots share the old one).
+func addUsage(old, b *BatchUsage) *BatchUsage {
+	if old == nil {
+		return b
+	}
+	a := *old
+	a.InputTokens += b.InputTokens
+	a.OutputTokens += b.OutputTokens
+	a.TotalTokens += b.TotalTokens
+	a.InputTokensDetails.CachedTokens += b.InputTokensDetails.CachedTokens
+	return &a
+}
+
+// finalize writes the output and error files (in input order) and the
+// terminal status.
+func (a *API) finalize(rn *run, lines [][]byte, results []*lineResult, final string) error {
+	b := rn.snapshot()
+	var okBuf, errBuf bytes.Buffer
+	failed := 0
+	for i, r := range results {
+		if r == nil {
+			code, msg := "batch_cancelled", "the batch was cancelled before this line ran"
+			if final == StatusExpired {
+				code, msg = "batch_expired", "the completion window closed before this line ran"
+			}
+			var l inputLine
+			_ = json.Unmarshal(lines[i], &l)
+			reqID := fmt.Sprintf("batch_req_%s_%d", strings.TrimPrefix(b.ID, "batch_"), i)
+			r = errorLine(i, reqID, l.CustomID, code, msg, nil)
+			failed++
+		}
+		buf := &errBuf
+		if r.OK {
+			buf = &okBuf
+		}
+		buf.Write(r.Line)
+		buf.WriteByte('\n')
+	}
+	now := a.opts.Now()
+	var outID, errID *string
+	for _, f := range []struct {
+		buf *bytes.Buffer
+		id  **string
+	}{{&okBuf, &outID}, {&errBuf, &errID}} {
+		if f.buf.Len() == 0 {
+			continue
+		}
+		id := newID("file-")
+		fo := FileObject{ID: id, Object: "file", Bytes: int64(f.buf.Len()), CreatedAt: now.Unix(),
+			Filename: b.ID + "_output.jsonl", Purpose: "batch_output", Status: "processed"}
+		if f.id == &errID {
+			fo.Filename = b.ID + "_error.jsonl"
+		}
+		if err := a.putFile(a.ctx, fo, f.buf.Bytes()); err != nil {
+			return fmt.Errorf("writing results: %w", err)
+		}
+		*f.id = &id
+	}
+	t := now.Unix()
+	return a.update(rn, func(st *stored) {
+		st.Batch.Status = final
+		st.Batch.OutputFileID, st.Batch.ErrorFileID = outID, errID
+		st.Batch.RequestCounts.Failed += failed
+		switch final {
+		case StatusCompleted:
+			st.Batch.CompletedAt = &t
+		case StatusCancelled:
+			st.Batch.CancelledAt = &t
+		case StatusExpired:
+			st.Batch.ExpiredAt = &t
+		}
+	})
+}
