@@ -207,7 +207,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		_, _ = io.WriteString(w, "ok")
 	})
-	front, closeBatch, err := batchFront(ctx, act, tiers, batchConfig{storage: *batchStore, sink: *batchSink, deadLetter: *batchDLS}, log.With("component", "batch"))
+	if *batchStore == "" {
+		log.Info("batch state in memory: set --batch-storage to keep it across restarts")
+	}
+	front, closeBatch, err := act.BatchFront(ctx, activator.BatchConfig{Storage: *batchStore, Sink: *batchSink,
+		DeadLetterSink: *batchDLS, Logger: log.With("component", "batch")})
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 // localFlags are `kn-llmd local`'s flags.
 type localFlags struct {
 	addr, metricsAddr string
+	batchStorage      string
 	files             []string
 	timeScale         float64
 	startupDelay      time.Duration
@@ -86,6 +87,7 @@ a second Ctrl-C cuts the requests and kills the pods at once.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.addr, "addr", local.DefaultAddr, "listen address of the OpenAI API (the activator)")
+	fl.StringVar(&f.batchStorage, "batch-storage", "", "directory (or s3://, gs://, azblob:// URL) for Batch API files and state and CloudEvents dedupe; in memory when empty")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", local.DefaultMetricsAddr, `listen address of the status page, /metrics, /status.json, /stats, /pods/ and /scale ("off" disables it)`)
 	fl.StringArrayVarP(&f.files, "filename", "f", nil, "Knative Service manifest: a YAML file (several documents allowed) or a directory of them; repeatable (default: the built-in quick start)")
 	fl.Float64Var(&f.timeScale, "sim-time-scale", 1, "multiplies every simulated duration of simulated pods (0.1 runs ten times faster than the modelled GPU)")
@@ -145,7 +147,7 @@ func (f *localFlags) run(cmd *cobra.Command) error {
 	}
 	cmd.SilenceUsage = true
 	rt, err := local.New(local.Options{
-		Services: svcs, Addr: f.addr, MetricsAddr: f.metricsAddr, SimTimeScale: f.timeScale, SimStartupDelay: f.startupDelay, SimTokenizerDir: f.simTokenizer,
+		Services: svcs, Addr: f.addr, MetricsAddr: f.metricsAddr, BatchStorage: f.batchStorage, SimTimeScale: f.timeScale, SimStartupDelay: f.startupDelay, SimTokenizerDir: f.simTokenizer,
 		PodCommand: f.podCommand, GracePeriod: f.grace, DrainTimeout: f.drain, StartupTimeout: f.startup,
 		DebugRouting: f.debugRouting, Logger: log, PodOutput: cmd.ErrOrStderr(), TokenizerDir: f.tokenizerDir,
 		Autoscale: local.AutoscaleOptions{Disabled: f.noAutoscale, Tick: f.autoscaleTick, ScaleToZeroGracePeriod: f.scaleToZeroGrace,

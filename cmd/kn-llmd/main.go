@@ -23,6 +23,7 @@ func newRootCommand() *cobra.Command {
 	planCmd := newPlanCmd()
 	planCmd.AddCommand(newPlanVariantsCmd())
 	root.AddCommand(planCmd)
+	root.AddCommand(newBatchCmd())
 	return root
 }
 

@@ -109,3 +109,23 @@ func ServingCRDs(resources ...string) ([]string, error) {
 	}
 	return paths, nil
 }
+
+// EventingCRDs returns the paths of Knative Eventing's CRD manifests of the
+// given resources (file names under config/core/resources without .yaml,
+// e.g. "broker", "trigger") in the module cache, at the version the main
+// module requires.
+func EventingCRDs(resources ...string) ([]string, error) {
+	eventing, err := ModuleDir("knative.dev/eventing")
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(eventing, "config", "core", "resources")
+	paths := make([]string, len(resources))
+	for i, r := range resources {
+		paths[i] = filepath.Join(dir, r+".yaml")
+		if _, err := os.Stat(paths[i]); err != nil {
+			return nil, fmt.Errorf("Knative Eventing CRD %q: %w", r, err)
+		}
+	}
+	return paths, nil
+}

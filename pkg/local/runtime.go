@@ -53,6 +53,9 @@ type Options struct {
 	// under /pods/ and POST /scale. MetricsAddr "off" disables that
 	// server.
 	Addr, MetricsAddr string
+	// BatchStorage keeps batch files, state and event dedupe (a
+	// directory or bucket URL); in memory when empty.
+	BatchStorage string
 	// SimTimeScale multiplies every simulated duration of in-process pods
 	// (0.05 runs twenty times faster than the modelled GPU). Default 1.
 	SimTimeScale float64
@@ -132,6 +135,7 @@ type Runtime struct {
 
 	api, obs     *http.Server
 	apiLn, obsLn net.Listener
+	stopBatch    func()
 	served       sync.WaitGroup
 	startOnce    sync.Once
 	shutOnce     sync.Once
@@ -346,7 +350,17 @@ func (r *Runtime) start() error {
 		}
 	}
 	errLog := slog.NewLogLogger(r.log.Handler(), slog.LevelDebug)
-	r.api = &http.Server{Handler: r.act.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+	// CloudEvents at "/" and the OpenAI Batch API, through the same chain.
+	front, stopBatch, err := r.act.BatchFront(context.Background(), activator.BatchConfig{Storage: r.opts.BatchStorage, Logger: r.log.With("component", "batch")})
+	if err != nil {
+		r.apiLn.Close()
+		if r.obsLn != nil {
+			r.obsLn.Close()
+		}
+		return fmt.Errorf("local: --batch-storage: %w", err)
+	}
+	r.stopBatch = stopBatch
+	r.api = &http.Server{Handler: front, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 	r.serve(r.api, r.apiLn)
 	if r.obsLn != nil {
 		r.obs = &http.Server{Handler: r.observability(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
@@ -500,6 +514,9 @@ func (r *Runtime) shutdown(ctx context.Context) error {
 		cancel()
 	}
 	r.served.Wait()
+	if r.stopBatch != nil {
+		r.stopBatch()
+	}
 	r.stopAutoscalers()
 	stopWatch := context.AfterFunc(ctx, r.scaler.kill) // forced: kill the pods now
 	defer stopWatch()
