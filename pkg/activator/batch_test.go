@@ -82,12 +82,12 @@ func TestBatchFrontServesThroughTheChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	// All three inferences ran in the batch tier.
-	if got := counter(t, reg, "batch"); got != 3 {
+	if got := tierRequests(t, reg, "batch"); got != 3 {
 		t.Fatalf("%v requests counted in the batch tier, want 3", got)
 	}
 }
 
-func counter(t *testing.T, reg *prometheus.Registry, tier string) float64 {
+func tierRequests(t *testing.T, reg *prometheus.Registry, tier string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
