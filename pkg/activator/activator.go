@@ -628,11 +628,18 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 		}
 		var re *RetryableError
 		if !errors.As(err, &re) {
-			if ctx.Err() != nil {
+			var started *StartedError
+			switch {
+			case ctx.Err() != nil:
 				c.code = 499
-			} else {
+			case errors.As(err, &started):
 				c.code = http.StatusBadGateway
 				a.opts.Logger.Warn("request failed after the answer started", "revision", revName, "err", err)
+				rev.stats.record(requestDone{tier: tier.Name, failed: true, at: a.opts.Now()})
+				abortStarted(w, req.Stream, err)
+			default:
+				c.code = http.StatusBadGateway
+				writeError(w, c.code, errorType(c.code), fmt.Sprintf("revision %s: %v", revName, err))
 			}
 			rev.stats.record(requestDone{tier: tier.Name, failed: true, at: a.opts.Now()})
 			return
@@ -655,6 +662,20 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 	rev.stats.record(requestDone{tier: tier.Name, failed: true, at: a.opts.Now()})
 	w.Header().Set("Retry-After", "1")
 	writeError(w, c.code, errorType(c.code), fmt.Sprintf("no endpoint of revision %s could take the request: %v", revName, lastErr))
+}
+
+// abortStarted ends an answer whose upstream failed after its status went
+// out, so that the client cannot take it for a complete one: a stream gets
+// an SSE error event (OpenAI's error shape), then the connection is
+// aborted (no final chunk in HTTP/1.1, a stream reset in HTTP/2).
+func abortStarted(w http.ResponseWriter, stream bool, err error) {
+	if stream {
+		ev, _ := json.Marshal(map[string]any{"error": map[string]any{
+			"message": "the endpoint failed during the answer: " + err.Error(), "type": "InternalServerError", "param": nil, "code": http.StatusBadGateway}})
+		_, _ = w.Write(append(append([]byte("data: "), ev...), "\n\n"...))
+		_ = http.NewResponseController(w).Flush()
+	}
+	panic(http.ErrAbortHandler)
 }
 
 // attempt sends the request to the decided endpoint(s) once.

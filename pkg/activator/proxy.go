@@ -44,6 +44,13 @@ type RetryableError struct {
 func (e *RetryableError) Error() string { return fmt.Sprintf("endpoint %s: %v", e.Endpoint, e.Err) }
 func (e *RetryableError) Unwrap() error { return e.Err }
 
+// StartedError is a failure after the response's status went to the
+// client: it cannot be retried or answered with an error status.
+type StartedError struct{ Err error }
+
+func (e *StartedError) Error() string { return e.Err.Error() }
+func (e *StartedError) Unwrap() error { return e.Err }
+
 // Observer sees a response as it passes: the status, then each chunk of
 // the body in order. It must not retain the chunk.
 type Observer interface {
@@ -117,7 +124,7 @@ func (p *Proxy) forward(ctx context.Context, w http.ResponseWriter, in *http.Req
 				obs.Chunk(buf[:n])
 			}
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				return fmt.Errorf("write to client: %w", werr)
+				return &StartedError{Err: fmt.Errorf("write to client: %w", werr)}
 			}
 			if streamed && (!sse || buf[n-1] == '\n') {
 				_ = rc.Flush()
@@ -130,7 +137,7 @@ func (p *Proxy) forward(ctx context.Context, w http.ResponseWriter, in *http.Req
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("read from endpoint %s after the response started: %w", base, rerr)
+			return &StartedError{Err: fmt.Errorf("read from endpoint %s after the response started: %w", base, rerr)}
 		}
 	}
 }

@@ -5,11 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/router"
 )
 
 func TestForwardStreamsChunksAsTheyCome(t *testing.T) {
@@ -221,5 +225,59 @@ func TestUsageRewrittenForDisaggregatedAnswers(t *testing.T) {
 	f.close()
 	if got := rec.Body.String(); !strings.Contains(got, `"cached_tokens":32`) || rec.Header().Get("Content-Length") != "" {
 		t.Fatalf("body %q, content-length %q", got, rec.Header().Get("Content-Length"))
+	}
+}
+
+// TestUpstreamFailureMidStreamReachesTheClient: a pod that dies after the
+// first event must not look like a complete answer: the client gets an SSE
+// error event and an aborted response, never a clean end.
+func TestUpstreamFailureMidStreamReachesTheClient(t *testing.T) {
+	pod := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			_, _ = w.Write([]byte(vllmPage))
+			return
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = w.Write([]byte("data: {\"choices\":[{\"index\":0,\"text\":\"a\"}]}\n\n"))
+		w.(http.Flusher).Flush()
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		_ = conn.Close()
+	}))
+	defer pod.Close()
+	act, err := New(Options{ScrapeInterval: time.Hour, StaleAfter: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer act.Close()
+	key := RevisionKey{Namespace: "default", Name: "llm-00001"}
+	if err := act.UpsertRevision(RevisionConfig{Key: key, Service: "llm", Models: []string{"demo"}, Spec: apis.Spec{RoutingProfile: "default"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := act.SetPods(key, []PodSpec{{Name: "p0", URL: pod.URL, Role: router.RoleBoth}}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); act.Stats()[0].ReadyPods != 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("pod never ready")
+		}
+	}
+	front := httptest.NewServer(act.Handler())
+	defer front.Close()
+	resp, err := http.Post(front.URL+"/v1/completions", "application/json", strings.NewReader(`{"model":"demo","prompt":"hi","stream":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("the broken stream ended cleanly: %q", data)
+	}
+	if !strings.Contains(string(data), `"text":"a"`) || !strings.Contains(string(data), `data: {"error":`) {
+		t.Fatalf("stream %q: want the first event, then an error event", data)
 	}
 }
