@@ -141,6 +141,12 @@ type Request struct {
 	// Priority orders the waiting queue under PolicyPriority: lower is
 	// served first (vLLM's convention). It must be 0 under FCFS.
 	Priority int
+	// StoredTokens is how many leading prompt tokens have their KV in
+	// shared storage (the caller knows what the store holds). Whole blocks
+	// of them that the local cache lacks are restored, at the profile's
+	// RestoreTime, instead of computed; the profile must model storage.
+	// 0 (the default) changes nothing.
+	StoredTokens int
 }
 
 // FinishReason says why a request ended.
@@ -163,7 +169,8 @@ type Output struct {
 	NumOutput    int
 	PromptTokens int
 	// CachedTokens is the prompt tokens found in the local prefix cache at
-	// admission; ExternalTokens those that arrived from a prefill engine.
+	// admission; ExternalTokens those that arrived from a prefill engine
+	// or were restored from shared storage.
 	CachedTokens   int
 	ExternalTokens int
 	Finished       bool
@@ -268,6 +275,7 @@ type seq struct {
 	admitted   bool
 	counted    bool
 	loaded     bool
+	loadTo     int // computed tokens once a load completes
 	cachedToks int
 	external   int
 	state      state
@@ -429,6 +437,12 @@ func (e *Engine) Add(now time.Time, r Request) error {
 		return fmt.Errorf("%w: a decode engine cannot serve a remote-decode (prefill) request", ErrBadRequest)
 	case r.RemotePrefill && e.cfg.Role == RolePrefill:
 		return fmt.Errorf("%w: a prefill engine cannot serve a remote-prefill (decode) request", ErrBadRequest)
+	case r.StoredTokens < 0 || r.StoredTokens > len(r.Prompt):
+		return fmt.Errorf("%w: stored tokens %d outside the prompt's %d", ErrBadRequest, r.StoredTokens, len(r.Prompt))
+	case r.StoredTokens > 0 && !e.cfg.Profile.HasStorage():
+		return fmt.Errorf("%w: stored tokens given but profile %q models no shared storage", ErrBadRequest, e.cfg.Profile.Name)
+	case r.StoredTokens > 0 && r.RemotePrefill:
+		return fmt.Errorf("%w: a remote-prefill request cannot also restore from storage", ErrBadRequest)
 	case r.Priority != 0 && e.cfg.Policy != PolicyPriority:
 		return fmt.Errorf("%w: priority %d requested but priority scheduling is not enabled", ErrBadRequest, r.Priority)
 	}
@@ -649,9 +663,16 @@ func (e *Engine) schedule(now time.Time) {
 			if s.req.RemotePrefill && !s.loaded {
 				remote = max(0, s.promptLen-1-hitTokens)
 			}
+			restore := 0
+			if s.req.StoredTokens > 0 && !s.loaded {
+				// Whole blocks, leaving at least one token to compute.
+				restore = max(0, min(s.req.StoredTokens, s.promptLen-1)/bs*bs-hitTokens)
+			}
 			target := hitTokens + min(len(s.tokens)-hitTokens, budget)
 			if remote > 0 {
 				target = s.promptLen - 1
+			} else if restore > 0 {
+				target = hitTokens + restore
 			}
 			need := (target+bs-1)/bs - len(e.hits)
 			avail := e.pool.numFree
@@ -676,15 +697,21 @@ func (e *Engine) schedule(now time.Time) {
 				e.stats.PrefixQueries += int64(s.promptLen)
 				e.stats.PrefixHits += int64(hitTokens)
 			}
-			if remote > 0 {
+			if remote > 0 || restore > 0 {
 				if !e.allocSlots(s, target-s.computed) {
 					panic("engine: block accounting out of sync")
 				}
 				e.waiting = e.waiting[1:]
 				s.state = stLoading
-				s.external = remote
 				s.loaded = true
-				s.readyAt = now.Add(e.cfg.Profile.TransferTime(remote))
+				s.loadTo = target
+				if remote > 0 {
+					s.external = remote
+					s.readyAt = now.Add(e.cfg.Profile.TransferTime(remote))
+				} else {
+					s.external = restore
+					s.readyAt = now.Add(e.cfg.Profile.RestoreTime(restore))
+				}
 				e.loading = append(e.loading, s)
 				continue
 			}
@@ -739,8 +766,9 @@ func (e *Engine) freeBlocks(s *seq) {
 	s.numCached = 0
 }
 
-// finishLoads moves requests whose remote KV has arrived to the front of the
-// waiting queue with all but the last prompt token computed.
+// finishLoads moves requests whose remote or restored KV has arrived to the
+// front of the waiting queue with the loaded tokens computed (all but the
+// last prompt token for a remote prefill).
 func (e *Engine) finishLoads(now time.Time) {
 	j := 0
 	for _, s := range e.loading {
@@ -749,7 +777,7 @@ func (e *Engine) finishLoads(now time.Time) {
 			j++
 			continue
 		}
-		s.computed = s.promptLen - 1
+		s.computed = s.loadTo
 		s.state = stWaiting
 		e.cacheFull(s)
 		e.enqueue(s, true)

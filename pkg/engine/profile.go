@@ -49,6 +49,33 @@ type Profile struct {
 	// profile should run with (vLLM's --max-num-seqs): the step-budget
 	// choice sets it along with the budget. 0 leaves vLLM's default.
 	MaxNumSeqs int `json:"maxNumSeqs,omitempty"`
+	// Shared storage the engine restores offloaded KV from (llm-d.ai/kv-offload):
+	// StorageBandwidth in bytes/s (0: no storage; restore unavailable), the
+	// latency of one object GET before its first byte, the tokens one
+	// object holds (LMCache's chunk, 256), and how many GETs run at once.
+	StorageBandwidth            float64 `json:"storageBandwidth,omitempty"`
+	StorageObjectLatencySeconds float64 `json:"storageObjectLatencySeconds,omitempty"`
+	StorageObjectTokens         int     `json:"storageObjectTokens,omitempty"`
+	StorageConcurrency          int     `json:"storageConcurrency,omitempty"`
+}
+
+// HasStorage reports whether the profile models shared KV storage.
+func (p *Profile) HasStorage() bool { return p.StorageBandwidth > 0 }
+
+// RestoreTime is how long the KV of tokens takes to come back from shared
+// storage: the bytes at the storage bandwidth, plus one object latency per
+// round of concurrent GETs. With C streams sharing the bandwidth, each
+// round of C objects costs a latency plus its bytes at the full
+// bandwidth, so the bytes term is the physical floor and the latency term
+// what object granularity adds to it. 0 without storage.
+func (p *Profile) RestoreTime(tokens int) time.Duration {
+	if tokens <= 0 || !p.HasStorage() {
+		return 0
+	}
+	objects := (tokens + p.StorageObjectTokens - 1) / p.StorageObjectTokens
+	rounds := (objects + p.StorageConcurrency - 1) / p.StorageConcurrency
+	sec := float64(tokens)*p.KVBytesPerToken()/p.StorageBandwidth + float64(rounds)*p.StorageObjectLatencySeconds
+	return time.Duration(sec * float64(time.Second))
 }
 
 // KVBytesPerToken is 2 (K and V) x layers x KV heads x head dim x dtype bytes.
@@ -116,6 +143,13 @@ func (p *Profile) Validate() error {
 	}
 	if p.MaxNumSeqs < 0 || p.MaxNumSeqs > 1<<16 {
 		return fmt.Errorf("profile %q: maxNumSeqs must be in [0, 65536], got %d", p.Name, p.MaxNumSeqs)
+	}
+	if p.StorageBandwidth < 0 || math.IsNaN(p.StorageBandwidth) || math.IsInf(p.StorageBandwidth, 0) ||
+		p.StorageObjectLatencySeconds < 0 || math.IsNaN(p.StorageObjectLatencySeconds) || p.StorageObjectLatencySeconds > 60 {
+		return fmt.Errorf("profile %q: storageBandwidth must be a finite number >= 0 and storageObjectLatencySeconds in [0, 60]", p.Name)
+	}
+	if p.HasStorage() && (p.StorageObjectTokens < 1 || p.StorageObjectTokens > 1<<20 || p.StorageConcurrency < 1 || p.StorageConcurrency > 1<<10) {
+		return fmt.Errorf("profile %q: with storageBandwidth, storageObjectTokens must be in [1, 1048576] and storageConcurrency in [1, 1024]", p.Name)
 	}
 	if p.ActivationReserveBytes < 0 || p.StepOverheadSeconds < 0 {
 		return fmt.Errorf("profile %q: activationReserveBytes and stepOverheadSeconds must not be negative", p.Name)
