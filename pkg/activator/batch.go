@@ -50,7 +50,7 @@ func (a *Activator) BatchFront(ctx context.Context, cfg BatchConfig) (http.Handl
 		policy.Default = names[len(names)-1] // the lowest tier
 	}
 	events, err := batch.NewIngress(batch.IngressOptions{Backend: backend, Store: store, Tiers: policy,
-		Sink:           func(*http.Request) string { return cfg.Sink },
+		Sink:           a.batchSink(cfg.Sink),
 		DeadLetterSink: cfg.DeadLetterSink, Logger: log})
 	if err != nil {
 		_ = store.Close()
@@ -69,4 +69,17 @@ func (a *Activator) BatchFront(ctx context.Context, cfg BatchConfig) (http.Handl
 		log.Info("batch: resumed batches", "count", n)
 	}
 	return batch.Front(inner, events, api), func() { api.Close(); events.Close(); _ = store.Close() }, nil
+}
+
+// batchSink returns where a request's CloudEvents results go: its
+// Service's llm-d.ai/batch-sink, else the activator's default.
+func (a *Activator) batchSink(def string) func(*http.Request) string {
+	return func(r *http.Request) string {
+		if rev, _, err := a.resolve(r, ""); err == nil {
+			if s := rev.config().Spec.BatchSink; s != "" {
+				return s
+			}
+		}
+		return def
+	}
 }

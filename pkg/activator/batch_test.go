@@ -2,6 +2,8 @@ package activator_test
 
 import (
 	"context"
+	"errors"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/prometheus/client_golang/prometheus"
@@ -111,4 +114,69 @@ func tierRequests(t *testing.T, reg *prometheus.Registry, tier string) float64 {
 
 func writeLines(path string, lines ...string) error {
 	return os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+}
+
+// A Service's llm-d.ai/batch-sink sends its CloudEvents results to that
+// sink (a real SDK receiver): the sender hears 202 at once.
+func TestBatchFrontAnnotationSink(t *testing.T) {
+	_, simAddr := simtest.Start(t, "demo")
+	got := make(chan cloudevents.Event, 1)
+	p, err := cloudevents.NewHTTP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv, err := cloudevents.NewHTTPReceiveHandler(context.Background(), p, func(ev cloudevents.Event) { got <- ev })
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := httptest.NewServer(recv)
+	t.Cleanup(sink.Close)
+
+	act, err := activator.New(activator.Options{ScrapeInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(act.Close)
+	spec, _, err := activator.ParseRevisionSpec(map[string]string{"llm-d.ai/batch-sink": sink.URL},
+		"annotations", activator.NewVocabulary(activator.DefaultTiers(), router.DefaultConfig()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := activator.RevisionKey{Namespace: "default", Name: "llm-00001"}
+	if err := act.UpsertRevision(activator.RevisionConfig{Key: key, Service: "llm", Models: []string{"demo"}, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	if err := act.SetPods(key, []activator.PodSpec{{Name: "pod-0", URL: "http://" + simAddr, Role: router.RoleBoth}}); err != nil {
+		t.Fatal(err)
+	}
+	front, stop, err := act.BatchFront(context.Background(), activator.BatchConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	srv := httptest.NewServer(front)
+	t.Cleanup(srv.Close)
+
+	ce, _ := cloudevents.NewClientHTTP()
+	ev := cloudevents.NewEvent()
+	ev.SetID("doc-2")
+	ev.SetSource("/tests/activator")
+	ev.SetType(batch.TypeRequest)
+	_ = ev.SetData(cloudevents.ApplicationJSON, map[string]any{"prompt": "hi", "max_tokens": 2})
+	// The revision is found by Knative's headers, as its ingress sends them.
+	ctx := cloudevents.ContextWithTarget(context.Background(), srv.URL+"/")
+	ctx = cehttp.WithCustomHeader(ctx, http.Header{activator.RevisionHeader: {"llm-00001"}, activator.NamespaceHeader: {"default"}})
+	reply, res := ce.Request(ctx, ev)
+	var hr *cehttp.Result
+	if !cloudevents.IsACK(res) || !errors.As(res, &hr) || hr.StatusCode != http.StatusAccepted || reply != nil {
+		t.Fatalf("want 202 and no reply: %v %v", res, reply)
+	}
+	select {
+	case r := <-got:
+		if r.Type() != batch.TypeResponse || r.Subject() != "doc-2" {
+			t.Fatalf("sink got %s", r)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("nothing reached the Service's sink")
+	}
 }

@@ -10,6 +10,7 @@ package apis
 import (
 	"fmt"
 	"math"
+	"net/url"
 	pathpkg "path"
 	"slices"
 	"sort"
@@ -38,6 +39,7 @@ const (
 	AcceleratorAnnotation     = Group + "accelerator"
 	VariantCostAnnotation     = Group + "variant-cost"
 	TokenizerAnnotation       = Group + "tokenizer"
+	BatchSinkAnnotation       = Group + "batch-sink"
 	StepTokenBudgetAnnotation = Group + "step-token-budget"
 
 	// KV offload to shared storage and the engine's own KV tiers (issue 12).
@@ -137,6 +139,10 @@ type Spec struct {
 	// GPU (see KVOffloadSpec); the zero value (Mode "off", no tiers) keeps
 	// today's behaviour exactly.
 	KVOffload KVOffloadSpec
+	// BatchSink is where results of CloudEvents sent to this Service go
+	// (llm-d.ai/batch-sink, an http(s) URL); "" means the HTTP reply, or
+	// the activator's K_SINK.
+	BatchSink string
 }
 
 // KV offload modes (llm-d.ai/kv-offload).
@@ -241,6 +247,7 @@ func Known(key string) bool {
 }
 
 var known = map[string]string{
+	BatchSinkAnnotation:       "http(s) URL",
 	ModelAnnotation:           "string",
 	DisaggregationAnnotation:  "none | prefill-decode",
 	RoutingProfileAnnotation:  "routing profile name",
@@ -414,6 +421,14 @@ func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, 
 			fail(VariantCostAnnotation, "invalid value %q: must be a positive number (cost per replica-hour), like 2.5", v)
 		} else {
 			s.VariantCost = c
+		}
+	}
+	if v, ok := annotations[BatchSinkAnnotation]; ok {
+		u, err := url.Parse(v)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+			fail(BatchSinkAnnotation, "invalid value %q: must be an http or https URL without credentials, like http://results.default.svc.cluster.local", v)
+		} else {
+			s.BatchSink = v
 		}
 	}
 	if v, ok := annotations[TokenizerAnnotation]; ok {

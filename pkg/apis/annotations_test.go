@@ -78,6 +78,8 @@ func TestParseRejectsWithFieldPaths(t *testing.T) {
 		{"prefill scale without P/D", map[string]string{PrefillMinScaleAnnotation: "1"}, "[llm-d.ai/prefill-min-scale]"},
 		{"bad mode", map[string]string{AutoscalerModeAnnotation: "auto"}, "[llm-d.ai/autoscaler-mode]"},
 		{"unknown sim profile", map[string]string{SimProfileAnnotation: "gpt-5"}, "[llm-d.ai/sim-profile]"},
+		{"batch sink not a URL", map[string]string{BatchSinkAnnotation: "results"}, "[llm-d.ai/batch-sink]"},
+		{"batch sink with credentials", map[string]string{BatchSinkAnnotation: "https://user:pw@sink.example.com"}, "[llm-d.ai/batch-sink]"},
 		{"empty model", map[string]string{ModelAnnotation: " "}, "[llm-d.ai/model]"},
 		{"accelerator with spaces", map[string]string{AcceleratorAnnotation: "H100 80GB"}, "[llm-d.ai/accelerator]"},
 		{"zero cost", map[string]string{VariantCostAnnotation: "0"}, "[llm-d.ai/variant-cost]"},
@@ -174,5 +176,12 @@ func TestParseTokenizer(t *testing.T) {
 	s, err := Parse(map[string]string{}, "a", Vocabulary{})
 	if err != nil || s.Tokenizer != TokenizerAuto {
 		t.Errorf("default tokenizer = %q, %v; want auto", s.Tokenizer, err)
+	}
+}
+
+func TestParseBatchSink(t *testing.T) {
+	s, err := Parse(map[string]string{BatchSinkAnnotation: "http://results.default.svc.cluster.local"}, "annotations", Vocabulary{})
+	if err != nil || s.BatchSink != "http://results.default.svc.cluster.local" {
+		t.Fatalf("%+v %v", s.BatchSink, err)
 	}
 }
