@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -93,14 +94,24 @@ func newHTTPRequest(ctx context.Context, base string, c Call) (*http.Request, er
 // activator's own chain), so batch work takes the normal request path.
 type HandlerBackend struct{ Handler http.Handler }
 
-// Do implements Backend.
-func (b HandlerBackend) Do(ctx context.Context, c Call) (Answer, error) {
+// Do implements Backend. A handler that aborts its answer (panics with
+// http.ErrAbortHandler, as the activator does when an upstream fails
+// mid-answer) is an error here, as a cut connection is to a client.
+func (b HandlerBackend) Do(ctx context.Context, c Call) (a Answer, err error) {
 	req, err := newHTTPRequest(ctx, "http://activator.internal", c)
 	if err != nil {
 		return Answer{}, err
 	}
 	req.RemoteAddr = "127.0.0.1:0"
 	w := &recorder{header: http.Header{}, status: http.StatusOK}
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				panic(p)
+			}
+			a, err = Answer{}, errors.New("the answer was aborted")
+		}
+	}()
 	b.Handler.ServeHTTP(w, req)
 	if w.over {
 		return Answer{}, fmt.Errorf("answer over %d bytes", maxAnswerBytes)

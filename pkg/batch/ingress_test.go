@@ -599,3 +599,18 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestHandlerBackendAbort(t *testing.T) {
+	be := HandlerBackend{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"partial":`))
+		panic(http.ErrAbortHandler)
+	})}
+	if _, err := be.Do(context.Background(), Call{Path: PathChat, Body: []byte(`{}`)}); err == nil {
+		t.Fatal("an aborted answer passed as an answer")
+	}
+	// An aborted answer is transient: the request is tried again.
+	out := infer(context.Background(), be, PathChat, map[string]json.RawMessage{"model": json.RawMessage(`"m"`)}, "batch", Origin{}, Retry{Attempts: 2, Base: time.Millisecond})
+	if out.Reason != ReasonBackendError || !out.Transient {
+		t.Fatalf("%+v", out)
+	}
+}
