@@ -217,8 +217,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer closeBatch()
 	servers := []*http.Server{
-		{Addr: *addr, Handler: front, ReadHeaderTimeout: 10 * time.Second},
-		{Addr: *adminAddr, Handler: admin, ReadHeaderTimeout: 10 * time.Second},
+		// No ReadTimeout or WriteTimeout: answers stream for minutes. The
+		// headers, each body (activator.Options.BodyTimeout) and idle
+		// keep-alive connections are bounded.
+		{Addr: *addr, Handler: front, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute},
+		{Addr: *adminAddr, Handler: admin, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute},
 	}
 	for _, s := range servers {
 		go func() {

@@ -52,6 +52,13 @@ type Options struct {
 	Flow         FlowLimits
 	// MaxBodyBytes bounds request bodies (16 MiB).
 	MaxBodyBytes int64
+	// MaxBufferedBytes bounds the request bodies held at once, all
+	// requests together (1 GiB): past it a request is refused with 503
+	// and Retry-After rather than the process running out of memory.
+	MaxBufferedBytes int64
+	// BodyTimeout bounds the time to receive a request's body (30 s), so
+	// that a client sending slowly cannot hold a handler and its buffer.
+	BodyTimeout time.Duration
 	// ScrapeInterval is how often each pod's /metrics is read (50 ms);
 	// StaleAfter is when a pod's metrics count as unknown (4 intervals,
 	// at least 500 ms).
@@ -93,6 +100,8 @@ type Activator struct {
 	tokWarned  sync.Map // what tokenizerFor warned about
 	tokFound   sync.Map // model -> where its tokenizer files are
 
+	buffered atomic.Int64 // request-body bytes held, against MaxBufferedBytes
+
 	kvUnknown atomic.Int64 // messages at the bound KV-event endpoint from no known pod
 }
 
@@ -106,6 +115,12 @@ func New(opts Options) (*Activator, error) {
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 16 << 20
+	}
+	if opts.MaxBufferedBytes <= 0 {
+		opts.MaxBufferedBytes = 1 << 30
+	}
+	if opts.BodyTimeout <= 0 {
+		opts.BodyTimeout = 30 * time.Second
 	}
 	if opts.ScrapeInterval <= 0 {
 		opts.ScrapeInterval = 50 * time.Millisecond
@@ -462,6 +477,9 @@ func (a *Activator) readBody(kind string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := &call{start: a.opts.Now(), code: http.StatusOK}
 		tooBig := func() {
+			// The rest of the body is not wanted: close rather than
+			// have the server read it before answering.
+			w.Header().Set("Connection", "close")
 			writeError(w, http.StatusRequestEntityTooLarge, errorType(413),
 				fmt.Sprintf("request body over the limit of %d bytes", a.opts.MaxBodyBytes))
 		}
@@ -471,22 +489,58 @@ func (a *Activator) readBody(kind string, next http.Handler) http.Handler {
 		}
 		c.body = getBuffer()
 		defer c.body.release()
-		if err := c.body.readFrom(http.MaxBytesReader(w, r.Body, a.opts.MaxBodyBytes), r.ContentLength); err != nil {
+		held := &budgetReader{r: http.MaxBytesReader(w, r.Body, a.opts.MaxBodyBytes), a: a}
+		defer func() { a.buffered.Add(-held.n) }()
+		rc := http.NewResponseController(w)
+		_ = rc.SetReadDeadline(time.Now().Add(a.opts.BodyTimeout))
+		err := c.body.readFrom(held, r.ContentLength)
+		_ = rc.SetReadDeadline(time.Time{})
+		if err != nil {
 			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
+			var ne net.Error
+			switch {
+			case errors.As(err, &mbe):
 				tooBig()
-				return
+			case errors.Is(err, errBudget):
+				w.Header().Set("Retry-After", "1")
+				writeError(w, http.StatusServiceUnavailable, errorType(503), "the activator holds too many request bodies; retry shortly")
+			case errors.As(err, &ne) && ne.Timeout():
+				w.Header().Set("Connection", "close")
+				writeError(w, http.StatusRequestTimeout, "RequestTimeoutError",
+					fmt.Sprintf("request body not received within %s", a.opts.BodyTimeout))
+			default:
+				writeError(w, http.StatusBadRequest, "BadRequestError", "could not read the request body: "+err.Error())
 			}
-			writeError(w, http.StatusBadRequest, "BadRequestError", "could not read the request body: "+err.Error())
 			return
 		}
-		var err error
 		if c.req, err = ParseLLMRequest(kind, c.body.b); err != nil {
 			a.fail(w, err)
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
 	})
+}
+
+// errBudget is a body refused because MaxBufferedBytes are held.
+var errBudget = errors.New("request-body budget exhausted")
+
+// budgetReader counts the body bytes it reads against the activator's
+// MaxBufferedBytes; n are released when the request is done.
+type budgetReader struct {
+	r io.Reader
+	a *Activator
+	n int64
+}
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if n > 0 {
+		b.n += int64(n)
+		if b.a.buffered.Add(int64(n)) > b.a.opts.MaxBufferedBytes {
+			return n, errBudget
+		}
+	}
+	return n, err
 }
 
 // resolveRevision finds the revision: Knative's headers, Host, or model.
