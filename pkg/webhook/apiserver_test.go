@@ -530,3 +530,63 @@ func knownAnnotations() string {
 	}
 	return strings.Join(keys, ", ")
 }
+
+// Through the API server: each offload mode gets its vLLM connector, the
+// storage credentials are a Secret reference the API server stores as such
+// (the Secret need not exist: the webhook never reads it), and a value that
+// looks like the Secret's contents is refused without being echoed.
+func TestAPIServerInjectsKVOffload(t *testing.T) {
+	cl := apiServer(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, connector string
+		ann             map[string]string
+		secret          string
+		volume          bool
+	}{
+		{name: "kv-cpu", connector: webhook.OffloadingConnector, ann: map[string]string{apis.KVCPUTierBytesAnnotation: "16Gi"}},
+		{name: "kv-disk", connector: webhook.LMCacheConnector, ann: map[string]string{apis.KVDiskTierBytesAnnotation: "100G"}, volume: true},
+		{name: "kv-scale-down", connector: webhook.LMCacheConnector, secret: "kv-creds", ann: map[string]string{
+			apis.KVOffloadAnnotation: apis.KVOffloadOnScaleDown, apis.KVOffloadURIAnnotation: "s3://kv/llama",
+			apis.KVOffloadSecretAnnotation: "kv-creds", apis.KVCPUTierBytesAnnotation: "16G"}},
+		{name: "kv-write-through", connector: webhook.LMCacheConnector, ann: map[string]string{
+			apis.KVOffloadAnnotation: apis.KVOffloadWriteThrough, apis.KVOffloadURIAnnotation: "gs://kv/llama"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := cl.client.Create(ctx, ksvc(tc.name, tc.ann)); err != nil {
+				t.Fatal(err)
+			}
+			got := get(t, cl.client, tc.name)
+			c := got.Spec.Template.Spec.Containers[0]
+			args := strings.Join(c.Args, " ")
+			if !strings.Contains(args, `--kv-transfer-config {"kv_connector":"`+tc.connector+`"`) {
+				t.Errorf("args %q lack the %s connector", args, tc.connector)
+			}
+			var refs []string
+			for _, e := range c.EnvFrom {
+				if e.SecretRef != nil {
+					refs = append(refs, e.SecretRef.Name)
+				}
+			}
+			if (tc.secret == "" && len(refs) != 0) || (tc.secret != "" && !slices.Equal(refs, []string{tc.secret})) {
+				t.Errorf("secret references %v, want %q", refs, tc.secret)
+			}
+			for _, e := range c.Env {
+				if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+					t.Errorf("env %s reads a Secret key directly", e.Name)
+				}
+			}
+			hasVol := slices.ContainsFunc(got.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == webhook.KVDiskVolume })
+			if hasVol != tc.volume {
+				t.Errorf("disk volume %v, want %v", hasVol, tc.volume)
+			}
+		})
+	}
+	err := cl.client.Create(ctx, ksvc("kv-pasted", map[string]string{
+		apis.KVOffloadAnnotation: apis.KVOffloadOnScaleDown, apis.KVOffloadURIAnnotation: "s3://kv/llama",
+		apis.KVOffloadSecretAnnotation: "AWS_SECRET_ACCESS_KEY=hunter2",
+	}))
+	if err == nil || !strings.Contains(err.Error(), "["+apis.KVOffloadSecretAnnotation+"]") || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("a pasted secret: %v, want a refusal naming the annotation without the value", err)
+	}
+}
