@@ -520,6 +520,13 @@ func TestOpenAISDKStreamsThroughTheActivator(t *testing.T) {
 	if text.Len() == 0 || usage.CompletionTokens == 0 || usage.PromptTokens == 0 {
 		t.Fatalf("text %q usage %+v", text.String(), usage)
 	}
+	// The SDK stops at [DONE]; the activator accounts when its handler
+	// returns, which may be later: wait for that count first.
+	for deadline := time.Now().Add(30 * time.Second); f.act.Stats()[0].CompletionTokens != usage.CompletionTokens; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the SDK stream's %d completion tokens never accounted: %+v", usage.CompletionTokens, f.act.Stats()[0])
+		}
+	}
 	// A stream whose client did not ask for usage: the activator still
 	// accounts its tokens, and the client sees no usage chunk.
 	before := f.act.Stats()[0].CompletionTokens
@@ -533,8 +540,10 @@ func TestOpenAISDKStreamsThroughTheActivator(t *testing.T) {
 	if strings.Contains(string(raw), `"usage":{`) || !strings.HasSuffix(string(raw), "data: [DONE]\n\n") {
 		t.Fatalf("client stream: %s", raw)
 	}
-	if got := f.act.Stats()[0].CompletionTokens - before; got != 7 {
-		t.Fatalf("accounted %d completion tokens, want 7", got)
+	for deadline := time.Now().Add(30 * time.Second); f.act.Stats()[0].CompletionTokens-before != 7; time.Sleep(5 * time.Millisecond) {
+		if got := f.act.Stats()[0].CompletionTokens - before; got > 7 || time.Now().After(deadline) {
+			t.Fatalf("accounted %d completion tokens, want 7", got)
+		}
 	}
 	models, err := client.Models.List(context.Background())
 	if err != nil || len(models.Data) != 1 || models.Data[0].ID != testModel {
