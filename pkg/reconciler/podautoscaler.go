@@ -330,6 +330,10 @@ func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.Po
 	act := decideActivation(&pa.Status, cfg, raw.Decode, hasRec, now, deadline+ActivationTimeoutBuffer)
 	rs.setGaveUp(act.gaveUp)
 	wantDecode, wantPrefill, rec := rs.want(now)
+	noDataSince, noData := rs.holding()
+	if noData || hasRec { // unknown before the first tick
+		markActivatorReports(&pa.Status, noDataSince, noData, rec, hasRec)
+	}
 	if cfg.Advisory {
 		r.announce(pa, rs, rec)
 	}
@@ -349,6 +353,10 @@ func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.Po
 			// Knative's rule: a target still activating is not scaled
 			// to zero before its activation timeout.
 			desired = current
+		case noData && !hasRec:
+			// No report and no recommendation yet: the scale stays
+			// (Knative's "metrics are not yet being collected").
+			desired = max(desired, current)
 		}
 		if act.timedOut && current > 0 {
 			r.log.Info("activation timed out", "revision", key.String(), "after", deadline+ActivationTimeoutBuffer)
@@ -361,7 +369,7 @@ func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.Po
 			}
 		}
 		if cfg.Disaggregated {
-			if err := r.reconcilePrefill(ctx, pa, decode, int32(wantPrefill), cfg.Advisory, act.hold); err != nil {
+			if err := r.reconcilePrefill(ctx, pa, decode, int32(wantPrefill), cfg.Advisory, act.hold || (noData && !hasRec)); err != nil {
 				return 0, err
 			}
 		}
@@ -373,6 +381,36 @@ func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.Po
 		rs.initialized(now)
 	}
 	return act.wait, nil
+}
+
+// ConditionActivatorReports is the PodAutoscaler condition (severity Info:
+// it does not make the PA unready) that says whether the activators'
+// reports of the revision are fresh. False (ReasonNoData): none within
+// ActivatorSilence, and the last recommendation holds instead of the
+// silence being taken for zero load.
+const (
+	ConditionActivatorReports knativeapis.ConditionType = "ActivatorReports"
+	ReasonNoData                                        = "NoData"
+)
+
+// infoConditions manages conditions outside Knative's PA condition set.
+var infoConditions = knativeapis.NewLivingConditionSet()
+
+// markActivatorReports sets ConditionActivatorReports; its message
+// changes only with the hold's start and the held recommendation, so an
+// idle revision's status is not rewritten.
+func markActivatorReports(st *v1alpha1.PodAutoscalerStatus, since time.Time, noData bool, rec autoscaler.Recommendation, hasRec bool) {
+	c := knativeapis.Condition{Type: ConditionActivatorReports, Status: corev1.ConditionTrue, Severity: knativeapis.ConditionSeverityInfo}
+	if noData {
+		held := "no recommendation yet: the scale stays"
+		if hasRec {
+			held = "holding the last recommendation " + rec.String()
+		}
+		c.Status, c.Reason = corev1.ConditionFalse, ReasonNoData
+		c.Message = fmt.Sprintf("No activator has reported this revision since %s (silence over %v); %s.",
+			since.UTC().Format(time.RFC3339), ActivatorSilence, held)
+	}
+	infoConditions.Manage(st).SetCondition(c)
 }
 
 // ProgressDeadline is how long a PodAutoscaler's target may take to become

@@ -39,6 +39,12 @@ type revisionScaler struct {
 	rec       autoscaler.Recommendation
 	hasRec    bool
 	announced string // last advisory recommendation sent as an Event
+	// noDataSince is when the decider last ran without a fresh report of
+	// the revision from any activator (zero: the last tick had data, or
+	// no tick yet). While it is set the last recommendation holds:
+	// no data is not zero load (Knative's decider returns no
+	// recommendation on ErrNoData and the KPA keeps the scale).
+	noDataSince time.Time
 }
 
 // initial is a role's initial scale within its bounds: Knative's
@@ -203,8 +209,9 @@ func (r *PodAutoscalerReconciler) Recommendations() []RevisionRecommendation {
 		if s.cfg.Advisory {
 			mode = apis.AutoscalerAdvise
 		}
+		_, holding := s.holding()
 		out = append(out, RevisionRecommendation{Namespace: s.key.Namespace, Name: s.key.Name, Mode: mode,
-			Decode: d, Prefill: p, Recommendation: rec})
+			Decode: d, Prefill: p, Recommendation: rec, NoData: holding})
 	}
 	return out
 }
@@ -239,7 +246,14 @@ func (r *PodAutoscalerReconciler) runTicker(ctx context.Context) error {
 // replicas to set changed.
 func (r *PodAutoscalerReconciler) tick(ctx context.Context, s *revisionScaler) {
 	now := r.now()
-	load, _ := r.stats.Load(now, s.key.String())
+	load, fresh := r.stats.Load(now, s.key.String())
+	if _, was := s.holding(); was == fresh {
+		if fresh {
+			r.log.Info("activator reports resumed", "revision", s.key.String())
+		} else {
+			r.log.Info("no activator reports the revision; holding the last recommendation", "revision", s.key.String(), "silence", ActivatorSilence)
+		}
+	}
 	in := autoscaler.Input{Load: load}
 	// The pods' telemetry (running, waiting, KV usage) as the activators
 	// scraped it; ready counts from the Deployments, which the activators
@@ -249,20 +263,51 @@ func (r *PodAutoscalerReconciler) tick(ctx context.Context, s *revisionScaler) {
 	if s.cfg.Disaggregated {
 		in.Pods.Prefill.Ready = r.readyReplicas(ctx, s.key.Namespace, PrefillName(s.key.Name))
 	}
+	rec, changed, decided := s.scale(now, in, fresh)
+	if decided {
+		r.record(s, rec)
+	}
+	if changed {
+		r.enqueue(s.key)
+	}
+}
+
+// scale runs the decider on in when fresh (some activator reported the
+// revision within ActivatorSilence) and records its recommendation;
+// without fresh data it leaves the last recommendation and the decider's
+// windows as they are and marks the revision as holding. changed: the
+// replicas to set, the recommendation or the holding state changed (the
+// reconciler should look again); decided: the decider ran.
+func (s *revisionScaler) scale(now time.Time, in autoscaler.Input, fresh bool) (rec autoscaler.Recommendation, changed, decided bool) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !fresh {
+		if s.noDataSince.IsZero() {
+			s.noDataSince = now
+			return s.rec, true, false
+		}
+		return s.rec, false, false
+	}
+	wasHolding := !s.noDataSince.IsZero()
+	s.noDataSince = time.Time{}
 	d0, p0, prev := s.wantLocked(now)
-	rec := s.dec.Scale(now, in)
+	rec = s.dec.Scale(now, in)
 	s.rec, s.hasRec = rec, true
 	d1, p1, _ := s.wantLocked(now)
-	s.mu.Unlock()
-	r.record(s, rec)
 	// A recommendation that changed while the initial scale holds changes
 	// no replicas, but the reconciler decides on it whether a stalled
 	// activation has timed out.
-	if d0 != d1 || p0 != p1 || prev.Decode != rec.Decode || prev.Prefill != rec.Prefill ||
-		(s.cfg.Advisory && prev.String() != rec.String()) {
-		r.enqueue(s.key)
-	}
+	changed = wasHolding || d0 != d1 || p0 != p1 || prev.Decode != rec.Decode || prev.Prefill != rec.Prefill ||
+		(s.cfg.Advisory && prev.String() != rec.String())
+	return rec, changed, true
+}
+
+// holding reports since when the revision has had no fresh activator
+// report (ok false: it has).
+func (s *revisionScaler) holding() (since time.Time, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.noDataSince, !s.noDataSince.IsZero()
 }
 
 func (r *PodAutoscalerReconciler) readyReplicas(ctx context.Context, namespace, name string) int {

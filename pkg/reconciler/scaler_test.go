@@ -65,3 +65,91 @@ func TestInitialScaleHoldsUntilInitialized(t *testing.T) {
 		t.Error("unknown engine profile: no error")
 	}
 }
+
+// TestAutoscalerNoDataNoAutoscale mirrors Knative's test of the same name:
+// ticks without a fresh activator report give no recommendation, and the
+// last one holds however long the silence lasts; activators that report
+// zero traffic still take the revision to zero.
+func TestAutoscalerNoDataNoAutoscale(t *testing.T) {
+	r := &PodAutoscalerReconciler{revs: map[types.NamespacedName]*revisionScaler{}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	cfg := autoscaler.DefaultConfig()
+	cfg.Decode = autoscaler.Bounds{MaxScale: 4}
+	key := types.NamespacedName{Namespace: "ns", Name: "rev"}
+	s, err := r.scalerFor(key, cfg, engine.DefaultProfile, 1, "rev-deployment")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Unix(1_000_000, 0)
+	s.initialized(start)
+	heavy := autoscaler.Input{Load: autoscaler.Load{
+		RequestsPerSecond: map[string]float64{"standard": 1000}, PromptTokensPerSecond: 1e6, UncachedPrefillTokensPerSecond: 1e6,
+		OutputTokensPerSecond: 1e5, MeanPromptTokens: 1000, MeanOutputTokens: 100, InFlight: 500,
+	}}
+	if _, changed, decided := s.scale(start, heavy, true); !changed || !decided {
+		t.Fatalf("first tick with data: changed %v, decided %v", changed, decided)
+	}
+	busy, _ := s.recommendation()
+	if busy.Decode != 4 {
+		t.Fatalf("under heavy load: %s, want 4 decode replicas (max-scale)", busy)
+	}
+	if _, ok := s.holding(); ok {
+		t.Fatal("holding after a tick with data")
+	}
+
+	// The activators go silent: an hour of ticks, far past the stable
+	// window, the scale-down delay and the grace period.
+	now := start
+	for i := range 3600 {
+		now = now.Add(time.Second)
+		_, changed, decided := s.scale(now, autoscaler.Input{}, false)
+		if decided || changed != (i == 0) {
+			t.Fatalf("tick %d without data: decided %v, changed %v (want no decision; changed once, at the start of the hold)", i, decided, changed)
+		}
+	}
+	if d, _, rec := s.want(now); d != 4 || rec != busy {
+		t.Errorf("after an hour without data: decode %d, recommendation %s; want the last one, 4", d, rec)
+	}
+	if since, ok := s.holding(); !ok || !since.Equal(start.Add(time.Second)) {
+		t.Errorf("holding %v since %v, want since the first silent tick", ok, since)
+	}
+
+	// Activators report zero traffic: the revision goes to zero as before.
+	var zeroAt time.Time
+	for range 600 {
+		now = now.Add(time.Second)
+		if _, _, decided := s.scale(now, autoscaler.Input{}, true); !decided {
+			t.Fatal("a tick with data made no decision")
+		}
+		if d, _, _ := s.want(now); d == 0 {
+			zeroAt = now
+			break
+		}
+	}
+	if zeroAt.IsZero() {
+		t.Fatal("reported zero traffic for 10 minutes did not scale to zero")
+	}
+	if _, ok := s.holding(); ok {
+		t.Error("still holding after reports resumed")
+	}
+	t.Logf("to zero %v after reports of zero traffic resumed", zeroAt.Sub(start.Add(3600*time.Second)))
+}
+
+// TestStatsLoadNoData: Load's ok is false when no activator reported the
+// revision within ActivatorSilence, true for a report of zero traffic.
+func TestStatsLoadNoData(t *testing.T) {
+	s := NewStats()
+	t0 := time.Unix(1_000_000, 0)
+	if _, ok := s.Load(t0, "default/chat-00001"); ok {
+		t.Error("no report ever: ok")
+	}
+	s.Report(t0, StatsReport{Activator: "a", Revisions: []autoscaler.Snapshot{{Revision: "default/chat-00001"}}})
+	if l, ok := s.Load(t0.Add(ActivatorSilence), "default/chat-00001"); !ok || l.Requests() != 0 {
+		t.Errorf("a report of zero traffic: ok %v, %v requests/s", ok, l.Requests())
+	}
+	if _, ok := s.Load(t0.Add(ActivatorSilence), "default/other"); ok {
+		t.Error("a revision the activator does not report: ok")
+	}
+	if _, ok := s.Load(t0.Add(ActivatorSilence+time.Millisecond), "default/chat-00001"); ok {
+		t.Error("after the activator's silence: ok")
+	}
+}

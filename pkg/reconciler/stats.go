@@ -47,6 +47,9 @@ type RevisionRecommendation struct {
 	Prefill        int                       `json:"prefill"`
 	Decode         int                       `json:"decode"`
 	Recommendation autoscaler.Recommendation `json:"recommendation"`
+	// NoData: no activator has reported the revision within
+	// ActivatorSilence; the last recommendation holds.
+	NoData bool `json:"noData,omitempty"`
 }
 
 // ErrUnknownRevision is a poke for a revision this autoscaler does not

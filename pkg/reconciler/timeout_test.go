@@ -65,6 +65,9 @@ func TestActivationTimeout(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			f := newRevision(t, cl, apis.AutoscalerClass, c.ann, 1)
+			// An idle activator reports the revision: zero traffic, not
+			// no data (TestNoDataHoldsTheScale).
+			cl.quietActivator(t, f)
 			f.prefill = c.ann[apis.DisaggregationAnnotation] == apis.DisaggregationPrefillDecode
 			if c.deadlineSeconds > 0 {
 				d := &appsv1.Deployment{}
