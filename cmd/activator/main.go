@@ -68,6 +68,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		adminAddr  = flag.String("admin-addr", "127.0.0.1:9091", "listen address of /metrics, /stats and /healthz (:9091 in cluster mode)")
 		scalerURL  = flag.String("autoscaler-url", defaultAutoscalerURL, "the autoscaler's stats address, for load reports and pokes; empty disables them (with --config, only used when set)")
 		podName    = flag.String("pod-name", defaultPodName(), "this activator's name in its reports to the autoscaler")
+		tokenFile  = flag.String("autoscaler-token-file", "", "bearer token for the autoscaler (its projected ServiceAccount token, audience llmd-autoscaler), re-read at each report; empty sends none")
 		domains    = flag.String("domains", "", "comma-separated host suffixes after {service}.{namespace}. that Host routing accepts (the cluster's Knative domains); built-in list when empty")
 		routerFile = flag.String("router-config", "", "router configuration (the config-llmd-router data); built-in profiles when empty")
 		tiersFile  = flag.String("tiers", "", "SLO tier table (the config-llmd-tiers data); built-in tiers when empty")
@@ -128,7 +129,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	var reporter *activator.Reporter
 	if *scalerURL != "" {
 		var err error
-		reporter, err = activator.NewReporter(activator.ReporterOptions{URL: *scalerURL, Activator: *podName,
+		reporter, err = activator.NewReporter(activator.ReporterOptions{URL: *scalerURL, Activator: *podName, TokenFile: *tokenFile,
 			Registerer: reg, Logger: log.With("component", "reporter")})
 		if err != nil {
 			return fmt.Errorf("--autoscaler-url, --pod-name: %w", err)

@@ -7,7 +7,8 @@
 //	autoscaler [--kubeconfig FILE] [--namespace llmd-kn] [--config-dir /etc/llmd/autoscaler] [--leader-elect]
 //
 // It serves the activators' stats API on --stats-bind-address (POST
-// /v1/stats, POST /v1/poke, GET /v1/recommendations), Prometheus metrics on
+// /v1/stats, POST /v1/poke, GET /v1/recommendations; the writes need the
+// activator's ServiceAccount token, --stats-auth), Prometheus metrics on
 // --metrics-bind-address and /healthz and /readyz on
 // --health-probe-bind-address. Run one replica; with --leader-elect a
 // rolling update hands over through a Lease in --namespace.
@@ -24,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -74,12 +76,20 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		configDir    = flag.String("config-dir", "", "the config-llmd-autoscaler ConfigMap mounted as a directory (one file per key); defaults when empty")
 		tiersFile    = flag.String("tiers", "", "SLO tier table (the config-llmd-tiers data) whose targets apply to revisions without llm-d.ai/slo-ttft or slo-tpot; built-in tiers when empty")
 		verbose      = flag.Bool("v", false, "log at debug level")
+		statsAuth    = flag.String("stats-auth", "tokenreview", "how callers of POST /v1/stats and /v1/poke authenticate: tokenreview (a ServiceAccount token for --stats-audience, checked with the API server's TokenReview) or none")
+		audience     = flag.String("stats-audience", reconciler.DefaultStatsAudience, "the audience the activators' projected ServiceAccount tokens must carry")
+		callers      = flag.String("stats-callers", "", "comma-separated user names allowed to report and poke (default: system:serviceaccount:<--namespace>:llmd-activator)")
+		perCaller    = flag.Float64("stats-rate", 50, "requests per second one authenticated caller may send (burst 4×)")
+		perAddress   = flag.Float64("stats-address-rate", 100, "requests per second one remote address may send before authentication (burst 2×)")
 	)
 	if err := flag.Parse(args); err != nil {
 		return err
 	}
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", flag.Args())
+	}
+	if *statsAuth != "tokenreview" && *statsAuth != "none" {
+		return fmt.Errorf("--stats-auth %q: want tokenreview or none", *statsAuth)
 	}
 	level := slog.LevelInfo
 	if *verbose {
@@ -138,11 +148,23 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := rec.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
+	var auth reconciler.Authenticator
+	switch *statsAuth {
+	case "tokenreview":
+		users := []string{"system:serviceaccount:" + *namespace + ":llmd-activator"}
+		if *callers != "" {
+			users = strings.Split(*callers, ",")
+		}
+		auth = &reconciler.TokenReviewer{Client: mgr.GetClient(), Audience: *audience, Users: users}
+	case "none":
+		log.Warn("the stats API accepts reports and pokes from anyone (--stats-auth=none)")
+	}
 	ln, err := net.Listen("tcp", *statsAddr)
 	if err != nil {
 		return fmt.Errorf("stats API: %w", err)
 	}
-	if err := mgr.Add(&statsServer{ln: ln, handler: rec.API().Handler(), log: log}); err != nil {
+	lim := reconciler.Limits{PerCaller: *perCaller, Burst: int(4 * *perCaller), PerAddress: *perAddress}
+	if err := mgr.Add(&statsServer{ln: ln, handler: rec.API(auth, lim).Handler(), log: log}); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -14,10 +14,12 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -50,6 +52,7 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{"--tiers", filepath.Join(dir, "missing.yaml")}, "missing.yaml"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 		{[]string{"extra"}, "unexpected arguments"},
+		{[]string{"--stats-auth", "trust-me"}, `--stats-auth "trust-me": want tokenreview or none`},
 		{[]string{"--kubeconfig", filepath.Join(dir, "missing")}, "kubeconfig"},
 	} {
 		var stderr bytes.Buffer
@@ -201,16 +204,66 @@ func TestAutoscalerInACluster(t *testing.T) {
 		return nil
 	})
 
+	// The activator's ServiceAccount token for the autoscaler's audience,
+	// as the kubelet projects it (config/activator), and forgeries.
+	token := func(nsName, sa, audience string) string {
+		t.Helper()
+		acct := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: nsName, Name: sa}}
+		if err := admin.Create(ctx, acct); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{audience}}}
+		must(admin.SubResource("token").Create(ctx, acct, tr))
+		return tr.Status.Token
+	}
+	activatorToken := token("llmd-kn", "llmd-activator", "llmd-autoscaler")
+	post := func(path, tok, body string) (int, string) {
+		req, err := http.NewRequest(http.MethodPost, "http://"+statsAddr+path, strings.NewReader(body))
+		must(err)
+		req.Header.Set("Content-Type", "application/json")
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		must(err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	reportBody := func(tokens int) string {
+		return fmt.Sprintf(`{"activator":"llmd-activator-x","revisions":[{"revision":"demo/chat-00001","requestsByTier":{"standard":%d},
+			"promptTokens":%d,"completionTokens":%d,"uncachedPrefillTokens":%d,"inFlight":100}]}`, tokens/1000, tokens, tokens/10, tokens)
+	}
+
+	// Forged reports and pokes (issue 17, failure 6) are refused: no
+	// token, a made-up one, the activator's token for another audience,
+	// another ServiceAccount's token for the right one.
+	poke := `{"namespace":"demo","name":"chat-00001"}`
+	for _, f := range []struct {
+		name, tok string
+		code      int
+	}{
+		{"no token", "", http.StatusUnauthorized},
+		{"made-up token", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6bGxtZC1rbjpsbG1kLWFjdGl2YXRvciJ9.c2ln", http.StatusUnauthorized},
+		{"activator token, other audience", token("llmd-kn", "llmd-activator", "https://kubernetes.default.svc"), http.StatusUnauthorized},
+		{"other ServiceAccount", token("demo", "default", "llmd-autoscaler"), http.StatusForbidden},
+	} {
+		for _, path := range []string{"/v1/stats", "/v1/poke"} {
+			body := reportBody(0)
+			if path == "/v1/poke" {
+				body = poke
+			}
+			if code, msg := post(path, f.tok, body); code != f.code {
+				t.Errorf("%s: POST %s answered %d %q, want %d", f.name, path, code, msg, f.code)
+			}
+		}
+	}
+
 	// An activator's reports of a heavy load: both roles go to their max
 	// through the scale subresource.
 	report := func(tokens int) {
-		body := fmt.Sprintf(`{"activator":"llmd-activator-x","revisions":[{"revision":"demo/chat-00001","requestsByTier":{"standard":%d},
-			"promptTokens":%d,"completionTokens":%d,"uncachedPrefillTokens":%d,"inFlight":100}]}`, tokens/1000, tokens, tokens/10, tokens)
-		resp, err := http.Post("http://"+statsAddr+"/v1/stats", "application/json", strings.NewReader(body))
-		must(err)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("POST /v1/stats: %s", resp.Status)
+		if code, msg := post("/v1/stats", activatorToken, reportBody(tokens)); code != http.StatusAccepted {
+			t.Fatalf("POST /v1/stats: %d %s", code, msg)
 		}
 	}
 	report(0)

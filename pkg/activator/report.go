@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -52,6 +53,11 @@ type ReporterOptions struct {
 	// are dropped after one was sent (1 s): every queued request pokes,
 	// the autoscaler needs to hear it once.
 	PokeWindow time.Duration
+	// TokenFile holds the bearer token sent with every report and poke:
+	// the activator's projected ServiceAccount token for the autoscaler's
+	// audience, re-read at each send as the kubelet rotates it. Empty: no
+	// token (an autoscaler run with --stats-auth=none).
+	TokenFile string
 	// Client sends the reports (a client with a 2 s timeout).
 	Client     *http.Client
 	Registerer prometheus.Registerer
@@ -201,6 +207,13 @@ func (r *Reporter) post(ctx context.Context, u *url.URL, body any) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if r.opts.TokenFile != "" {
+		tok, err := os.ReadFile(r.opts.TokenFile)
+		if err != nil {
+			return fmt.Errorf("autoscaler token: %w", err)
+		}
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	}
 	resp, err := r.opts.Client.Do(req)
 	if err != nil {
 		return fmt.Errorf("POST %s: %w", u.Path, err)

@@ -151,9 +151,9 @@ func New(mgr manager.Manager, opts Options) (*PodAutoscalerReconciler, error) {
 }
 
 // API is the stats API (activator reports, pokes, recommendations) served
-// by this reconciler.
-func (r *PodAutoscalerReconciler) API() *StatsAPI {
-	return &StatsAPI{Stats: r.stats, Poke: r.Poke, Recommendations: r.Recommendations, Now: r.now}
+// by this reconciler; auth authenticates its writers (nil: anyone).
+func (r *PodAutoscalerReconciler) API(auth Authenticator, lim Limits) *StatsAPI {
+	return &StatsAPI{Stats: r.stats, Poke: r.Poke, Recommendations: r.Recommendations, Now: r.now, Auth: auth, Limits: lim}
 }
 
 func (r *PodAutoscalerReconciler) now() time.Time {

@@ -196,7 +196,7 @@ func startCluster(assets string, clock *shiftedClock) (*cluster, error) {
 	if err := rec.SetupWithManager(mgr); err != nil {
 		return fail(err)
 	}
-	srv := httptest.NewServer(rec.API().Handler())
+	srv := httptest.NewServer(rec.API(nil, reconciler.Limits{}).Handler())
 	go func() {
 		defer close(done)
 		defer srv.Close()

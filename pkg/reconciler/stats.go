@@ -210,13 +210,30 @@ type StatsAPI struct {
 	Recommendations func() []RevisionRecommendation
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Auth authenticates the callers of POST /v1/stats and /v1/poke; nil
+	// accepts every caller (tests, and an autoscaler run with
+	// --stats-auth=none).
+	Auth Authenticator
+	// Limits bound the callers (rate, concurrency).
+	Limits Limits
 }
 
 // Handler returns the API's routes.
 func (a *StatsAPI) Handler() http.Handler {
+	g := newGuard(a.Auth, a.Limits, a.now)
+	guarded := func(h func(http.ResponseWriter, *http.Request, Caller)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			c, release, ok := g.admit(w, r)
+			if !ok {
+				return
+			}
+			defer release()
+			h(w, r, c)
+		}
+	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/stats", a.postStats)
-	mux.HandleFunc("POST /v1/poke", a.postPoke)
+	mux.HandleFunc("POST /v1/stats", guarded(a.postStats))
+	mux.HandleFunc("POST /v1/poke", guarded(a.postPoke))
 	mux.HandleFunc("GET /v1/recommendations", a.getRecommendations)
 	return mux
 }
@@ -249,7 +266,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, dst any) error {
 	return nil
 }
 
-func (a *StatsAPI) postStats(w http.ResponseWriter, r *http.Request) {
+func (a *StatsAPI) postStats(w http.ResponseWriter, r *http.Request, c Caller) {
 	var rep StatsReport
 	if err := decodeBody(w, r, &rep); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -257,6 +274,11 @@ func (a *StatsAPI) postStats(w http.ResponseWriter, r *http.Request) {
 	}
 	if strings.TrimSpace(rep.Activator) == "" {
 		http.Error(w, "field activator: required (the activator's pod name)", http.StatusBadRequest)
+		return
+	}
+	if c.Pod != "" && rep.Activator != c.Pod {
+		// One activator may not speak for another (or for a made-up one).
+		http.Error(w, fmt.Sprintf("field activator: %q, but the token is bound to pod %q", rep.Activator, c.Pod), http.StatusForbidden)
 		return
 	}
 	for i, s := range rep.Revisions {
@@ -269,7 +291,7 @@ func (a *StatsAPI) postStats(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusAccepted)
 }
 
-func (a *StatsAPI) postPoke(w http.ResponseWriter, r *http.Request) {
+func (a *StatsAPI) postPoke(w http.ResponseWriter, r *http.Request, _ Caller) {
 	var p PokeRequest
 	if err := decodeBody(w, r, &p); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)

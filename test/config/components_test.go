@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -15,8 +16,10 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -47,7 +50,7 @@ var listenArg = regexp.MustCompile(`^:(\d+)$`)
 func runComponents(t *testing.T, env *envtest.Environment, admin client.Client, objs []*unstructured.Unstructured) {
 	bin := buildCommands(t)
 	ctx := context.Background()
-	statsAddr := ""
+	statsAddr, activatorAdmin := "", ""
 	type running struct {
 		name string
 		out  *testutil.SyncBuffer
@@ -78,6 +81,11 @@ func runComponents(t *testing.T, env *envtest.Environment, admin client.Client, 
 				t.Fatal(err)
 			}
 			for _, v := range d.Spec.Template.Spec.Volumes {
+				if v.Name == m.Name && v.Projected != nil {
+					// What the kubelet projects: the pod's ServiceAccount
+					// token for the audience, from the API server.
+					projectTokens(t, admin, d.Spec.Template.Spec.ServiceAccountName, v.Projected, local)
+				}
 				if v.Name != m.Name || v.ConfigMap == nil {
 					continue
 				}
@@ -122,6 +130,9 @@ func runComponents(t *testing.T, env *envtest.Environment, admin client.Client, 
 		args = append(args, "--kubeconfig="+kubeconfig)
 		if name == "llmd-autoscaler" {
 			statsAddr = ports["8090"]
+		}
+		if name == "llmd-activator" {
+			activatorAdmin = ports["9091"]
 		}
 
 		cmd := exec.Command(filepath.Join(bin, commands[name]), args...)
@@ -204,9 +215,51 @@ func runComponents(t *testing.T, env *envtest.Environment, admin client.Client, 
 		time.Sleep(200 * time.Millisecond)
 	}
 	time.Sleep(3 * time.Second)
+	// The activator's reports carry its projected token, which the
+	// autoscaler's TokenReview (with config/'s RBAC) accepts.
+	resp, err := http.Get("http://" + activatorAdmin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(metrics), `llmd_activator_autoscaler_report_failures_total{kind="stats"}`) {
+		t.Errorf("the autoscaler refused the activator's reports:\n%s\n%s", grepLines(string(metrics), "report_failures"), procs[0].out)
+	}
 	for _, p := range procs {
 		if log := p.out.String(); strings.Contains(strings.ToLower(log), "forbidden") {
 			t.Errorf("%s was refused something by the API server's RBAC:\n%s", p.name, log)
 		}
 	}
+}
+
+// projectTokens writes what a projected volume's serviceAccountToken
+// sources hold: a token of sa for their audience, from the TokenRequest API.
+func projectTokens(t *testing.T, admin client.Client, sa string, p *corev1.ProjectedVolumeSource, dir string) {
+	t.Helper()
+	for _, src := range p.Sources {
+		tok := src.ServiceAccountToken
+		if tok == nil {
+			continue
+		}
+		tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+			Audiences: []string{tok.Audience}, ExpirationSeconds: tok.ExpirationSeconds}}
+		account := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: sa}}
+		if err := admin.SubResource("token").Create(context.Background(), account, tr); err != nil {
+			t.Fatalf("token of %s for %q: %v", sa, tok.Audience, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, tok.Path), []byte(tr.Status.Token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -16,6 +16,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -126,6 +127,9 @@ func TestManifests(t *testing.T) {
 		}
 	}
 
+	checkStatsAuth(t, deployments["llmd-activator"], deployments["llmd-autoscaler"])
+	checkNetworkPolicies(t, objs, deployments)
+
 	wantServicePort(t, objs, "llmd-activator", "http", 80, 8080)
 	wantServicePort(t, objs, "llmd-activator", "admin", 9091, 9091)
 	wantServicePort(t, objs, "llmd-autoscaler", "stats", 8090, 8090)
@@ -139,6 +143,99 @@ func TestManifests(t *testing.T) {
 		}
 		if !matched {
 			t.Errorf("Service %s selects no Deployment's pods", s.Name)
+		}
+	}
+}
+
+// checkStatsAuth: the activator sends a ServiceAccount token projected for
+// the audience the autoscaler checks, from the file its flag names.
+func checkStatsAuth(t *testing.T, act, as *appsv1.Deployment) {
+	t.Helper()
+	flagValue := func(c corev1.Container, flag string) string {
+		for _, a := range c.Args {
+			if v, ok := strings.CutPrefix(a, flag+"="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	ac, sc := act.Spec.Template.Spec.Containers[0], as.Spec.Template.Spec.Containers[0]
+	if v := flagValue(sc, "--stats-auth"); v != "tokenreview" {
+		t.Errorf("llmd-autoscaler --stats-auth=%q, want tokenreview", v)
+	}
+	audience := flagValue(sc, "--stats-audience")
+	file := flagValue(ac, "--autoscaler-token-file")
+	if audience == "" || file == "" {
+		t.Fatalf("--stats-audience %q, --autoscaler-token-file %q: both needed", audience, file)
+	}
+	dir, key := filepath.Dir(file), filepath.Base(file)
+	for _, m := range ac.VolumeMounts {
+		if m.MountPath != dir {
+			continue
+		}
+		for _, v := range act.Spec.Template.Spec.Volumes {
+			if v.Name != m.Name || v.Projected == nil {
+				continue
+			}
+			for _, src := range v.Projected.Sources {
+				if tok := src.ServiceAccountToken; tok != nil && tok.Path == key && tok.Audience == audience {
+					return
+				}
+			}
+		}
+	}
+	t.Errorf("llmd-activator: %s is not a ServiceAccount token projected for audience %q", file, audience)
+}
+
+// checkNetworkPolicies: the autoscaler's stats port admits the activator's
+// pods only; the activator's admin port is not open to every namespace.
+func checkNetworkPolicies(t *testing.T, objs []*unstructured.Unstructured, deployments map[string]*appsv1.Deployment) {
+	t.Helper()
+	policy := func(d *appsv1.Deployment) *networkingv1.NetworkPolicy {
+		for _, u := range byKind(objs, "NetworkPolicy") {
+			p := convert[networkingv1.NetworkPolicy](t, u)
+			if selects(p.Spec.PodSelector.MatchLabels, d.Spec.Template.Labels) && slices.Contains(p.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) {
+				return p
+			}
+		}
+		t.Errorf("no ingress NetworkPolicy selects the pods of %s", d.Name)
+		return nil
+	}
+	// peers lists who may reach port; open: anyone.
+	peers := func(p *networkingv1.NetworkPolicy, port int32) (from []networkingv1.NetworkPolicyPeer, open bool) {
+		for _, r := range p.Spec.Ingress {
+			if len(r.Ports) > 0 && !slices.ContainsFunc(r.Ports, func(pp networkingv1.NetworkPolicyPort) bool {
+				return pp.Port != nil && pp.Port.IntValue() == int(port)
+			}) {
+				continue
+			}
+			if len(r.From) == 0 {
+				return nil, true
+			}
+			from = append(from, r.From...)
+		}
+		return from, false
+	}
+	act, as := deployments["llmd-activator"], deployments["llmd-autoscaler"]
+	if p := policy(as); p != nil {
+		from, open := peers(p, 8090)
+		if open || len(from) != 1 || from[0].NamespaceSelector != nil || from[0].PodSelector == nil ||
+			!selects(from[0].PodSelector.MatchLabels, act.Spec.Template.Labels) {
+			t.Errorf("llmd-autoscaler stats port 8090: reachable from %+v (open %v), want the activator's pods only", from, open)
+		}
+		if _, open := peers(p, 9090); open {
+			t.Error("llmd-autoscaler metrics port open to everyone")
+		}
+	}
+	if p := policy(act); p != nil {
+		if _, open := peers(p, 8080); !open {
+			t.Error("llmd-activator port 8080 not open: the ingress gateway must reach it")
+		}
+		from, open := peers(p, 9091)
+		if open || slices.ContainsFunc(from, func(peer networkingv1.NetworkPolicyPeer) bool {
+			return peer.NamespaceSelector != nil && len(peer.NamespaceSelector.MatchLabels) == 0 && len(peer.NamespaceSelector.MatchExpressions) == 0
+		}) {
+			t.Errorf("llmd-activator admin port 9091 reachable from every namespace: %+v", from)
 		}
 	}
 }
@@ -493,6 +590,9 @@ func TestApplyToAPIServer(t *testing.T) {
 			{"llmd-autoscaler", "update", "coordination.k8s.io", "leases", "", "kube-system", "", false},
 			{"llmd-autoscaler", "list", "", "configmaps", "", ns, "", false},
 			{"llmd-autoscaler", "delete", "", "pods", "", "default", "", false},
+			// Who reports load: TokenReviews, by the autoscaler only.
+			{"llmd-autoscaler", "create", "authentication.k8s.io", "tokenreviews", "", "", "", true},
+			{"llmd-activator", "create", "authentication.k8s.io", "tokenreviews", "", "", "", false},
 			// webhook: its own Secret and configurations, Knative's ConfigMaps.
 			{"llmd-kn-webhook", "get", "", "secrets", "", ns, "llmd-kn-webhook-certs", true},
 			{"llmd-kn-webhook", "get", "", "secrets", "", ns, "other", false},
