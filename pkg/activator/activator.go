@@ -225,6 +225,7 @@ func (a *Activator) Stats() []RevisionStats {
 	for _, r := range revs {
 		s := r.stats.snapshot(now)
 		s.Revision = r.key.String()
+		s.MaxModelLen = r.maxModelLen()
 		fs := r.flow.Stats()
 		s.QueuedByTier = fs.Queued
 		r.mu.RLock()
@@ -457,16 +458,18 @@ type callKey struct{}
 func callOf(r *http.Request) *call { return r.Context().Value(callKey{}).(*call) }
 
 // llm is the chain for one OpenAI request kind, outermost first: read and
-// parse the body, resolve the revision, classify the tier, count the
-// request, flow control, then route, proxy and account. Each step is a
+// parse the body, resolve the revision, classify the tier, check the
+// context length, count the request, flow control, then route, proxy and
+// account. Each step is a
 // small handler that either answers (an error) or passes on.
 func (a *Activator) llm(kind string) http.Handler {
 	return a.readBody(kind,
 		a.resolveRevision(
 			a.classifyTier(
-				a.countRequests(
-					a.flowControl(
-						http.HandlerFunc(a.route))))))
+				a.checkContext(
+					a.countRequests(
+						a.flowControl(
+							http.HandlerFunc(a.route)))))))
 }
 
 // readBody reads the body once, within the size limit, into a pooled

@@ -46,6 +46,10 @@ type RevisionConfig struct {
 	// request's tier as vLLM's priority field, so that inside the engine
 	// too a critical request overtakes waiting batch work.
 	PriorityScheduling bool
+	// MaxModelLen is the engines' context length (vLLM's --max-model-len);
+	// zero: learned from the pods' /v1/models. Requests over it are
+	// refused before they count as load.
+	MaxModelLen int
 }
 
 // PodSpec describes one pod of a revision.
@@ -75,6 +79,10 @@ type pod struct {
 	kv             kvCounts
 	cancel         context.CancelFunc
 	done           chan struct{}
+
+	// Touched by the pod's watch goroutine only.
+	modelLenKnown bool
+	modelLenAsked time.Time
 }
 
 // revision is one revision's routing state: its pods, its router (prefix
@@ -90,6 +98,8 @@ type revision struct {
 	flow  *FlowController
 	stats *revisionStats
 	a     *Activator
+	// modelLen is the pods' max_model_len (contextlen.go).
+	modelLen modelLen
 
 	mu   sync.RWMutex
 	pods map[string]*pod
@@ -210,6 +220,9 @@ func (rev *revision) watch(ctx context.Context, p *pod) {
 			p.healthy = false
 		}
 		p.mu.Unlock()
+		if err == nil {
+			rev.learnModelLen(ctx, p)
+		}
 		rev.flow.Notify()
 		select {
 		case <-ctx.Done():

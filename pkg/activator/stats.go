@@ -39,6 +39,9 @@ type RevisionStats struct {
 	// by role ("prefill", "decode"; pods that do both count as "decode"),
 	// for the autoscaler's per-role view.
 	Roles map[string]RoleStats `json:"roles,omitempty"`
+	// MaxModelLen is the context length requests are checked against
+	// (configured, or learned from the pods' /v1/models; 0: unknown).
+	MaxModelLen int `json:"maxModelLen,omitempty"`
 	// Recent latencies, in seconds, over Window.
 	Window  string  `json:"window"`
 	Samples int     `json:"samples"`

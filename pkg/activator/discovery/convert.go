@@ -37,6 +37,7 @@ const (
 	flagModel            = "--model"
 	flagSchedulingPolicy = "--scheduling-policy"
 	flagKVEvents         = "--kv-events-config"
+	flagMaxModelLen      = "--max-model-len"
 )
 
 // OurClass reports whether a revision is scaled by llmd-kn's autoscaler
@@ -70,6 +71,14 @@ func RevisionConfig(rev *servingv1.Revision, route *servingv1.Route, vocab apis.
 	}
 	c := servingContainer(rev.Spec.Containers)
 	policy := flagValues(containerWords(c), flagSchedulingPolicy)
+	maxLen := 0
+	if v := flagValues(containerWords(c), flagMaxModelLen); len(v) > 0 {
+		// vLLM also takes 32k-style values; those are left to the pods'
+		// /v1/models.
+		if n, err := strconv.Atoi(v[0]); err == nil && n > 0 {
+			maxLen = n
+		}
+	}
 	return activator.RevisionConfig{
 		Key:                activator.RevisionKey{Namespace: rev.Namespace, Name: rev.Name},
 		Service:            svc,
@@ -78,6 +87,7 @@ func RevisionConfig(rev *servingv1.Revision, route *servingv1.Route, vocab apis.
 		Spec:               spec,
 		Rates:              rates,
 		PriorityScheduling: len(policy) > 0 && policy[0] == "priority",
+		MaxModelLen:        maxLen,
 	}, nil
 }
 
