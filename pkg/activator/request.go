@@ -81,13 +81,24 @@ func bad(format string, args ...any) error {
 // which the body limit and the engine's context length bound).
 const maxPromptItems = 4096
 
-// reservedKey reports whether a client's top-level key is one only the
-// activator may send, and is removed from what is forwarded:
-// kv_transfer_params, since its remote_host/remote_port make a pod call an
-// address. Matched under case folding, so that no engine that matches keys
-// loosely can be reached with a variant spelling.
+// ReservedFields are the top-level body fields only the activator sends:
+// kv_transfer_params (its remote_host/remote_port make a pod call an
+// address) and priority (vLLM's priority is the request's SLO tier, which
+// the activator decides: a client's would be a tier escalation).
+var ReservedFields = []string{"kv_transfer_params", "priority"}
+
+// reservedKey reports whether a client's top-level key is a ReservedField,
+// removed from what is forwarded. Matched under Unicode case folding
+// (strings.EqualFold: "KV_Transfer_Params", "\u212Av_transfer_params" with
+// the Kelvin sign, "kv_tran\u017Ffer_params" with the long s), so that no
+// engine that matches keys loosely can be reached with a variant spelling.
 func reservedKey(key string) bool {
-	return strings.EqualFold(key, "kv_transfer_params")
+	for _, r := range ReservedFields {
+		if strings.EqualFold(key, r) {
+			return true
+		}
+	}
+	return false
 }
 
 // ParseLLMRequest parses an OpenAI completions or chat body in one pass,

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"reflect"
 	"strings"
 
 	"github.com/llmd-kn/llmd-kn/pkg/jsonscan"
@@ -233,6 +234,8 @@ func unmarshalBody(body []byte, v any) error {
 	if body[0] != '{' {
 		return badRequest("", "the request body must be a JSON object")
 	}
+	// Keys as vLLM matches them: exactly (exactkeys.go).
+	body = exactKeys(body, reflect.TypeOf(v).Elem())
 	if err := json.Unmarshal(body, v); err != nil {
 		return jsonError(err)
 	}
