@@ -72,6 +72,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		domains    = flag.String("domains", "", "comma-separated host suffixes after {service}.{namespace}. that Host routing accepts (the cluster's Knative domains); built-in list when empty")
 		routerFile = flag.String("router-config", "", "router configuration (the config-llmd-router data); built-in profiles when empty")
 		tiersFile  = flag.String("tiers", "", "SLO tier table (the config-llmd-tiers data); built-in tiers when empty")
+		grantsFile = flag.String("tier-grants", "", "credentials that let a request raise its tier above its route's (tier tokens, ingress identities; a mounted Secret); empty: clients may only lower their tier")
 		scrape     = flag.Duration("scrape-interval", 50*time.Millisecond, "how often each pod's /metrics is read")
 		maxBody    = flag.Int64("max-body-bytes", 16<<20, "request body limit")
 		debug      = flag.Bool("debug-routing", false, "add the X-Llm-D-Route explanation header to answers")
@@ -111,6 +112,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	grants, err := activator.LoadTierGrants(*grantsFile, tiers)
+	if err != nil {
+		return err
+	}
 	rcfg, err := router.LoadConfig(*routerFile)
 	if err != nil {
 		return err
@@ -124,7 +129,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	opts := activator.Options{Tiers: tiers, RouterConfig: rcfg, Registerer: reg, Logger: log,
+	opts := activator.Options{Tiers: tiers, TierGrants: grants, RouterConfig: rcfg, Registerer: reg, Logger: log,
 		ScrapeInterval: *scrape, MaxBodyBytes: *maxBody, Debug: *debug, Domains: doms, TokenizerDir: *tokDir}
 	var reporter *activator.Reporter
 	if *scalerURL != "" {

@@ -72,6 +72,9 @@ type Options struct {
 	MaxAttempts int
 	// Debug adds the X-Llm-D-Route explanation header to answers.
 	Debug bool
+	// TierGrants are the credentials that let a request raise its tier
+	// above its route's (nil: none; a client may only lower its tier).
+	TierGrants *TierGrants
 	// Poke is told that a revision has a request waiting and no ready pod.
 	Poke       func(RevisionKey)
 	Registerer prometheus.Registerer
@@ -316,6 +319,8 @@ func errorType(status int) string {
 	switch status {
 	case http.StatusBadRequest:
 		return "BadRequestError"
+	case http.StatusForbidden:
+		return "PermissionDeniedError"
 	case http.StatusNotFound:
 		return "NotFoundError"
 	case http.StatusRequestEntityTooLarge:
@@ -563,17 +568,19 @@ func (a *Activator) resolveRevision(next http.Handler) http.Handler {
 	})
 }
 
-// classifyTier picks the SLO tier: the tier header, a tier-named traffic
-// tag, else the Service's default; the Service must allow it.
+// classifyTier picks the SLO tier: the baseline is a tier-named traffic
+// tag, else the Service's default; the tier header may lower it, and raise
+// it only with a credential (tierauth.go); the Service must allow it.
 func (a *Activator) classifyTier(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := callOf(r)
+		base := c.tagTier
+		if base == "" {
+			base = c.rev.config().Spec.DefaultTier
+		}
 		name := r.Header.Get(TierHeader)
 		if name == "" {
-			name = c.tagTier
-		}
-		if name == "" {
-			name = c.rev.config().Spec.DefaultTier
+			name = base
 		}
 		tier, ok := a.opts.Tiers.Get(name)
 		if !ok {
@@ -584,6 +591,14 @@ func (a *Activator) classifyTier(next http.Handler) http.Handler {
 			a.fail(w, bad("the %s tier is not allowed on this service (allowed: %s)", tier.Name, strings.Join(c.rev.config().Spec.AllowedTiers, ", ")))
 			return
 		}
+		if baseTier, ok := a.opts.Tiers.Get(base); ok {
+			if err := a.authorizeTier(r.Header, baseTier, tier); err != nil {
+				a.fail(w, err)
+				return
+			}
+		}
+		// The credential is the activator's; pods never see it.
+		r.Header.Del(TierTokenHeader)
 		c.tier = tier
 		next.ServeHTTP(w, r)
 	})

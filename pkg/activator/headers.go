@@ -26,14 +26,15 @@ var hopHeaders = []string{
 }
 
 // SanitizeInbound removes from a client request every header that steers
-// routing or P/D (all x-llm-d-* but the tier header, and the peers'
+// routing or P/D (all x-llm-d-* but the tier header and the tier token,
+// which the activator reads and removes itself, and the peers'
 // destination headers) and every hop-by-hop header, including those the
 // Connection header names. It returns the names it removed, for logging.
 func SanitizeInbound(h http.Header) []string {
 	var removed []string
 	for name := range h {
 		canon := textproto.CanonicalMIMEHeaderKey(name)
-		if strings.HasPrefix(strings.ToLower(canon), "x-llm-d-") && canon != TierHeader {
+		if strings.HasPrefix(strings.ToLower(canon), "x-llm-d-") && canon != TierHeader && canon != TierTokenHeader {
 			removed = append(removed, canon)
 			delete(h, name)
 		}
