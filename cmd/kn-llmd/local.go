@@ -20,6 +20,7 @@ import (
 type localFlags struct {
 	addr, metricsAddr string
 	batchStorage      string
+	allowedHosts      string
 	files             []string
 	timeScale         float64
 	startupDelay      time.Duration
@@ -62,7 +63,9 @@ Replicas start from autoscaling.knative.dev/min-scale (decode, or all pods
 without disaggregation) and llm-d.ai/prefill-min-scale, at least one each,
 unless the annotation is explicitly "0": then the revision starts at zero
 and the first request wakes it. POST {"service":"llm","role":"decode",
-"replicas":0} to --metrics-addr's /scale to scale by hand.
+"replicas":0} to --metrics-addr's /scale to scale by hand (Content-Type
+application/json, same origin only; both servers answer only IP, localhost
+and *.localhost Hosts, and --allowed-hosts).
 
 --metrics-addr serves the status page (/), /status.json, Prometheus /metrics
 (activator, router and scaler), /stats (per-revision load), each pod's own
@@ -88,6 +91,7 @@ a second Ctrl-C cuts the requests and kills the pods at once.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.addr, "addr", local.DefaultAddr, "listen address of the OpenAI API (the activator)")
 	fl.StringVar(&f.batchStorage, "batch-storage", "", "directory (or s3://, gs://, azblob:// URL) for Batch API files and state and CloudEvents dedupe; in memory when empty")
+	fl.StringVar(&f.allowedHosts, "allowed-hosts", "", "comma-separated Host names the servers answer besides IP addresses, localhost and *.localhost (\"*.example.com\" for a suffix); others are refused (DNS rebinding)")
 	fl.StringVar(&f.metricsAddr, "metrics-addr", local.DefaultMetricsAddr, `listen address of the status page, /metrics, /status.json, /stats, /pods/ and /scale ("off" disables it)`)
 	fl.StringArrayVarP(&f.files, "filename", "f", nil, "Knative Service manifest: a YAML file (several documents allowed) or a directory of them; repeatable (default: the built-in quick start)")
 	fl.Float64Var(&f.timeScale, "sim-time-scale", 1, "multiplies every simulated duration of simulated pods (0.1 runs ten times faster than the modelled GPU)")
@@ -147,7 +151,8 @@ func (f *localFlags) run(cmd *cobra.Command) error {
 	}
 	cmd.SilenceUsage = true
 	rt, err := local.New(local.Options{
-		Services: svcs, Addr: f.addr, MetricsAddr: f.metricsAddr, BatchStorage: f.batchStorage, SimTimeScale: f.timeScale, SimStartupDelay: f.startupDelay, SimTokenizerDir: f.simTokenizer,
+		Services: svcs, Addr: f.addr, MetricsAddr: f.metricsAddr, AllowedHosts: splitList(f.allowedHosts), BatchStorage: f.batchStorage,
+		SimTimeScale: f.timeScale, SimStartupDelay: f.startupDelay, SimTokenizerDir: f.simTokenizer,
 		PodCommand: f.podCommand, GracePeriod: f.grace, DrainTimeout: f.drain, StartupTimeout: f.startup,
 		DebugRouting: f.debugRouting, Logger: log, PodOutput: cmd.ErrOrStderr(), TokenizerDir: f.tokenizerDir,
 		Autoscale: local.AutoscaleOptions{Disabled: f.noAutoscale, Tick: f.autoscaleTick, ScaleToZeroGracePeriod: f.scaleToZeroGrace,
@@ -229,4 +234,15 @@ func manifestError(err error) error {
 		lines[i] = "  " + e.Error()
 	}
 	return fmt.Errorf("%d problems in the manifests:\n%s", len(me), strings.Join(lines, "\n"))
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }

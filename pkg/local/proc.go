@@ -173,7 +173,7 @@ func newProcRunner(cmd podCommand, name string, out io.Writer) *procRunner {
 }
 
 func (p *procRunner) start() (string, string, error) {
-	c := exec.Command("/bin/sh", "-c", p.cmd.line)
+	c := exec.Command("/bin/sh", "-c", supervised(p.cmd.line))
 	c.Env = append(os.Environ(), p.cmd.env...)
 	w := &prefixWriter{prefix: "[" + p.name + "] ", out: p.out}
 	c.Stdout, c.Stderr = w, w

@@ -56,6 +56,10 @@ type Options struct {
 	// BatchStorage keeps batch files, state and event dedupe (a
 	// directory or bucket URL); in memory when empty.
 	BatchStorage string
+	// AllowedHosts are Host names both servers answer besides IP
+	// literals, localhost and *.localhost ("*.example.com" for a
+	// suffix): the DNS-rebinding guard (guard.go).
+	AllowedHosts []string
 	// SimTimeScale multiplies every simulated duration of in-process pods
 	// (0.05 runs twenty times faster than the modelled GPU). Default 1.
 	SimTimeScale float64
@@ -360,10 +364,10 @@ func (r *Runtime) start() error {
 		return fmt.Errorf("local: --batch-storage: %w", err)
 	}
 	r.stopBatch = stopBatch
-	r.api = &http.Server{Handler: front, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+	r.api = &http.Server{Handler: checkHost(front, r.opts.AllowedHosts), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 	r.serve(r.api, r.apiLn)
 	if r.obsLn != nil {
-		r.obs = &http.Server{Handler: r.observability(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+		r.obs = &http.Server{Handler: checkHost(r.observability(), r.opts.AllowedHosts), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 		r.serve(r.obs, r.obsLn)
 	}
 	for _, svc := range r.opts.Services {

@@ -34,6 +34,10 @@ func TestMain(m *testing.M) {
 		fakePod(dir)
 		return
 	}
+	if dir := os.Getenv("LOCAL_TEST_RUNTIME"); dir != "" {
+		fakeRuntime(dir)
+		return
+	}
 	os.Exit(m.Run())
 }
 

@@ -302,7 +302,7 @@ func (r *Runtime) observability() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{Registry: r.reg}))
 	mux.Handle("GET /stats", r.act.StatsHandler())
 	mux.HandleFunc("GET /pods/{namespace}/{pod}/metrics", r.podMetrics)
-	mux.HandleFunc("POST /scale", r.scaleHandler)
+	mux.HandleFunc("POST /scale", adminRequest(r.scaleHandler))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
 	return mux
 }
