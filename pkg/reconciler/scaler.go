@@ -105,12 +105,18 @@ func (r *PodAutoscalerReconciler) scalerFor(key types.NamespacedName, cfg autosc
 		return nil, fmt.Errorf("autoscaler: %w", err)
 	}
 	now := r.now()
-	s := &revisionScaler{key: key, cfg: cfg, profile: profile, initialScale: initialScale, decodeTarget: decodeTarget, dec: dec}
+	// Until an activator reports the revision there is no data: the
+	// first status says so at once, not at the first tick.
+	s := &revisionScaler{key: key, cfg: cfg, profile: profile, initialScale: initialScale, decodeTarget: decodeTarget, dec: dec,
+		noDataSince: now}
 	if old := r.revs[key]; old != nil {
 		// A new configuration keeps the revision's progress: the initial
 		// scale applies once per revision.
 		old.mu.Lock()
 		s.initializedAt, s.gaveUp = old.initializedAt, old.gaveUp
+		if !old.noDataSince.IsZero() {
+			s.noDataSince = old.noDataSince
+		}
 		old.mu.Unlock()
 	}
 	if s.initial(cfg.Decode) > 0 {
@@ -249,7 +255,7 @@ func (r *PodAutoscalerReconciler) tick(ctx context.Context, s *revisionScaler) {
 	load, fresh := r.stats.Load(now, s.key.String())
 	if _, was := s.holding(); was == fresh {
 		if fresh {
-			r.log.Info("activator reports resumed", "revision", s.key.String())
+			r.log.Info("activator reports fresh", "revision", s.key.String())
 		} else {
 			r.log.Info("no activator reports the revision; holding the last recommendation", "revision", s.key.String(), "silence", ActivatorSilence)
 		}
