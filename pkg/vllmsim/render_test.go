@@ -27,7 +27,12 @@ type rendered struct {
 // completion, as the engine tokenizer mode of a router does.
 func renderAll(t *testing.T, url string, msgs []tokenizer.Message, text string) (chat, completion, tokChat, tokCompletion []uint32, detok string) {
 	t.Helper()
-	mj, _ := json.Marshal(msgs)
+	// vLLM's field names, exactly (the simulator matches keys as vLLM does).
+	wire := make([]map[string]string, len(msgs))
+	for i, m := range msgs {
+		wire[i] = map[string]string{"role": m.Role, "content": m.Content}
+	}
+	mj, _ := json.Marshal(wire)
 	code, b := post(t, url+"/v1/chat/completions/render", fmt.Sprintf(`{"model":"demo","messages":%s,"max_tokens":7}`, mj))
 	if code != 200 {
 		t.Fatalf("chat render: %d %s", code, b)
