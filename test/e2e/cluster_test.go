@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -80,6 +81,10 @@ type cluster struct {
 	// the address of the llmd-activator Service's EndpointSlice;
 	// activatorAdminURL serves its /metrics, /stats and /healthz.
 	activatorURL, activatorAdminURL string
+	// statsToken is a token of the activator's ServiceAccount for the
+	// autoscaler's audience, as its projected volume holds: what the
+	// activator and the load step present to the stats API.
+	statsToken string
 }
 
 // logf writes a progress line to the test binary's stderr (TestMain has no
@@ -474,8 +479,13 @@ func startCluster(ctx context.Context, c *cluster) error {
 		// own IP; the revision Services the autoscaler makes mirror that
 		// address.
 		api, admin := port(), port()
+		tokenFile, err := c.activatorToken(ctx)
+		if err != nil {
+			return err
+		}
 		p, err := start("llmd-kn-activator", filepath.Join(c.dir, "activator"), []string{
 			"--kubeconfig=" + kubeconfig, "--autoscaler-url=" + c.autoscalerURL, "--pod-name=" + activatorName,
+			"--autoscaler-token-file=" + tokenFile,
 			"--addr=" + ip + ":" + api, "--admin-addr=" + ip + ":" + admin,
 			// kwok's pods have addresses where no vLLM answers: every
 			// scrape fails; once a second is enough to learn that.
@@ -684,6 +694,22 @@ func (c *cluster) activatorEndpoints(ctx context.Context, ip, api, admin string)
 // llmd-activator ServiceAccount (a client certificate for its user name and
 // groups; RBAC from config/activator), and checks that RBAC holds it to
 // least privilege: it may not read Secrets.
+// activatorToken asks the TokenRequest API for a token of the activator's
+// ServiceAccount for the autoscaler's audience, as the kubelet does for
+// the projected volume in config/activator, and writes it where
+// --autoscaler-token-file reads it.
+func (c *cluster) activatorToken(ctx context.Context) (string, error) {
+	tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		Audiences: []string{reconciler.DefaultStatsAudience}}}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: llmdNamespace, Name: "llmd-activator"}}
+	if err := c.client.SubResource("token").Create(ctx, sa, tr); err != nil {
+		return "", fmt.Errorf("token of %s/llmd-activator for %q: %w", llmdNamespace, reconciler.DefaultStatsAudience, err)
+	}
+	c.statsToken = tr.Status.Token
+	path := filepath.Join(c.dir, "activator-autoscaler-token")
+	return path, os.WriteFile(path, []byte(tr.Status.Token), 0o600)
+}
+
 func (c *cluster) activatorKubeconfig(ctx context.Context) (string, error) {
 	user, err := c.env.AddUser(envtest.User{
 		Name:   "system:serviceaccount:" + llmdNamespace + ":llmd-activator",

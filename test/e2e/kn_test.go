@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -404,7 +405,13 @@ func (c *cluster) reportLoad(t *testing.T, revision string) func() {
 		if err != nil {
 			return err
 		}
-		resp, err := httpClient.Post(c.autoscalerURL+"/v1/stats", "application/json", bytes.NewReader(body))
+		req, err := http.NewRequest(http.MethodPost, c.autoscalerURL+"/v1/stats", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+c.statsToken)
+		resp, err := httpClient.Do(req)
 		if err != nil {
 			return err
 		}
