@@ -117,6 +117,11 @@ func (p *Proxy) forward(ctx context.Context, w http.ResponseWriter, in *http.Req
 	bufp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bufp)
 	buf := *bufp
+	// tail holds the last bytes relayed, to tell a stream whose [DONE]
+	// already reached the client: OpenAI's SDKs hang up right after it,
+	// which may cancel the context before the endpoint's EOF is read. The
+	// answer was complete; it is not a failure.
+	var tail [len(sseDone)]byte
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
@@ -129,17 +134,37 @@ func (p *Proxy) forward(ctx context.Context, w http.ResponseWriter, in *http.Req
 			if streamed && (!sse || buf[n-1] == '\n') {
 				_ = rc.Flush()
 			}
+			if sse {
+				keepTail(tail[:], buf[:n])
+			}
 		}
 		if rerr == io.EOF {
 			return nil
 		}
 		if rerr != nil {
+			if sse && string(tail[:]) == sseDone {
+				return nil
+			}
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			return &StartedError{Err: fmt.Errorf("read from endpoint %s after the response started: %w", base, rerr)}
 		}
 	}
+}
+
+// sseDone ends every OpenAI stream.
+const sseDone = "data: [DONE]\n\n"
+
+// keepTail shifts the end of b into tail, so that tail holds the last
+// len(tail) bytes of everything passed so far.
+func keepTail(tail, b []byte) {
+	if len(b) >= len(tail) {
+		copy(tail, b[len(b)-len(tail):])
+		return
+	}
+	copy(tail, tail[len(b):])
+	copy(tail[len(tail)-len(b):], b)
 }
 
 // jsonContentType is shared by every upstream request (never modified).

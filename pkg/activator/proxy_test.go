@@ -281,3 +281,54 @@ func TestUpstreamFailureMidStreamReachesTheClient(t *testing.T) {
 		t.Fatalf("stream %q: want the first event, then an error event", data)
 	}
 }
+
+// doneCanceller records what is written and cancels the request's context
+// once the stream's [DONE] went out: what a client that hangs up right
+// after it (OpenAI's SDKs do) causes on the server.
+type doneCanceller struct {
+	*httptest.ResponseRecorder
+	cancel context.CancelFunc
+	after  string // cancel once the body ends with this
+}
+
+func (d doneCanceller) Write(b []byte) (int, error) {
+	n, err := d.ResponseRecorder.Write(b)
+	if strings.HasSuffix(d.Body.String(), d.after) {
+		d.cancel()
+	}
+	return n, err
+}
+
+func TestForwardClientHangingUpAfterDoneIsNotAFailure(t *testing.T) {
+	// The endpoint sends [DONE], then holds the connection open: its EOF
+	// can only come after the client has gone.
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n")
+		_, _ = io.WriteString(w, "data: [DONE]\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	defer up.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rec := doneCanceller{httptest.NewRecorder(), cancel, "data: [DONE]\n\n"}
+	err := NewProxy().Forward(ctx, rec, httptest.NewRequest(http.MethodPost, "/", nil), up.URL, "/v1/chat/completions", []byte(`{}`), nil)
+	if err != nil {
+		t.Fatalf("a stream whose [DONE] reached the client failed: %v", err)
+	}
+	// Without [DONE], the same hang-up is the client's cancellation.
+	up2 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	defer up2.Close()
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	rec2 := doneCanceller{httptest.NewRecorder(), cancel2, "}]}\n\n"}
+	if err := NewProxy().Forward(ctx2, rec2, httptest.NewRequest(http.MethodPost, "/", nil), up2.URL, "/v1/chat/completions", []byte(`{}`), nil); err == nil {
+		t.Fatal("a stream cut before [DONE] by the client's hang-up returned no error")
+	}
+}

@@ -35,6 +35,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"knative.dev/pkg/kmeta"
 	"knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
@@ -363,10 +364,16 @@ func replicasOf(cl *cluster, key types.NamespacedName) (int32, error) {
 // would once pods pass their readiness probes.
 func setReady(t *testing.T, cl *cluster, key types.NamespacedName, ready int32) {
 	t.Helper()
-	d := &appsv1.Deployment{}
-	must(t, cl.c.Get(context.Background(), key, d))
-	d.Status.Replicas, d.Status.ReadyReplicas, d.Status.AvailableReplicas = ready, ready, ready
-	must(t, cl.c.Status().Update(context.Background(), d))
+	// The autoscaler writes the same Deployment (its scale) meanwhile:
+	// retry on a conflict, as the Deployment controller would.
+	must(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		d := &appsv1.Deployment{}
+		if err := cl.c.Get(context.Background(), key, d); err != nil {
+			return err
+		}
+		d.Status.Replicas, d.Status.ReadyReplicas, d.Status.AvailableReplicas = ready, ready, ready
+		return cl.c.Status().Update(context.Background(), d)
+	}))
 }
 
 func condStatus(pa *v1alpha1.PodAutoscaler, typ string) (string, string) {
