@@ -43,11 +43,16 @@ func TestRunRejectsBadInput(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "scale-to-zero-grace-period"), []byte("soon"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	coldDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(coldDir, "cold-start"), []byte("-30s"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
 		{[]string{"--config-dir", dir}, `scale-to-zero-grace-period: invalid value "soon"`},
+		{[]string{"--config-dir", coldDir}, "cold-start: must not be negative"},
 		{[]string{"--tiers", filepath.Join(dir, "scale-to-zero-grace-period")}, "scale-to-zero-grace-period"},
 		{[]string{"--tiers", filepath.Join(dir, "missing.yaml")}, "missing.yaml"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},

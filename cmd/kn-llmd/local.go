@@ -33,6 +33,7 @@ type localFlags struct {
 	logLevel          string
 	noAutoscale       bool
 	autoscaleTick     time.Duration
+	coldStart         time.Duration
 	scaleToZeroGrace  time.Duration
 	stableWindow      time.Duration
 	scaleDownDelay    time.Duration
@@ -109,6 +110,7 @@ a second Ctrl-C cuts the requests and kills the pods at once.`,
 	fl.DurationVar(&f.scaleToZeroGrace, "scale-to-zero-grace-period", local.DefaultScaleToZeroGracePeriod, "time without traffic before a revision whose min-scale is 0 scales to zero")
 	fl.DurationVar(&f.stableWindow, "stable-window", local.DefaultStableWindow, "the decider's averaging window (its panic window is 10% of it)")
 	fl.DurationVar(&f.scaleDownDelay, "scale-down-delay", 0, "how long the decider holds a recommendation before scaling down")
+	fl.DurationVar(&f.coldStart, "cold-start", 0, "how long a new pod takes to become ready, which the decider provisions burst headroom for at the SLO percentile (config-llmd-autoscaler's cold-start); 0: --sim-startup-delay for simulated pods, none for --pod-command pods")
 	return cmd
 }
 
@@ -123,8 +125,8 @@ func (f *localFlags) run(cmd *cobra.Command) error {
 	if f.autoscaleTick <= 0 {
 		return fmt.Errorf("--autoscale-tick must be positive, got %v", f.autoscaleTick)
 	}
-	if f.scaleToZeroGrace < 0 || f.scaleDownDelay < 0 {
-		return fmt.Errorf("--scale-to-zero-grace-period and --scale-down-delay must not be negative")
+	if f.scaleToZeroGrace < 0 || f.scaleDownDelay < 0 || f.coldStart < 0 {
+		return fmt.Errorf("--scale-to-zero-grace-period, --scale-down-delay and --cold-start must not be negative")
 	}
 	if f.stableWindow < f.autoscaleTick {
 		return fmt.Errorf("--stable-window %v must be at least --autoscale-tick %v", f.stableWindow, f.autoscaleTick)
@@ -156,7 +158,7 @@ func (f *localFlags) run(cmd *cobra.Command) error {
 		PodCommand: f.podCommand, GracePeriod: f.grace, DrainTimeout: f.drain, StartupTimeout: f.startup,
 		DebugRouting: f.debugRouting, Logger: log, PodOutput: cmd.ErrOrStderr(), TokenizerDir: f.tokenizerDir,
 		Autoscale: local.AutoscaleOptions{Disabled: f.noAutoscale, Tick: f.autoscaleTick, ScaleToZeroGracePeriod: f.scaleToZeroGrace,
-			StableWindow: f.stableWindow, ScaleDownDelay: f.scaleDownDelay},
+			StableWindow: f.stableWindow, ScaleDownDelay: f.scaleDownDelay, ColdStart: f.coldStart},
 	})
 	if err != nil {
 		return err

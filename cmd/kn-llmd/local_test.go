@@ -18,7 +18,7 @@ func TestLocalHelpDocumentsEveryFlag(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"--addr", "--metrics-addr", "-f, --filename", "--sim-time-scale", "--sim-startup-delay",
-		"--pod-command", "--grace-period", "--drain-timeout", "--startup-timeout", "--debug-routing", "--log-level",
+		"--pod-command", "--grace-period", "--drain-timeout", "--startup-timeout", "--debug-routing", "--log-level", "--cold-start",
 		"{model}", "{port}", "{args}", "{role}", "{name}", "{kv_events_port}", "kn llmd local", ".localhost", "/status.json"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("kn-llmd local --help lacks %q", want)
@@ -55,6 +55,8 @@ spec:
 		{[]string{"--autoscale-tick", "0s"}, []string{"--autoscale-tick"}},
 		{[]string{"--stable-window", "1s"}, []string{"--stable-window", "--autoscale-tick"}},
 		{[]string{"--scale-to-zero-grace-period", "-1s"}, []string{"--scale-to-zero-grace-period"}},
+		{[]string{"--cold-start", "-10s"}, []string{"--cold-start must not be negative"}},
+		{[]string{"--cold-start", "soon"}, []string{"cold-start"}},
 		{[]string{"--pod-command", "vllm serve {model}"}, []string{"--pod-command", "{port}"}},
 		{[]string{"--pod-command", "x --port {port} {modle}"}, []string{"unknown placeholder {modle}"}},
 		{[]string{"-f", filepath.Join(dir, "missing.yaml")}, []string{"missing.yaml"}},

@@ -39,6 +39,13 @@ type AutoscaleOptions struct {
 	// scaling down (default 0).
 	StableWindow   time.Duration
 	ScaleDownDelay time.Duration
+	// ColdStart is how long a new pod takes to become ready, in the
+	// profile's time (as Options.SimStartupDelay; wall time for
+	// --pod-command pods): the decider provisions for the arrivals over
+	// it at the SLO percentile (autoscaler.Config.ColdStart). 0 takes
+	// SimStartupDelay for simulated pods, and plans for the mean (no
+	// headroom) for --pod-command pods.
+	ColdStart time.Duration
 }
 
 func (o *AutoscaleOptions) defaults() error {
@@ -51,7 +58,7 @@ func (o *AutoscaleOptions) defaults() error {
 	if o.StableWindow == 0 {
 		o.StableWindow = max(DefaultStableWindow, o.Tick)
 	}
-	if o.Tick < 0 || o.ScaleToZeroGracePeriod < 0 || o.StableWindow < 0 || o.ScaleDownDelay < 0 {
+	if o.Tick < 0 || o.ScaleToZeroGracePeriod < 0 || o.StableWindow < 0 || o.ScaleDownDelay < 0 || o.ColdStart < 0 {
 		return fmt.Errorf("local: autoscale durations must not be negative")
 	}
 	if o.StableWindow < o.Tick {
@@ -86,6 +93,7 @@ func AutoscalerConfig(svc *Service, o AutoscaleOptions) (autoscaler.Config, erro
 	c.StableWindow = o.StableWindow
 	c.ScaleToZeroGracePeriod = o.ScaleToZeroGracePeriod
 	c.ScaleDownDelay = o.ScaleDownDelay
+	c.ColdStart = o.ColdStart
 	var tierTTFT, tierTPOT time.Duration
 	if tier, ok := activator.DefaultTiers().Get(orDefault(spec.DefaultTier, apis.DefaultTier)); ok {
 		tierTTFT, tierTPOT = time.Duration(tier.TTFT), time.Duration(tier.TPOT)
@@ -141,11 +149,15 @@ func (r *Runtime) newAutoscalers() error {
 		[]string{"revision", "role"})
 	r.reg.MustRegister(r.recommendedG)
 	r.autoscalers = map[activator.RevisionKey]*revAutoscaler{}
+	o := r.opts.Autoscale
+	if o.ColdStart == 0 && r.opts.PodCommand == "" {
+		o.ColdStart = r.opts.SimStartupDelay
+	}
 	for _, svc := range r.opts.Services {
 		if !Autoscaled(svc) {
 			continue
 		}
-		cfg, err := AutoscalerConfig(svc, r.opts.Autoscale)
+		cfg, err := AutoscalerConfig(svc, o)
 		if err != nil {
 			return fmt.Errorf("local: %s: autoscaler: %w", svc, err)
 		}

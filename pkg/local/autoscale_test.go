@@ -281,3 +281,43 @@ func TestAutoscalerAdviseMode(t *testing.T) {
 	}
 	t.Logf("advised %v decode replicas (status: %d recommended, %d desired)", gauge(), *ss.Roles[0].Recommended, ss.Roles[0].Desired)
 }
+
+// TestColdStartReachesTheDecider: the decider plans burst headroom for the
+// pods' cold start: simulated pods' --sim-startup-delay unless
+// AutoscaleOptions.ColdStart says otherwise; --pod-command pods only when
+// it is given.
+func TestColdStartReachesTheDecider(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		sim        time.Duration
+		coldStart  time.Duration
+		podCommand string
+		want       time.Duration
+	}{
+		{name: "none", want: 0},
+		{name: "simulated pods' startup delay", sim: 20 * time.Second, want: 20 * time.Second},
+		{name: "given", sim: 20 * time.Second, coldStart: 5 * time.Second, want: 5 * time.Second},
+		{name: "pod command, none given", sim: 20 * time.Second, podCommand: "run --port {port}", want: 0},
+		{name: "pod command, given", podCommand: "run --port {port}", coldStart: time.Minute, want: time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svcs, err := Parse("t.yaml", []byte(svcYAML("llm", `llm-d.ai/routing-profile: default`)), DefaultVocabulary())
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt, err := New(Options{Services: svcs, Addr: "127.0.0.1:0", MetricsAddr: "off", SimStartupDelay: tc.sim,
+				PodCommand: tc.podCommand, Autoscale: AutoscaleOptions{ColdStart: tc.coldStart}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rt.Close()
+			a := rt.autoscalers[svcs[0].Key()]
+			if a == nil {
+				t.Fatal("no decider")
+			}
+			if a.cfg.ColdStart != tc.want {
+				t.Errorf("decider's cold start %v, want %v", a.cfg.ColdStart, tc.want)
+			}
+		})
+	}
+}

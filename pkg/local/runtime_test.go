@@ -588,6 +588,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		{Services: svcs, SimTimeScale: -1},
 		{Services: svcs, GracePeriod: -time.Second},
 		{Services: svcs, PodCommand: "vllm serve {model}"},
+		{Services: svcs, Autoscale: AutoscaleOptions{ColdStart: -time.Second}},
 	} {
 		if _, err := New(o); err == nil {
 			t.Errorf("New(%+v) accepted", o)

@@ -25,6 +25,12 @@ const (
 	KeyScaleDownDelay           = "scale-down-delay"
 	KeyScaleToZeroGracePeriod   = "scale-to-zero-grace-period"
 	KeyTargetUtilization        = "target-utilization"
+	// KeyColdStart is how long a new replica takes to become ready (pod
+	// scheduled, image pulled, weights loaded, /health passing); the
+	// decider provisions for the arrivals over it at the SLO percentile
+	// (autoscaler.Config.ColdStart). 0, the default as in kn-llmd plan's
+	// --startup-delay, plans for the mean as Knative does.
+	KeyColdStart = "cold-start"
 )
 
 // configKeys maps each key to its autoscaler.Config field (and the field's
@@ -39,6 +45,7 @@ var configKeys = map[string]string{
 	KeyScaleDownDelay:           "scaleDownDelay",
 	KeyScaleToZeroGracePeriod:   "scaleToZeroGracePeriod",
 	KeyTargetUtilization:        "targetUtilization",
+	KeyColdStart:                "coldStart",
 }
 
 // ParseConfig returns autoscaler.DefaultConfig with the ConfigMap's keys
@@ -96,6 +103,8 @@ func ParseConfig(data map[string]string) (autoscaler.Config, error) {
 			dur(&c.ScaleToZeroGracePeriod)
 		case KeyTargetUtilization:
 			num(&c.TargetUtilization)
+		case KeyColdStart:
+			dur(&c.ColdStart)
 		default:
 			known := make([]string, 0, len(configKeys))
 			for key := range configKeys {

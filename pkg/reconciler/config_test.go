@@ -8,9 +8,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"knative.dev/serving/pkg/apis/autoscaling/v1alpha1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/llmd-kn/llmd-kn/internal/kubetest"
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
 )
 
@@ -29,9 +32,10 @@ func TestParseConfig(t *testing.T) {
 		{name: "every key", data: map[string]string{
 			KeyTickInterval: "1s", KeyStableWindow: "30s", KeyPanicWindowPercentage: "20", KeyPanicThresholdPercentage: "300",
 			KeyMaxScaleUpRate: "10", KeyMaxScaleDownRate: "4", KeyScaleDownDelay: "15s", KeyScaleToZeroGracePeriod: " 45s\n",
-			KeyTargetUtilization: "0.7", "_example": "ignored text",
+			KeyTargetUtilization: "0.7", KeyColdStart: "45s", "_example": "ignored text",
 		}, check: func(t *testing.T, c autoscaler.Config) {
 			want := autoscaler.DefaultConfig()
+			want.ColdStart = 45 * time.Second
 			want.TickInterval, want.StableWindow, want.ScaleDownDelay, want.ScaleToZeroGracePeriod = time.Second, 30*time.Second, 15*time.Second, 45*time.Second
 			want.PanicWindowPercentage, want.PanicThresholdPercentage, want.MaxScaleUpRate, want.MaxScaleDownRate, want.TargetUtilization = 20, 300, 10, 4, 0.7
 			if c != want {
@@ -40,6 +44,17 @@ func TestParseConfig(t *testing.T) {
 		}},
 		{name: "bad values name their keys", data: map[string]string{KeyTickInterval: "two", KeyTargetUtilization: "most"},
 			wantErr: []string{`tick-interval: invalid value "two"`, `target-utilization: invalid value "most"`}},
+		{name: "cold start", data: map[string]string{KeyColdStart: "2m"}, check: func(t *testing.T, c autoscaler.Config) {
+			if c.ColdStart != 2*time.Minute {
+				t.Errorf("cold start %v, want 2m", c.ColdStart)
+			}
+		}},
+		{name: "cold start not a duration", data: map[string]string{KeyColdStart: "slow"},
+			wantErr: []string{`cold-start: invalid value "slow": must be a duration`}},
+		{name: "cold start without a unit", data: map[string]string{KeyColdStart: "30"},
+			wantErr: []string{`cold-start: invalid value "30": must be a duration`}},
+		{name: "negative cold start", data: map[string]string{KeyColdStart: "-10s"},
+			wantErr: []string{"cold-start: must not be negative"}},
 		{name: "unknown key", data: map[string]string{"stable-windw": "60s"}, wantErr: []string{"stable-windw: unknown key", KeyStableWindow}},
 		{name: "out of range names the key", data: map[string]string{KeyTargetUtilization: "1.5", KeyMaxScaleDownRate: "1"},
 			wantErr: []string{"target-utilization: must be in (0, 1]", "max-scale-down-rate: must be greater than 1"}},
@@ -134,5 +149,24 @@ func TestShippedConfigMapIsTheDefaults(t *testing.T) {
 	}
 	if c != autoscaler.DefaultConfig() {
 		t.Errorf("ConfigMap gives %+v\nthe code's defaults are %+v", c, autoscaler.DefaultConfig())
+	}
+}
+
+// TestColdStartReachesTheDecider: config-llmd-autoscaler's cold-start is in
+// every revision's decider configuration, whatever its annotations.
+func TestColdStartReachesTheDecider(t *testing.T) {
+	base, err := ParseConfig(map[string]string{KeyColdStart: "40s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &PodAutoscalerReconciler{opts: Options{Config: base}}
+	pa := &v1alpha1.PodAutoscaler{ObjectMeta: metav1.ObjectMeta{Name: "rev", Namespace: "ns",
+		Annotations: map[string]string{"autoscaling.knative.dev/window": "2m"}}}
+	c, _, err := r.configFor(pa, apis.Spec{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ColdStart != 40*time.Second || c.StableWindow != 2*time.Minute {
+		t.Errorf("cold start %v, stable window %v; want 40s and 2m", c.ColdStart, c.StableWindow)
 	}
 }

@@ -159,7 +159,7 @@ func TestAutoscalerConfigMapHoldsTheDefaults(t *testing.T) {
 	want := []string{"_example", reconciler.KeyMaxScaleDownRate, reconciler.KeyMaxScaleUpRate,
 		reconciler.KeyPanicThresholdPercentage, reconciler.KeyPanicWindowPercentage, reconciler.KeyScaleDownDelay,
 		reconciler.KeyScaleToZeroGracePeriod, reconciler.KeyStableWindow, reconciler.KeyTargetUtilization,
-		reconciler.KeyTickInterval}
+		reconciler.KeyTickInterval, reconciler.KeyColdStart}
 	sort.Strings(want)
 	if keys := sortedKeys(cm.Data); !slices.Equal(keys, want) {
 		t.Fatalf("keys %v, want %v", keys, want)
