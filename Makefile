@@ -84,4 +84,4 @@ bench:
 bench-datapath:
 	$(GO) test -run '^$$' -bench 'ParseRequest|ProxyCPU|ParseVLLMMetrics' -benchtime 20x -count 3 -benchmem ./pkg/activator
 	$(GO) test -run '^$$' -bench 'DecodeCompletion32kIDs' -benchtime 50x -count 3 -benchmem ./pkg/vllmsim
-	$(GO) test -run '^$$' -bench 'Decide|Hash32k' -benchtime 200x -count 2 -benchmem ./pkg/router
+	$(GO) test -run '^$$' -bench 'Decide|Hash32k|Hash128k' -benchtime 200x -count 2 -benchmem ./pkg/router

@@ -49,7 +49,11 @@ const (
 type Options struct {
 	Tiers        *Tiers         // DefaultTiers()
 	RouterConfig *router.Config // router.DefaultConfig()
-	Flow         FlowLimits
+	// HashCacheBytes bounds each revision's cache of prompt block hashes
+	// (32 MiB; negative: no cache), with which a conversation's next turn
+	// hashes only its new blocks (kvblock.HashCache).
+	HashCacheBytes int64
+	Flow           FlowLimits
 	// MaxBodyBytes bounds request bodies (16 MiB).
 	MaxBodyBytes int64
 	// MaxBufferedBytes bounds the request bodies held at once, all
@@ -115,6 +119,9 @@ func New(opts Options) (*Activator, error) {
 	}
 	if opts.RouterConfig == nil {
 		opts.RouterConfig = router.DefaultConfig()
+	}
+	if opts.HashCacheBytes == 0 {
+		opts.HashCacheBytes = 32 << 20
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 16 << 20
@@ -676,7 +683,7 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 	if rev.config().PriorityScheduling {
 		req.Set("priority", strconv.AppendInt(nil, int64(a.opts.Tiers.VLLMPriority(tier)), 10))
 	}
-	rreq := router.Request{Model: req.Model, Tier: tier.Name, Tokens: req.Tokens, ExpectedOutput: req.MaxTokens}
+	rreq := router.Request{Model: req.Model, Tier: tier.Name, Tokens: req.Tokens, ExpectedOutput: req.MaxTokens, HashCache: rev.hashes}
 	var d router.Decision
 	exclude := map[string]bool{}
 	var lastErr error

@@ -12,6 +12,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/kvblock"
 	"github.com/llmd-kn/llmd-kn/pkg/kvevents"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
 )
@@ -93,11 +94,14 @@ type revision struct {
 	m    *revMetrics
 	// conf is replaced whole when the revision's configuration changes
 	// (UpsertRevision) while requests read it.
-	conf  atomic.Pointer[revisionConf]
-	rt    *router.Router
-	flow  *FlowController
-	stats *revisionStats
-	a     *Activator
+	conf atomic.Pointer[revisionConf]
+	rt   *router.Router
+	// hashes remembers recent prompts' block hashes for rt (nil: none);
+	// the request's tokens are never modified, so the cache may keep them.
+	hashes *kvblock.HashCache
+	flow   *FlowController
+	stats  *revisionStats
+	a      *Activator
 	// modelLen is the pods' max_model_len (contextlen.go).
 	modelLen modelLen
 
@@ -140,6 +144,9 @@ func (a *Activator) newRevision(cfg RevisionConfig) (*revision, error) {
 	}
 	rev := &revision{key: cfg.Key, name: cfg.Key.String(), m: a.metrics.forRevision(cfg.Key.String(), a.opts.Tiers.Names()),
 		rt: rt, a: a, pods: map[string]*pod{}, stats: newRevisionStats()}
+	if a.opts.HashCacheBytes > 0 {
+		rev.hashes = rt.NewHashCache(a.opts.HashCacheBytes)
+	}
 	rev.conf.Store(&revisionConf{cfg: cfg, sched: sched.WithPDThreshold(cfg.Spec.PDThreshold)})
 	key := cfg.Key
 	rev.flow = NewFlowController(a.opts.Tiers, a.opts.Flow, rev.gate, func() {

@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"slices"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/kvblock"
@@ -22,6 +25,11 @@ type benchFixture struct {
 }
 
 func newBenchFixture(tb testing.TB, nEndpoints int) *benchFixture {
+	return newBenchFixtureN(tb, nEndpoints, 32768)
+}
+
+// newBenchFixtureN is newBenchFixture with a prompt of promptTokens tokens.
+func newBenchFixtureN(tb testing.TB, nEndpoints, promptTokens int) *benchFixture {
 	tb.Helper()
 	r, err := New(nil, Options{Seed: 1})
 	if err != nil {
@@ -33,7 +41,7 @@ func newBenchFixture(tb testing.TB, nEndpoints int) *benchFixture {
 	f := &benchFixture{r: r}
 	for i := range nEndpoints {
 		f.eps = append(f.eps, Endpoint{
-			ID: fmt.Sprintf("pod-%02d", i), Address: fmt.Sprintf("10.0.0.%d:8000", i),
+			ID: fmt.Sprintf("pod-%02d", i), Address: fmt.Sprintf("10.0.%d.%d:8000", i/256, i%256),
 			Ready: true, Waiting: rng.IntN(8), Running: 8 + rng.IntN(48),
 			KVUsage: rng.Float64() * 0.9, BlockSize: 16, NumBlocks: 28000,
 			InFlight: rng.IntN(40), InFlightTokens: rng.IntN(20000), Rates: rates,
@@ -80,7 +88,7 @@ func newBenchFixture(tb testing.TB, nEndpoints int) *benchFixture {
 		}
 	}
 	q := append(append([]uint32(nil), system...), docs[3]...)
-	q = append(q, tok(32768-len(q))...)
+	q = append(q, tok(promptTokens-len(q))...)
 	f.req = Request{Model: "m", Tokens: q}
 	f.reqH = Request{Model: "m", Tokens: q, BlockHashes: hasher.Hashes(nil, q)}
 	return f
@@ -196,4 +204,108 @@ func BenchmarkIndexMemory(b *testing.B) {
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "heap-MiB")
 		runtime.KeepAlive(r)
 	}
+}
+
+// BenchmarkDecide128kx256 is one decision for a 128k-token prompt over 256
+// endpoints, hashing included (no cache: every block hashed).
+func BenchmarkDecide128kx256(b *testing.B) {
+	f := newBenchFixtureN(b, 256, 131072)
+	for _, name := range []string{"least-request", "prefix-approx", "kv-precise", "default"} {
+		b.Run(name, func(b *testing.B) {
+			s, _ := f.r.Scheduler(name)
+			var d Decision
+			b.ReportAllocs()
+			defer reportCPU(b)()
+			for b.Loop() {
+				if err := s.Decide(&d, &f.req, f.eps); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkDecide128kx256Prehashed is the same with the hashes given.
+func BenchmarkDecide128kx256Prehashed(b *testing.B) {
+	f := newBenchFixtureN(b, 256, 131072)
+	for _, name := range []string{"prefix-approx", "kv-precise", "default"} {
+		b.Run(name, func(b *testing.B) {
+			s, _ := f.r.Scheduler(name)
+			var d Decision
+			b.ReportAllocs()
+			defer reportCPU(b)()
+			for b.Loop() {
+				if err := s.Decide(&d, &f.reqH, f.eps); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkHash128k is the hashing share of an uncached 128k decision.
+func BenchmarkHash128k(b *testing.B) {
+	f := newBenchFixtureN(b, 1, 131072)
+	h := kvblock.MustHasher(16, 0)
+	dst := make([]uint64, 0, 8192)
+	for b.Loop() {
+		dst = h.Hashes(dst[:0], f.req.Tokens)
+	}
+}
+
+// BenchmarkDecide128kx256Cached is a decision for the next turn of a
+// conversation whose earlier turns (128k tokens) the caller's hash cache
+// holds: each iteration is a new turn of 256 tokens, so only those are
+// hashed; the rest is compared with the cached turn's tokens and reused.
+func BenchmarkDecide128kx256Cached(b *testing.B) {
+	f := newBenchFixtureN(b, 256, 131072)
+	const turn, turns = 256, 1024
+	rng := rand.New(rand.NewPCG(5, 5))
+	conv := append([]uint32(nil), f.req.Tokens...)
+	for range turn * turns {
+		conv = append(conv, rng.Uint32N(128000))
+	}
+	// Each request has its own token array, as parsed requests do: turns
+	// alternate between two copies, so the cached turn's tokens are
+	// compared with another array's, not with themselves.
+	convs := [2][]uint32{conv, slices.Clone(conv)}
+	for _, name := range []string{"prefix-approx", "kv-precise", "default"} {
+		b.Run(name, func(b *testing.B) {
+			s, _ := f.r.Scheduler(name)
+			hc := f.r.NewHashCache(64 << 20)
+			var d Decision
+			req := Request{Model: "m", Tokens: f.req.Tokens, HashCache: hc}
+			if err := s.Decide(&d, &req, f.eps); err != nil {
+				b.Fatal(err)
+			}
+			i := 0
+			b.ReportAllocs()
+			defer reportCPU(b)()
+			for b.Loop() {
+				i = i%turns + 1
+				req.Tokens = convs[i%2][:len(f.req.Tokens)+i*turn]
+				if err := s.Decide(&d, &req, f.eps); err != nil {
+					b.Fatal(err)
+				}
+			}
+			st := hc.Stats()
+			b.ReportMetric(float64(st.HashedBlocks)/float64(st.Lookups), "hashed-blocks/op")
+		})
+	}
+}
+
+// reportCPU reports the process's CPU time per op (GC included) when the
+// returned function runs: on a shared machine, wall time per op measures
+// the neighbours too.
+func reportCPU(b *testing.B) func() {
+	c0 := cpuNow()
+	return func() { b.ReportMetric(float64((cpuNow()-c0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op") }
+}
+
+func cpuNow() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -105,6 +105,9 @@ func (c *cycle) hashes(approx bool) {
 		c.hashesDone = true
 		if len(c.req.BlockHashes) > 0 {
 			c.preHashes = c.req.BlockHashes
+		} else if hc := c.req.HashCache; hc != nil && hc.Hasher() == c.r.preHasher {
+			c.d.preciseHashes = hc.Hashes(c.d.preciseHashes[:0], c.req.Tokens)
+			c.preHashes = c.d.preciseHashes
 		} else {
 			c.d.preciseHashes = c.r.preHasher.Hashes(c.d.preciseHashes[:0], c.req.Tokens)
 			c.preHashes = c.d.preciseHashes

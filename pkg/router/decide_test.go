@@ -2,6 +2,7 @@ package router
 
 import (
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -255,5 +256,41 @@ func TestCallerHashesAreUsed(t *testing.T) {
 	c := decide(t, r, "kv-precise", &Request{BlockHashes: hs}, endpoints(1))
 	if a.PrefixHitTokens != 2000 || b.PrefixHitTokens != 2000 || c.PrefixHitTokens != 2000 {
 		t.Fatalf("hits %d %d %d, want 2000", a.PrefixHitTokens, b.PrefixHitTokens, c.PrefixHitTokens)
+	}
+}
+
+// TestHashCacheDecidesAsWithout runs a conversation's turns through two
+// routers in the same state, one deciding with a hash cache: every
+// decision, and the hashes it used, must be the same.
+func TestHashCacheDecidesAsWithout(t *testing.T) {
+	plain, cached := mustRouter(t, ""), mustRouter(t, "")
+	hc := cached.NewHashCache(16 << 20)
+	conv := tokens(3000, 1)
+	for _, r := range []*Router{plain, cached} {
+		store(t, r, "ep-1", conv, 2048)
+		store(t, r, "ep-2", tokens(4000, 90000), 4000)
+	}
+	for turn := range 6 {
+		conv = append(conv[:len(conv):len(conv)], tokens(900+turn*37, uint32(20000+turn*1000))...)
+		for _, profile := range []string{"default", "kv-precise", "prefix-approx"} {
+			want := decide(t, plain, profile, &Request{Tokens: conv}, endpoints(3))
+			got := decide(t, cached, profile, &Request{Tokens: conv, HashCache: hc}, endpoints(3))
+			if got.DecodeID != want.DecodeID || got.PrefixHitTokens != want.PrefixHitTokens ||
+				!slices.Equal(got.BlockHashes(), want.BlockHashes()) || len(want.BlockHashes()) != len(conv)/16 {
+				t.Fatalf("turn %d, %s: with the cache %s (%d cached), without %s (%d); hashes equal: %v",
+					turn, profile, got.DecodeID, got.PrefixHitTokens, want.DecodeID, want.PrefixHitTokens,
+					slices.Equal(got.BlockHashes(), want.BlockHashes()))
+			}
+		}
+	}
+	if st := hc.Stats(); st.ReusedBlocks == 0 || st.Entries != 1 {
+		t.Fatalf("the cache reused %d blocks and holds %d entries; want reuse, one conversation", st.ReusedBlocks, st.Entries)
+	}
+	// A cache of another router's hashes is not used.
+	other := mustRouter(t, "preciseIndex: {blockSize: 16, hashSeed: 7}")
+	foreign := other.NewHashCache(16 << 20)
+	d := decide(t, plain, "kv-precise", &Request{Tokens: conv, HashCache: foreign}, endpoints(3))
+	if !slices.Equal(d.BlockHashes(), kvblock.MustHasher(16, 0).Hashes(nil, conv)) || foreign.Stats().Lookups != 0 {
+		t.Fatal("a cache of different hashes was used")
 	}
 }

@@ -84,6 +84,13 @@ func New(cfg *Config, opts Options) (*Router, error) {
 	return r, nil
 }
 
+// NewHashCache returns a cache of this Router's block hashes holding at most
+// maxBytes (see Request.HashCache). It holds no state of the Router: the
+// caller keeps it, typically one per Router, shared by its requests.
+func (r *Router) NewHashCache(maxBytes int64) *kvblock.HashCache {
+	return kvblock.NewHashCache(r.preHasher, maxBytes)
+}
+
 // Config returns the Router's configuration.
 func (r *Router) Config() *Config { return r.cfg }
 

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/kvblock"
 )
 
 // Role is the part of a request an endpoint serves: the engine model's roles.
@@ -42,6 +43,12 @@ type Request struct {
 	// router computes them from Tokens; a caller that already has them
 	// saves that cost.
 	BlockHashes []uint64
+	// HashCache, when set (and BlockHashes is empty), computes the block
+	// hashes, reusing those of a cached prompt this one extends (a
+	// conversation's earlier turns): see Router.NewHashCache. The caller
+	// keeps it (one per Router) and must not modify Tokens afterwards: the
+	// cache keeps a reference to them.
+	HashCache *kvblock.HashCache
 	// ExpectedOutput is the expected number of output tokens, 0 if unknown;
 	// no built-in plugin reads it yet.
 	ExpectedOutput int
