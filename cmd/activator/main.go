@@ -82,6 +82,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		batchStore = flag.String("batch-storage", "", "object storage for batch files, state and event dedupe (a directory, file://, s3://, gs://, azblob://); in memory when empty (lost on restart)")
 		batchSink  = flag.String("batch-sink", os.Getenv("K_SINK"), "where results of CloudEvents go (default $K_SINK, as a SinkBinding sets it); the HTTP reply when empty")
 		batchDLS   = flag.String("batch-dead-letter-sink", "", "where results the sink refused go; kept in --batch-storage when empty")
+		promote    = flag.Duration("batch-promote-before", activator.DefaultBatchPromoteBefore, "how long before its deadline (CloudEvents llmddeadline, the Batch API's completion_window) a batch request moves to the tier above batch; negative: never")
 	)
 	if err := flag.Parse(args); err != nil {
 		return err
@@ -131,6 +132,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := activator.Options{Tiers: tiers, TierGrants: grants, RouterConfig: rcfg, Registerer: reg, Logger: log,
 		ScrapeInterval: *scrape, MaxBodyBytes: *maxBody, Debug: *debug, Domains: doms, TokenizerDir: *tokDir}
+	if *promote == 0 {
+		return fmt.Errorf("--batch-promote-before: 0 would promote nothing before the deadline itself; give a positive duration, or a negative one to never promote")
+	}
+	opts.BatchPromoteBefore = *promote
 	var reporter *activator.Reporter
 	if *scalerURL != "" {
 		var err error

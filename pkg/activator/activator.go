@@ -79,11 +79,19 @@ type Options struct {
 	// TierGrants are the credentials that let a request raise its tier
 	// above its route's (nil: none; a client may only lower its tier).
 	TierGrants *TierGrants
-	// Poke is told that a revision has a request waiting and no ready pod.
-	Poke       func(RevisionKey)
-	Registerer prometheus.Registerer
-	Logger     *slog.Logger
-	Seed       uint64
+	// Poke is told that a revision has a request waiting and no ready pod
+	// (not for batch-tier requests: batch work wakes a revision at zero at
+	// the autoscaler's next tick, only as llm-d.ai/batch-max-replicas
+	// allows).
+	Poke func(RevisionKey)
+	// BatchPromoteBefore is how long before its deadline a batch-tier
+	// request with one (CloudEvents llmddeadline, the Batch API's
+	// completion_window) moves to the tier above, whether it waits or
+	// arrives then (DefaultBatchPromoteBefore; negative: never).
+	BatchPromoteBefore time.Duration
+	Registerer         prometheus.Registerer
+	Logger             *slog.Logger
+	Seed               uint64
 	// Now is the clock (time.Now); ScrapeClient and Proxy the HTTP clients.
 	Now          func() time.Time
 	ScrapeClient *http.Client
@@ -149,6 +157,9 @@ func New(opts Options) (*Activator, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.BatchPromoteBefore == 0 {
+		opts.BatchPromoteBefore = DefaultBatchPromoteBefore
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -639,8 +650,9 @@ func (a *Activator) flowControl(next http.Handler) http.Handler {
 		revName := rev.name
 		tm := rev.m.tiers[c.tier.Name]
 		tm.queued.Inc()
-		release, err := rev.flow.Acquire(r.Context(), c.tier, int64(c.req.Size))
+		release, tier, err := a.acquirePromoting(r.Context(), rev, c.tier, int64(c.req.Size))
 		tm.queued.Dec()
+		c.tier = tier // a batch request whose deadline neared moved up (promote.go)
 		if err != nil {
 			var rej *RejectError
 			if errors.As(err, &rej) {
@@ -657,6 +669,10 @@ func (a *Activator) flowControl(next http.Handler) http.Handler {
 			return
 		}
 		defer release()
+		if tier.Name == BatchTier {
+			rev.stats.batchDispatched(1)
+			defer rev.stats.batchDispatched(-1)
+		}
 		tm.queueTime.Observe(a.opts.Now().Sub(c.start).Seconds())
 		next.ServeHTTP(w, r)
 	})

@@ -130,7 +130,9 @@ func (f *FlowController) Acquire(ctx context.Context, t Tier, size int64) (relea
 	f.bytes += size
 	ready, _ := f.gate(t, f.admitted)
 	f.mu.Unlock()
-	if !ready && f.poke != nil {
+	if !ready && f.poke != nil && t.Name != BatchTier {
+		// Batch work alone wakes a revision only as its batch budget
+		// allows: the autoscaler decides at its next tick.
 		f.poke()
 	}
 

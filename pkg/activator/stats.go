@@ -51,6 +51,22 @@ type RevisionStats struct {
 	TPOTP90 float64 `json:"tpotP90"`
 	// KVEvents summarizes the pods' KV events, nil when none publish.
 	KVEvents *KVEventsStats `json:"kvEvents,omitempty"`
+	// Batch is the batch tier's share of the counters above, for the
+	// autoscaler's batch budget (llm-d.ai/batch-max-replicas).
+	Batch *BatchStats `json:"batch,omitempty"`
+}
+
+// BatchStats is the batch tier's share of a revision's counters
+// (autoscaler.BatchCounters, same JSON). A batch request promoted to a
+// higher tier (its deadline was near, promote.go) counts in that tier from
+// then on, and in Promoted.
+type BatchStats struct {
+	PromptTokens          int64 `json:"promptTokens"`
+	CompletionTokens      int64 `json:"completionTokens"`
+	UncachedPrefillTokens int64 `json:"uncachedPrefillTokens"`
+	ArrivedPromptTokens   int64 `json:"arrivedPromptTokens"`
+	InFlight              int   `json:"inFlight"`
+	Promoted              int64 `json:"promoted"`
 }
 
 // RoleStats aggregates one role's ready pods: counts are sums, KVUsage
@@ -75,6 +91,7 @@ type latencySample struct {
 type revisionStats struct {
 	mu      sync.Mutex
 	c       RevisionStats
+	batch   BatchStats
 	samples []latencySample
 	next    int
 }
@@ -89,6 +106,24 @@ func (s *revisionStats) arrive(tier string, promptTokens int) {
 	defer s.mu.Unlock()
 	s.c.ArrivedByTier[tier]++
 	s.c.ArrivedPromptTokens += int64(max(promptTokens, 0))
+	if tier == BatchTier {
+		s.batch.ArrivedPromptTokens += int64(max(promptTokens, 0))
+	}
+}
+
+// batchDispatched moves the batch in-flight gauge by delta (+1 when a batch
+// request is admitted, -1 when it finishes).
+func (s *revisionStats) batchDispatched(delta int) {
+	s.mu.Lock()
+	s.batch.InFlight += delta
+	s.mu.Unlock()
+}
+
+// batchPromoted counts a batch request moved to a higher tier.
+func (s *revisionStats) batchPromoted() {
+	s.mu.Lock()
+	s.batch.Promoted++
+	s.mu.Unlock()
 }
 
 // requestDone is one finished request's accounting.
@@ -119,6 +154,11 @@ func (s *revisionStats) record(d requestDone) {
 		s.c.CompletionTokens += int64(u.CompletionTokens)
 		s.c.CachedTokens += int64(u.CachedTokens())
 		s.c.UncachedPrefillTokens += int64(max(u.PromptTokens-u.CachedTokens(), 0))
+		if d.tier == BatchTier {
+			s.batch.PromptTokens += int64(u.PromptTokens)
+			s.batch.CompletionTokens += int64(u.CompletionTokens)
+			s.batch.UncachedPrefillTokens += int64(max(u.PromptTokens-u.CachedTokens(), 0))
+		}
 	}
 	if d.ttft > 0 {
 		smp := latencySample{at: d.at, ttft: d.ttft.Seconds(), tpot: d.tpot.Seconds()}
@@ -142,6 +182,8 @@ func (s *revisionStats) snapshot(now time.Time) RevisionStats {
 	for k, v := range s.c.ArrivedByTier {
 		out.ArrivedByTier[k] = v
 	}
+	batch := s.batch
+	out.Batch = &batch
 	var ttft, tpot []float64
 	for _, x := range s.samples {
 		if now.Sub(x.at) <= statsWindow {

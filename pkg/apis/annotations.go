@@ -40,7 +40,10 @@ const (
 	VariantCostAnnotation     = Group + "variant-cost"
 	TokenizerAnnotation       = Group + "tokenizer"
 	BatchSinkAnnotation       = Group + "batch-sink"
-	StepTokenBudgetAnnotation = Group + "step-token-budget"
+	// BatchMaxReplicasAnnotation: the most replicas batch-tier work alone
+	// may keep or wake (default 1; 0: never).
+	BatchMaxReplicasAnnotation = Group + "batch-max-replicas"
+	StepTokenBudgetAnnotation  = Group + "step-token-budget"
 
 	// KV offload to shared storage and the engine's own KV tiers (issue 12).
 	KVOffloadAnnotation         = Group + "kv-offload"
@@ -143,7 +146,14 @@ type Spec struct {
 	// (llm-d.ai/batch-sink, an http(s) URL); "" means the HTTP reply, or
 	// the activator's K_SINK.
 	BatchSink string
+	// BatchMaxReplicas is llm-d.ai/batch-max-replicas: the most replicas
+	// batch-tier work alone may keep or wake (DefaultBatchMaxReplicas; 0:
+	// batch work never scales the revision, not even from zero).
+	BatchMaxReplicas int
 }
+
+// DefaultBatchMaxReplicas is llm-d.ai/batch-max-replicas' default.
+const DefaultBatchMaxReplicas = 1
 
 // KV offload modes (llm-d.ai/kv-offload).
 const (
@@ -247,24 +257,25 @@ func Known(key string) bool {
 }
 
 var known = map[string]string{
-	BatchSinkAnnotation:       "http(s) URL",
-	ModelAnnotation:           "string",
-	DisaggregationAnnotation:  "none | prefill-decode",
-	RoutingProfileAnnotation:  "routing profile name",
-	PDThresholdAnnotation:     "integer >= 0",
-	SLOTierAnnotation:         "tier name",
-	SLOTiersAnnotation:        "comma-separated tier names",
-	SLOTTFTAnnotation:         "duration",
-	SLOTPOTAnnotation:         "duration",
-	SLOPercentileAnnotation:   "number in (0, 100)",
-	PrefillMinScaleAnnotation: "integer >= 0",
-	PrefillMaxScaleAnnotation: "integer >= 0",
-	AutoscalerModeAnnotation:  "act | advise",
-	SimProfileAnnotation:      "engine profile name",
-	AcceleratorAnnotation:     "accelerator name",
-	VariantCostAnnotation:     "number > 0",
-	TokenizerAnnotation:       "auto | estimate | engine | native | native:/absolute/path",
-	StepTokenBudgetAnnotation: "auto | integer in [1, 1048576]",
+	BatchSinkAnnotation:        "http(s) URL",
+	BatchMaxReplicasAnnotation: "integer >= 0",
+	ModelAnnotation:            "string",
+	DisaggregationAnnotation:   "none | prefill-decode",
+	RoutingProfileAnnotation:   "routing profile name",
+	PDThresholdAnnotation:      "integer >= 0",
+	SLOTierAnnotation:          "tier name",
+	SLOTiersAnnotation:         "comma-separated tier names",
+	SLOTTFTAnnotation:          "duration",
+	SLOTPOTAnnotation:          "duration",
+	SLOPercentileAnnotation:    "number in (0, 100)",
+	PrefillMinScaleAnnotation:  "integer >= 0",
+	PrefillMaxScaleAnnotation:  "integer >= 0",
+	AutoscalerModeAnnotation:   "act | advise",
+	SimProfileAnnotation:       "engine profile name",
+	AcceleratorAnnotation:      "accelerator name",
+	VariantCostAnnotation:      "number > 0",
+	TokenizerAnnotation:        "auto | estimate | engine | native | native:/absolute/path",
+	StepTokenBudgetAnnotation:  "auto | integer in [1, 1048576]",
 
 	KVOffloadAnnotation:         "off | on-scale-down | write-through",
 	KVOffloadURIAnnotation:      "storage URL: file:///abs/path | s3://bucket/prefix | gs://bucket/prefix | azblob://container/prefix",
@@ -289,19 +300,20 @@ const MaxStepTokenBudget = 1 << 20
 // first.
 func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, error) {
 	s := Spec{
-		Disaggregation:  DisaggregationNone,
-		RoutingProfile:  DefaultRoutingProfile,
-		PDThreshold:     DefaultPDThreshold,
-		DefaultTier:     DefaultTier,
-		AllowedTiers:    vocab.Tiers,
-		Percentile:      DefaultPercentile,
-		InitialScale:    -1,
-		AutoscalerMode:  AutoscalerAct,
-		Model:           annotations[ModelAnnotation],
-		SimProfile:      annotations[SimProfileAnnotation],
-		PrefillMinScale: 0,
-		Tokenizer:       TokenizerAuto,
-		KVOffload:       KVOffloadSpec{Mode: KVOffloadOff, Deadline: DefaultKVOffloadDeadline},
+		Disaggregation:   DisaggregationNone,
+		RoutingProfile:   DefaultRoutingProfile,
+		PDThreshold:      DefaultPDThreshold,
+		DefaultTier:      DefaultTier,
+		AllowedTiers:     vocab.Tiers,
+		Percentile:       DefaultPercentile,
+		InitialScale:     -1,
+		BatchMaxReplicas: DefaultBatchMaxReplicas,
+		AutoscalerMode:   AutoscalerAct,
+		Model:            annotations[ModelAnnotation],
+		SimProfile:       annotations[SimProfileAnnotation],
+		PrefillMinScale:  0,
+		Tokenizer:        TokenizerAuto,
+		KVOffload:        KVOffloadSpec{Mode: KVOffloadOff, Deadline: DefaultKVOffloadDeadline},
 	}
 	var errs Errors
 	fail := func(key, format string, args ...any) {
@@ -431,6 +443,7 @@ func Parse(annotations map[string]string, path string, vocab Vocabulary) (Spec, 
 			s.BatchSink = v
 		}
 	}
+	intVal(BatchMaxReplicasAnnotation, &s.BatchMaxReplicas, 0)
 	if v, ok := annotations[TokenizerAnnotation]; ok {
 		mode, dir, err := ParseTokenizer(v)
 		if err != nil {

@@ -79,6 +79,8 @@ func TestParseRejectsWithFieldPaths(t *testing.T) {
 		{"bad mode", map[string]string{AutoscalerModeAnnotation: "auto"}, "[llm-d.ai/autoscaler-mode]"},
 		{"unknown sim profile", map[string]string{SimProfileAnnotation: "gpt-5"}, "[llm-d.ai/sim-profile]"},
 		{"batch sink not a URL", map[string]string{BatchSinkAnnotation: "results"}, "[llm-d.ai/batch-sink]"},
+		{"negative batch budget", map[string]string{BatchMaxReplicasAnnotation: "-1"}, "[llm-d.ai/batch-max-replicas]"},
+		{"batch budget not a number", map[string]string{BatchMaxReplicasAnnotation: "many"}, "[llm-d.ai/batch-max-replicas]"},
 		{"batch sink with credentials", map[string]string{BatchSinkAnnotation: "https://user:pw@sink.example.com"}, "[llm-d.ai/batch-sink]"},
 		{"empty model", map[string]string{ModelAnnotation: " "}, "[llm-d.ai/model]"},
 		{"accelerator with spaces", map[string]string{AcceleratorAnnotation: "H100 80GB"}, "[llm-d.ai/accelerator]"},
@@ -176,6 +178,18 @@ func TestParseTokenizer(t *testing.T) {
 	s, err := Parse(map[string]string{}, "a", Vocabulary{})
 	if err != nil || s.Tokenizer != TokenizerAuto {
 		t.Errorf("default tokenizer = %q, %v; want auto", s.Tokenizer, err)
+	}
+}
+
+func TestParseBatchMaxReplicas(t *testing.T) {
+	for _, tc := range []struct {
+		ann  map[string]string
+		want int
+	}{{nil, DefaultBatchMaxReplicas}, {map[string]string{BatchMaxReplicasAnnotation: "0"}, 0}, {map[string]string{BatchMaxReplicasAnnotation: " 4 "}, 4}} {
+		s, err := Parse(tc.ann, "annotations", Vocabulary{})
+		if err != nil || s.BatchMaxReplicas != tc.want {
+			t.Errorf("%v: batch budget %d, %v; want %d", tc.ann, s.BatchMaxReplicas, err, tc.want)
+		}
 	}
 }
 

@@ -11,8 +11,9 @@ import (
 // scale per role (MaxScale 0 stays unbounded), scale to zero when min-scale
 // is 0, the SLO targets (llm-d.ai/slo-ttft and llm-d.ai/slo-tpot, else
 // tierTTFT and tierTPOT, the revision's default tier's targets, where
-// positive; else c's) and percentile, and advisory mode
-// (llm-d.ai/autoscaler-mode: advise). The cluster's PodAutoscaler class
+// positive; else c's) and percentile, advisory mode
+// (llm-d.ai/autoscaler-mode: advise) and the batch budget
+// (llm-d.ai/batch-max-replicas). The cluster's PodAutoscaler class
 // (pkg/reconciler) and the local runtime (pkg/local) share it so that an
 // annotation means the same in both; each caller sets its own windows, tick
 // and engine limits. The result is not validated; call Config.Validate.
@@ -40,4 +41,5 @@ func ApplySpec(c *Config, spec apis.Spec, tierTTFT, tierTPOT time.Duration) {
 		c.SLO.Percentile = spec.Percentile
 	}
 	c.Advisory = spec.AutoscalerMode == apis.AutoscalerAdvise
+	c.BatchMaxReplicas = spec.BatchMaxReplicas
 }

@@ -100,6 +100,11 @@ type Config struct {
 	// (BurstHeadroom). 0 plans for the mean (Knative's way).
 	ColdStart time.Duration `json:"coldStart,omitempty"`
 
+	// BatchMaxReplicas is llm-d.ai/batch-max-replicas: the most replicas
+	// batch-tier work alone may keep or wake (0: batch work never scales
+	// the revision, not even from zero). See Decider.BatchShare.
+	BatchMaxReplicas int `json:"batchMaxReplicas"`
+
 	// Advisory marks recommendations as advice (llm-d.ai/autoscaler-mode:
 	// advise): the decider computes them the same way; the caller does not
 	// act on them.
@@ -126,6 +131,7 @@ func DefaultConfig() Config {
 		CorrectionSmoothing:      0.3,
 		CorrectionMin:            0.25,
 		CorrectionMax:            4,
+		BatchMaxReplicas:         DefaultBatchMaxReplicas,
 	}
 }
 
@@ -168,6 +174,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ScaleDownDelay < 0 {
 		bad("scaleDownDelay", "must not be negative, got %v", c.ScaleDownDelay)
+	}
+	if c.BatchMaxReplicas < 0 {
+		bad("batchMaxReplicas", "must not be negative, got %d", c.BatchMaxReplicas)
 	}
 	if c.ColdStart < 0 {
 		bad("coldStart", "must not be negative, got %v", c.ColdStart)

@@ -53,6 +53,9 @@ type Recommendation struct {
 	DecodeRole      RoleDecision    `json:"decodeRole"`
 	PrefillCapacity PrefillCapacity `json:"prefillCapacity"`
 	DecodeCapacity  DecodeCapacity  `json:"decodeCapacity"`
+	// BatchShare is the fraction of the batch tier's load counted this
+	// tick (Decider.BatchShare; 1 without batch work).
+	BatchShare float64 `json:"batchShare"`
 }
 
 func (r Recommendation) String() string {
@@ -161,6 +164,8 @@ func (d *Decider) Scale(now time.Time, in Input) Recommendation {
 		prefillPods = decodePods
 	}
 	d.fitCorrections(prefillPods, decodePods)
+	batchShare := d.BatchShare(l) // batch work counts up to llm-d.ai/batch-max-replicas (batch.go)
+	*l = l.withBatchShare(batchShare)
 	pc, dc := d.Capacity()
 
 	// This tick's load in replicas of each role. Prefill: the uncached
@@ -213,7 +218,7 @@ func (d *Decider) Scale(now time.Time, in Input) Recommendation {
 		}
 	}
 
-	rec := Recommendation{At: now, Advisory: d.cfg.Advisory, PrefillCapacity: pc, DecodeCapacity: dc}
+	rec := Recommendation{At: now, Advisory: d.cfg.Advisory, PrefillCapacity: pc, DecodeCapacity: dc, BatchShare: batchShare}
 	active := l.active()
 	if !d.cfg.Disaggregated {
 		// One replica time-shares prefill and decode: the fractions add,

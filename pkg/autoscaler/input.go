@@ -45,6 +45,10 @@ type Load struct {
 	// Observed latencies over the activator's recent window.
 	TTFT Latency `json:"ttft"`
 	TPOT Latency `json:"tpot"`
+	// Batch is the batch tier's share of the rates and gauges above
+	// (included in them): the decider counts it only up to
+	// Config.BatchMaxReplicas (see Decider.BatchShare).
+	Batch BatchLoad `json:"batch,omitempty"`
 }
 
 // Latency is an observed latency distribution's percentiles.
@@ -130,6 +134,9 @@ type Snapshot struct {
 	// the activator scraped it (pkg/activator.RoleStats: ready, running,
 	// waiting, kvUsage).
 	Roles map[string]Telemetry `json:"roles,omitempty"`
+	// Batch is the batch tier's share of the counters and gauges above;
+	// nil from activators that predate it.
+	Batch *BatchCounters `json:"batch,omitempty"`
 }
 
 // Rates turns two snapshots taken dt apart into a Load. Counters that went
@@ -145,6 +152,7 @@ func Rates(prev, cur Snapshot, dt time.Duration) Load {
 		l.Queued += n
 	}
 	if dt <= 0 {
+		l.Batch = batchRates(prev, cur, 0, false)
 		return l
 	}
 	var reqs, prevReqs int64
@@ -167,6 +175,7 @@ func Rates(prev, cur Snapshot, dt time.Duration) Load {
 		prev = Snapshot{}
 	}
 	sec := dt.Seconds()
+	l.Batch = batchRates(prev, cur, sec, false)
 	l.RequestsPerSecond = make(map[string]float64, len(cur.RequestsByTier))
 	for tier, n := range cur.RequestsByTier {
 		if d := n - prev.RequestsByTier[tier]; d > 0 {

@@ -77,6 +77,9 @@ func TestRates(t *testing.T) {
 		InFlight:                       6,
 		TTFT:                           autoscaler.Latency{P90: 250 * time.Millisecond},
 		TPOT:                           autoscaler.Latency{P50: 20 * time.Millisecond},
+		// The batch tier's queue is known by tier; its tokens only from an
+		// activator that reports batch counters.
+		Batch: autoscaler.BatchLoad{Queued: 5},
 	}
 	if !reflect.DeepEqual(l, want) {
 		t.Errorf("got %+v\nwant %+v", l, want)

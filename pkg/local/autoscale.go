@@ -242,6 +242,7 @@ func snapshotOf(act *activator.Activator, key activator.RevisionKey) autoscaler.
 			UncachedPrefillTokens: s.UncachedPrefillTokens, QueuedByTier: s.QueuedByTier, InFlight: s.InFlight,
 			TTFTP50: s.TTFTP50, TTFTP90: s.TTFTP90, TPOTP50: s.TPOTP50, TPOTP90: s.TPOTP90,
 			ArrivedByTier: s.ArrivedByTier, ArrivedPromptTokens: s.ArrivedPromptTokens,
+			Batch: (*autoscaler.BatchCounters)(s.Batch),
 		}
 	}
 	return autoscaler.Snapshot{Revision: key.String()}

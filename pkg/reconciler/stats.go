@@ -177,6 +177,13 @@ func (s *loadSum) add(l autoscaler.Load) {
 	s.l.OutputTokensPerSecond += l.OutputTokensPerSecond
 	s.l.Queued += l.Queued
 	s.l.InFlight += l.InFlight
+	b := &s.l.Batch
+	b.PromptTokensPerSecond += l.Batch.PromptTokensPerSecond
+	b.UncachedPrefillTokensPerSecond += l.Batch.UncachedPrefillTokensPerSecond
+	b.OutputTokensPerSecond += l.Batch.OutputTokensPerSecond
+	b.ArrivedPromptTokensPerSecond += l.Batch.ArrivedPromptTokensPerSecond
+	b.Queued += l.Batch.Queued
+	b.InFlight += l.Batch.InFlight
 	s.l.QueueTime = max(s.l.QueueTime, l.QueueTime)
 	s.l.TTFT = autoscaler.Latency{P50: max(s.l.TTFT.P50, l.TTFT.P50), P90: max(s.l.TTFT.P90, l.TTFT.P90)}
 	s.l.TPOT = autoscaler.Latency{P50: max(s.l.TPOT.P50, l.TPOT.P50), P90: max(s.l.TPOT.P90, l.TPOT.P90)}
