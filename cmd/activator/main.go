@@ -78,7 +78,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		debug      = flag.Bool("debug-routing", false, "add the X-Llm-D-Route explanation header to answers")
 		tokDir     = flag.String("tokenizer-dir", "", "folder of models' Hugging Face tokenizer files (a mounted volume or HF cache: org/name, models--org--name or name), for llm-d.ai/tokenizer auto and native; empty: the estimate unless a revision names native:DIR")
 		verbose    = flag.Bool("v", false, "log at debug level")
-		kvBind     = flag.String("kv-events-bind", "", "ZMQ endpoint (tcp://*:5557) to bind for KV-event publishers that connect to a collector (llm-d's direction); pods are told apart by their topic kv@<pod name or IP>@<model>. Publishers that bind (vLLM's default) are dialed per pod instead")
+		kvBind     = flag.String("kv-events-bind", "", "ZMQ endpoint (tcp://*:5557) to bind for KV-event publishers that connect to a collector (llm-d's direction); pods are told apart by their topic kv@<pod name, IP:port or IP>@<model>. Publishers that bind (vLLM's default) are dialed per pod instead")
 		batchStore = flag.String("batch-storage", "", "object storage for batch files, state and event dedupe (a directory, file://, s3://, gs://, azblob://); in memory when empty (lost on restart)")
 		batchSink  = flag.String("batch-sink", os.Getenv("K_SINK"), "where results of CloudEvents go (default $K_SINK, as a SinkBinding sets it); the HTTP reply when empty")
 		batchDLS   = flag.String("batch-dead-letter-sink", "", "where results the sink refused go; kept in --batch-storage when empty")

@@ -42,8 +42,19 @@ type sim struct {
 
 func startSim(t *testing.T, name string, role engine.Role, timeScale float64, mod func(*vllmsim.Config)) *sim {
 	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startSimOn(t, ln, name, role, timeScale, mod)
+}
+
+// startSimOn is startSim serving on ln (so that mod may use its address).
+func startSimOn(t *testing.T, ln net.Listener, name string, role engine.Role, timeScale float64, mod func(*vllmsim.Config)) *sim {
+	t.Helper()
 	p, err := engine.BuiltinProfile(engine.DefaultProfile)
 	if err != nil {
+		ln.Close()
 		t.Fatal(err)
 	}
 	cfg := vllmsim.Config{
@@ -55,10 +66,7 @@ func startSim(t *testing.T, name string, role engine.Role, timeScale float64, mo
 	}
 	srv, err := vllmsim.New(cfg)
 	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+		ln.Close()
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

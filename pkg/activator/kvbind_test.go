@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
@@ -15,8 +17,16 @@ import (
 
 // TestKVEventsBind: with the activator binding a collector endpoint and the
 // engines' publishers connecting to it (llm-d's direction), events reach the
-// pod their topic names and a repeated prompt is predicted cached.
+// pod their topic names and a repeated prompt is predicted cached, whether
+// the topic names the pod (kv@pod-0@model) or, as llm-d's publishers do,
+// its IP:port (kv@127.0.0.1:8000@model, two pods on one IP).
 func TestKVEventsBind(t *testing.T) {
+	for _, topic := range []string{"name", "ip:port"} {
+		t.Run(topic, func(t *testing.T) { testKVEventsBind(t, topic == "ip:port") })
+	}
+}
+
+func testKVEventsBind(t *testing.T, byAddr bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// The fixture's activator is built first; its collector binds before
@@ -36,8 +46,15 @@ func TestKVEventsBind(t *testing.T) {
 	var sims []*sim
 	for i := range 2 {
 		name := fmt.Sprintf("pod-%d", i)
-		sims = append(sims, startSim(t, name, engine.RoleBoth, 0.02, func(c *vllmsim.Config) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sims = append(sims, startSimOn(t, ln, name, engine.RoleBoth, 0.02, func(c *vllmsim.Config) {
 			c.KVEvents.Endpoint = "tcp://" + bound.String()
+			if byAddr {
+				c.KVEvents.Topic = "kv@" + ln.Addr().String() + "@" + testModel
+			}
 		}))
 	}
 	var pods []PodSpec
@@ -89,8 +106,60 @@ func TestKVEventsBind(t *testing.T) {
 	if st := f.act.Stats(); st[0].KVEvents == nil || st[0].KVEvents.PodsPublishing != 2 || !strings.Contains(st[0].KVEvents.Line, "KV events from 2 pods") {
 		t.Fatalf("status summary %+v", st[0].KVEvents)
 	}
+	if n := f.act.kvUnknown.Load(); n != 0 {
+		t.Fatalf("%d messages from unknown pods", n)
+	}
 	cancel()
 	if err := <-errc; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestKVTopicNamesPod: which pod a collector's topic names.
+func TestKVTopicNamesPod(t *testing.T) {
+	act, err := New(Options{Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer act.Close()
+	a := RevisionKey{Namespace: "default", Name: "a-00001"}
+	b := RevisionKey{Namespace: "default", Name: "b-00001"}
+	for _, k := range []RevisionKey{a, b} {
+		if err := act.UpsertRevision(RevisionConfig{Key: k, Service: k.Name, Models: []string{k.Name}, Spec: apis.Spec{RoutingProfile: "default"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Unreachable ports: the pods never get ready, which topics ignore.
+	if err := act.SetPods(a, []PodSpec{{Name: "a-1", URL: "http://127.0.0.1:9"}, {Name: "a-2", URL: "http://127.0.0.1:11"},
+		{Name: "a-3", URL: "http://10.0.0.7:8000"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := act.SetPods(b, []PodSpec{{Name: "b-1", URL: "http://[fd00::5]:8000"}, {Name: "b-2", URL: "http://10.0.0.8"}}); err != nil {
+		t.Fatal(err)
+	}
+	for topic, want := range map[string]string{
+		"kv@a-2@a":                 "a-2",
+		"kv@127.0.0.1:9@a":         "a-1", // llm-d: <pod IP>:<port>
+		"kv@127.0.0.1:11@anything": "a-2",
+		"kv@10.0.0.7@a":            "a-3", // vLLM's kv@<pod IP>: one pod has it
+		"kv@10.0.0.7:8000@a":       "a-3",
+		"kv@[fd00::5]:8000@b":      "b-1",
+		"kv@fd00::5@b":             "b-1",
+		"kv@10.0.0.8:80@b":         "b-2", // the scheme's port
+		"kv@127.0.0.1@a":           "",    // two pods on that IP: ambiguous
+		"kv@127.0.0.1:12@a":        "",
+		"kv@10.0.0.7:9000@a":       "",
+		"kv@@a":                    "",
+		"kv":                       "",
+		"kv@nobody@a":              "",
+	} {
+		_, p := act.kvPod(topic)
+		got := ""
+		if p != nil {
+			got = p.spec.Name
+		}
+		if got != want {
+			t.Errorf("topic %q names %q, want %q", topic, got, want)
+		}
 	}
 }

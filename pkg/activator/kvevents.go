@@ -21,8 +21,8 @@ import (
 // (tcp://*:5557) and the activator dials each pod (PodSpec.KVEvents, see
 // revision.subscribe); llm-d's publishers dial a collector that binds, which
 // the activator can be too (ServeKVEvents), telling the pods apart by the
-// topic they publish under (vLLM's kv@<pod>@<model>, <pod> the pod's name
-// or IP).
+// topic they publish under (kv@<pod>@<model>, <pod> the pod's name, its
+// IP:port as llm-d's publishers write it, or its IP).
 
 // RouterEvents converts decoded vLLM KV events into the router's: every
 // medium and adapter goes through, the index tells them apart.
@@ -134,34 +134,58 @@ func (a *Activator) ServeKVEvents(ctx context.Context, endpoint string, ready fu
 }
 
 // kvPod finds the pod a topic kv@<pod>@<model> names: by pod name, else by
-// the host of its URL.
+// the host:port of its URL (llm-d's publishers name themselves
+// <pod IP>:<port>), else by the host of its URL when exactly one pod has
+// that host (vLLM's kv@<pod IP>@<model>; several pods on one IP, as on
+// loopback, are told apart only by name or host:port).
 func (a *Activator) kvPod(topic string) (*revision, *pod) {
 	parts := strings.Split(topic, "@")
 	if len(parts) < 2 || parts[1] == "" {
 		return nil, nil
 	}
 	id := parts[1]
+	idHost, idPort, err := net.SplitHostPort(id)
+	if err != nil {
+		idHost, idPort = strings.Trim(id, "[]"), ""
+	}
 	a.mu.RLock()
 	defer a.mu.RUnlock()
-	var byHost *pod
-	var hostRev *revision
+	var byAddr, byHost *pod
+	var addrRev, hostRev *revision
+	hosts := 0
 	for _, rev := range a.revs {
 		rev.mu.RLock()
 		if p := rev.pods[id]; p != nil {
 			rev.mu.RUnlock()
 			return rev, p
 		}
-		if byHost == nil {
-			for _, p := range rev.pods {
-				if u, err := url.Parse(p.spec.URL); err == nil && u.Hostname() == id {
-					byHost, hostRev = p, rev
-					break
-				}
+		for _, p := range rev.pods {
+			u, err := url.Parse(p.spec.URL)
+			if err != nil || u.Hostname() != idHost {
+				continue
+			}
+			if idPort == "" {
+				hosts++
+				byHost, hostRev = p, rev
+				continue
+			}
+			port := u.Port()
+			if port == "" {
+				port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+			}
+			if port == idPort && byAddr == nil {
+				byAddr, addrRev = p, rev
 			}
 		}
 		rev.mu.RUnlock()
 	}
-	return hostRev, byHost
+	if byAddr != nil {
+		return addrRev, byAddr
+	}
+	if hosts == 1 {
+		return hostRev, byHost
+	}
+	return nil, nil
 }
 
 // kvCollector exports the KV-event and precise-index figures of every

@@ -57,7 +57,7 @@ func TestStepBudgetDefaulting(t *testing.T) {
 			// Pods from --pod-command get the chosen budget per role, and
 			// nothing is added to args that set it.
 			for _, role := range []string{"decode", "prefill"} {
-				pc, err := expandPodCommand("vllm serve {model} {args}", s, "p", role, 1)
+				pc, err := expandPodCommand("vllm serve {model} {args}", s, "p", role, 1, "")
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -19,7 +19,7 @@ import (
 // Placeholders of a --pod-command template.
 var placeholders = []string{
 	"{model}", "{served_model_name}", "{port}", "{args}", "{role}", "{name}",
-	"{kv_events_port}", "{namespace}", "{revision}", "{time_scale}", "{sim_profile}",
+	"{kv_events_port}", "{kv_events_collector}", "{namespace}", "{revision}", "{time_scale}", "{sim_profile}",
 }
 
 // CheckPodCommand reports an unknown {placeholder} in a pod command
@@ -54,8 +54,10 @@ type podCommand struct {
 
 // expandPodCommand fills a template for one pod. Values are shell-quoted
 // only where they need it, so that {port} also works inside a quoted JSON
-// argument such as '{"endpoint":"tcp://*:{kv_events_port}"}'.
-func expandPodCommand(tmpl string, svc *Service, name, role string, timeScale float64) (podCommand, error) {
+// argument such as '{"endpoint":"tcp://*:{kv_events_port}"}'. collector is
+// the runtime's bound KV-event endpoint ({kv_events_collector}), empty when
+// it binds none.
+func expandPodCommand(tmpl string, svc *Service, name, role string, timeScale float64, collector string) (podCommand, error) {
 	port, err := freePort()
 	if err != nil {
 		return podCommand{}, err
@@ -91,6 +93,7 @@ func expandPodCommand(tmpl string, svc *Service, name, role string, timeScale fl
 		"{role}", role,
 		"{name}", shellQuote(name),
 		"{kv_events_port}", strconv.Itoa(pc.kvPort),
+		"{kv_events_collector}", collector,
 		"{namespace}", shellQuote(svc.Namespace),
 		"{revision}", shellQuote(svc.Revision),
 		"{time_scale}", strconv.FormatFloat(timeScale, 'g', -1, 64),

@@ -91,6 +91,12 @@ type Options struct {
 	// TokenizerDir is the activator's folder of models' Hugging Face
 	// tokenizer files (llm-d.ai/tokenizer auto and native).
 	TokenizerDir string
+	// KVEventsBind is a ZMQ endpoint (tcp://127.0.0.1:5557) where the
+	// activator collects the KV events of publishers that connect (llm-d's
+	// direction; vLLM's when its endpoint names a host), telling pods apart
+	// by their topic. A pod command that uses {kv_events_collector} gets
+	// one on a free loopback port when this is empty.
+	KVEventsBind string
 }
 
 // PodCommandHelp documents the pod command template.
@@ -106,12 +112,21 @@ placeholders:
   {namespace}, {revision}
   {kv_events_port}     a free port for the pod's ZMQ KV-event publisher (tcp://*:PORT);
                        when the template uses it, the activator subscribes to it
+  {kv_events_collector} the activator's bound KV-event endpoint (tcp://127.0.0.1:PORT,
+                       --kv-events-bind or a free port) for publishers that connect;
+                       their topic names the pod: kv@127.0.0.1:{port}@{served_model_name}
+                       (llm-d's kv@<pod IP>:<port>@<model>) or kv@{name}@...
   {time_scale}         --sim-time-scale, {sim_profile} llm-d.ai/sim-profile (for simulators)
 The pod gets PORT, POD_NAME, POD_NAMESPACE, POD_IP=127.0.0.1, K_SERVICE,
 K_REVISION, PYTHONHASHSEED=0 and the container's literal env. It is ready
 when GET /health answers 200; its output is logged with a [pod-name] prefix;
 stopping sends SIGTERM to its process group, then SIGKILL after
 --grace-period (and on Linux the kernel stops it if the runtime dies).
+
+With a publisher that connects (llm-d-inference-sim, or vLLM given a
+collector's address):
+  llm-d-inference-sim --port {port} --model {served_model_name} --enable-kvcache
+    --zmq-endpoint {kv_events_collector} --kv-cache-size 1024 --block-size 16
 
 On a GPU box, with KV events for precise prefix routing (add
 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
@@ -136,6 +151,12 @@ type Runtime struct {
 	recommendedG   *prometheus.GaugeVec
 	stopAutoscale  context.CancelFunc
 	autoscaleLoops sync.WaitGroup
+
+	// kvCollector is the bound KV-event endpoint pods connect to (empty
+	// when none); stopKV ends it, kvDone says it has.
+	kvCollector string
+	stopKV      context.CancelFunc
+	kvDone      chan error
 
 	api, obs     *http.Server
 	apiLn, obsLn net.Listener
@@ -258,7 +279,7 @@ func (r *Runtime) rates(svc *Service) router.Rates {
 // newRunner makes one pod's runner.
 func (r *Runtime) newRunner(svc *Service, name string, role router.Role) (runner, error) {
 	if r.opts.PodCommand != "" {
-		pc, err := expandPodCommand(r.opts.PodCommand, svc, name, role.String(), r.opts.SimTimeScale)
+		pc, err := expandPodCommand(r.opts.PodCommand, svc, name, role.String(), r.opts.SimTimeScale, r.kvCollector)
 		if err != nil {
 			return nil, err
 		}
@@ -370,11 +391,60 @@ func (r *Runtime) start() error {
 		r.obs = &http.Server{Handler: checkHost(r.observability(), r.opts.AllowedHosts), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 		r.serve(r.obs, r.obsLn)
 	}
+	if err := r.startKVCollector(); err != nil {
+		_ = r.api.Close()
+		if r.obs != nil {
+			_ = r.obs.Close()
+		}
+		r.served.Wait()
+		r.stopBatch()
+		return err
+	}
 	for _, svc := range r.opts.Services {
 		r.scaler.add(svc)
 	}
 	r.startAutoscalers()
 	return nil
+}
+
+// startKVCollector binds the KV-event collector pods connect to, when
+// KVEventsBind asks for one or the pod command names its endpoint, before
+// any pod starts.
+func (r *Runtime) startKVCollector() error {
+	bind := r.opts.KVEventsBind
+	if bind == "" && strings.Contains(r.opts.PodCommand, "{kv_events_collector}") {
+		bind = "tcp://127.0.0.1:0"
+	}
+	if bind == "" {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	addrc := make(chan net.Addr, 1)
+	r.kvDone = make(chan error, 1)
+	go func() { r.kvDone <- r.act.ServeKVEvents(ctx, bind, func(a net.Addr) { addrc <- a }) }()
+	select {
+	case a := <-addrc:
+		r.stopKV = cancel
+		ta, ok := a.(*net.TCPAddr)
+		if !ok {
+			r.kvCollector = "tcp://" + a.String()
+			return nil
+		}
+		host := ta.IP.String()
+		if ta.IP.IsUnspecified() {
+			host = "127.0.0.1"
+		}
+		r.kvCollector = "tcp://" + net.JoinHostPort(host, strconv.Itoa(ta.Port))
+		r.log.Info("collecting KV events from pods that connect", "endpoint", r.kvCollector)
+		return nil
+	case err := <-r.kvDone:
+		cancel()
+		r.kvDone = nil
+		if err == nil {
+			err = errors.New("stopped")
+		}
+		return fmt.Errorf("local: --kv-events-bind: %w", err)
+	}
 }
 
 func (r *Runtime) serve(srv *http.Server, ln net.Listener) {
@@ -526,6 +596,12 @@ func (r *Runtime) shutdown(ctx context.Context) error {
 	defer stopWatch()
 	r.log.Info("stopping pods", "grace_period", r.opts.GracePeriod)
 	r.scaler.close()
+	if r.stopKV != nil {
+		r.stopKV()
+		if err := <-r.kvDone; err != nil {
+			r.log.Warn("KV-event collector", "err", err)
+		}
+	}
 	r.act.Close()
 	return drainErr
 }

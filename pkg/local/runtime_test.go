@@ -34,6 +34,10 @@ func TestMain(m *testing.M) {
 		fakePod(dir)
 		return
 	}
+	if os.Getenv("LOCAL_TEST_SIMPOD") != "" {
+		simPod()
+		return
+	}
 	if dir := os.Getenv("LOCAL_TEST_RUNTIME"); dir != "" {
 		fakeRuntime(dir)
 		return
@@ -410,7 +414,7 @@ func TestPodCommandTemplate(t *testing.T) {
 		t.Fatal(err)
 	}
 	pc, err := expandPodCommand(`vllm serve {model} --port {port} {args} --kv-events-config '{"endpoint":"tcp://*:{kv_events_port}"}' # {name} {role} {time_scale}`,
-		svcs[0], "llm-00001-1", "both", 0.5)
+		svcs[0], "llm-00001-1", "both", 0.5, "")
 	if err != nil {
 		t.Fatal(err)
 	}
