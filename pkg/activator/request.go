@@ -1,6 +1,7 @@
 package activator
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -36,6 +37,7 @@ type LLMRequest struct {
 	promptText string
 	idPrompt   bool
 	messages   []tokenizer.Message
+	chatOpts   tokenizer.ChatOptions // a chat's other template inputs
 
 	body    []byte   // the client's bytes; never modified
 	open    int      // offset of the object's '{'
@@ -121,6 +123,7 @@ func ParseLLMRequest(kind string, body []byte) (*LLMRequest, error) {
 		return nil, bad("request body is not a JSON object")
 	}
 	r.open = i
+	r.chatOpts.AddGenerationPrompt = true // vLLM's default
 	var (
 		prompt   promptValue
 		msgs     []tokenizer.Message
@@ -145,6 +148,28 @@ func ParseLLMRequest(kind string, body []byte) (*LLMRequest, error) {
 		case key == "messages" && kind == KindChat:
 			msgs, end, err = parseMessages(body, m.Value)
 			haveMsgs = true
+		case kind == KindChat && (key == "tools" || key == "chat_template_kwargs"):
+			end, err = jsonscan.Skip(body, m.Value)
+			if err == nil && string(body[m.Value:end]) != "null" {
+				// A copy: the body's buffer goes back to a pool while an
+				// engine tokenizer's call may still run.
+				raw := bytes.Clone(body[m.Value:end])
+				if key == "tools" {
+					r.chatOpts.Tools = raw
+				} else {
+					r.chatOpts.Kwargs = raw
+				}
+			}
+		case kind == KindChat && (key == "add_generation_prompt" || key == "continue_final_message"):
+			var b *bool
+			end, b, err = parseBool(body, key, m.Value)
+			if err == nil && b != nil {
+				if key == "add_generation_prompt" {
+					r.chatOpts.AddGenerationPrompt = *b
+				} else {
+					r.chatOpts.ContinueFinalMessage = *b
+				}
+			}
 		default:
 			end, err = jsonscan.Skip(body, m.Value)
 		}
@@ -186,7 +211,7 @@ func ParseLLMRequest(kind string, body []byte) (*LLMRequest, error) {
 			return nil, bad("messages: required")
 		}
 		r.messages = msgs
-		r.Tokens = tokenizer.ApplyChatTemplate(nil, msgs, true)
+		r.Tokens, _ = tokenizer.Estimate.ApplyChat(context.Background(), msgs, r.chatOpts)
 	}
 	return r, nil
 }
@@ -214,7 +239,7 @@ func (r *LLMRequest) Retokenize(ctx context.Context, tk tokenizer.Tokenizer) err
 	case KindCompletion:
 		ids, err = tk.Encode(ctx, r.promptText)
 	case KindChat:
-		ids, err = tk.ApplyChatTemplate(ctx, r.messages, true)
+		ids, err = tk.ApplyChat(ctx, r.messages, r.chatOpts)
 	}
 	if err != nil {
 		return bad("%s: %v", map[string]string{KindCompletion: "prompt", KindChat: "messages"}[r.Kind], err)
@@ -234,6 +259,25 @@ func (r *LLMRequest) parseModel(v int) (int, error) {
 		return jsonscan.Skip(r.body, v)
 	}
 	return v, bad("model: must be a string")
+}
+
+// parseBool reads a boolean field: nil for null.
+func parseBool(b []byte, key string, v int) (int, *bool, error) {
+	end, err := jsonscan.Skip(b, v)
+	if err != nil {
+		return end, nil, err
+	}
+	switch string(b[v:end]) {
+	case "true":
+		t := true
+		return end, &t, nil
+	case "false":
+		f := false
+		return end, &f, nil
+	case "null":
+		return end, nil, nil
+	}
+	return end, nil, bad("%s: must be a boolean", key)
 }
 
 func (r *LLMRequest) parseStream(v int) (int, error) {
@@ -398,6 +442,13 @@ func parseMessages(b []byte, v int) ([]tokenizer.Message, int, error) {
 				end, err := jsonscan.Skip(b, f.Value)
 				if err == nil {
 					err = bad(messagesForm)
+				}
+				return end, err
+			case "name", "tool_calls", "tool_call_id", "reasoning", "reasoning_content":
+				// What vLLM passes on to the chat template.
+				end, err := jsonscan.Skip(b, f.Value)
+				if err == nil {
+					m.Extra = append(m.Extra, tokenizer.Field{Name: f.Name(), Value: bytes.Clone(b[f.Value:end])})
 				}
 				return end, err
 			case "content":

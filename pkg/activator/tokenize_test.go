@@ -11,6 +11,7 @@ import (
 
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
+	"github.com/llmd-kn/llmd-kn/pkg/tokenizer/native"
 )
 
 // npmTokenizers returns the folder hack/install-tokenizers.sh fills
@@ -121,5 +122,53 @@ func TestTokenizerPerRevision(t *testing.T) {
 	want := []uint32{151644, 872, 198, 6023, 151645, 198, 151644, 77091, 198}
 	if !slices.Equal(chat.Tokens, want) {
 		t.Errorf("Qwen chat ids %v, want %v (estimate gave %v)", chat.Tokens, want, estimate)
+	}
+
+	// A tool-calling request: the template gets its tools, the tool calls
+	// and results, the kwargs and the generation flag, as vLLM passes them.
+	body := `{"model":"m","messages":[{"role":"user","content":"Weather?","name":"ann"},
+	  {"role":"assistant","content":null,"reasoning_content":"call it","tool_calls":[{"id":"c1","type":"function","function":{"name":"get","arguments":"{\"city\": \"Paris\"}"}}]},
+	  {"role":"tool","content":"21C","tool_call_id":"c1"}],
+	  "tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}],
+	  "chat_template_kwargs":{"enable_thinking":false},"add_generation_prompt":true}`
+	tools, err := ParseLLMRequest(KindChat, []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tools.Retokenize(context.Background(), qwen); err != nil {
+		t.Fatal(err)
+	}
+	text, err := qwen.(*native.Tokenizer).RenderChatWith(tools.messages, tools.chatOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, part := range []string{`"name": "get", "description": null`, `{"name": "get", "arguments": {"city": "Paris"}}`,
+		"<tool_response>\n21C\n</tool_response>", "<think>\n\n</think>", "<|im_start|>assistant\n"} {
+		if !strings.Contains(text, part) {
+			t.Errorf("rendered tool request lacks %q:\n%s", part, text)
+		}
+	}
+	plain, err := ParseLLMRequest(KindChat, []byte(`{"messages":[{"role":"user","content":"Weather?"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.Retokenize(context.Background(), qwen); err != nil {
+		t.Fatal(err)
+	}
+	if len(tools.Tokens) <= len(plain.Tokens)+20 {
+		t.Errorf("tool request %d ids, plain %d: tools not rendered", len(tools.Tokens), len(plain.Tokens))
+	}
+	for _, bad := range []string{`{"messages":[{"role":"user","content":"x"}],"add_generation_prompt":"yes"}`,
+		`{"messages":[{"role":"user","content":"x"}],"continue_final_message":1}`} {
+		if _, err := ParseLLMRequest(KindChat, []byte(bad)); err == nil {
+			t.Errorf("%s: want a 400", bad)
+		}
+	}
+	both, err := ParseLLMRequest(KindChat, []byte(`{"messages":[{"role":"user","content":"x"}],"continue_final_message":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := both.Retokenize(context.Background(), qwen); err == nil {
+		t.Error("continue_final_message with the default add_generation_prompt: want vLLM's 400")
 	}
 }

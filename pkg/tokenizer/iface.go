@@ -15,8 +15,28 @@ type Tokenizer interface {
 	// ApplyChatTemplate returns the ids of a conversation rendered with the
 	// model's chat template, as /v1/chat/completions computes them.
 	ApplyChatTemplate(ctx context.Context, msgs []Message, addGenerationPrompt bool) ([]uint32, error)
+	// ApplyChat is ApplyChatTemplate with the rest of a chat request's
+	// inputs to the template (tools, chat_template_kwargs,
+	// continue_final_message), as vLLM passes them.
+	ApplyChat(ctx context.Context, msgs []Message, opts ChatOptions) ([]uint32, error)
 	// Info says what the tokenizer is.
 	Info() Info
+}
+
+// ChatOptions are a chat request's inputs to the chat template besides
+// its messages. Raw JSON fields are as the client sent them (validated
+// JSON); nil when absent or null.
+type ChatOptions struct {
+	// AddGenerationPrompt opens an assistant turn (vLLM's default: true).
+	AddGenerationPrompt bool
+	// ContinueFinalMessage ends the prompt inside the final message, so
+	// the model continues it (exclusive with AddGenerationPrompt).
+	ContinueFinalMessage bool
+	// Tools is the request's tools (a JSON array).
+	Tools []byte
+	// Kwargs is the request's chat_template_kwargs (a JSON object), e.g.
+	// {"enable_thinking": false}.
+	Kwargs []byte
 }
 
 // Info describes a Tokenizer.
@@ -45,6 +65,12 @@ func (estimate) Encode(_ context.Context, text string) ([]uint32, error) {
 
 func (estimate) ApplyChatTemplate(_ context.Context, msgs []Message, addGenerationPrompt bool) ([]uint32, error) {
 	return ApplyChatTemplate(nil, msgs, addGenerationPrompt), nil
+}
+
+// ApplyChat ignores what the stand-in template has no place for (tools,
+// kwargs); a continued final message gets no generation prompt.
+func (estimate) ApplyChat(_ context.Context, msgs []Message, opts ChatOptions) ([]uint32, error) {
+	return ApplyChatTemplate(nil, msgs, opts.AddGenerationPrompt && !opts.ContinueFinalMessage), nil
 }
 
 func (estimate) Info() Info {

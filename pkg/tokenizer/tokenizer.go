@@ -197,6 +197,17 @@ func writeUint(sb *strings.Builder, v uint32) {
 type Message struct {
 	Role    string
 	Content string
+	// Extra are the message's other members a chat template may read, as
+	// the client sent them (raw JSON, in the order sent): name,
+	// tool_calls, tool_call_id, reasoning, reasoning_content. Nil for
+	// most messages; the estimate ignores them.
+	Extra []Field
+}
+
+// Field is one member of a JSON object: its name and raw JSON value.
+type Field struct {
+	Name  string
+	Value []byte
 }
 
 // ApplyChatTemplate encodes messages with a Llama-3 style chat template and,

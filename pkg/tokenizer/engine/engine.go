@@ -112,17 +112,39 @@ func (t *Tokenizer) Encode(ctx context.Context, text string) ([]uint32, error) {
 // ApplyChatTemplate implements tokenizer.Tokenizer: the ids
 // /v1/chat/completions computes.
 func (t *Tokenizer) ApplyChatTemplate(ctx context.Context, msgs []tokenizer.Message, addGenerationPrompt bool) ([]uint32, error) {
-	wire := make([]map[string]string, len(msgs))
+	return t.ApplyChat(ctx, msgs, tokenizer.ChatOptions{AddGenerationPrompt: addGenerationPrompt})
+}
+
+// ApplyChat implements tokenizer.Tokenizer: the request's messages (with
+// their tool calls, names, reasoning), tools, chat_template_kwargs and
+// generation flags go to the engine as the client sent them.
+func (t *Tokenizer) ApplyChat(ctx context.Context, msgs []tokenizer.Message, opts tokenizer.ChatOptions) ([]uint32, error) {
+	wire := make([]map[string]any, len(msgs))
 	for i, m := range msgs {
-		wire[i] = map[string]string{"role": m.Role, "content": m.Content}
+		w := map[string]any{"role": m.Role, "content": m.Content}
+		for _, f := range m.Extra {
+			if f.Name != "role" && f.Name != "content" {
+				w[f.Name] = json.RawMessage(f.Value)
+			}
+		}
+		wire[i] = w
 	}
-	content, err := json.Marshal(wire)
+	body := map[string]any{"model": t.opts.Model, "messages": wire, "add_generation_prompt": opts.AddGenerationPrompt}
+	if opts.ContinueFinalMessage {
+		body["continue_final_message"] = true
+	}
+	if opts.Tools != nil {
+		body["tools"] = json.RawMessage(opts.Tools)
+	}
+	if opts.Kwargs != nil {
+		body["chat_template_kwargs"] = json.RawMessage(opts.Kwargs)
+	}
+	content, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
-	key := digest(fmt.Sprintf("chat:%v", addGenerationPrompt), t.opts.Model, string(content))
+	key := digest("chat", t.opts.Model, string(content))
 	return t.do(ctx, key, func(ctx context.Context, base string) ([]uint32, error) {
-		body := map[string]any{"model": t.opts.Model, "messages": wire, "add_generation_prompt": addGenerationPrompt}
 		if !t.noChatRender.Load() {
 			ids, err := t.post(ctx, base+"/v1/chat/completions/render", body)
 			if !errors.Is(err, errNotServed) {

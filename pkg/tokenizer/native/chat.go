@@ -100,28 +100,31 @@ func chatTemplateSource(raw json.RawMessage) (string, error) {
 
 // RenderChat renders messages with the chat template, as vLLM does before
 // tokenizing (Hugging Face's apply_chat_template with tokenize=False).
-func (t *Tokenizer) RenderChat(msgs []tokenizer.Message, addGenerationPrompt bool) (out string, err error) {
+func (t *Tokenizer) RenderChat(msgs []tokenizer.Message, addGenerationPrompt bool) (string, error) {
+	return t.RenderChatWith(msgs, tokenizer.ChatOptions{AddGenerationPrompt: addGenerationPrompt})
+}
+
+// RenderChatWith is RenderChat with the request's other inputs to the
+// template: tools, chat_template_kwargs, continue_final_message.
+func (t *Tokenizer) RenderChatWith(msgs []tokenizer.Message, opts tokenizer.ChatOptions) (out string, err error) {
 	if t.chat == nil {
 		return "", t.chatErr
 	}
-	list := make([]any, len(msgs))
-	for i, m := range msgs {
-		list[i] = map[string]any{"role": m.Role, "content": m.Content}
+	vars, err := t.templateVars(msgs, opts)
+	if err != nil {
+		return "", err
 	}
-	vars := make(map[string]any, len(t.chatVars)+2)
-	for k, v := range t.chatVars {
-		vars[k] = v
-	}
-	vars["messages"] = list
-	vars["add_generation_prompt"] = addGenerationPrompt
 	defer func() {
 		if r := recover(); r != nil {
 			out, err = "", fmt.Errorf("chat template: template engine failed: %v", r)
 		}
 	}()
-	out, err = t.chat.Render(vars)
+	out, err = t.chat.RenderValues(vars)
 	if err != nil {
 		return "", fmt.Errorf("chat template: %w", err)
+	}
+	if opts.ContinueFinalMessage {
+		return continueFinal(out, msgs)
 	}
 	return out, nil
 }
@@ -129,7 +132,12 @@ func (t *Tokenizer) RenderChat(msgs []tokenizer.Message, addGenerationPrompt boo
 // AppendChat appends the ids of messages rendered with the chat template,
 // encoded as vLLM does (no special tokens added: the template writes them).
 func (t *Tokenizer) AppendChat(dst []uint32, msgs []tokenizer.Message, addGenerationPrompt bool) ([]uint32, error) {
-	text, err := t.RenderChat(msgs, addGenerationPrompt)
+	return t.AppendChatWith(dst, msgs, tokenizer.ChatOptions{AddGenerationPrompt: addGenerationPrompt})
+}
+
+// AppendChatWith is AppendChat with the request's other template inputs.
+func (t *Tokenizer) AppendChatWith(dst []uint32, msgs []tokenizer.Message, opts tokenizer.ChatOptions) ([]uint32, error) {
+	text, err := t.RenderChatWith(msgs, opts)
 	if err != nil {
 		return dst, err
 	}

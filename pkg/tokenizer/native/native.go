@@ -698,6 +698,11 @@ func (t *Tokenizer) ApplyChatTemplate(_ context.Context, msgs []tokenizer.Messag
 	return t.AppendChat(nil, msgs, addGenerationPrompt)
 }
 
+// ApplyChat implements tokenizer.Tokenizer.
+func (t *Tokenizer) ApplyChat(_ context.Context, msgs []tokenizer.Message, opts tokenizer.ChatOptions) ([]uint32, error) {
+	return t.AppendChatWith(nil, msgs, opts)
+}
+
 // Info implements tokenizer.Tokenizer.
 func (t *Tokenizer) Info() tokenizer.Info {
 	return tokenizer.Info{Kind: "native", Name: t.name, Exact: true, VocabSize: t.vocabSize}

@@ -68,8 +68,11 @@ type oracleJob struct {
 }
 
 type oracleChat struct {
-	Messages            []map[string]string `json:"messages"`
-	AddGenerationPrompt bool                `json:"add_generation_prompt"`
+	Messages             any             `json:"messages"`
+	AddGenerationPrompt  bool            `json:"add_generation_prompt"`
+	Tools                json.RawMessage `json:"tools,omitempty"`
+	Kwargs               json.RawMessage `json:"kwargs,omitempty"`
+	ContinueFinalMessage bool            `json:"continue_final_message,omitempty"`
 }
 
 type oracleResult struct {
@@ -80,7 +83,7 @@ type oracleResult struct {
 	Chats [][]uint32 `json:"chats"`
 }
 
-func runOracle(t *testing.T, modules, dir string, texts []string, chats []chatCase) oracleResult {
+func runOracle(t *testing.T, modules, dir string, texts []string, chats []chatCase, extra ...oracleChat) oracleResult {
 	t.Helper()
 	job := oracleJob{Dir: dir}
 	for _, s := range texts {
@@ -88,11 +91,14 @@ func runOracle(t *testing.T, modules, dir string, texts []string, chats []chatCa
 	}
 	for _, c := range chats {
 		oc := oracleChat{AddGenerationPrompt: c.AddGenerationPrompt}
+		var msgs []map[string]string
 		for _, m := range c.Messages {
-			oc.Messages = append(oc.Messages, map[string]string{"role": m.Role, "content": m.Content})
+			msgs = append(msgs, map[string]string{"role": m.Role, "content": m.Content})
 		}
+		oc.Messages = msgs
 		job.Chats = append(job.Chats, oc)
 	}
+	job.Chats = append(job.Chats, extra...)
 	in, err := json.Marshal(job)
 	if err != nil {
 		t.Fatal(err)
@@ -110,8 +116,8 @@ func runOracle(t *testing.T, modules, dir string, texts []string, chats []chatCa
 	if err := json.Unmarshal(out, &res); err != nil {
 		t.Fatalf("oracle output: %v", err)
 	}
-	if len(res.Texts) != len(texts) || len(res.Chats) != len(chats) {
-		t.Fatalf("oracle answered %d texts and %d chats for %d and %d", len(res.Texts), len(res.Chats), len(texts), len(chats))
+	if len(res.Texts) != len(texts) || len(res.Chats) != len(chats)+len(extra) {
+		t.Fatalf("oracle answered %d texts and %d chats for %d and %d", len(res.Texts), len(res.Chats), len(texts), len(chats)+len(extra))
 	}
 	return res
 }
