@@ -172,7 +172,7 @@ func New(opts Options) (*Activator, error) {
 	}
 	a := &Activator{opts: opts, metrics: NewMetrics(opts.Registerer), revs: map[RevisionKey]*revision{},
 		tokenizers: native.NewCache(native.Options{})}
-	opts.Registerer.MustRegister(kvCollector{a})
+	opts.Registerer.MustRegister(kvCollector{a}, tokCollector{a})
 	return a, nil
 }
 
@@ -496,8 +496,8 @@ func (a *Activator) llm(kind string) http.Handler {
 }
 
 // readBody reads the body once, within the size limit, into a pooled
-// buffer that lives until the request is answered, and parses and
-// tokenizes it once. A declared Content-Length over the limit is refused
+// buffer that lives until the request is answered, and parses it once
+// (resolveRevision tokenizes it, once, with the revision's tokenizer). A declared Content-Length over the limit is refused
 // before anything is read.
 func (a *Activator) readBody(kind string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -539,7 +539,8 @@ func (a *Activator) readBody(kind string, next http.Handler) http.Handler {
 			}
 			return
 		}
-		if c.req, err = ParseLLMRequest(kind, c.body.b); err != nil {
+		// Tokenized once the revision, and so its tokenizer, is known.
+		if c.req, err = parseLLMRequest(kind, c.body.b); err != nil {
 			a.fail(w, err)
 			return
 		}

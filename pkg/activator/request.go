@@ -38,6 +38,7 @@ type LLMRequest struct {
 	idPrompt   bool
 	messages   []tokenizer.Message
 	chatOpts   tokenizer.ChatOptions // a chat's other template inputs
+	tokenized  bool                  // Tokens hold a text prompt's ids
 
 	body    []byte   // the client's bytes; never modified
 	open    int      // offset of the object's '{'
@@ -111,6 +112,18 @@ func reservedKey(key string) bool {
 // the field. The request keeps body (which the caller must not modify while
 // the request lives) to forward it.
 func ParseLLMRequest(kind string, body []byte) (*LLMRequest, error) {
+	r, err := parseLLMRequest(kind, body)
+	if err != nil {
+		return nil, err
+	}
+	r.estimate()
+	return r, nil
+}
+
+// parseLLMRequest is ParseLLMRequest leaving a text prompt untokenized:
+// the activator tokenizes it once, with the revision's tokenizer
+// (Retokenize), once the revision is known.
+func parseLLMRequest(kind string, body []byte) (*LLMRequest, error) {
 	if kind != KindCompletion && kind != KindChat {
 		return nil, bad("unknown request kind %q", kind)
 	}
@@ -199,7 +212,6 @@ func ParseLLMRequest(kind string, body []byte) (*LLMRequest, error) {
 		}
 		if prompt.isText {
 			r.promptText = prompt.text
-			r.Tokens = tokenizer.Encode(nil, prompt.text)
 		} else {
 			// The vocabulary is the revision's tokenizer's: Retokenize
 			// checks the upper bound.
@@ -211,14 +223,29 @@ func ParseLLMRequest(kind string, body []byte) (*LLMRequest, error) {
 			return nil, bad("messages: required")
 		}
 		r.messages = msgs
-		r.Tokens, _ = tokenizer.Estimate.ApplyChat(context.Background(), msgs, r.chatOpts)
 	}
 	return r, nil
 }
 
-// Retokenize replaces the estimate's ids with tk's (the revision's
-// tokenizer, known once the revision is resolved) and checks token-id
-// prompts against its vocabulary.
+// estimate sets a text prompt's ids from the estimate, unless they are
+// set.
+func (r *LLMRequest) estimate() {
+	if r.idPrompt || r.tokenized {
+		return
+	}
+	switch r.Kind {
+	case KindCompletion:
+		r.Tokens = tokenizer.Encode(nil, r.promptText)
+	case KindChat:
+		r.Tokens, _ = tokenizer.Estimate.ApplyChat(context.Background(), r.messages, r.chatOpts)
+	}
+	r.tokenized = true
+}
+
+// Retokenize sets a text prompt's ids from tk (the revision's tokenizer,
+// known once the revision is resolved), replacing the estimate's if
+// ParseLLMRequest computed them, and checks token-id prompts against its
+// vocabulary.
 func (r *LLMRequest) Retokenize(ctx context.Context, tk tokenizer.Tokenizer) error {
 	if r.idPrompt {
 		if n := tk.Info().VocabSize; n > 0 {
@@ -231,7 +258,8 @@ func (r *LLMRequest) Retokenize(ctx context.Context, tk tokenizer.Tokenizer) err
 		return nil
 	}
 	if tk == tokenizer.Estimate {
-		return nil // ParseLLMRequest computed these
+		r.estimate() // ParseLLMRequest may have computed these
+		return nil
 	}
 	var ids []uint32
 	var err error
@@ -244,7 +272,7 @@ func (r *LLMRequest) Retokenize(ctx context.Context, tk tokenizer.Tokenizer) err
 	if err != nil {
 		return bad("%s: %v", map[string]string{KindCompletion: "prompt", KindChat: "messages"}[r.Kind], err)
 	}
-	r.Tokens = ids
+	r.Tokens, r.tokenized = ids, true
 	return nil
 }
 

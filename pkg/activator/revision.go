@@ -110,6 +110,7 @@ type revision struct {
 	list []*pod
 
 	tokNext atomic.Uint32 // rotation of the engine tokenizer among pods
+	tok     tokStats      // tokenization figures (tokenize.go)
 }
 
 // revisionConf is a revision's configuration and the scheduler built from it.

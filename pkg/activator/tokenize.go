@@ -2,6 +2,11 @@ package activator
 
 import (
 	"context"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
@@ -99,20 +104,142 @@ func (a *Activator) warnTokenizer(key, msg string, args ...any) {
 	}
 }
 
-// tokenize replaces the estimate ParseLLMRequest computed with the
-// revision's tokenizer's ids, and checks token-id prompts against its
-// vocabulary. When the engine cannot answer (no ready pod yet, a timeout,
-// an error: the engine will say the same to the client), the estimate
-// stays.
+// tokenize sets the request's ids with the revision's tokenizer, and
+// checks token-id prompts against its vocabulary. When the engine cannot
+// answer (no ready pod yet, a timeout, an error: the engine will say the
+// same to the client), the request is tokenized with the estimate.
 func (a *Activator) tokenize(ctx context.Context, c *call) error {
 	tk := a.tokenizerFor(c.rev)
+	kind := tk.Info().Kind
+	st := &c.rev.tok
+	start := a.opts.Now()
 	err := c.req.Retokenize(ctx, tk)
-	if err != nil && tk.Info().Kind == "engine" {
+	st.observe(kind, a.opts.Now().Sub(start), err)
+	if err != nil && kind == "engine" {
+		reason := "engine_error"
+		if _, ok := c.rev.readyPodURL(); !ok {
+			reason = "no_engine"
+		}
+		st.fallback(reason)
 		a.warnTokenizer("engine:"+c.rev.key.String(), "the engine could not tokenize; using the estimate for this revision's requests it cannot answer",
 			"revision", c.rev.key.String(), "err", err)
 		return c.req.Retokenize(ctx, tokenizer.Estimate)
 	}
+	if kind == "estimate" && c.rev.config().Spec.Tokenizer == apis.TokenizerNative {
+		st.fallback("native_unavailable")
+	}
 	return err
+}
+
+// tokKinds are the tokenizer kinds, in the order tokStats keeps them.
+var tokKinds = [...]string{"native", "engine", "estimate"}
+
+// tokBuckets are the tokenization latency buckets, in seconds: a warm
+// native chat takes microseconds, an engine call milliseconds.
+var tokBuckets = []float64{1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2}
+
+// tokStats are a revision's tokenization figures: per kind, calls and
+// their latency (a histogram) and errors; fallbacks to the estimate by
+// reason; the kind last used.
+type tokStats struct {
+	mu        sync.Mutex
+	last      string
+	kinds     [len(tokKinds)]tokKindStats
+	fallbacks map[string]uint64
+}
+
+type tokKindStats struct {
+	count, errors uint64
+	sum           float64
+	buckets       []uint64 // cumulative counts are computed at scrape time
+}
+
+func (s *tokStats) observe(kind string, d time.Duration, err error) {
+	i := slices.Index(tokKinds[:], kind)
+	if i < 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last = kind
+	k := &s.kinds[i]
+	if k.buckets == nil {
+		k.buckets = make([]uint64, len(tokBuckets))
+	}
+	k.count++
+	k.sum += d.Seconds()
+	if j, _ := slices.BinarySearch(tokBuckets, d.Seconds()); j < len(tokBuckets) {
+		k.buckets[j]++
+	}
+	if err != nil {
+		k.errors++
+	}
+}
+
+func (s *tokStats) fallback(reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fallbacks == nil {
+		s.fallbacks = map[string]uint64{}
+	}
+	s.fallbacks[reason]++
+}
+
+// tokCollector exports every revision's tokenization figures at scrape
+// time, so that nothing lingers for revisions that are gone.
+type tokCollector struct{ a *Activator }
+
+var (
+	tokKindDesc = prometheus.NewDesc("llmd_activator_tokenizer",
+		"The tokenizer a revision's requests were last tokenized with (1): native (the model's files, exact), engine (the pods' own, exact) or estimate (approximate ids).",
+		[]string{"revision", "kind"}, nil)
+	tokSecondsDesc = prometheus.NewDesc("llmd_activator_tokenize_seconds",
+		"Time to tokenize a request's prompt (chat template included), by tokenizer kind.", []string{"revision", "kind"}, nil)
+	tokErrorsDesc = prometheus.NewDesc("llmd_activator_tokenize_errors_total",
+		"Prompts a tokenizer could not tokenize (for the engine kind: the engine did not answer, or answered an error).", []string{"revision", "kind"}, nil)
+	tokFallbackDesc = prometheus.NewDesc("llmd_activator_tokenizer_fallbacks_total",
+		"Requests tokenized with the estimate instead of the revision's tokenizer, by reason: engine_error, no_engine (no ready pod to ask), native_unavailable (llm-d.ai/tokenizer native without usable files).",
+		[]string{"revision", "reason"}, nil)
+)
+
+func (tokCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{tokKindDesc, tokSecondsDesc, tokErrorsDesc, tokFallbackDesc} {
+		ch <- d
+	}
+}
+
+func (c tokCollector) Collect(ch chan<- prometheus.Metric) {
+	c.a.mu.RLock()
+	revs := make([]*revision, 0, len(c.a.revs))
+	for _, rev := range c.a.revs {
+		revs = append(revs, rev)
+	}
+	c.a.mu.RUnlock()
+	for _, rev := range revs {
+		name := rev.key.String()
+		st := &rev.tok
+		st.mu.Lock()
+		if st.last != "" {
+			ch <- prometheus.MustNewConstMetric(tokKindDesc, prometheus.GaugeValue, 1, name, st.last)
+		}
+		for i, k := range st.kinds {
+			if k.count == 0 {
+				continue
+			}
+			cum := make(map[float64]uint64, len(tokBuckets))
+			var n uint64
+			for j, b := range tokBuckets {
+				n += k.buckets[j]
+				cum[b] = n
+			}
+			ch <- prometheus.MustNewConstHistogram(tokSecondsDesc, k.count, k.sum, cum, name, tokKinds[i])
+			ch <- prometheus.MustNewConstMetric(tokErrorsDesc, prometheus.CounterValue, float64(k.errors), name, tokKinds[i])
+		}
+		for reason, n := range st.fallbacks {
+			ch <- prometheus.MustNewConstMetric(tokFallbackDesc, prometheus.CounterValue, float64(n), name, reason)
+		}
+		st.mu.Unlock()
+	}
 }
 
 // readyPodURL returns the base URL of a ready decode-capable pod, rotating

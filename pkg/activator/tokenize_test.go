@@ -3,6 +3,8 @@ package activator
 import (
 	"context"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -38,7 +40,8 @@ func npmTokenizers(t *testing.T) string {
 // out of the estimate's Llama-3-sized range).
 func TestTokenizerPerRevision(t *testing.T) {
 	root := npmTokenizers(t)
-	a, err := New(Options{TokenizerDir: root})
+	reg := prometheus.NewRegistry()
+	a, err := New(Options{TokenizerDir: root, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +85,8 @@ func TestTokenizerPerRevision(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := append([]uint32(nil), chat0.Tokens...)
-	if err := a.tokenize(context.Background(), &call{req: chat0, rev: spec(map[string]string{apis.TokenizerAnnotation: "engine"})}); err != nil {
+	erev := spec(map[string]string{apis.TokenizerAnnotation: "engine"})
+	if err := a.tokenize(context.Background(), &call{req: chat0, rev: erev}); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(chat0.Tokens, before) {
@@ -122,6 +126,37 @@ func TestTokenizerPerRevision(t *testing.T) {
 	want := []uint32{151644, 872, 198, 6023, 151645, 198, 151644, 77091, 198}
 	if !slices.Equal(chat.Tokens, want) {
 		t.Errorf("Qwen chat ids %v, want %v (estimate gave %v)", chat.Tokens, want, estimate)
+	}
+
+	// One request tokenized natively, one for an engine revision without
+	// a ready pod: the series say which tokenizer and what fell back.
+	viaNative, err := ParseLLMRequest(KindChat, []byte(`{"messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nrev := spec(map[string]string{apis.TokenizerAnnotation: "native:" + qwenDir})
+	if err := a.tokenize(context.Background(), &call{req: viaNative, rev: nrev}); err != nil || !slices.Equal(viaNative.Tokens, want) {
+		t.Fatalf("native tokenize: %v %v", err, viaNative.Tokens)
+	}
+	var metrics strings.Builder
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if _, err := expfmt.MetricFamilyToText(&metrics, mf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, line := range []string{
+		`llmd_activator_tokenizer{kind="native",revision="ns/` + nrev.key.Name + `"} 1`,
+		`llmd_activator_tokenize_seconds_count{kind="native",revision="ns/` + nrev.key.Name + `"} 1`,
+		`llmd_activator_tokenize_errors_total{kind="engine",revision="ns/` + erev.key.Name + `"} 1`,
+		`llmd_activator_tokenizer_fallbacks_total{reason="no_engine",revision="ns/` + erev.key.Name + `"} 1`,
+	} {
+		if !strings.Contains(metrics.String(), line+"\n") {
+			t.Errorf("metrics lack %s:\n%s", line, grepLines(metrics.String(), "tokeniz"))
+		}
 	}
 
 	// A tool-calling request: the template gets its tools, the tool calls
@@ -171,4 +206,14 @@ func TestTokenizerPerRevision(t *testing.T) {
 	if err := both.Retokenize(context.Background(), qwen); err == nil {
 		t.Error("continue_final_message with the default add_generation_prompt: want vLLM's 400")
 	}
+}
+
+func grepLines(text, sub string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
