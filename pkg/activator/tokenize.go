@@ -2,13 +2,19 @@ package activator
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"path"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/kvstore"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
 	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
 	"github.com/llmd-kn/llmd-kn/pkg/tokenizer/engine"
@@ -36,7 +42,7 @@ func (a *Activator) tokenizerFor(rev *revision) tokenizer.Tokenizer {
 	if !ok {
 		return tokenizer.Estimate
 	}
-	tk, err := a.tokenizers.Get(dir)
+	tk, err := a.nativeTokenizer(dir)
 	if err != nil {
 		a.warnTokenizer("dir:"+dir, "tokenizer files unusable; using the estimate", "dir", dir, "err", err)
 		return tokenizer.Estimate
@@ -89,13 +95,64 @@ func (a *Activator) preloadTokenizer(key RevisionKey, spec *apis.Spec) {
 		return
 	}
 	go func() {
-		tk, err := a.tokenizers.Get(dir)
+		tk, err := a.nativeTokenizer(dir)
 		if err != nil {
 			log.Warn("tokenizer: estimate (approximate token ids): tokenizer files unusable", "dir", dir, "err", err)
 			return
 		}
 		log.Info("tokenizer: native", "dir", dir, "vocabSize", tk.VocabSize())
 	}()
+}
+
+// nativeTokenizer returns the tokenizer whose files are in dir: a folder,
+// or an object-storage folder (s3://bucket/prefix, gs://, azblob://,
+// file:///dir) read once, each file bounded in size, and validated by
+// parsing it like a folder's.
+func (a *Activator) nativeTokenizer(dir string) (*native.Tokenizer, error) {
+	if !strings.Contains(dir, "://") {
+		return a.tokenizers.Get(dir)
+	}
+	return a.tokenizers.GetFunc(dir, func(opts native.Options) (*native.Tokenizer, error) {
+		bucket, prefix, err := splitTokenizerURL(dir)
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		st, err := kvstore.Open(ctx, bucket, kvstore.Options{MaxObjectBytes: maxTokenizerFileBytes})
+		if err != nil {
+			return nil, err
+		}
+		defer st.Close()
+		read := func(file string) ([]byte, error) {
+			b, err := st.GetRaw(ctx, path.Join(prefix, file))
+			if errors.Is(err, kvstore.ErrNotFound) {
+				return nil, fmt.Errorf("%w: %s", native.ErrNoFile, file)
+			}
+			return b, err
+		}
+		return native.LoadFiles(read, dir, opts)
+	})
+}
+
+// maxTokenizerFileBytes bounds one tokenizer file read from object storage
+// (Llama 3's tokenizer.json is 9 MB, Qwen 3's 11 MB).
+const maxTokenizerFileBytes = 64 << 20
+
+// splitTokenizerURL splits an object-storage folder into the bucket URL
+// and the key prefix: s3://bucket/models/x?region=r is s3://bucket?region=r
+// and models/x; file:///models/x is the folder itself.
+func splitTokenizerURL(s string) (bucket, prefix string, err error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", "", fmt.Errorf("tokenizer %s: %w", s, err)
+	}
+	if u.Scheme == "file" {
+		return s, "", nil
+	}
+	prefix = strings.Trim(u.Path, "/")
+	u.Path = ""
+	return u.String(), prefix, nil
 }
 
 func (a *Activator) warnTokenizer(key, msg string, args ...any) {

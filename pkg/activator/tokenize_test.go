@@ -79,6 +79,19 @@ func TestTokenizerPerRevision(t *testing.T) {
 	}
 	qwen := a.tokenizerFor(spec(map[string]string{apis.TokenizerAnnotation: "native:" + qwenDir}))
 
+	// The same files from object storage (file:// here; s3://, gs://,
+	// azblob:// alike), and a bucket folder without them.
+	fromBucket := a.tokenizerFor(spec(map[string]string{apis.TokenizerAnnotation: "native:file://" + qwenDir}))
+	if info := fromBucket.Info(); info.Kind != "native" || info.VocabSize != qwen.Info().VocabSize {
+		t.Fatalf("tokenizer from file://: %+v", info)
+	}
+	if got, want := must(fromBucket.Encode(context.Background(), "Hello, world")), must(qwen.Encode(context.Background(), "Hello, world")); !slices.Equal(got, want) {
+		t.Errorf("from the bucket %v, from the folder %v", got, want)
+	}
+	if k := a.tokenizerFor(spec(map[string]string{apis.TokenizerAnnotation: "native:file://" + t.TempDir()})).Info().Kind; k != "estimate" {
+		t.Errorf("a bucket folder without tokenizer.json: %s, want the estimate", k)
+	}
+
 	// The engine mode with no ready pod keeps the estimate.
 	chat0, err := ParseLLMRequest(KindChat, []byte(`{"messages":[{"role":"user","content":"hi"}]}`))
 	if err != nil {
@@ -216,4 +229,11 @@ func grepLines(text, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+func must(ids []uint32, err error) []uint32 {
+	if err != nil {
+		panic(err)
+	}
+	return ids
 }

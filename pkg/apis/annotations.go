@@ -8,6 +8,7 @@
 package apis
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net/url"
@@ -480,12 +481,47 @@ func ParseTokenizer(v string) (mode, dir string, err error) {
 		return v, "", nil
 	}
 	if d, ok := strings.CutPrefix(v, TokenizerNative+":"); ok {
+		if strings.Contains(d, "://") {
+			if err := checkTokenizerURL(d); err != nil {
+				return "", "", fmt.Errorf("invalid value %q: %v", v, err)
+			}
+			return TokenizerNative, d, nil
+		}
 		if !pathpkg.IsAbs(d) || pathpkg.Clean(d) != d || len(d) > 1024 || strings.ContainsAny(d, "\x00\n") {
 			return "", "", fmt.Errorf("invalid value %q: native:DIR needs an absolute, clean path (a volume mounted into the activator), like native:/models/Qwen3-8B", v)
 		}
 		return TokenizerNative, d, nil
 	}
-	return "", "", fmt.Errorf("invalid value %q: must be auto, estimate, engine, native, or native:/absolute/path", v)
+	return "", "", fmt.Errorf("invalid value %q: must be auto, estimate, engine, native, native:/absolute/path or native:s3://bucket/prefix (gs://, azblob://, file:///)", v)
+}
+
+// checkTokenizerURL validates an object-storage folder of tokenizer files:
+// s3://, gs:// or azblob:// with a bucket, or file:///absolute/dir; no
+// credentials in the URL (the activator's own identity reads it).
+func checkTokenizerURL(s string) error {
+	if len(s) > 1024 || strings.ContainsAny(s, "\x00\n ") {
+		return errors.New("not a valid URL")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return errors.New("not a valid URL")
+	}
+	if u.User != nil {
+		return errors.New("credentials do not belong in the URL")
+	}
+	switch u.Scheme {
+	case "s3", "gs", "azblob":
+		if u.Host == "" {
+			return fmt.Errorf("%s:// needs a bucket: %s://bucket/prefix", u.Scheme, u.Scheme)
+		}
+	case "file":
+		if u.Host != "" || !pathpkg.IsAbs(u.Path) || pathpkg.Clean(u.Path) != u.Path {
+			return errors.New("file:// needs an absolute, clean path: file:///models/Qwen3-8B")
+		}
+	default:
+		return fmt.Errorf("unsupported scheme %q (s3, gs, azblob or file)", u.Scheme)
+	}
+	return nil
 }
 
 // Default adds what an LLM revision needs in Knative and returns the keys

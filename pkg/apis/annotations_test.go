@@ -169,10 +169,28 @@ func TestParseTokenizer(t *testing.T) {
 		{"estimate", TokenizerEstimate, ""},
 		{"native", TokenizerNative, ""},
 		{"native:/models/Qwen3-8B", TokenizerNative, "/models/Qwen3-8B"},
+		{"native:s3://models/qwen3-8b?region=eu-west-1", TokenizerNative, "s3://models/qwen3-8b?region=eu-west-1"},
+		{"native:gs://models/qwen3", TokenizerNative, "gs://models/qwen3"},
+		{"native:azblob://models", TokenizerNative, "azblob://models"},
+		{"native:file:///models/Qwen3-8B", TokenizerNative, "file:///models/Qwen3-8B"},
 	} {
 		mode, dir, err := ParseTokenizer(tc.in)
 		if err != nil || mode != tc.mode || dir != tc.dir {
 			t.Errorf("ParseTokenizer(%q) = %q, %q, %v; want %q, %q", tc.in, mode, dir, err, tc.mode, tc.dir)
+		}
+	}
+	for in, want := range map[string]string{
+		"native:s3:///no-bucket":              "needs a bucket",
+		"native:http://models/x":              "unsupported scheme",
+		"native:s3://key:secret@b/x":          "credentials",
+		"native:file://host/models":           "absolute, clean path",
+		"native:file:///models/../x":          "absolute, clean path",
+		"native:models/x":                     "absolute, clean path",
+		"native:s3://b/x y":                   "not a valid URL",
+		"native:" + strings.Repeat("a", 2000): "absolute",
+	} {
+		if _, _, err := ParseTokenizer(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseTokenizer(%q) = %v, want an error with %q", in, err, want)
 		}
 	}
 	s, err := Parse(map[string]string{}, "a", Vocabulary{})

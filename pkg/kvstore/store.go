@@ -203,6 +203,34 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 	return payload, nil
 }
 
+// GetRaw reads an object that was not written through a Store (so has no
+// frame), such as files a person uploaded: ErrNotFound if absent,
+// ErrTooLarge if over the limit. Nothing checks its integrity.
+func (s *Store) GetRaw(ctx context.Context, key string) ([]byte, error) {
+	if err := CheckKey(key); err != nil {
+		return nil, err
+	}
+	r, err := s.b.NewReader(ctx, key, nil)
+	if err != nil {
+		if gcerrors.Code(err) == gcerrors.NotFound {
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
+		}
+		return nil, fmt.Errorf("kvstore: get %s: %w", key, err)
+	}
+	defer r.Close()
+	if r.Size() > s.max {
+		return nil, fmt.Errorf("%w: %s is %d bytes, limit %d", ErrTooLarge, key, r.Size(), s.max)
+	}
+	raw, err := io.ReadAll(io.LimitReader(r, s.max+1))
+	if err != nil {
+		return nil, fmt.Errorf("kvstore: get %s: %w", key, err)
+	}
+	if int64(len(raw)) > s.max {
+		return nil, fmt.Errorf("%w: %s", ErrTooLarge, key)
+	}
+	return raw, nil
+}
+
 // Exists reports whether an object is present (not whether it is intact).
 func (s *Store) Exists(ctx context.Context, key string) (bool, error) {
 	if err := CheckKey(key); err != nil {

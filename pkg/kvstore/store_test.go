@@ -262,3 +262,31 @@ func FuzzUnframe(f *testing.F) {
 		}
 	})
 }
+
+// TestGetRaw: files written by others (no frame) are read as they are,
+// within the size limit.
+func TestGetRaw(t *testing.T) {
+	ctx := context.Background()
+	s, dir := openDir(t, Options{MaxObjectBytes: 100})
+	if err := os.MkdirAll(filepath.Join(dir, "models", "q"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "models", "q", "tokenizer.json"), []byte(`{"model":{}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "big"), make([]byte, 101), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := s.GetRaw(ctx, "models/q/tokenizer.json"); err != nil || string(b) != `{"model":{}}` {
+		t.Fatalf("GetRaw = %q, %v", b, err)
+	}
+	if _, err := s.GetRaw(ctx, "big"); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("over the limit: %v", err)
+	}
+	if _, err := s.GetRaw(ctx, "models/q/absent"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("absent: %v", err)
+	}
+	if _, err := s.GetRaw(ctx, "../etc/passwd"); err == nil {
+		t.Fatal("a key out of the bucket: want an error")
+	}
+}

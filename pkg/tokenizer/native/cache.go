@@ -39,6 +39,20 @@ func (c *Cache) Get(dir string) (*Tokenizer, error) {
 	return e.tk, e.err
 }
 
+// GetFunc returns the tokenizer cached under key, loading it with load on
+// first use (tokenizer files from elsewhere than a folder).
+func (c *Cache) GetFunc(key string, load func(Options) (*Tokenizer, error)) (*Tokenizer, error) {
+	c.mu.Lock()
+	e, ok := c.m[key]
+	if !ok {
+		e = &cacheEntry{}
+		c.m[key] = e
+	}
+	c.mu.Unlock()
+	e.once.Do(func() { e.tk, e.err = load(c.opts) })
+	return e.tk, e.err
+}
+
 // FindModel returns the folder under root that holds a model's tokenizer:
 // root/org/name, the Hugging Face cache folder root/models--org--name (or
 // root/hub/models--org--name), or root/name; ok is false when none has a

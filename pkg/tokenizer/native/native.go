@@ -116,6 +116,34 @@ func Load(dir string, opts Options) (*Tokenizer, error) {
 	return t, nil
 }
 
+// ErrNoFile is what a LoadFiles reader returns for a file that is absent.
+var ErrNoFile = errors.New("no such tokenizer file")
+
+// LoadFiles is Load with the files read by read (tokenizer.json required;
+// tokenizer_config.json and chat_template.jinja when present, read
+// reporting ErrNoFile otherwise): tokenizer files from object storage.
+// name names the tokenizer in errors and Info.
+func LoadFiles(read func(file string) ([]byte, error), name string, opts Options) (*Tokenizer, error) {
+	tj, err := read("tokenizer.json")
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer %s: %w", name, err)
+	}
+	cj, err := read("tokenizer_config.json")
+	if err != nil && !errors.Is(err, ErrNoFile) {
+		return nil, fmt.Errorf("tokenizer %s: %w", name, err)
+	}
+	tmpl, err := read("chat_template.jinja")
+	if err != nil && !errors.Is(err, ErrNoFile) {
+		return nil, fmt.Errorf("tokenizer %s: %w", name, err)
+	}
+	t, err := Parse(tj, cj, string(tmpl), opts)
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer %s: %w", name, err)
+	}
+	t.name = name
+	return t, nil
+}
+
 // ResolveDir returns the folder that holds tokenizer.json: dir itself, or
 // the snapshot of a Hugging Face cache folder that refs/main names (the
 // only snapshot when there is no refs/main).
