@@ -84,6 +84,14 @@ type Config struct {
 
 	// Seed drives the router's tie-breaks and the engines' sampling.
 	Seed uint64
+
+	// CriticalShare is the fraction of the workload's requests sent in the
+	// critical tier (chosen by a fixed hash of their index; the others are
+	// standard): vLLM priority 0 instead of 50 under the priority policy.
+	CriticalShare float64
+	// Batch is a backlog of batch-tier work run beside the workload (see
+	// BatchConfig); the zero value runs none.
+	Batch BatchConfig
 }
 
 // EngineConfig is the vLLM configuration of every engine; zero fields take
@@ -200,6 +208,12 @@ func (c *Config) Validate() error {
 		if f.MaxQueued < 1 {
 			return fmt.Errorf("flow control: max queued must be positive, got %d", f.MaxQueued)
 		}
+	}
+	if !(c.CriticalShare >= 0 && c.CriticalShare <= 1) {
+		return fmt.Errorf("critical share must be in [0, 1], got %v", c.CriticalShare)
+	}
+	if err := c.Batch.validate(); err != nil {
+		return err
 	}
 	rc := c.routerConfig()
 	if _, err := engine.New(c.engineConfig(engine.RoleBoth, 0, false)); err != nil {

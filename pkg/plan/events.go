@@ -22,6 +22,7 @@ const (
 	evQueueTimeout               // a request's flow-control deadline
 	evTimeout                    // a request's client timeout
 	evScale                      // the scaler's tick
+	evBatch                      // the batch front sends (backlog start, a slot freed, a retry)
 	evKick                       // an idle engine with work starts a step
 )
 

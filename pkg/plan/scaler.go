@@ -54,6 +54,17 @@ type Observation struct {
 	PromptTokens, CachedTokens, CompletionTokens int64
 	// Engines are the ready engines' last scraped metrics.
 	Engines []EngineMetrics
+	// Batch is the batch tier's share of the counts above (included in
+	// them), as the activator reports it apart (Config.Batch).
+	Batch BatchObservation
+}
+
+// BatchObservation is the batch tier's share of an Observation.
+type BatchObservation struct {
+	Queued, InFlight                             int
+	Arrived, Finished, Failed                    int
+	ArrivedPromptTokens                          int64
+	PromptTokens, CachedTokens, CompletionTokens int64
 }
 
 // EngineMetrics is one engine's scraped state.

@@ -26,6 +26,11 @@ type Result struct {
 	// Replicas is the replica count over time: one point at the start and
 	// one at every instant the counts changed.
 	Replicas []ReplicaPoint
+	// Tiers names each record's SLO tier (critical or standard) when
+	// Config.CriticalShare split the workload; nil otherwise (all standard).
+	Tiers []string
+	// Batch is what Config.Batch's backlog did; nil without one.
+	Batch *BatchResult
 }
 
 // ReplicaPoint is the deployment's replica counts from At until the next
@@ -103,7 +108,10 @@ type flight struct {
 	stage uint8
 	// inQueue: waiting in the flow-control queue.
 	inQueue bool
-	d       *router.Decision
+	// tier is the request's SLO tier (tierStandard, tierCritical,
+	// tierBatch).
+	tier uint8
+	d    *router.Decision
 	// decode and prefill are node indexes (prefill -1 without P/D).
 	decode, prefill int
 	disagg          bool
@@ -187,11 +195,23 @@ type sim struct {
 	promptOf int // arrival number whose prompt s.prompt holds, -1 none
 	arena    []time.Duration
 
-	// Flow control.
-	fifo     []int
-	fifoHead int
-	queued   int
-	admitted int
+	// Flow control. queued counts the interactive tiers' waiting
+	// requests (fifo); bqueued the batch tier's (bfifo).
+	fifo      []int
+	fifoHead  int
+	queued    int
+	admitted  int
+	bfifo     []int
+	bfifoHead int
+	bqueued   int
+
+	// The batch front (nil without Config.Batch), each record's tier, and
+	// the batch tier's share of the counters (Observation).
+	batch                                                       *batchState
+	tierOf                                                      []uint8
+	batchArrived, batchFinished, batchFailed, batchInFlight     int
+	batchArrivedPromptTokens                                    int64
+	batchPromptTokens, batchCachedTokens, batchCompletionTokens int64
 
 	// Token counters of finished requests (Observation).
 	promptTokens, cachedTokens, completionTokens int64
@@ -253,10 +273,17 @@ func Run(ctx context.Context, cfg Config, src workload.Source) (*Result, error) 
 		s.records = make([]bench.Record, 0, n)
 		s.flights = make([]*flight, 0, n)
 	}
+	if cfg.Batch.Requests > 0 {
+		if s.batch, err = newBatchState(cfg.Batch, cfg.Seed); err != nil {
+			return nil, fmt.Errorf("plan: %w", err)
+		}
+	}
 	if err := s.run(); err != nil {
 		return nil, err
 	}
-	return &Result{Records: s.records, Config: cfg, Stats: s.stats, Engines: s.engines, Replicas: s.replicas}, nil
+	res := &Result{Records: s.records, Config: cfg, Stats: s.stats, Engines: s.engines, Replicas: s.replicas}
+	s.splitTiers(res)
+	return res, nil
 }
 
 func (s *sim) run() error {
@@ -277,9 +304,12 @@ func (s *sim) run() error {
 	if s.cfg.Scaler != nil {
 		s.q.schedule(0, evScale, 0, 0, 0)
 	}
+	if s.batch != nil {
+		s.q.schedule(s.cfg.Batch.Start, evBatch, 0, 0, 0)
+	}
 	s.nextArrival()
 	for s.q.Len() > 0 && s.err == nil {
-		if s.srcDone && s.active == 0 {
+		if s.srcDone && s.active == 0 && s.batchIdle() {
 			break
 		}
 		if s.q.work == 0 {
@@ -336,10 +366,17 @@ func (s *sim) handle(e *event) {
 	case evArrival:
 		s.arrive()
 		s.nextArrival()
+	case evBatch:
+		s.batchLaunch()
 	case evQueueTimeout:
 		if f := s.flight(e.req); f != nil && f.inQueue {
-			s.stats.Rejected++
-			s.fail(f, bench.ErrHTTP5xx, 503, fmt.Sprintf("request waited the tier's limit of %v in the activator without capacity", s.cfg.Flow.MaxQueueTime))
+			limit := s.cfg.Flow.MaxQueueTime
+			if f.tier == tierBatch {
+				limit = s.cfg.Batch.MaxQueueTime
+			} else {
+				s.stats.Rejected++
+			}
+			s.fail(f, bench.ErrHTTP5xx, 503, fmt.Sprintf("request waited the tier's limit of %v in the activator without capacity", limit))
 		}
 	case evTimeout:
 		if f := s.flight(e.req); f != nil {
@@ -529,15 +566,31 @@ func (s *sim) flight(n int) *flight {
 
 // arrive handles the pending request reaching the activator.
 func (s *sim) arrive() {
-	r := s.pending
+	tier := tierStandard
+	if criticalOf(s.pending.Index, s.cfg.CriticalShare) {
+		tier = tierCritical
+	}
+	s.admit(s.pending, tier)
+}
+
+// admit handles request r of tier reaching the activator: a workload
+// request, or one the batch front sends.
+func (s *sim) admit(r workload.Request, tier uint8) {
 	n := s.arrived
 	s.arrived++
 	s.arrivedPromptTokens += int64(r.PromptLen)
+	if tier == tierBatch {
+		s.batchArrived++
+		s.batchArrivedPromptTokens += int64(r.PromptLen)
+	}
 	s.noteActive()
 	s.active++
 	s.records = append(s.records, bench.Record{
 		Index: r.Index, Scheduled: r.At, Sent: r.At, PromptLen: r.PromptLen, MaxTokens: r.MaxTokens,
 	})
+	if s.batch != nil || s.cfg.CriticalShare > 0 {
+		s.tierOf = append(s.tierOf, tier)
+	}
 	var f *flight
 	if k := len(s.freeF); k > 0 {
 		f = s.freeF[k-1]
@@ -545,14 +598,18 @@ func (s *sim) arrive() {
 	} else {
 		f = new(flight)
 	}
-	*f = flight{n: n, id: itoa(n), req: r, sent: s.now, stage: stQueued, decode: -1, prefill: -1}
+	*f = flight{n: n, id: itoa(n), req: r, sent: s.now, stage: stQueued, decode: -1, prefill: -1, tier: tier}
 	s.flights = append(s.flights, f)
-	if s.cfg.RequestTimeout > 0 {
+	if s.cfg.RequestTimeout > 0 && tier != tierBatch {
 		s.q.schedule(s.now+s.cfg.RequestTimeout, evTimeout, 0, n, 0)
 	}
 	fc := s.cfg.Flow
 	if !fc.Enabled {
 		s.dispatch(f)
+		return
+	}
+	if tier == tierBatch {
+		s.admitBatch(f)
 		return
 	}
 	// Acquire: straight through when nobody waits and the gate is open.
@@ -578,7 +635,10 @@ func (s *sim) arrive() {
 // ready decode-capable engine must exist and llm-d's pool saturation must
 // be under the tier's limit, counting requests admitted but not yet seen
 // by any engine as waiting.
-func (s *sim) gate() bool {
+func (s *sim) gate() bool { return s.gateAt(s.cfg.Flow.MaxSaturation) }
+
+// gateAt is gate with the saturation limit m (0: none).
+func (s *sim) gateAt(m float64) bool {
 	var sat float64
 	up, inflight := 0, 0
 	for _, n := range s.nodes {
@@ -601,7 +661,6 @@ func (s *sim) gate() bool {
 	if pending := s.admitted - inflight; pending > 0 {
 		sat += float64(pending) / 5 / float64(up)
 	}
-	m := s.cfg.Flow.MaxSaturation
 	return m == 0 || sat < m
 }
 
@@ -633,6 +692,7 @@ func (s *sim) dispatchQueued() {
 		s.fifo = s.fifo[:copy(s.fifo, s.fifo[s.fifoHead:])]
 		s.fifoHead = 0
 	}
+	s.dispatchBatch()
 }
 
 // snapshot is the router's view of the engines (revision.snapshot).
@@ -677,12 +737,15 @@ func (s *sim) dispatch(f *flight) {
 		d = new(router.Decision)
 	}
 	f.d = d
-	req := router.Request{Model: s.model, Tier: "standard", Tokens: s.promptFor(f), ExpectedOutput: f.req.MaxTokens}
+	req := router.Request{Model: s.model, Tier: tierNames[f.tier], Tokens: s.promptFor(f), ExpectedOutput: f.req.MaxTokens}
 	if err := s.sched.Decide(d, &req, s.snapshot()); err != nil {
 		s.fail(f, bench.ErrHTTP5xx, 503, "no endpoint could take the request: "+err.Error())
 		return
 	}
 	s.stats.Decisions++
+	if f.tier == tierBatch {
+		s.batchInFlight++
+	}
 	if d.PrefixHitTokens > 0 {
 		s.stats.PredictedCachedTokens += int64(d.PrefixHitTokens)
 	}
@@ -725,7 +788,7 @@ func (s *sim) add(f *flight) {
 	if f.stage == stPrefill {
 		n := s.nodes[f.prefill]
 		err := n.eng.Add(s.base.Add(s.now), engine.Request{
-			ID: f.id, Prompt: s.promptFor(f), MaxTokens: 1, IgnoreEOS: true, RemoteDecode: true,
+			ID: f.id, Prompt: s.promptFor(f), MaxTokens: 1, IgnoreEOS: true, RemoteDecode: true, Priority: s.priority(f),
 		})
 		if err != nil {
 			// A failed prefill falls back to decoding alone.
@@ -741,7 +804,7 @@ func (s *sim) add(f *flight) {
 	}
 	n := s.nodes[f.decode]
 	err := n.eng.Add(s.base.Add(s.now), engine.Request{
-		ID: f.id, Prompt: s.promptFor(f), MaxTokens: f.req.MaxTokens, IgnoreEOS: s.cfg.IgnoreEOS, RemotePrefill: f.disagg,
+		ID: f.id, Prompt: s.promptFor(f), MaxTokens: f.req.MaxTokens, IgnoreEOS: s.cfg.IgnoreEOS, RemotePrefill: f.disagg, Priority: s.priority(f),
 	})
 	if err != nil {
 		switch {
@@ -809,6 +872,11 @@ func (s *sim) output(n *node, o *engine.Output) {
 	s.promptTokens += int64(rec.PromptTokens)
 	s.cachedTokens += int64(min(rec.CachedTokens, rec.PromptTokens))
 	s.completionTokens += int64(rec.CompletionTokens)
+	if f.tier == tierBatch {
+		s.batchPromptTokens += int64(rec.PromptTokens)
+		s.batchCachedTokens += int64(min(rec.CachedTokens, rec.PromptTokens))
+		s.batchCompletionTokens += int64(rec.CompletionTokens)
+	}
 	n.inflight--
 	s.finish(f, false)
 }
@@ -854,7 +922,11 @@ func (s *sim) fail(f *flight, kind bench.ErrorKind, status int, detail string) {
 	case stQueued:
 		if f.inQueue {
 			f.inQueue = false
-			s.queued--
+			if f.tier == tierBatch {
+				s.bqueued--
+			} else {
+				s.queued--
+			}
 		}
 	case stPrefill:
 		n := s.nodes[f.prefill]
@@ -884,6 +956,7 @@ func (s *sim) fail(f *flight, kind bench.ErrorKind, status int, detail string) {
 // may admit others.
 func (s *sim) finish(f *flight, failed bool) {
 	wasAdmitted := f.d != nil
+	n, tier := f.n, f.tier
 	if f.d != nil {
 		s.freeD = append(s.freeD, f.d)
 	}
@@ -897,9 +970,22 @@ func (s *sim) finish(f *flight, failed bool) {
 	} else {
 		s.finished++
 	}
+	if tier == tierBatch {
+		if failed {
+			s.batchFailed++
+		} else {
+			s.batchFinished++
+		}
+		if wasAdmitted {
+			s.batchInFlight--
+		}
+	}
 	if s.cfg.Flow.Enabled && wasAdmitted {
 		s.admitted--
 		s.dispatchQueued()
+	}
+	if tier == tierBatch {
+		s.batchEnded(&s.records[n])
 	}
 }
 
@@ -952,9 +1038,11 @@ func (s *sim) maybePoke() {
 func (s *sim) observe() *Observation {
 	o := &s.obs
 	s.noteActive()
-	*o = Observation{Now: s.now, Engines: o.Engines[:0], Queued: s.queued, Arrived: s.arrived, ArrivedPromptTokens: s.arrivedPromptTokens, Finished: s.finished, Failed: s.failed,
+	*o = Observation{Now: s.now, Engines: o.Engines[:0], Queued: s.queued + s.bqueued, Arrived: s.arrived, ArrivedPromptTokens: s.arrivedPromptTokens, Finished: s.finished, Failed: s.failed,
 		PromptTokens: s.promptTokens, CachedTokens: s.cachedTokens, CompletionTokens: s.completionTokens,
-		Active: s.active, ConcurrencySeconds: s.activeSeconds}
+		Active: s.active, ConcurrencySeconds: s.activeSeconds,
+		Batch: BatchObservation{Queued: s.bqueued, InFlight: s.batchInFlight, Arrived: s.batchArrived, Finished: s.batchFinished, Failed: s.batchFailed,
+			ArrivedPromptTokens: s.batchArrivedPromptTokens, PromptTokens: s.batchPromptTokens, CachedTokens: s.batchCachedTokens, CompletionTokens: s.batchCompletionTokens}}
 	for k := s.fifoHead; k < len(s.fifo); k++ {
 		if f := s.flight(s.fifo[k]); f != nil && f.inQueue {
 			o.QueueTime = s.now - f.sent

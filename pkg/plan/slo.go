@@ -70,6 +70,7 @@ func (s *SLOScaler) Input(obs *Observation) autoscaler.Input {
 	var in autoscaler.Input
 	l := &in.Load
 	l.Queued, l.QueueTime, l.InFlight = obs.Queued, obs.QueueTime, obs.InFlight
+	l.Batch.Queued, l.Batch.InFlight = obs.Batch.Queued, obs.Batch.InFlight
 	if dt := (obs.Now - s.prevAt).Seconds(); s.havePrev && dt > 0 {
 		p := &s.prev
 		done := (obs.Finished + obs.Failed) - (p.Finished + p.Failed)
@@ -77,12 +78,26 @@ func (s *SLOScaler) Input(obs *Observation) autoscaler.Input {
 		prompt := float64(obs.PromptTokens - p.PromptTokens)
 		cached := float64(obs.CachedTokens - p.CachedTokens)
 		out := float64(obs.CompletionTokens - p.CompletionTokens)
+		b, pb := &obs.Batch, &p.Batch
+		batchDone := (b.Finished + b.Failed) - (pb.Finished + pb.Failed)
 		if done > 0 {
-			l.RequestsPerSecond = map[string]float64{"standard": float64(done) / dt}
+			l.RequestsPerSecond = map[string]float64{"standard": float64(done-batchDone) / dt}
+			if batchDone > 0 {
+				l.RequestsPerSecond[autoscaler.BatchTier] = float64(batchDone) / dt
+			}
 		}
 		if arrived := obs.Arrived - p.Arrived; arrived > 0 {
-			l.ArrivalsPerSecond = map[string]float64{"standard": float64(arrived) / dt}
+			batchArrived := b.Arrived - pb.Arrived
+			l.ArrivalsPerSecond = map[string]float64{"standard": float64(arrived-batchArrived) / dt}
+			if batchArrived > 0 {
+				l.ArrivalsPerSecond[autoscaler.BatchTier] = float64(batchArrived) / dt
+			}
 		}
+		// The batch tier's share, as the activator reports it apart.
+		l.Batch.PromptTokensPerSecond = float64(b.PromptTokens-pb.PromptTokens) / dt
+		l.Batch.UncachedPrefillTokensPerSecond = float64((b.PromptTokens-pb.PromptTokens)-(b.CachedTokens-pb.CachedTokens)) / dt
+		l.Batch.OutputTokensPerSecond = float64(b.CompletionTokens-pb.CompletionTokens) / dt
+		l.Batch.ArrivedPromptTokensPerSecond = float64(b.ArrivedPromptTokens-pb.ArrivedPromptTokens) / dt
 		l.ArrivedPromptTokensPerSecond = float64(obs.ArrivedPromptTokens-p.ArrivedPromptTokens) / dt
 		l.PromptTokensPerSecond = prompt / dt
 		l.UncachedPrefillTokensPerSecond = (prompt - cached) / dt

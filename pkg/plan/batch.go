@@ -1,0 +1,290 @@
+package plan
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/bench"
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/workload"
+)
+
+// BatchConfig is a backlog of batch-tier work run beside the workload, as
+// the activator's batch front runs a Batch API file: Concurrency requests
+// outstanding at a time from Start, the next one sent as one ends, every
+// request held by the activator in the batch tier (dispatched only while
+// the pool's saturation is under MaxSaturation and no interactive request
+// waits; MaxQueueTime bounds the wait, then the request is retried after
+// RetryAfter, as both batch ways in retry a 429 or 503). The zero value
+// (Requests 0) runs no batch work.
+type BatchConfig struct {
+	// Requests is the backlog's size; InputLen and OutputLen its requests'
+	// prompt and output lengths (a random dataset's, seeded by Seed).
+	Requests            int
+	InputLen, OutputLen int
+	// Concurrency is how many are outstanding at once (32: the Batch API's
+	// per-batch concurrency).
+	Concurrency int
+	// Start is when the backlog is submitted; Until when the batch front
+	// stops sending new requests (0: when the workload's last request has
+	// ended). Requests sent by then still finish.
+	Start, Until time.Duration
+	// MaxSaturation, MaxQueueTime: the batch tier's limits (0.8, 10 min:
+	// the activator's default tier table); RetryAfter the wait before a
+	// refused request is sent again (1 s).
+	MaxSaturation float64
+	MaxQueueTime  time.Duration
+	RetryAfter    time.Duration
+}
+
+// DefaultBatch is a backlog of n requests with the batch tier's defaults.
+func DefaultBatch(n int) BatchConfig {
+	return BatchConfig{Requests: n, InputLen: 1024, OutputLen: 256, Concurrency: 32,
+		MaxSaturation: 0.8, MaxQueueTime: 10 * time.Minute, RetryAfter: time.Second}
+}
+
+// Tiers of a plan run's requests (SLO tier names in the router's request,
+// vLLM priorities under the priority policy, as the activator's default
+// tier table maps them).
+const (
+	tierStandard uint8 = iota
+	tierCritical
+	tierBatch
+)
+
+var tierNames = [...]string{tierStandard: "standard", tierCritical: "critical", tierBatch: "batch"}
+var tierPriority = [...]int{tierStandard: 50, tierCritical: 0, tierBatch: 100}
+
+// criticalOf reports whether the workload request with index i is sent in
+// the critical tier: a fixed hash of the index under share, so that two
+// runs of one workload split it alike.
+func criticalOf(i int, share float64) bool {
+	if share <= 0 {
+		return false
+	}
+	h := uint64(i)*0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019
+	h ^= h >> 29
+	h *= 0xBF58476D1CE4E5B9
+	h ^= h >> 32
+	return float64(h%1_000_000) < share*1_000_000
+}
+
+func (b *BatchConfig) validate() error {
+	if b.Requests == 0 {
+		return nil
+	}
+	switch {
+	case b.Requests < 0:
+		return fmt.Errorf("batch: requests must not be negative, got %d", b.Requests)
+	case b.Concurrency < 1:
+		return fmt.Errorf("batch: concurrency must be positive, got %d", b.Concurrency)
+	case b.InputLen < 1 || b.OutputLen < 1:
+		return fmt.Errorf("batch: input and output lengths must be positive, got %d and %d", b.InputLen, b.OutputLen)
+	case b.Start < 0 || b.Until < 0:
+		return errors.New("batch: start and until must not be negative")
+	case b.MaxSaturation < 0 || math.IsNaN(b.MaxSaturation) || math.IsInf(b.MaxSaturation, 0):
+		return fmt.Errorf("batch: max saturation must be a non-negative number, got %v", b.MaxSaturation)
+	case b.MaxQueueTime <= 0:
+		return fmt.Errorf("batch: max queue time must be positive, got %s", b.MaxQueueTime)
+	case b.RetryAfter <= 0:
+		return fmt.Errorf("batch: retry-after must be positive, got %s", b.RetryAfter)
+	}
+	return nil
+}
+
+// BatchResult is what the batch backlog did in a run.
+type BatchResult struct {
+	// Records has one entry per attempt, in the order they were sent.
+	Records []bench.Record
+	// Completed counts the backlog's requests served; Retries the
+	// attempts refused (queue deadline, full queue) and sent again.
+	Completed, Retries int
+	// PromptTokens and CompletionTokens sum over the completed requests.
+	PromptTokens, CompletionTokens int64
+	// Started is when the first batch request was sent; Drained when the
+	// backlog ran out (0 when it did not within the run); End when the
+	// last batch request ended.
+	Started, Drained, End time.Duration
+}
+
+// batchState is the batch front of a run.
+type batchState struct {
+	cfg     BatchConfig
+	ds      workload.Dataset
+	next    int   // next backlog item to send
+	retry   []int // items refused, to send again
+	out     int   // requests outstanding (queued or in flight)
+	stopped bool
+	started bool
+	res     BatchResult
+}
+
+func newBatchState(cfg BatchConfig, seed uint64) (*batchState, error) {
+	ds, err := workload.NewRandom(workload.RandomConfig{NumPrompts: cfg.Requests, InputLen: cfg.InputLen, OutputLen: cfg.OutputLen}, seed^0xba7c4)
+	if err != nil {
+		return nil, fmt.Errorf("batch: %w", err)
+	}
+	return &batchState{cfg: cfg, ds: ds}, nil
+}
+
+// batchIdle reports whether the batch front has nothing more to do.
+func (s *sim) batchIdle() bool {
+	b := s.batch
+	if b == nil || b.stopped {
+		return true
+	}
+	if b.cfg.Until == 0 {
+		return b.out == 0 // the workload is done: the front stops at its next send
+	}
+	return b.out == 0 && b.next >= b.cfg.Requests && len(b.retry) == 0
+}
+
+// batchLaunch sends batch requests until Concurrency are outstanding, the
+// backlog is empty, or the front has stopped (Until, or the workload's end).
+func (s *sim) batchLaunch() {
+	b := s.batch
+	if b == nil || b.stopped {
+		return
+	}
+	if (b.cfg.Until > 0 && s.now >= b.cfg.Until) || (b.cfg.Until == 0 && s.srcDone && s.active == b.out) {
+		b.stopped = true
+		return
+	}
+	for b.out < b.cfg.Concurrency {
+		var item int
+		switch {
+		case len(b.retry) > 0:
+			item = b.retry[0]
+			b.retry = b.retry[1:]
+		case b.next < b.cfg.Requests:
+			item = b.next
+			b.next++
+		default:
+			if b.res.Drained == 0 && b.out == 0 {
+				b.res.Drained = s.now
+			}
+			return
+		}
+		if !b.started {
+			b.started, b.res.Started = true, s.now
+		}
+		r := b.ds.Request(item)
+		r.At, r.Index = s.now, item
+		b.out++
+		s.admit(r, tierBatch)
+	}
+}
+
+// batchEnded is the end of a batch attempt: a success counts, a refusal
+// is sent again after RetryAfter; either frees a slot for the next.
+func (s *sim) batchEnded(rec *bench.Record) {
+	b := s.batch
+	if b == nil {
+		return
+	}
+	b.out--
+	b.res.End = s.now
+	delay := time.Duration(0)
+	if rec.OK() {
+		b.res.Completed++
+		b.res.PromptTokens += int64(rec.PromptTokens)
+		b.res.CompletionTokens += int64(rec.CompletionTokens)
+	} else {
+		b.res.Retries++
+		b.retry = append(b.retry, rec.Index)
+		delay = b.cfg.RetryAfter
+	}
+	s.q.schedule(s.now+delay, evBatch, 0, 0, 0)
+}
+
+// admitBatch is flow control for a batch request (the activator's batch
+// tier): dispatched at once when no request waits and the pool's
+// saturation is under the batch tier's limit, else held behind every
+// interactive request; it never pokes the scaler (a revision at zero wakes
+// for batch work at the autoscaler's tick, within its batch budget).
+func (s *sim) admitBatch(f *flight) {
+	fc := s.cfg.Flow
+	if s.queued == 0 && s.bqueued == 0 && s.gateAt(s.cfg.Batch.MaxSaturation) {
+		s.admitted++
+		s.dispatch(f)
+		return
+	}
+	if s.queued+s.bqueued+1 > fc.MaxQueued {
+		s.fail(f, bench.ErrHTTP4xx, 429, fmt.Sprintf("the revision's queue is full (%d requests waiting)", s.queued+s.bqueued))
+		return
+	}
+	s.bfifo = append(s.bfifo, f.n)
+	f.inQueue = true
+	s.bqueued++
+	s.q.schedule(s.now+s.cfg.Batch.MaxQueueTime, evQueueTimeout, 0, f.n, 0)
+}
+
+// dispatchBatch admits waiting batch requests, in order, once no
+// interactive request waits and while the batch tier's gate allows.
+func (s *sim) dispatchBatch() {
+	if s.batch == nil || s.queued > 0 {
+		return
+	}
+	for s.bfifoHead < len(s.bfifo) {
+		f := s.flight(s.bfifo[s.bfifoHead])
+		if f == nil || f.stage != stQueued || !f.inQueue {
+			s.bfifoHead++
+			continue
+		}
+		if !s.gateAt(s.cfg.Batch.MaxSaturation) {
+			break
+		}
+		s.bfifoHead++
+		f.inQueue = false
+		s.bqueued--
+		s.admitted++
+		s.dispatch(f)
+	}
+	if s.bfifoHead == len(s.bfifo) {
+		s.bfifo, s.bfifoHead = s.bfifo[:0], 0
+	} else if s.bfifoHead > 4096 && s.bfifoHead > len(s.bfifo)/2 {
+		s.bfifo = s.bfifo[:copy(s.bfifo, s.bfifo[s.bfifoHead:])]
+		s.bfifoHead = 0
+	}
+}
+
+// priority is vLLM's priority field for f under the priority policy (its
+// tier's, as the activator sends it), 0 otherwise.
+func (s *sim) priority(f *flight) int {
+	if s.cfg.Engine.Policy != engine.PolicyPriority {
+		return 0
+	}
+	return tierPriority[f.tier]
+}
+
+// splitTiers moves the batch front's records out of res.Records into
+// res.Batch and names the workload records' tiers when they were split.
+func (s *sim) splitTiers(res *Result) {
+	if s.tierOf == nil {
+		return
+	}
+	var recs []bench.Record
+	var tiers []string
+	if s.batch != nil {
+		res.Batch = &s.batch.res
+		recs = make([]bench.Record, 0, len(s.records)-s.batchArrived)
+	}
+	for i := range s.records {
+		t := s.tierOf[i]
+		switch {
+		case t == tierBatch:
+			res.Batch.Records = append(res.Batch.Records, s.records[i])
+		case s.batch != nil:
+			recs = append(recs, s.records[i])
+		}
+		if t != tierBatch && s.cfg.CriticalShare > 0 {
+			tiers = append(tiers, tierNames[t])
+		}
+	}
+	if s.batch != nil {
+		res.Records = recs
+	}
+	res.Tiers = tiers
+}

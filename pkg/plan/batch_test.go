@@ -1,0 +1,90 @@
+package plan
+
+import (
+	"testing"
+	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/workload"
+)
+
+// TestBatchBacklogSoaksIdleCapacity: a batch backlog beside a light
+// workload is served; the workload's records stay the workload's (in
+// order, one each), the batch front's are apart, and every interactive
+// request completes.
+func TestBatchBacklogSoaksIdleCapacity(t *testing.T) {
+	w := sharedPrefix(t, 20, 2, 500, 200, 20, 4, 120)
+	cfg := DefaultConfig()
+	cfg.Routing = "least-request"
+	cfg.Engine.Policy = engine.PolicyPriority
+	cfg.CriticalShare = 0.5
+	cfg.Batch = DefaultBatch(300)
+	cfg.Batch.InputLen, cfg.Batch.OutputLen = 256, 32
+	cfg.Batch.Until = time.Hour
+	res := run(t, cfg, w.Source())
+	if len(res.Records) != 120 || len(res.Tiers) != 120 {
+		t.Fatalf("%d workload records, %d tiers; want 120", len(res.Records), len(res.Tiers))
+	}
+	crit := 0
+	for i, r := range res.Records {
+		if r.Index != i || !r.OK() {
+			t.Fatalf("record %d: index %d, ok %v (%s)", i, r.Index, r.OK(), r.Detail)
+		}
+		if res.Tiers[i] == "critical" {
+			crit++
+		}
+	}
+	if crit < 40 || crit > 80 {
+		t.Errorf("%d of 120 critical, want about half", crit)
+	}
+	b := res.Batch
+	if b == nil || b.Completed != 300 || len(b.Records) != 300+b.Retries || b.Drained == 0 {
+		t.Fatalf("batch %+v", b)
+	}
+	if b.CompletionTokens != 300*32 {
+		t.Errorf("batch completion tokens %d, want %d", b.CompletionTokens, 300*32)
+	}
+	// The same run with the same seed gives the same figures.
+	again := run(t, cfg, w.Source())
+	if again.Batch.End != b.End || again.Stats.Events != res.Stats.Events {
+		t.Errorf("not deterministic: %v/%d vs %v/%d", again.Batch.End, again.Stats.Events, b.End, res.Stats.Events)
+	}
+}
+
+// TestBatchBudgetInPlan: the SLO decider under plan, with a batch-only
+// backlog and no engine: llm-d.ai/batch-max-replicas 0 leaves the
+// deployment at zero (batch work never pokes, never counts), 1 wakes
+// exactly one engine, which serves the backlog.
+func TestBatchBudgetInPlan(t *testing.T) {
+	for _, tc := range []struct {
+		budget, peak int
+	}{{0, 0}, {1, 1}, {2, 2}} {
+		cfg := DefaultConfig()
+		cfg.Routing = "least-request"
+		cfg.Engines = 0
+		cfg.Batch = DefaultBatch(200)
+		cfg.Batch.InputLen, cfg.Batch.OutputLen = 512, 64
+		cfg.Batch.Until = 2 * time.Minute
+		cfg.StartupDelay = 5 * time.Second
+		ac := cfg.AutoscalerConfig(Replicas{}, Replicas{Decode: 4})
+		ac.BatchMaxReplicas = tc.budget
+		sc, err := NewSLOScaler(ac, cfg.Profile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Scaler = sc
+		res := run(t, cfg, workload.Requests(nil))
+		if res.Stats.PeakReplicas.Decode != tc.peak || res.Stats.Pokes != 0 {
+			t.Errorf("budget %d: peak %d engines, %d pokes; want %d, 0", tc.budget, res.Stats.PeakReplicas.Decode, res.Stats.Pokes, tc.peak)
+		}
+		if got := res.Batch.Completed; (tc.budget == 0) != (got == 0) {
+			t.Errorf("budget %d: %d batch requests completed", tc.budget, got)
+		}
+		for _, d := range sc.Decisions {
+			if d.Decode > max(tc.budget, 0) {
+				t.Errorf("budget %d: the decider asked for %d at %v", tc.budget, d.Decode, d.At)
+				break
+			}
+		}
+	}
+}
