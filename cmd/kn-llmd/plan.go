@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
 	"github.com/llmd-kn/llmd-kn/pkg/bench"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
@@ -72,6 +73,12 @@ type planFlags struct {
 	lowerBoundWindow time.Duration
 	panicThreshold   float64
 	scaleDownDelay   time.Duration
+
+	batchSoak                     int
+	batchInputLen, batchOutputLen int
+	batchConcurrency              int
+	soakLoad, criticalShare       float64
+	batchMaxSaturation            float64
 }
 
 const planLong = `Replay a workload through a model of a deployment in virtual time and
@@ -130,7 +137,18 @@ scale events) besides the usual report:
 Workload flags are kn-llmd bench's: exactly one of --workload FILE,
 --trace mooncake:PATH|azure:PATH or --dataset shared-prefix|random|prefix-repetition,
 with --rate/--arrival or --ladder, --speedup, --rate-scale, --max-requests,
---duration and --seed (which also seeds the router and the engines).`
+--duration and --seed (which also seeds the router and the engines).
+
+Batch soak: --batch-soak N measures how much of the capacity interactive
+traffic leaves idle a backlog of N batch requests (--batch-input-len,
+--batch-output-len; --batch-concurrency outstanding at once, as the Batch
+API sends a file) uses, and what it costs the interactive tiers, on
+--engines fixed engines with vLLM's priority policy and the first --routing
+profile: the workload is rate-scaled (--speedup for traces) to --soak-load
+of the capacity of its mean shape (a saturating closed loop), split
+--critical-share critical and the rest standard, and run alone and with the
+backlog (held in the batch tier: --batch-max-saturation); the batch shape's
+capacity is measured alone. It writes batch-soak.md and batch-soak.json.`
 
 const planExample = `  # llm-d's shared-prefix ladder on 8 Qwen3-32B engines (2xH100 each), every built-in routing profile
   kn-llmd plan --dataset shared-prefix --ladder llm-d --profile qwen3-32b-2xh100 --engines 8 \
@@ -158,6 +176,9 @@ func newPlanCmd() *cobra.Command {
 			}
 			if job.compare != nil {
 				job.compare.Command = commandLine(cmd)
+			}
+			if job.soak != nil {
+				job.soak.Command = commandLine(cmd)
 			}
 			cmd.SilenceUsage = true
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -218,6 +239,14 @@ func newPlanCmd() *cobra.Command {
 	fl.Float64Var(&f.panicThreshold, "panic-threshold", autoscaler.DefaultConfig().PanicThresholdPercentage, "with --autoscaler slo or kpa: panic mode starts when the panic window wants this percentage of the ready replicas (Knative's panic-threshold-percentage)")
 	fl.DurationVar(&f.scaleDownDelay, "scale-down-delay", 0, "with --autoscaler slo or kpa: hold the highest recommendation this long before scaling down (Knative's scale-down-delay)")
 	fl.DurationVar(&f.lowerBoundWindow, "lower-bound-window", 10*time.Second, "with --autoscaler instant-bound or clairvoyant: the bounds' window")
+	def := plan.DefaultBatch(0)
+	fl.IntVar(&f.batchSoak, "batch-soak", 0, "run a batch soak with a backlog of this many batch requests (see Batch soak)")
+	fl.IntVar(&f.batchInputLen, "batch-input-len", def.InputLen, "with --batch-soak: prompt tokens per batch request")
+	fl.IntVar(&f.batchOutputLen, "batch-output-len", def.OutputLen, "with --batch-soak: output tokens per batch request")
+	fl.IntVar(&f.batchConcurrency, "batch-concurrency", def.Concurrency, "with --batch-soak: batch requests outstanding at once (the Batch API's per-batch concurrency)")
+	fl.Float64Var(&f.batchMaxSaturation, "batch-max-saturation", def.MaxSaturation, "with --batch-soak: pool saturation under which batch requests are dispatched (the batch tier's maxSaturation; 0: no limit)")
+	fl.Float64Var(&f.soakLoad, "soak-load", 0.6, "with --batch-soak: the interactive traffic's share of capacity")
+	fl.Float64Var(&f.criticalShare, "critical-share", 0.5, "with --batch-soak: share of the interactive requests in the critical tier (the rest standard)")
 	return cmd
 }
 
@@ -238,6 +267,10 @@ type planJob struct {
 	newScaler func() (plan.Scaler, error)
 	// compare is an autoscaling comparison (nil: none).
 	compare *plan.Comparison
+	// soak is a batch soak (nil: none), over the workload spec.
+	soak     *plan.SoakOptions
+	spec     workload.Spec
+	specBase string
 
 	capacity bool // a sweep or a search
 	decode   []int
@@ -514,6 +547,33 @@ func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
 		return nil, errors.New("workload: no requests (check --duration and --max-requests)")
 	}
 	j.w = w
+	j.spec, j.specBase = spec, base
+	if f.batchSoak > 0 {
+		if j.capacity || j.compare != nil || j.newScaler != nil {
+			return nil, errors.New("--batch-soak runs fixed engines: it does not combine with --autoscaler, --sweep-replicas or --find-capacity")
+		}
+		if !(f.soakLoad > 0 && f.soakLoad < 1) {
+			return nil, fmt.Errorf("--soak-load must be in (0, 1), got %v", f.soakLoad)
+		}
+		if !(f.criticalShare >= 0 && f.criticalShare <= 1) {
+			return nil, fmt.Errorf("--critical-share must be in [0, 1], got %v", f.criticalShare)
+		}
+		b := plan.DefaultBatch(f.batchSoak)
+		b.InputLen, b.OutputLen, b.Concurrency, b.MaxSaturation = f.batchInputLen, f.batchOutputLen, f.batchConcurrency, f.batchMaxSaturation
+		c := j.cfg
+		c.Batch = b
+		if err := c.Validate(); err != nil {
+			return nil, fmt.Errorf("--batch-*: %w", err)
+		}
+		tiers := activatorTierSLOs()
+		j.soak = &plan.SoakOptions{Load: f.soakLoad, Batch: b, CriticalShare: f.criticalShare, Critical: tiers["critical"], Standard: tiers["standard"]}
+	} else {
+		for _, n := range []string{"batch-input-len", "batch-output-len", "batch-concurrency", "batch-max-saturation", "soak-load", "critical-share"} {
+			if changed(n) {
+				return nil, fmt.Errorf("--%s needs --batch-soak", n)
+			}
+		}
+	}
 	j.so = plan.SummaryOptions{
 		Workload: bench.DescribeWorkload(spec, w),
 		SLO:      bench.SLO{TTFT: f.sloTTFT, TPOT: f.sloTPOT},
@@ -595,6 +655,21 @@ func parseCounts(s string, lo int) ([]int, error) {
 }
 
 func (j *planJob) run(ctx context.Context, out io.Writer) error {
+	if j.soak != nil {
+		cfg := j.cfg
+		cfg.Routing = j.routings[0]
+		start := time.Now()
+		r, err := plan.Soak(ctx, cfg, j.spec, j.specBase, *j.soak)
+		if err != nil {
+			return err
+		}
+		if err := plan.WriteSoak(j.out, r); err != nil {
+			return err
+		}
+		plan.WriteSoakTable(out, r)
+		fmt.Fprintf(out, "\n(%s wall) report: %s\n", time.Since(start).Round(time.Millisecond), filepath.Join(j.out, plan.SoakMD))
+		return nil
+	}
 	if j.capacity {
 		return j.runCapacity(ctx, out)
 	}
@@ -763,4 +838,16 @@ func commandLine(cmd *cobra.Command) string {
 		}
 	})
 	return line
+}
+
+// activatorTierSLOs is the activator's default tier table's targets by
+// tier name.
+func activatorTierSLOs() map[string]bench.SLO {
+	t := activator.DefaultTiers()
+	out := map[string]bench.SLO{}
+	for _, n := range t.Names() {
+		tier, _ := t.Get(n)
+		out[n] = bench.SLO{TTFT: time.Duration(tier.TTFT), TPOT: time.Duration(tier.TPOT)}
+	}
+	return out
 }

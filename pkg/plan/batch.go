@@ -109,6 +109,9 @@ type BatchResult struct {
 	Started, Drained, End time.Duration
 }
 
+// batchPrompts bounds the distinct prompts of a backlog.
+const batchPrompts = 100_000
+
 // batchState is the batch front of a run.
 type batchState struct {
 	cfg     BatchConfig
@@ -122,7 +125,9 @@ type batchState struct {
 }
 
 func newBatchState(cfg BatchConfig, seed uint64) (*batchState, error) {
-	ds, err := workload.NewRandom(workload.RandomConfig{NumPrompts: cfg.Requests, InputLen: cfg.InputLen, OutputLen: cfg.OutputLen}, seed^0xba7c4)
+	// Distinct prompts for the first batchPrompts items; later items reuse
+	// them in turn (only capacity runs go that far).
+	ds, err := workload.NewRandom(workload.RandomConfig{NumPrompts: min(cfg.Requests, batchPrompts), InputLen: cfg.InputLen, OutputLen: cfg.OutputLen}, seed^0xba7c4)
 	if err != nil {
 		return nil, fmt.Errorf("batch: %w", err)
 	}
@@ -170,7 +175,7 @@ func (s *sim) batchLaunch() {
 		if !b.started {
 			b.started, b.res.Started = true, s.now
 		}
-		r := b.ds.Request(item)
+		r := b.ds.Request(item % b.ds.Len())
 		r.At, r.Index = s.now, item
 		b.out++
 		s.admit(r, tierBatch)
