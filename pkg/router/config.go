@@ -37,10 +37,12 @@ approximateIndex:
   maxBlocks: 2048
   lruCapacity: 0
 
-# The mirror of the engines' prefix caches, fed by their KV events. blockSize
-# and hashSeed must be the engines' (vLLM's block_size and PYTHONHASHSEED
-# role); an endpoint that reports more than maxBlocksPerEndpoint blocks has
-# lost removal events and is cleared.
+# The mirror of the engines' prefix caches, fed by their KV events: keyed by
+# the router's own hash (seeded by hashSeed) of the token ids the events
+# carry, at its own blockSize, so neither needs to match the engines' (any
+# vLLM block_size, PYTHONHASHSEED or --prefix-caching-hash-algo works); an
+# endpoint that reports more than maxBlocksPerEndpoint blocks has lost
+# removal events and is cleared.
 preciseIndex:
   blockSize: 16
   hashSeed: 0
