@@ -123,12 +123,26 @@ func TestFidelity(t *testing.T) {
 	real := make(map[string]sample)
 	lateness := make(map[string][]time.Duration)
 	var diffs []time.Duration
+	busy := map[string]time.Duration{}
 	for _, p := range profiles {
 		got, d, late, err := runLocal(t, p)
+		if err == nil && quantileOf(late, 0.9) > tooLate {
+			// The generator could not keep to the time scale: the machine
+			// was too busy for this run to measure the path (simulated
+			// pods that miss their clock look like queueing). That is a
+			// property of the run, known before any comparison, so the
+			// run is repeated once; a second late run is compared as it
+			// is, and a disagreement says that the machine was busy.
+			t.Logf("%s: the generator ran %s late at p90 (modelled time): the machine is too busy for the time scale; running again once",
+				p, quantileOf(late, 0.9).Round(time.Millisecond))
+			time.Sleep(5 * time.Second)
+			got, d, late, err = runLocal(t, p)
+		}
 		if err != nil {
 			t.Fatalf("%s: local: %v", p, err)
 		}
 		real[p], lateness[p] = got, late
+		busy[p] = quantileOf(late, 0.9)
 		diffs = append(diffs, d...)
 	}
 	// The real path's overhead: the median of both profiles' probes (the
@@ -181,8 +195,8 @@ func TestFidelity(t *testing.T) {
 			if a.ok() {
 				t.Logf("%-12s %v", p, a)
 			} else {
-				t.Errorf("%-12s %v: TTFT distributions apart (value tolerance %.0f%%, overhead slack %.1f ms, rank spread across replicas %.3f)",
-					p, a, 100*tolerance, 1000*slack, spread[p][q])
+				t.Errorf("%-12s %v: TTFT distributions apart (value tolerance %.0f%%, overhead slack %.1f ms, rank spread across replicas %.3f)%s",
+					p, a, 100*tolerance, 1000*slack, spread[p][q], busyNote(busy[p]))
 			}
 		}
 	}
@@ -192,6 +206,31 @@ func TestFidelity(t *testing.T) {
 			t.Errorf("TTFT p%.0f ranking: local+bench %v, plan %v", 100*q, a, b)
 		}
 	}
+}
+
+// tooLate is the generator's p90 lateness (modelled time) beyond which a
+// real run did not keep to its time scale: ten times what an idle machine
+// shows (under 5 ms of wall time at the test's scale), far below what a
+// machine with ten runnable jobs per core showed (a quarter of a second).
+const tooLate = 50 * time.Millisecond
+
+// quantileOf is the q-quantile of xs (nearest rank; 0 when empty).
+func quantileOf(xs []time.Duration, q float64) time.Duration {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(q*float64(len(s))))]
+}
+
+// busyNote says, beside a disagreement, that the real run could not keep
+// to its time scale, so that nobody reads it as the router's fault.
+func busyNote(late time.Duration) string {
+	if late <= tooLate {
+		return ""
+	}
+	return fmt.Sprintf("; the real run's generator was %s late at p90 twice: the machine was too busy to measure", late.Round(time.Millisecond))
 }
 
 // ranking orders the profiles from the lowest TTFT to the highest.
