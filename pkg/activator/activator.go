@@ -702,13 +702,19 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 	}
 	rreq := router.Request{Model: req.Model, Tier: tier.Name, Tokens: req.Tokens, ExpectedOutput: req.MaxTokens, HashCache: rev.hashes}
 	var d router.Decision
+	// The first attempt leaves out pods predicted to start the request
+	// later than its tier allows while others are within it (admission.go);
+	// a retry leaves out only the pods that failed.
 	exclude := map[string]bool{}
 	var lastErr error
 	for attempt := 0; attempt < a.opts.MaxAttempts; attempt++ {
+		skip := exclude
 		if attempt > 0 {
 			rev.m.retries.Inc()
+		} else if over := rev.overBudget(tier); over != nil {
+			skip = over
 		}
-		eps := rev.snapshot(nil, exclude)
+		eps := rev.snapshot(nil, skip)
 		t0 := time.Now()
 		err := rev.scheduler().Decide(&d, &rreq, eps)
 		m.DecisionTime.Observe(time.Since(t0).Seconds())
@@ -820,9 +826,21 @@ func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, c *call, d *
 	uncached := int64(max(d.PromptTokens-max(d.PrefixHitTokens, 0), 0))
 	decode.inflight.Add(1)
 	decode.inflightTokens.Add(uncached)
+	// A streamed request is queued on the pod until its first byte.
+	var queued *atomic.Int64
+	if ti := a.opts.Tiers.index(c.tier.Name); req.Stream && ti >= 0 && ti < len(decode.queued) {
+		queued = &decode.queued[ti]
+		queued.Add(1)
+	}
 	rev.rt.Record(d)
 	meter := NewMeter(start, req.Stream, a.opts.Now)
-	obs := &firstByte{Meter: meter, onFirst: func() { decode.inflightTokens.Add(-uncached) }}
+	obs := &firstByte{Meter: meter, onFirst: func() {
+		decode.inflightTokens.Add(-uncached)
+		decode.starts.add(a.opts.Now())
+		if queued != nil {
+			queued.Add(-1)
+		}
+	}}
 	if a.opts.Debug {
 		w.Header().Set(RouteHeader, d.Explain(eps, 3))
 	}
@@ -832,6 +850,9 @@ func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, c *call, d *
 	decode.inflight.Add(-1)
 	if !obs.seen {
 		decode.inflightTokens.Add(-uncached)
+		if queued != nil {
+			queued.Add(-1)
+		}
 	}
 	if err != nil {
 		if a.opts.Debug {

@@ -130,38 +130,53 @@ func TestFlowShedsBatchForCriticalWhenFull(t *testing.T) {
 	}
 }
 
+// A full queue refuses with 429 while the revision has pods (it is
+// overloaded, come back later) and with 503 only while it has none.
 func TestFlowQueueFullWithNothingToShed(t *testing.T) {
-	g := &capGate{ready: true, capacity: 0}
-	f := NewFlowController(DefaultTiers(), FlowLimits{MaxQueued: 1}, g.gate, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _, _ = f.Acquire(ctx, tier(t, "critical"), 1) }()
-	waitQueued(t, f, 1)
-	cases := []struct {
-		tier   string
-		status int
-	}{{"standard", http.StatusServiceUnavailable}, {"batch", http.StatusTooManyRequests}}
-	for _, c := range cases {
-		_, err := f.Acquire(context.Background(), tier(t, c.tier), 1)
-		var rej *RejectError
-		if !errors.As(err, &rej) || rej.Status != c.status {
-			t.Errorf("%s into a full queue: %v, want status %d", c.tier, err, c.status)
+	for _, ready := range []bool{true, false} {
+		g := &capGate{ready: ready, capacity: 0}
+		f := NewFlowController(DefaultTiers(), FlowLimits{MaxQueued: 1}, g.gate, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { _, _ = f.Acquire(ctx, tier(t, "critical"), 1) }()
+		waitQueued(t, f, 1)
+		standard := http.StatusServiceUnavailable
+		if ready {
+			standard = http.StatusTooManyRequests
 		}
+		cases := []struct {
+			tier   string
+			status int
+		}{{"standard", standard}, {"batch", http.StatusTooManyRequests}}
+		for _, c := range cases {
+			_, err := f.Acquire(context.Background(), tier(t, c.tier), 1)
+			var rej *RejectError
+			if !errors.As(err, &rej) || rej.Status != c.status || rej.RetryAfter <= 0 {
+				t.Errorf("pods %v: %s into a full queue: %v, want status %d with Retry-After", ready, c.tier, err, c.status)
+			}
+		}
+		cancel()
+		waitQueued(t, f, 0)
 	}
 }
 
 func TestFlowQueueDeadline(t *testing.T) {
-	g := &capGate{ready: true, capacity: 0}
-	tr := tier(t, "standard")
-	tr.MaxQueueTime = Duration(20 * time.Millisecond)
-	f := NewFlowController(DefaultTiers(), FlowLimits{}, g.gate, nil)
-	_, err := f.Acquire(context.Background(), tr, 1)
-	var rej *RejectError
-	if !errors.As(err, &rej) || rej.Status != http.StatusServiceUnavailable {
-		t.Fatalf("got %v, want 503 after the queue deadline", err)
-	}
-	if st := f.Stats(); st.Queued["standard"] != 0 || st.Bytes != 0 {
-		t.Fatalf("timed-out waiter left in queue: %+v", st)
+	for _, ready := range []bool{true, false} {
+		g := &capGate{ready: ready, capacity: 0}
+		tr := tier(t, "standard")
+		tr.MaxQueueTime = Duration(20 * time.Millisecond)
+		f := NewFlowController(DefaultTiers(), FlowLimits{}, g.gate, nil)
+		_, err := f.Acquire(context.Background(), tr, 1)
+		want := http.StatusServiceUnavailable
+		if ready {
+			want = http.StatusTooManyRequests
+		}
+		var rej *RejectError
+		if !errors.As(err, &rej) || rej.Status != want {
+			t.Fatalf("pods %v: got %v, want %d after the queue deadline", ready, err, want)
+		}
+		if st := f.Stats(); st.Queued["standard"] != 0 || st.Bytes != 0 {
+			t.Fatalf("timed-out waiter left in queue: %+v", st)
+		}
 	}
 }
 

@@ -100,11 +100,21 @@ type fixture struct {
 
 func newFixture(t *testing.T, spec apis.Spec, sims ...*sim) *fixture {
 	t.Helper()
+	return newFixtureOpts(t, nil, spec, sims...)
+}
+
+// newFixtureOpts is newFixture with the activator's options changed by mod.
+func newFixtureOpts(t *testing.T, mod func(*Options), spec apis.Spec, sims ...*sim) *fixture {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	// Metrics count as stale after a minute, not the default 500 ms: the
 	// tests are about routing on known metrics, and a busy machine can
 	// hold up a 20 ms scrape loop past 500 ms at any moment.
-	act, err := New(Options{Registerer: reg, Debug: true, ScrapeInterval: 20 * time.Millisecond, StaleAfter: time.Minute})
+	opts := Options{Registerer: reg, Debug: true, ScrapeInterval: 20 * time.Millisecond, StaleAfter: time.Minute}
+	if mod != nil {
+		mod(&opts)
+	}
+	act, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

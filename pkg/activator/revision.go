@@ -74,12 +74,21 @@ type pod struct {
 	scrapedAt time.Time
 	healthy   bool
 	down      bool // the proxy could not reach it; cleared by a good scrape
+	// slots is how many requests the pod runs at once: the most it ran
+	// once requests had waited (admission.go); 0 until then.
+	slots int
+	// starts counts the requests that got their first byte from the pod.
+	starts rateMeter
 
 	inflight       atomic.Int64
 	inflightTokens atomic.Int64
-	kv             kvCounts
-	cancel         context.CancelFunc
-	done           chan struct{}
+	// queued counts, by tier in the tier table's order (highest priority
+	// first), the streamed requests sent to the pod that have not had
+	// their first byte: those waiting in its queue or in prefill.
+	queued []atomic.Int64
+	kv     kvCounts
+	cancel context.CancelFunc
+	done   chan struct{}
 
 	// Touched by the pod's watch goroutine only.
 	modelLenKnown bool
@@ -154,7 +163,7 @@ func (a *Activator) newRevision(cfg RevisionConfig) (*revision, error) {
 		if a.opts.Poke != nil {
 			a.opts.Poke(key)
 		}
-	})
+	}).withRates(rev.drain, a.opts.Now)
 	return rev, nil
 }
 
@@ -170,7 +179,7 @@ func (rev *revision) setPods(specs []PodSpec) {
 			rev.stopPodLocked(p)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		p := &pod{spec: s, cancel: cancel, done: make(chan struct{})}
+		p := &pod{spec: s, cancel: cancel, done: make(chan struct{}), queued: make([]atomic.Int64, len(rev.a.opts.Tiers.order))}
 		rev.pods[s.Name] = p
 		go rev.watch(ctx, p)
 	}
@@ -224,6 +233,12 @@ func (rev *revision) watch(ctx context.Context, p *pod) {
 		p.mu.Lock()
 		if err == nil {
 			p.metrics, p.scrapedAt, p.healthy, p.down = m, opts.Now(), true, false
+			if (m.Waiting > 0 || p.slots > 0) && m.Running > p.slots {
+				// The most it was seen running while requests waited
+				// (or since): a step's token budget can hold back a
+				// few waiting requests with slots free.
+				p.slots = m.Running
+			}
 		} else {
 			p.healthy = false
 		}
@@ -321,13 +336,35 @@ func (rev *revision) pod(name string) *pod {
 }
 
 // gate is the flow controller's admission test: a ready decode-capable pod
-// must exist, and the pool's saturation (llm-d's detector: per pod
-// max(waiting/5, kv/0.8), stale pods saturated, averaged) must be under the
-// tier's limit. Requests admitted but not yet visible in the pods' metrics
-// count as waiting, so one scrape interval cannot admit a flood.
+// must exist; for a tier with a TTFT target, some pod must be predicted to
+// start the request within the tier's admission budget, leaving a higher
+// tier's next request room to start within its own (admission.go); and
+// the pool's saturation (llm-d's detector: per pod max(waiting/5, kv/0.8),
+// stale pods saturated, averaged) must be under the tier's limit. Requests
+// admitted but not yet visible in the pods' metrics count as waiting, so
+// one scrape interval cannot admit a flood.
 func (rev *revision) gate(t Tier, admitted int) (ready, ok bool) {
 	now := rev.a.opts.Now()
 	stale := rev.a.opts.StaleAfter
+	if own, reserve := rev.a.opts.Tiers.budgets(t); own > 0 || reserve > 0 {
+		ws := rev.waits(nil, admitted, t)
+		if len(ws) == 0 {
+			return false, false
+		}
+		if rev.config().PriorityScheduling {
+			// The pods order their queues by tier (vLLM's priority
+			// scheduling, preempting lower tiers): waits counted only
+			// the tier's and higher tiers' requests, and lower tiers take
+			// no place from higher ones.
+			reserve = 0
+		}
+		if !admits(ws, own, reserve) {
+			return true, false
+		}
+		if t.MaxSaturation == 0 {
+			return true, true
+		}
+	}
 	rev.mu.RLock()
 	defer rev.mu.RUnlock()
 	var sat float64

@@ -1,0 +1,218 @@
+package activator
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestRateMeter(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	var m rateMeter
+	if r := m.rate(t0); r != 0 {
+		t.Fatalf("empty meter: %v", r)
+	}
+	// 10 events over the first second: 10/s over the time seen so far.
+	for i := range 10 {
+		m.add(t0.Add(time.Duration(i) * 100 * time.Millisecond))
+	}
+	if r := m.rate(t0.Add(time.Second)); math.Abs(r-10) > 0.01 {
+		t.Fatalf("rate after 1 s: %v, want 10", r)
+	}
+	// A second later the first has left the 2 s window: 9 in 2 s.
+	if r := m.rate(t0.Add(2 * time.Second)); math.Abs(r-4.5) > 0.01 {
+		t.Fatalf("rate after 2 s: %v, want 4.5", r)
+	}
+	// Out of the window: nothing.
+	if r := m.rate(t0.Add(5 * time.Second)); r != 0 {
+		t.Fatalf("rate after 5 s: %v, want 0", r)
+	}
+	// A late event counts again.
+	m.add(t0.Add(10 * time.Second))
+	if r := m.rate(t0.Add(10 * time.Second)); math.Abs(r-0.5) > 0.01 {
+		t.Fatalf("one event in the window: %v, want 0.5", r)
+	}
+}
+
+func TestPodWait(t *testing.T) {
+	inf := math.Inf(1)
+	cases := []struct {
+		name string
+		w    podWait
+		want float64
+	}{
+		{"slots unknown, nothing queued", podWait{load: 50, rate: 1}, 0},
+		{"slots unknown, three queued", podWait{load: 50, queued: 3, ahead: 3, rate: 1}, 4},
+		{"a free slot", podWait{load: 3, queued: 0, slots: 4, rate: 1}, 0},
+		{"full: the next start", podWait{load: 4, slots: 4, rate: 2}, 0.5},
+		{"five queued ahead", podWait{load: 9, queued: 5, ahead: 5, slots: 4, rate: 2}, 3},
+		{"priority: five queued, none of its tier or higher", podWait{load: 9, queued: 5, ahead: 0, slots: 4, rate: 2}, 0.5},
+		{"priority: two of its tier queued", podWait{load: 9, queued: 5, ahead: 2, slots: 4, rate: 2}, 1.5},
+		{"full, ours in flight, no start seen", podWait{load: 4, slots: 4, mine: 1}, inf},
+		{"full of others' requests, no start seen", podWait{load: 4, slots: 4}, 0},
+	}
+	for _, c := range cases {
+		if got := c.w.wait(); got != c.want {
+			t.Errorf("%s: wait %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func TestAdmitsLeavesRoomForHigherTiers(t *testing.T) {
+	free := podWait{name: "a", load: 0, slots: 1, rate: 1}
+	busy := podWait{name: "b", load: 1, slots: 1, rate: 1} // next start in 1 s
+	cases := []struct {
+		name         string
+		ws           []podWait
+		own, reserve time.Duration
+		want         bool
+	}{
+		{"no pod", nil, time.Second, 0, false},
+		{"a free slot, own budget", []podWait{free}, 250 * time.Millisecond, 0, true},
+		{"full pod over budget", []podWait{busy}, 250 * time.Millisecond, 0, false},
+		{"full pod within a loose budget", []podWait{busy}, 2 * time.Second, 0, true},
+		// The last free slot is a higher tier's.
+		{"last free slot reserved", []podWait{free, busy}, 4 * time.Second, 250 * time.Millisecond, false},
+		{"two free slots: one for it, one left", []podWait{free, free}, 4 * time.Second, 250 * time.Millisecond, true},
+		{"no budget of its own, reserve kept", []podWait{free, free}, 0, 250 * time.Millisecond, true},
+		{"no budget of its own, reserve taken", []podWait{free}, 0, 250 * time.Millisecond, false},
+	}
+	for _, c := range cases {
+		if got := admits(c.ws, c.own, c.reserve); got != c.want {
+			t.Errorf("%s: admits %v, want %v", c.name, got, c.want)
+		}
+	}
+	own, reserve := DefaultTiers().budgets(tier(t, "batch"))
+	if own != 0 || reserve != 250*time.Millisecond {
+		t.Errorf("batch budgets %v, %v: want none of its own and critical's 250ms", own, reserve)
+	}
+	own, reserve = DefaultTiers().budgets(tier(t, "critical"))
+	if own != 250*time.Millisecond || reserve != 0 {
+		t.Errorf("critical budgets %v, %v: want 250ms and no reserve", own, reserve)
+	}
+}
+
+// fakeClock is a settable clock for the flow controller.
+type fakeClock struct{ now time.Time }
+
+func (c *fakeClock) Now() time.Time { return c.now }
+
+// A request that the queue ahead of it and the drain rate say cannot start
+// within its budget is refused on arrival (no waiting), with a Retry-After
+// from the drain rate; a tier whose queue has not moved is refused too.
+func TestFlowShedsOnArrival(t *testing.T) {
+	g := &capGate{ready: true, capacity: 0}
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	// Targets in hours, so that no real timer fires during the test.
+	tiers, err := ParseTiers([]byte(`tiers:
+- {name: critical, priority: 100, ttft: 1h, maxQueueTime: 2h}
+- {name: standard, priority: 50, ttft: 2h, maxQueueTime: 4h}
+- {name: batch, priority: 0, sheddable: true, maxQueueTime: 10m}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(name string) Tier { tr, _ := tiers.Get(name); return tr }
+	drain := 1.0 / 1200 // a start every 20 minutes
+	f := NewFlowController(tiers, FlowLimits{}, g.gate, nil).withRates(func() float64 { return drain }, clock.Now)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// critical's budget is 30 minutes: the first in line starts within
+	// it, and a second one does not.
+	go func() { _, _ = f.Acquire(ctx, get("critical"), 1) }()
+	waitQueued(t, f, 1)
+	_, err = f.Acquire(ctx, get("critical"), 1)
+	var rej *RejectError
+	if !errors.As(err, &rej) || rej.Status != http.StatusTooManyRequests || rej.Kind != "shed" {
+		t.Fatalf("second critical request: %v, want a 429 shed on arrival", err)
+	}
+	// Retry-After: two queued (with it) at one per 20 minutes, at most 60 s.
+	if rej.RetryAfter != time.Minute {
+		t.Errorf("Retry-After %v, want 60s", rej.RetryAfter)
+	}
+	// A batch request queues (its budget is 10 minutes; at 1/s two are
+	// ahead for 2 s) until its queue has not moved for rateWindow; then
+	// the next is refused.
+	drain = 1
+	go func() { _, _ = f.Acquire(ctx, get("batch"), 1) }()
+	waitQueued(t, f, 2)
+	clock.now = clock.now.Add(rateWindow + time.Millisecond)
+	drain = 0.1
+	_, err = f.Acquire(ctx, get("batch"), 1)
+	if !errors.As(err, &rej) || rej.Status != http.StatusTooManyRequests || rej.Kind != "shed" {
+		t.Fatalf("batch request behind a starved batch queue: %v, want a 429 shed", err)
+	}
+	// Retry-After from the drain rate: 3 / 0.1 = 30 s.
+	if rej.RetryAfter != 30*time.Second {
+		t.Errorf("Retry-After %v, want 30s", rej.RetryAfter)
+	}
+	// Without pods nothing is shed on arrival: it waits for one.
+	g.set(false, 0)
+	ctx2, cancel2 := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel2()
+	if _, err := f.Acquire(ctx2, get("standard"), 1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("standard request without pods: %v, want it to wait", err)
+	}
+}
+
+// Once the revision has pods, a request of a tier with a TTFT target waits
+// at most its budget (half the target) in the queue: 429, not the tier's
+// whole queue deadline.
+func TestFlowBudgetBoundsTheWait(t *testing.T) {
+	g := &capGate{ready: true, capacity: 0}
+	tr, _ := ParseTiers([]byte("tiers:\n- {name: critical, priority: 1, ttft: 40ms, maxQueueTime: 1h}\n"))
+	f := NewFlowController(tr, FlowLimits{}, g.gate, nil)
+	crit, _ := tr.Get("critical")
+	done := make(chan error, 1)
+	go func() { _, err := f.Acquire(context.Background(), crit, 1); done <- err }()
+	select {
+	case err := <-done:
+		var rej *RejectError
+		if !errors.As(err, &rej) || rej.Status != http.StatusTooManyRequests || rej.Kind != "queue_timeout" {
+			t.Fatalf("got %v, want a 429 at the budget", err)
+		}
+	case <-time.After(30 * time.Second): // a hang guard, not a threshold
+		t.Fatal("the request waited past its budget")
+	}
+}
+
+// A lower tier does not overtake a higher tier's waiting head, even where
+// its own gate is open: it would take the place the head waits for.
+func TestFlowLowerTierWaitsBehindHigher(t *testing.T) {
+	var mu sync.Mutex
+	criticalOpen := false
+	gate := func(tr Tier, _ int) (bool, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		return true, tr.Name != "critical" || criticalOpen
+	}
+	f := NewFlowController(DefaultTiers(), FlowLimits{}, gate, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	order := make(chan string, 2)
+	for i, name := range []string{"critical", "standard"} {
+		go func() {
+			if rel, err := f.Acquire(ctx, tier(t, name), 1); err == nil {
+				order <- name
+				rel()
+			}
+		}()
+		waitQueued(t, f, i+1)
+	}
+	f.Notify()
+	if st := f.Stats(); st.Queued["standard"] != 1 {
+		t.Fatalf("standard went past a waiting critical request: %+v", st)
+	}
+	mu.Lock()
+	criticalOpen = true
+	mu.Unlock()
+	f.Notify()
+	got := map[string]bool{<-order: true, <-order: true}
+	if !got["critical"] || !got["standard"] {
+		t.Fatalf("dispatched %v, want both", got)
+	}
+}
