@@ -584,14 +584,15 @@ func (s *Server) handleTokenize(w http.ResponseWriter, r *http.Request) {
 	var toks []uint32
 	switch {
 	case len(raw.Messages) > 0 && string(raw.Messages) != "null":
-		chatBody, _ := json.Marshal(map[string]json.RawMessage{"messages": raw.Messages})
-		req, err := DecodeChatRequest(chatBody)
+		// The chat's template inputs as /v1/chat/completions reads them
+		// (tools, chat_template_kwargs, add_generation_prompt,
+		// continue_final_message).
+		req, err := DecodeChatRequest(body)
 		if err != nil {
 			writeError(w, asError(err))
 			return
 		}
-		addGen := raw.AddGenerationPrompt == nil || *raw.AddGenerationPrompt
-		if toks, err = s.tok.ApplyChatTemplate(r.Context(), req.Messages, addGen); err != nil {
+		if toks, err = req.promptTokens(r.Context(), s.tok); err != nil {
 			writeError(w, badRequest("messages", "%v", err))
 			return
 		}

@@ -159,3 +159,50 @@ func TestTokenizerDir(t *testing.T) {
 		t.Fatalf("completion: %d %s, want %d prompt tokens", code, b, len(wantText))
 	}
 }
+
+// TestChatTemplateInputs: a tool-calling chat tokenizes in the simulator
+// (generation and /tokenize) as the native tokenizer renders it with the
+// same tools, tool calls and kwargs, as a vLLM would.
+func TestChatTemplateInputs(t *testing.T) {
+	// Qwen 3's template reads tools and tool calls (the Llama files the
+	// tests use carry Llama 3's plain template).
+	dir := filepath.Join(filepath.Dir(llamaTokenizer(t)), "..", "tokenizer-qwen3", "models")
+	nt, err := native.Load(dir, native.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startSim(t, vllmsim.Config{TokenizerDir: dir})
+	body := `{"model":"demo","max_tokens":1,"messages":[{"role":"user","content":"Weather?"},
+	  {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get","arguments":"{\"city\":\"Paris\"}"}}]},
+	  {"role":"tool","content":"21C","tool_call_id":"c1"}],
+	  "tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}],
+	  "chat_template_kwargs":{"date_string":"26 Jul 2024"}}`
+	msgs := []tokenizer.Message{{Role: "user", Content: "Weather?"},
+		{Role: "assistant", Extra: []tokenizer.Field{{Name: "tool_calls", Value: []byte(`[{"id":"c1","type":"function","function":{"name":"get","arguments":"{\"city\":\"Paris\"}"}}]`)}}},
+		{Role: "tool", Content: "21C", Extra: []tokenizer.Field{{Name: "tool_call_id", Value: []byte(`"c1"`)}}}}
+	want, err := nt.ApplyChat(context.Background(), msgs, tokenizer.ChatOptions{AddGenerationPrompt: true,
+		Tools: []byte(`[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}]`), Kwargs: []byte(`{"date_string":"26 Jul 2024"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare := []tokenizer.Message{{Role: "user", Content: "Weather?"}, {Role: "assistant"}, {Role: "tool", Content: "21C"}}
+	if plain, _ := nt.ApplyChatTemplate(context.Background(), bare, true); slices.Equal(plain, want) {
+		t.Fatal("the tool call changed nothing in the rendered chat")
+	}
+	code, b := post(t, s.url+"/v1/chat/completions", body)
+	var out struct {
+		Usage struct {
+			PromptTokens int `json:"prompt_tokens"`
+		} `json:"usage"`
+	}
+	if code != 200 || json.Unmarshal(b, &out) != nil || out.Usage.PromptTokens != len(want) {
+		t.Fatalf("chat: %d %s, want %d prompt tokens", code, b, len(want))
+	}
+	code, b = post(t, s.url+"/tokenize", body)
+	var tok struct {
+		Tokens []uint32 `json:"tokens"`
+	}
+	if code != 200 || json.Unmarshal(b, &tok) != nil || !slices.Equal(tok.Tokens, want) {
+		t.Fatalf("/tokenize: %d %s\nwant %v", code, b, want)
+	}
+}

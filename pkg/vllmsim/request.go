@@ -29,9 +29,12 @@ type Request struct {
 	PromptIsText bool
 	PromptTokens []uint32
 
-	// Messages and AddGenerationPrompt are a chat request's.
+	// Messages and AddGenerationPrompt are a chat request's; ChatOptions
+	// its other inputs to the chat template (tools,
+	// chat_template_kwargs, continue_final_message), as vLLM passes them.
 	Messages            []tokenizer.Message
 	AddGenerationPrompt bool
+	ChatOptions         tokenizer.ChatOptions
 
 	// MaxTokens is max_tokens (or, for chat, max_completion_tokens, which
 	// wins); 0 when not given.
@@ -121,13 +124,22 @@ type rawCompletion struct {
 type rawMessage struct {
 	Role    *string         `json:"role"`
 	Content json.RawMessage `json:"content"`
+	// What vLLM passes on to the chat template.
+	Name             json.RawMessage `json:"name"`
+	ToolCalls        json.RawMessage `json:"tool_calls"`
+	ToolCallID       json.RawMessage `json:"tool_call_id"`
+	Reasoning        json.RawMessage `json:"reasoning"`
+	ReasoningContent json.RawMessage `json:"reasoning_content"`
 }
 
 type rawChat struct {
 	rawCommon
-	Messages            []rawMessage `json:"messages"`
-	MaxCompletionTokens *int64       `json:"max_completion_tokens"`
-	AddGenerationPrompt *bool        `json:"add_generation_prompt"`
+	Messages             []rawMessage    `json:"messages"`
+	MaxCompletionTokens  *int64          `json:"max_completion_tokens"`
+	AddGenerationPrompt  *bool           `json:"add_generation_prompt"`
+	ContinueFinalMessage *bool           `json:"continue_final_message"`
+	Tools                json.RawMessage `json:"tools"`
+	ChatTemplateKwargs   json.RawMessage `json:"chat_template_kwargs"`
 }
 
 // DecodeCompletionRequest parses and validates a /v1/completions body. Fields
@@ -191,6 +203,21 @@ func DecodeChatRequest(body []byte) (*Request, error) {
 			return nil, err
 		}
 		r.Messages[i] = tokenizer.Message{Role: *m.Role, Content: text}
+		for _, f := range []struct {
+			name string
+			v    json.RawMessage
+		}{{"name", m.Name}, {"tool_calls", m.ToolCalls}, {"tool_call_id", m.ToolCallID}, {"reasoning", m.Reasoning}, {"reasoning_content", m.ReasoningContent}} {
+			if f.v != nil {
+				r.Messages[i].Extra = append(r.Messages[i].Extra, tokenizer.Field{Name: f.name, Value: f.v})
+			}
+		}
+	}
+	r.ChatOptions = tokenizer.ChatOptions{AddGenerationPrompt: r.AddGenerationPrompt, Tools: raw.Tools, Kwargs: raw.ChatTemplateKwargs}
+	if raw.ContinueFinalMessage != nil {
+		r.ChatOptions.ContinueFinalMessage = *raw.ContinueFinalMessage
+	}
+	if r.ChatOptions.AddGenerationPrompt && r.ChatOptions.ContinueFinalMessage {
+		return nil, badRequest("continue_final_message", "cannot set both continue_final_message and add_generation_prompt to true")
 	}
 	return r, nil
 }
@@ -511,7 +538,9 @@ func EncodeChatPrompt(dst []uint32, msgs []tokenizer.Message, addGenerationPromp
 func (r *Request) promptTokens(ctx context.Context, tok tokenizer.Tokenizer) ([]uint32, error) {
 	switch {
 	case r.Chat:
-		return tok.ApplyChatTemplate(ctx, r.Messages, r.AddGenerationPrompt)
+		opts := r.ChatOptions
+		opts.AddGenerationPrompt = r.AddGenerationPrompt
+		return tok.ApplyChat(ctx, r.Messages, opts)
 	case r.PromptIsText:
 		return tok.Encode(ctx, r.PromptText)
 	}

@@ -53,7 +53,8 @@ func TestDecodeChatRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Request{Chat: true, Model: "m", MaxTokens: 7, Messages: []tokenizer.Message{
-		{Role: "system", Content: "be brief"}, {Role: "user", Content: "a\nb"}, {Role: "assistant"}}}
+		{Role: "system", Content: "be brief"}, {Role: "user", Content: "a\nb"},
+		{Role: "assistant", Extra: []tokenizer.Field{{Name: "tool_calls", Value: []byte(`[]`)}}}}}
 	if !reflect.DeepEqual(*got, want) {
 		t.Fatalf("\n got %+v\nwant %+v", *got, want)
 	}
