@@ -79,6 +79,9 @@ type Config struct {
 
 	// KVEvents configures KV-event publishing, as vLLM's --kv-events-config.
 	KVEvents KVEventsConfig
+	// KVOffload configures offload to and restore from shared storage
+	// (llm-d.ai/kv-offload; kvoffload.go). Off by default.
+	KVOffload KVOffloadConfig
 
 	// EngineID identifies this engine in kv_transfer_params. Default: a
 	// random UUID, as vLLM's.

@@ -237,6 +237,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 		}
 	}
 
+	s.restoreFromStorage(r.Context(), &er)
 	s.mu.Lock()
 	s.reqs[id] = rs
 	err = s.eng.Add(s.simAt(arrival), er)

@@ -85,6 +85,7 @@ type Server struct {
 
 	metrics *metrics
 	pub     *kvPublisher
+	kvo     *offloader // nil without KV offload
 	// tok tokenizes prompts; detok decodes ids for /detokenize.
 	tok     tokenizer.Tokenizer
 	detok   func([]uint32) (string, error)
@@ -221,9 +222,13 @@ func New(cfg Config) (*Server, error) {
 	s.advPort.Store(int32(cfg.AdvertisePort))
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	s.metrics = newMetrics(&cfg, eng.NumBlocks(), ec.BlockSize)
+	if s.kvo, err = newOffloader(cfg, hashing, ec.BlockSize, ec.MaxNumBatchedTokens, eng.NumBlocks(), s.metrics.reg); err != nil {
+		return nil, fmt.Errorf("vllmsim: %w", err)
+	}
 	if cfg.KVEvents.Enable && cfg.KVEvents.Publisher == "zmq" {
 		s.pub, err = newKVPublisher(cfg.KVEvents, s.log)
 		if err != nil {
+			s.kvo.close()
 			return nil, fmt.Errorf("vllmsim: kv events: %w", err)
 		}
 	}
@@ -274,15 +279,21 @@ func (s *Server) Ready() bool {
 }
 
 // Run listens on Config.Host:Config.Port and serves until ctx is done, then
-// drains in-flight requests (up to Config.ShutdownTimeout) and closes the
-// server.
+// drains in-flight requests (up to Config.ShutdownTimeout), flushes its KV
+// to shared storage when it offloads (bounded by its deadline) and closes
+// the server.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.Close()
 	ln, err := net.Listen("tcp", net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port)))
 	if err != nil {
 		return fmt.Errorf("vllmsim: %w", err)
 	}
-	return s.Serve(ctx, ln)
+	err = s.Serve(ctx, ln)
+	if _, ferr := s.Flush(context.Background()); ferr != nil && err == nil {
+		// Reported and counted; the replica still exits.
+		s.log.Warn("kv offload: flush failed", "err", ferr)
+	}
+	return err
 }
 
 // Serve serves on ln until ctx is done, then shuts the HTTP server down
@@ -340,6 +351,7 @@ func (s *Server) Close() error {
 		if s.pub != nil {
 			s.pub.close()
 		}
+		s.kvo.close()
 	})
 	return nil
 }
