@@ -28,6 +28,8 @@ type localFlags struct {
 	podCommand        string
 	tokenizerDir      string
 	kvEventsBind      string
+	kvOffloadDir      string
+	kvPayloadScale    float64
 	grace, drain      time.Duration
 	startup           time.Duration
 	debugRouting      bool
@@ -101,6 +103,8 @@ a second Ctrl-C cuts the requests and kills the pods at once.`,
 	fl.DurationVar(&f.startupDelay, "sim-startup-delay", 0, "simulated pods' cold start (model loading; scaled by --sim-time-scale): /health fails until it passes")
 	fl.StringVar(&f.tokenizerDir, "tokenizer-dir", "", "folder of models' Hugging Face tokenizer files (org/name, models--org--name or name) the activator tokenizes with under llm-d.ai/tokenizer auto and native; empty: the estimate unless a Service names native:DIR")
 	fl.StringVar(&f.kvEventsBind, "kv-events-bind", "", "ZMQ endpoint (tcp://127.0.0.1:5557) where the activator collects KV events from publishers that connect (llm-d's direction), telling pods apart by their topic kv@<pod name, IP:port or IP>@<model>; a pod command with {kv_events_collector} gets a free loopback port without it")
+	fl.StringVar(&f.kvOffloadDir, "kv-offload-dir", local.DefaultKVOffloadDir(), "where simulated pods of revisions with llm-d.ai/kv-offload and no llm-d.ai/kv-offload-uri keep their offloaded KV")
+	fl.Float64Var(&f.kvPayloadScale, "kv-payload-scale", local.DefaultKVPayloadScale, "fraction of the modelled KV bytes simulated pods actually store per block, in (0, 1]; the model charges the full transfer time")
 	fl.StringVar(&f.podCommand, "pod-command", "", "run each pod as a process from this template instead of a simulator, e.g. 'vllm serve {model} --port {port} {args}' (placeholders above)")
 	fl.DurationVar(&f.grace, "grace-period", local.DefaultGracePeriod, "how long a stopping pod may drain before it is killed")
 	fl.DurationVar(&f.drain, "drain-timeout", local.DefaultDrainTimeout, "on shutdown, how long in-flight requests may take to finish")
@@ -159,7 +163,7 @@ func (f *localFlags) run(cmd *cobra.Command) error {
 		SimTimeScale: f.timeScale, SimStartupDelay: f.startupDelay, SimTokenizerDir: f.simTokenizer,
 		PodCommand: f.podCommand, GracePeriod: f.grace, DrainTimeout: f.drain, StartupTimeout: f.startup,
 		DebugRouting: f.debugRouting, Logger: log, PodOutput: cmd.ErrOrStderr(), TokenizerDir: f.tokenizerDir,
-		KVEventsBind: f.kvEventsBind,
+		KVEventsBind: f.kvEventsBind, KVOffloadDir: f.kvOffloadDir, KVPayloadScale: f.kvPayloadScale,
 		Autoscale: local.AutoscaleOptions{Disabled: f.noAutoscale, Tick: f.autoscaleTick, ScaleToZeroGracePeriod: f.scaleToZeroGrace,
 			StableWindow: f.stableWindow, ScaleDownDelay: f.scaleDownDelay, ColdStart: f.coldStart},
 	})

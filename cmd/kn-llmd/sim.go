@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
 )
@@ -34,6 +35,10 @@ type simFlags struct {
 	seed, hashSeed                uint64
 	hashAlgo, tokenizerDir        string
 	logLevel, schedulingPolicy    string
+	kvOffload, kvOffloadURI       string
+	kvOffloadMaxBytes             string
+	kvOffloadDeadline             time.Duration
+	kvPayloadScale                float64
 }
 
 func newSimCommand() *cobra.Command { return bindSimFlags(&simFlags{}) }
@@ -94,6 +99,11 @@ continuous batching, prefix caching, KV capacity and timing from a profile.
 	fl.StringVar(&f.advertiseHost, "advertise-host", os.Getenv("POD_IP"), "host a decode engine uses to reach this one in P/D (default: $POD_IP, else --host)")
 	fl.StringVar(&f.engineID, "engine-id", "", "engine id reported in kv_transfer_params (default: random)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.kvOffload, "kv-offload", "off", "llm-d.ai/kv-offload: off, on-scale-down or write-through (flush the most valuable KV blocks to --kv-offload-uri on SIGTERM, restore stored prefixes on demand)")
+	fl.StringVar(&f.kvOffloadURI, "kv-offload-uri", "", "KV offload storage: a directory or a file://, s3://, gs://, azblob:// URL (credentials from the drivers' usual environment)")
+	fl.StringVar(&f.kvOffloadMaxBytes, "kv-offload-max-bytes", "0", "bound on the modelled KV bytes a flush writes and storage keeps for this model (Kubernetes quantity, e.g. 200Gi; 0: unbounded)")
+	fl.DurationVar(&f.kvOffloadDeadline, "kv-offload-deadline", 30*time.Second, "bound on the flush at exit (wall time)")
+	fl.Float64Var(&f.kvPayloadScale, "kv-payload-scale", 1, "fraction of the modelled KV bytes actually stored per block, in (0, 1]; the model charges the full transfer time")
 	// vLLM flags the llmd-kn webhook injects into LLM revisions: accepted so
 	// that the simulator runs in their place unchanged. Prefix caching is
 	// always on in the simulator; the KV connector is checked to be JSON and
@@ -185,6 +195,14 @@ func (f *simFlags) config() (vllmsim.Config, error) {
 		TimeScale: f.timeScale, StreamChunkTokens: f.streamChunkTokens, StartupDelay: delay,
 		EngineID: f.engineID, AdvertiseHost: f.advertiseHost, Host: f.host, Port: f.port,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+	}
+	if f.kvOffload != "off" {
+		maxBytes, err := apis.ParseBytes(f.kvOffloadMaxBytes)
+		if err != nil {
+			return cfg, fmt.Errorf("--kv-offload-max-bytes: %w", err)
+		}
+		cfg.KVOffload = vllmsim.KVOffloadConfig{Mode: f.kvOffload, URI: f.kvOffloadURI, MaxBytes: maxBytes,
+			Deadline: f.kvOffloadDeadline, PayloadScale: f.kvPayloadScale}
 	}
 	if f.kvEventsConfig != "" {
 		kc, err := vllmsim.ParseKVEventsConfig(f.kvEventsConfig)

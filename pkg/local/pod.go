@@ -101,6 +101,23 @@ func (s *simRunner) stop(grace time.Duration, force <-chan struct{}) {
 		<-shut
 	}
 	<-s.done
+	// A pod that offloads its KV flushes it before it goes, within its
+	// deadline (llm-d.ai/kv-offload-deadline), unless forced to go now.
+	fctx, fcancel := context.WithCancel(context.Background())
+	flushed := make(chan struct{})
+	go func() {
+		defer close(flushed)
+		if _, err := s.srv.Flush(fctx); err != nil {
+			s.cfg.Logger.Warn("kv offload: flush failed", "err", err)
+		}
+	}()
+	select {
+	case <-flushed:
+	case <-force:
+		fcancel()
+		<-flushed
+	}
+	fcancel()
 	_ = s.srv.Close()
 }
 

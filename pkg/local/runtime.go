@@ -97,6 +97,11 @@ type Options struct {
 	// by their topic. A pod command that uses {kv_events_collector} gets
 	// one on a free loopback port when this is empty.
 	KVEventsBind string
+	// KVOffloadDir is the storage of revisions whose llm-d.ai/kv-offload
+	// names no URI (default DefaultKVOffloadDir()); KVPayloadScale shrinks
+	// the objects simulated pods store (default DefaultKVPayloadScale).
+	KVOffloadDir   string
+	KVPayloadScale float64
 }
 
 // PodCommandHelp documents the pod command template.
@@ -183,6 +188,15 @@ func New(opts Options) (*Runtime, error) {
 	}
 	if !(opts.SimTimeScale > 0) || opts.SimTimeScale > 1000 {
 		return nil, fmt.Errorf("local: sim time scale %v must be in (0, 1000]", opts.SimTimeScale)
+	}
+	if opts.KVOffloadDir == "" {
+		opts.KVOffloadDir = DefaultKVOffloadDir()
+	}
+	if opts.KVPayloadScale == 0 {
+		opts.KVPayloadScale = DefaultKVPayloadScale
+	}
+	if !(opts.KVPayloadScale > 0 && opts.KVPayloadScale <= 1) {
+		return nil, fmt.Errorf("local: kv payload scale %v must be in (0, 1]", opts.KVPayloadScale)
 	}
 	if opts.GracePeriod == 0 {
 		opts.GracePeriod = DefaultGracePeriod
@@ -307,6 +321,9 @@ func (r *Runtime) newRunner(svc *Service, name string, role router.Role) (runner
 		return nil, err
 	}
 	cfg.StartupDelay = r.opts.SimStartupDelay
+	if cfg.KVOffload, err = r.kvOffloadConfig(svc, erole); err != nil {
+		return nil, err
+	}
 	return newSimRunner(cfg), nil
 }
 

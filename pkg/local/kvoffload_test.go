@@ -1,0 +1,128 @@
+package local
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// podCounter reads one counter (summed over its series) from the only
+// ready pod of the first Service, through the status server.
+func podCounter(t *testing.T, rt *Runtime, name string) float64 {
+	t.Helper()
+	var st Status
+	getJSON(t, metricsURL(rt)+"/status.json", &st)
+	var url string
+	for _, r := range st.Services[0].Roles {
+		for _, p := range r.Pods {
+			if p.Phase == "ready" {
+				url = p.MetricsURL
+			}
+		}
+	}
+	if url == "" {
+		t.Fatalf("no ready pod: %+v", st.Services[0].Roles)
+	}
+	resp, err := http.Get(metricsURL(rt) + url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	mf, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v float64
+	if f := mf[name]; f != nil {
+		for _, m := range f.GetMetric() {
+			v += m.GetCounter().GetValue()
+		}
+	}
+	return v
+}
+
+func cachedTokens(t *testing.T, body string) (prompt, cached int) {
+	t.Helper()
+	var r struct {
+		Usage struct {
+			PromptTokens        int `json:"prompt_tokens"`
+			PromptTokensDetails struct {
+				CachedTokens int `json:"cached_tokens"`
+			} `json:"prompt_tokens_details"`
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		t.Fatalf("%v: %.200s", err, body)
+	}
+	return r.Usage.PromptTokens, r.Usage.PromptTokensDetails.CachedTokens
+}
+
+// TestKVOffloadAcrossScaleToZero is issue 12's local end-to-end check: a
+// revision that offloads (llm-d.ai/kv-offload, storage in the local
+// default directory) warms a long prefix, scales to zero, and the first
+// request after the cold start finds the prefix restored from storage
+// (cached_tokens > 0) at a modelled cost below its recomputation. The
+// comparison is of the simulator's modelled figures, not wall clock.
+func TestKVOffloadAcrossScaleToZero(t *testing.T) {
+	dir := t.TempDir()
+	rt := newRuntime(t, svcYAML("llm", `autoscaling.knative.dev/min-scale: "0"
+        llm-d.ai/kv-offload: on-scale-down
+        llm-d.ai/kv-offload-deadline: 20s`), func(o *Options) {
+		o.KVOffloadDir = dir
+		o.SimStartupDelay = 10 * time.Second
+		o.Autoscale.Disabled = true
+	})
+	key := rt.Services()[0].Key()
+	host := "llm.default.localhost"
+	prompt := strings.Repeat("You are a careful assistant for the support desk of a bank. ", 120)
+	for i := range 2 {
+		code, body := complete(t, rt.APIURL(), host, "demo", prompt, 4)
+		if code != http.StatusOK {
+			t.Fatalf("warm-up %d: %d %s", i, code, body)
+		}
+	}
+	scaleTo := func(n int) {
+		resp, err := http.Post(metricsURL(rt)+"/scale", "application/json",
+			strings.NewReader(fmt.Sprintf(`{"service":"llm","replicas":%d}`, n)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST /scale: %s", resp.Status)
+		}
+	}
+	scaleTo(0)
+	eventually(t, "scale to zero", func() bool {
+		return len(rt.scaler.podsOf(key)[RoleDecode]) == 0 && rt.act.Stats()[0].Pods == 0
+	})
+
+	// The first request after the cold start.
+	code, body := complete(t, rt.APIURL(), host, "demo", prompt, 4)
+	if code != http.StatusOK {
+		t.Fatalf("after scale from zero: %d %s", code, body)
+	}
+	promptTokens, cached := cachedTokens(t, body)
+	if cached == 0 || cached >= promptTokens {
+		t.Fatalf("first request after the cold start: %d of %d prompt tokens cached, want the restored prefix", cached, promptTokens)
+	}
+	if got := podCounter(t, rt, "llmd_kv_offload_restored_tokens_total"); int(got) != cached {
+		t.Fatalf("the new pod restored %v tokens, the answer reports %d cached", got, cached)
+	}
+	restore := podCounter(t, rt, "llmd_kv_offload_restore_modelled_seconds_total")
+	recompute := podCounter(t, rt, "llmd_kv_offload_recompute_modelled_seconds_total")
+	if !(restore > 0 && restore < recompute) {
+		t.Fatalf("modelled restore %.4fs, recompute %.4fs: want restore below recompute", restore, recompute)
+	}
+	t.Logf("restored %d of %d prompt tokens: modelled restore %.1f ms against %.1f ms of prefill",
+		cached, promptTokens, restore*1e3, recompute*1e3)
+}
