@@ -11,6 +11,9 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
 )
 
 // podCounter reads one counter (summed over its series) from the only
@@ -125,4 +128,28 @@ func TestKVOffloadAcrossScaleToZero(t *testing.T) {
 	}
 	t.Logf("restored %d of %d prompt tokens: modelled restore %.1f ms against %.1f ms of prefill",
 		cached, promptTokens, restore*1e3, recompute*1e3)
+}
+
+// The local sample offloads into the runtime's directory, and the
+// annotations reach the simulated pods' configuration.
+func TestKVOffloadLocalSample(t *testing.T) {
+	svcs, err := LoadFiles([]string{"../../config/samples/local/kv-offload.yaml"}, DefaultVocabulary())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := New(Options{Services: svcs, KVOffloadDir: "/var/tmp/kv", Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, err := rt.kvOffloadConfig(svcs[0], engine.RoleBoth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := vllmsim.KVOffloadConfig{Mode: "on-scale-down", URI: "/var/tmp/kv", MaxBytes: 64 << 30, Deadline: 30 * time.Second, PayloadScale: DefaultKVPayloadScale}
+	if kc != want {
+		t.Fatalf("pod config %+v, want %+v", kc, want)
+	}
+	if kc, _ := rt.kvOffloadConfig(svcs[0], engine.RoleDecode); kc.Enabled() {
+		t.Fatalf("a decode pod offloads: %+v", kc)
+	}
 }
