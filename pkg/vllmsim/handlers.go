@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 )
 
@@ -70,7 +68,7 @@ func (s *Server) routes() http.Handler {
 	rt.handle(http.MethodPost, "/tokenize", s.handleTokenize)
 	rt.handle(http.MethodPost, "/detokenize", s.handleDetokenize)
 	rt.handle(http.MethodPost, ReleasePath, s.handleRelease)
-	rt.handle(http.MethodGet, "/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}).ServeHTTP)
+	rt.handle(http.MethodGet, "/metrics", s.metrics.serveHTTP)
 	return rt
 }
 

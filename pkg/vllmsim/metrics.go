@@ -1,9 +1,15 @@
 package vllmsim
 
 import (
+	"bytes"
+	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 )
@@ -57,6 +63,70 @@ type metrics struct {
 	// last engine counters, to turn cumulative stats into counter deltas;
 	// touched only by the engine loop.
 	lastQueries, lastHits, lastPreempt int64
+
+	// gen counts changes: every writer calls changed after its writes,
+	// so a page rendered after reading gen holds at least those writes.
+	gen  atomic.Uint64
+	page struct {
+		sync.Mutex
+		gen    uint64
+		format expfmt.Format
+		body   []byte // never modified once rendered
+	}
+	prom http.Handler
+}
+
+// changed marks the metrics as changed since the last rendered page. Call
+// it after the writes, before anyone is told of them (a client reading
+// /metrics after its answer must find the answer counted).
+func (m *metrics) changed() { m.gen.Add(1) }
+
+// serveHTTP serves /metrics. The plain-text page, what routers and
+// activators ask for, is rendered only when a value changed since the last
+// one and sent in one write: an idle pod's page does not change, and with
+// hundreds of pods read every 50 ms, gathering and encoding each time was
+// most of an idle kn-llmd local's CPU. Other formats and compressed
+// answers go through promhttp.
+func (m *metrics) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	format := expfmt.Negotiate(r.Header)
+	if r.Header.Get("Accept-Encoding") != "" || format.FormatType() != expfmt.TypeTextPlain {
+		m.prom.ServeHTTP(w, r)
+		return
+	}
+	body, err := m.text(format)
+	if err != nil {
+		m.prom.ServeHTTP(w, r) // which reports the error as promhttp does
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", string(format))
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	_, _ = w.Write(body)
+}
+
+// text returns the text page, rendered again only if the metrics changed.
+func (m *metrics) text(format expfmt.Format) ([]byte, error) {
+	p := &m.page
+	p.Lock()
+	defer p.Unlock()
+	g := m.gen.Load()
+	if p.body != nil && p.gen == g && p.format == format {
+		return p.body, nil
+	}
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(p.body))
+	enc := expfmt.NewEncoder(&buf, format)
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			return nil, err
+		}
+	}
+	p.gen, p.format, p.body = g, format, buf.Bytes()
+	return p.body, nil
 }
 
 func newMetrics(cfg *Config, numBlocks int, blockSize int) *metrics {
@@ -139,6 +209,7 @@ func newMetrics(cfg *Config, numBlocks int, blockSize int) *metrics {
 	})
 	reg.MustRegister(kvBatches, kvDropped, releaseFailures)
 	m.kvBatches, m.kvBatchesDropped, m.releaseFailures = kvBatches, kvDropped, releaseFailures
+	m.prom = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	return m
 }
 

@@ -28,6 +28,7 @@ func (s *Server) startRelease(t releaseTarget) {
 		defer s.bg.Done()
 		if err := s.release(t); err != nil {
 			s.metrics.releaseFailures.Inc()
+			s.metrics.changed()
 			s.log.Warn("kv release notification failed", "remote", net.JoinHostPort(t.host, strconv.Itoa(t.port)),
 				"remote_request_id", t.requestID, "err", err)
 		}

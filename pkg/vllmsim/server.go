@@ -530,6 +530,7 @@ func (s *Server) afterStep(now time.Time, st *engine.Stats, stepTokens int) {
 			m.kvBatchesDropped.Inc()
 		}
 	}
+	m.changed()
 }
 
 func (s *Server) deliver(now time.Time, o *outRec) {
@@ -580,6 +581,7 @@ func (s *Server) deliver(now time.Time, o *outRec) {
 	}
 	wake := o.finished || (rs.stream && (o.first || len(rs.toks) >= rs.chunk))
 	rs.mu.Unlock()
+	m.changed() // before the handler can answer
 	if wake {
 		select {
 		case rs.notify <- struct{}{}:

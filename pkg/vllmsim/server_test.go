@@ -11,16 +11,20 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"google.golang.org/protobuf/testing/protocmp"
 
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/tokenizer"
@@ -261,9 +265,21 @@ func TestSeedIsDeterministic(t *testing.T) {
 	}
 }
 
+// plainClient reads /metrics as routers do: no compression, the page the
+// simulator caches between changes.
+var plainClient = &http.Client{Transport: &http.Transport{DisableCompression: true}}
+
+// gzipClient asks for a compressed page, which promhttp renders each time.
+var gzipClient = http.DefaultClient
+
 func scrape(t testing.TB, url string) map[string]*dto.MetricFamily {
 	t.Helper()
-	resp, err := http.Get(url + "/metrics")
+	return scrapeWith(t, plainClient, url)
+}
+
+func scrapeWith(t testing.TB, c *http.Client, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := c.Get(url + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,6 +388,54 @@ func TestMetricsMoveAsRequestsFlow(t *testing.T) {
 	}
 	if ttft := after["vllm:time_to_first_token_seconds"].GetMetric()[0].GetHistogram().GetSampleSum(); ttft <= 0 {
 		t.Errorf("TTFT sum %v", ttft)
+	}
+	// The cached plain page and promhttp's compressed one say the same.
+	if diff := cmp.Diff(scrapeWith(t, gzipClient, s.url), scrape(t, s.url), protocmp.Transform()); diff != "" {
+		t.Errorf("plain page differs from promhttp's (-gzip +plain):\n%s", diff)
+	}
+}
+
+// TestMetricsPageCountsEachAnswer reads the (cached) plain page right after
+// each answer: the answer must already be counted, as vLLM's is.
+func TestMetricsPageCountsEachAnswer(t *testing.T) {
+	s := startSim(t, vllmsim.Config{ServedModelNames: []string{"demo"}})
+	for i := 1; i <= 20; i++ {
+		body := fmt.Sprintf(`{"model":"demo","prompt":"count me %d","max_tokens":3,"ignore_eos":true,"stream":%v}`, i, i%2 == 0)
+		if code, b := post(t, s.url+"/v1/completions", body); code != 200 {
+			t.Fatalf("status %d: %s", code, b)
+		}
+		mf := scrape(t, s.url)
+		if got := value(t, mf, "vllm:request_success_total", "finished_reason", "length"); got != float64(i) {
+			t.Fatalf("after answer %d the page counts %v", i, got)
+		}
+		if got := value(t, mf, "vllm:generation_tokens_total"); got != float64(3*i) {
+			t.Fatalf("after answer %d the page counts %v generated tokens", i, got)
+		}
+	}
+}
+
+// TestIdleMetricsPageIsNotRenderedAgain checks that serving an unchanged
+// page allocates next to nothing (rendering it allocates hundreds of
+// objects): what keeps hundreds of idle simulated pods cheap to read.
+func TestIdleMetricsPageIsNotRenderedAgain(t *testing.T) {
+	s := startSim(t, vllmsim.Config{ServedModelNames: []string{"demo"}})
+	h := s.Handler()
+	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+	serve := func() *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	first := serve()
+	if first.Code != 200 || first.Header().Get("Content-Length") != strconv.Itoa(first.Body.Len()) ||
+		!strings.HasPrefix(first.Header().Get("Content-Type"), "text/plain; version=0.0.4") {
+		t.Fatalf("status %d, headers %v", first.Code, first.Header())
+	}
+	if again := serve(); again.Body.String() != first.Body.String() {
+		t.Fatal("an idle pod's page changed")
+	}
+	if allocs := testing.AllocsPerRun(20, func() { serve() }); allocs > 30 {
+		t.Fatalf("serving an unchanged page allocated %v objects per call: rendered again", allocs)
 	}
 }
 
