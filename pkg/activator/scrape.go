@@ -106,8 +106,21 @@ func ParseVLLMMetrics(r io.Reader) (PodMetrics, error) {
 // wanted reports whether a sample line is of a series the router reads,
 // before anything else of it is parsed.
 func wanted(line []byte) bool {
-	i := bytes.IndexAny(line, "{ \t")
-	if i < 0 {
+	// Most lines are histogram buckets (vllm:request_..., vllm:time_...,
+	// vllm:e2e_..., vllm:inter_..., vllm:iteration_...): one byte tells.
+	if len(line) < 6 {
+		return false
+	}
+	switch line[5] {
+	case 'n', 'k', 'g', 'p', 'c':
+	default:
+		return false
+	}
+	i := 0
+	for i < len(line) && line[i] != '{' && line[i] != ' ' && line[i] != '\t' {
+		i++
+	}
+	if i == len(line) {
 		return false
 	}
 	switch string(line[:i]) {
@@ -224,6 +237,9 @@ func NewScrapeClient() *http.Client {
 		MaxIdleConnsPerHost: 2,
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
+		// A vLLM page is 20-60 KB: read it in a syscall or two, not 4 KB
+		// at a time.
+		ReadBufferSize: 32 << 10,
 	}
 	return &http.Client{Transport: tr, Timeout: scrapeTimeout}
 }
