@@ -82,6 +82,6 @@ bench:
 ## (activator CPU against a bare reverse proxy, interleaved; request
 ## parsing; metrics parsing; simulator decoding; routing decisions).
 bench-datapath:
-	$(GO) test -run '^$$' -bench 'ParseRequest|ProxyCPU|ParseVLLMMetrics' -benchtime 20x -count 3 -benchmem ./pkg/activator
+	$(GO) test -run '^$$' -bench 'ParseRequest|ProxyCPU|ParseVLLMMetrics|ScrapeIdlePods' -benchtime 20x -count 3 -benchmem ./pkg/activator
 	$(GO) test -run '^$$' -bench 'DecodeCompletion32kIDs' -benchtime 50x -count 3 -benchmem ./pkg/vllmsim
 	$(GO) test -run '^$$' -bench 'Decide|Hash32k|Hash128k' -benchtime 200x -count 2 -benchmem ./pkg/router
