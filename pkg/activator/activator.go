@@ -719,15 +719,21 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 		err := rev.scheduler().Decide(&d, &rreq, eps)
 		m.DecisionTime.Observe(time.Since(t0).Seconds())
 		if err != nil {
-			lastErr = err
+			// Pods that timed out and left no other: 504, not 503.
+			if te := (*TimeoutError)(nil); !errors.As(lastErr, &te) {
+				lastErr = err
+			}
 			break
 		}
 		res, err := a.attempt(w, r, c, &d, eps, stripUsage)
 		if err == nil {
 			c.code = res.Code
+			rev.podOK(d.DecodeID)
 			a.account(rev, tier, &d, res)
 			return
 		}
+		var te *TimeoutError
+		timedOut := errors.As(err, &te)
 		var re *RetryableError
 		if !errors.As(err, &re) {
 			var started *StartedError
@@ -736,11 +742,19 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 				c.code = 499
 			case errors.As(err, &started):
 				c.code = http.StatusBadGateway
+				if timedOut {
+					c.code = http.StatusGatewayTimeout
+				}
+				rev.podFailed(d.DecodeID)
 				a.opts.Logger.Warn("request failed after the answer started", "revision", revName, "err", err)
 				rev.stats.record(requestDone{tier: tier.Name, failed: true, at: a.opts.Now()})
 				abortStarted(w, req.Stream, err)
 			default:
 				c.code = http.StatusBadGateway
+				if timedOut {
+					c.code = http.StatusGatewayTimeout
+					rev.podFailed(d.DecodeID)
+				}
 				writeError(w, c.code, errorType(c.code), fmt.Sprintf("revision %s: %v", revName, err))
 			}
 			rev.stats.record(requestDone{tier: tier.Name, failed: true, at: a.opts.Now()})
@@ -755,6 +769,9 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 			p.mu.Lock()
 			p.down = true
 			p.mu.Unlock()
+		}
+		if timedOut {
+			rev.podFailed(d.DecodeID)
 		}
 	}
 	if lastErr == nil {
@@ -845,7 +862,7 @@ func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, c *call, d *
 		w.Header().Set(RouteHeader, d.Explain(eps, 3))
 	}
 	filter := &usageFilter{ResponseWriter: w, streaming: req.Stream, strip: stripUsage, rewrite: d.Disaggregated, cached: prefilled}
-	err := a.opts.Proxy.forward(r.Context(), filter, r, decode.spec.URL, path, body, owner, obs)
+	err := a.opts.Proxy.forward(r.Context(), filter, r, decode.spec.URL, path, body, owner, obs, rev.config().Timeouts.or(c.tier.Timeouts()))
 	filter.close()
 	decode.inflight.Add(-1)
 	if !obs.seen {

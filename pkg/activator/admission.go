@@ -216,7 +216,7 @@ func (rev *revision) waits(dst []podWait, admitted int, t Tier) []podWait {
 			continue
 		}
 		p.mu.Lock()
-		up, m, slots := p.healthy && !p.down, p.metrics, p.slots
+		up, m, slots := p.routableLocked(now), p.metrics, p.slots
 		p.mu.Unlock()
 		if !up {
 			continue

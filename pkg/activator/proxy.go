@@ -67,28 +67,71 @@ type Observer interface {
 // anything is written returns a *RetryableError and writes nothing. Client
 // cancellation cancels the upstream request through ctx.
 func (p *Proxy) Forward(ctx context.Context, w http.ResponseWriter, in *http.Request, base, path string, body []byte, obs Observer) error {
-	return p.forward(ctx, w, in, base, path, body, nil, obs)
+	return p.forward(ctx, w, in, base, path, body, nil, obs, Timeouts{})
+}
+
+// TimeoutError is an upstream timeout (Kind: "total", "response start"
+// or "idle"); its status is 504 before the answer started.
+type TimeoutError struct {
+	Kind  string
+	After time.Duration
+}
+
+func (e *TimeoutError) Error() string {
+	return fmt.Sprintf("the endpoint exceeded the %s timeout of %v", e.Kind, e.After)
 }
 
 // forward is Forward with body held by owner (nil: not pooled), which the
-// transport keeps a reference to until it is done sending.
-func (p *Proxy) forward(ctx context.Context, w http.ResponseWriter, in *http.Request, base, path string, body []byte, owner *buffer, obs Observer) error {
+// transport keeps a reference to until it is done sending, under the
+// timeouts to: no response headers within to.ResponseStart is a
+// *RetryableError wrapping a *TimeoutError (nothing reached the client);
+// the whole request past to.Total, a *TimeoutError before the answer
+// started; after it, to.Total or a silence of to.Idle between reads is a
+// *StartedError wrapping a *TimeoutError.
+func (p *Proxy) forward(ctx context.Context, w http.ResponseWriter, in *http.Request, base, path string, body []byte, owner *buffer, obs Observer, to Timeouts) error {
+	uctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if to.Total > 0 {
+		var stop context.CancelFunc
+		uctx, stop = context.WithTimeoutCause(uctx, to.Total, &TimeoutError{Kind: "total", After: to.Total})
+		defer stop()
+	}
 	sent := newSentBody(body, owner)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, sent)
+	req, err := http.NewRequestWithContext(uctx, http.MethodPost, base+path, sent)
 	if err != nil {
 		_ = sent.Close()
 		return fmt.Errorf("build upstream request: %w", err)
 	}
 	req.Header = upstreamHeader(in.Header)
 	req.ContentLength = int64(len(body))
+	var start *time.Timer
+	if to.ResponseStart > 0 {
+		start = time.AfterFunc(to.ResponseStart, func() { cancel(&TimeoutError{Kind: "response start", After: to.ResponseStart}) })
+	}
 	resp, err := p.Client.Do(req)
-	if err != nil {
+	startFired := start != nil && !start.Stop()
+	if err != nil || startFired {
+		if err == nil {
+			resp.Body.Close()
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		var te *TimeoutError
+		if cause := context.Cause(uctx); errors.As(cause, &te) {
+			if te.Kind == "total" {
+				return te
+			}
+			return &RetryableError{Endpoint: base, Err: te}
 		}
 		return &RetryableError{Endpoint: base, Err: err}
 	}
 	defer resp.Body.Close()
+	if to.Idle > 0 {
+		idle := time.AfterFunc(to.Idle, func() { cancel(&TimeoutError{Kind: "idle", After: to.Idle}) })
+		defer idle.Stop()
+		resp.Body = &idleBody{ReadCloser: resp.Body, t: idle, d: to.Idle}
+	}
 	if resp.StatusCode == http.StatusServiceUnavailable {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return &RetryableError{Endpoint: base, Err: errors.New("503 Service Unavailable")}
@@ -148,9 +191,28 @@ func (p *Proxy) forward(ctx context.Context, w http.ResponseWriter, in *http.Req
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			var te *TimeoutError
+			if cause := context.Cause(uctx); errors.As(cause, &te) {
+				rerr = te
+			}
 			return &StartedError{Err: fmt.Errorf("read from endpoint %s after the response started: %w", base, rerr)}
 		}
 	}
+}
+
+// idleBody restarts its timer at each read that brings bytes.
+type idleBody struct {
+	io.ReadCloser
+	t *time.Timer
+	d time.Duration
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.t.Reset(b.d)
+	}
+	return n, err
 }
 
 // sseDone ends every OpenAI stream.

@@ -51,6 +51,39 @@ type RevisionConfig struct {
 	// zero: learned from the pods' /v1/models. Requests over it are
 	// refused before they count as load.
 	MaxModelLen int
+	// Timeouts are the revision's timeoutSeconds,
+	// responseStartTimeoutSeconds and idleTimeoutSeconds (zero: the
+	// tier's default), enforced by the activator as Knative's timeout
+	// handler does, since it calls the pods without queue-proxy.
+	Timeouts Timeouts
+}
+
+// Timeouts bound an upstream request (zero: none of this kind).
+type Timeouts struct {
+	// Total bounds the whole request (Knative's timeoutSeconds).
+	Total time.Duration
+	// ResponseStart bounds the wait for the pod's response headers
+	// (responseStartTimeoutSeconds): before it, the request is retried on
+	// another pod or answered 504.
+	ResponseStart time.Duration
+	// Idle bounds the time between two reads of the answer
+	// (idleTimeoutSeconds): after the first byte the answer is cut with an
+	// error event and an aborted response.
+	Idle time.Duration
+}
+
+// or returns t with its zero fields taken from d.
+func (t Timeouts) or(d Timeouts) Timeouts {
+	if t.Total <= 0 {
+		t.Total = d.Total
+	}
+	if t.ResponseStart <= 0 {
+		t.ResponseStart = d.ResponseStart
+	}
+	if t.Idle <= 0 {
+		t.Idle = d.Idle
+	}
+	return t
 }
 
 // PodSpec describes one pod of a revision.
@@ -74,6 +107,11 @@ type pod struct {
 	scrapedAt time.Time
 	healthy   bool
 	down      bool // the proxy could not reach it; cleared by a good scrape
+	// fails counts the pod's consecutive upstream failures (timeouts, a
+	// failure mid-answer); from ejectAfter on, it leaves routing until
+	// ejectedUntil (outlier detection).
+	fails        int
+	ejectedUntil time.Time
 	// slots is how many requests the pod runs at once: the most it ran
 	// once requests had waited (admission.go); 0 until then.
 	slots int
@@ -315,7 +353,7 @@ func (rev *revision) snapshot(dst []router.Endpoint, exclude map[string]bool) []
 		p.mu.Lock()
 		e := router.Endpoint{
 			ID: p.spec.Name, Address: p.spec.URL, Role: p.spec.Role,
-			Ready:   p.healthy && !p.down,
+			Ready:   p.routableLocked(now),
 			Stale:   now.Sub(p.scrapedAt) > stale,
 			Waiting: p.metrics.Waiting, Running: p.metrics.Running, KVUsage: p.metrics.KVUsage,
 			BlockSize: p.metrics.BlockSize, NumBlocks: p.metrics.NumBlocks,
@@ -327,6 +365,46 @@ func (rev *revision) snapshot(dst []router.Endpoint, exclude map[string]bool) []
 		dst = append(dst, e)
 	}
 	return dst
+}
+
+// Outlier detection, as Envoy's consecutive-errors ejection: a pod whose
+// requests time out or fail mid-answer ejectAfter times in a row leaves
+// routing for ejectBase, doubled at each ejection in a row, at most
+// ejectMax; an answer that completes resets it. Scrapes do not bring it
+// back earlier (a pod whose /metrics answers can still hang its requests).
+const (
+	ejectAfter = 2
+	ejectBase  = 5 * time.Second
+	ejectMax   = 5 * time.Minute
+)
+
+// podFailed records an upstream failure of pod name.
+func (rev *revision) podFailed(name string) {
+	p := rev.pod(name)
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fails++
+	if p.fails >= ejectAfter {
+		d := ejectBase << min(p.fails-ejectAfter, 10)
+		p.ejectedUntil = rev.a.opts.Now().Add(min(d, ejectMax))
+	}
+}
+
+// podOK records an answer of pod name that completed.
+func (rev *revision) podOK(name string) {
+	if p := rev.pod(name); p != nil {
+		p.mu.Lock()
+		p.fails = 0
+		p.mu.Unlock()
+	}
+}
+
+// routableLocked says whether the pod takes requests now (p.mu held).
+func (p *pod) routableLocked(now time.Time) bool {
+	return p.healthy && !p.down && !now.Before(p.ejectedUntil)
 }
 
 func (rev *revision) pod(name string) *pod {
@@ -375,7 +453,7 @@ func (rev *revision) gate(t Tier, admitted int) (ready, ok bool) {
 			continue
 		}
 		p.mu.Lock()
-		up := p.healthy && !p.down
+		up := p.routableLocked(now)
 		isStale := now.Sub(p.scrapedAt) > stale
 		m := p.metrics
 		p.mu.Unlock()
@@ -409,6 +487,10 @@ var errNoPod = errors.New("no ready endpoint")
 func statusFor(err error) int {
 	if errors.Is(err, router.ErrNoEndpoint) || errors.Is(err, errNoPod) {
 		return http.StatusServiceUnavailable
+	}
+	var te *TimeoutError
+	if errors.As(err, &te) {
+		return http.StatusGatewayTimeout
 	}
 	return http.StatusBadGateway
 }

@@ -33,6 +33,18 @@ type Tier struct {
 	// saturated) up to which requests of this tier are dispatched; above it
 	// they wait. 0 means no limit.
 	MaxSaturation float64 `json:"maxSaturation,omitempty"`
+	// Timeout, ResponseStartTimeout and IdleTimeout are the upstream
+	// timeouts of the tier's requests where the revision sets none
+	// (timeoutSeconds, responseStartTimeoutSeconds, idleTimeoutSeconds);
+	// 0: none.
+	Timeout              Duration `json:"timeout,omitempty"`
+	ResponseStartTimeout Duration `json:"responseStartTimeout,omitempty"`
+	IdleTimeout          Duration `json:"idleTimeout,omitempty"`
+}
+
+// Timeouts are the tier's default upstream timeouts.
+func (t Tier) Timeouts() Timeouts {
+	return Timeouts{Total: time.Duration(t.Timeout), ResponseStart: time.Duration(t.ResponseStartTimeout), Idle: time.Duration(t.IdleTimeout)}
 }
 
 // Duration is a time.Duration that reads and writes as "1.5s" in YAML/JSON.
@@ -69,22 +81,37 @@ type Tiers struct {
 // workload is "saturated" most of the time, and the held requests missed
 // their targets anyway), so critical and standard requests wait in the
 // engines' own queues, where priority scheduling orders them.
+//
+// The upstream timeouts apply where the revision sets none: an hour in all
+// (Knative's timeoutSeconds default here), the first byte (a non-streamed
+// answer's headers come with its end) within 10 minutes, and no silence
+// longer than 30 s (critical), 1 min or 2 min inside an answer: a pod that
+// stops answering cuts its streams instead of holding them.
 const DefaultTiersYAML = `tiers:
 - name: critical
   priority: 100
   ttft: 500ms
   tpot: 50ms
   maxQueueTime: 30s
+  timeout: 1h
+  responseStartTimeout: 10m
+  idleTimeout: 30s
 - name: standard
   priority: 50
   ttft: 2s
   tpot: 100ms
   maxQueueTime: 60s
+  timeout: 1h
+  responseStartTimeout: 10m
+  idleTimeout: 1m
 - name: batch
   priority: 0
   sheddable: true
   maxQueueTime: 10m
   maxSaturation: 0.8
+  timeout: 1h
+  responseStartTimeout: 10m
+  idleTimeout: 2m
 `
 
 // ParseTiers reads a tier table, rejecting bad entries with the field named.

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"knative.dev/serving/pkg/apis/serving"
@@ -88,7 +89,17 @@ func RevisionConfig(rev *servingv1.Revision, route *servingv1.Route, vocab apis.
 		Rates:              rates,
 		PriorityScheduling: len(policy) > 0 && policy[0] == "priority",
 		MaxModelLen:        maxLen,
+		Timeouts: activator.Timeouts{Total: seconds(rev.Spec.TimeoutSeconds),
+			ResponseStart: seconds(rev.Spec.ResponseStartTimeoutSeconds), Idle: seconds(rev.Spec.IdleTimeoutSeconds)},
 	}, nil
+}
+
+// seconds is a revision's timeout field as a duration (0: unset).
+func seconds(s *int64) time.Duration {
+	if s == nil || *s <= 0 {
+		return 0
+	}
+	return time.Duration(*s) * time.Second
 }
 
 // Tags are the traffic tags of route's status that route to revision, sorted.
