@@ -36,7 +36,7 @@ type simFlags struct {
 	hashAlgo, tokenizerDir        string
 	logLevel, schedulingPolicy    string
 	kvOffload, kvOffloadURI       string
-	kvOffloadMaxBytes             string
+	kvOffloadMaxBytes, kvPrefetch string
 	kvOffloadDeadline             time.Duration
 	kvPayloadScale                float64
 }
@@ -102,6 +102,7 @@ continuous batching, prefix caching, KV capacity and timing from a profile.
 	fl.StringVar(&f.kvOffload, "kv-offload", "off", "llm-d.ai/kv-offload: off, on-scale-down or write-through (flush the most valuable KV blocks to --kv-offload-uri on SIGTERM, restore stored prefixes on demand)")
 	fl.StringVar(&f.kvOffloadURI, "kv-offload-uri", "", "KV offload storage: a directory or a file://, s3://, gs://, azblob:// URL (credentials from the drivers' usual environment)")
 	fl.StringVar(&f.kvOffloadMaxBytes, "kv-offload-max-bytes", "0", "bound on the modelled KV bytes a flush writes and storage keeps for this model (Kubernetes quantity, e.g. 200Gi; 0: unbounded)")
+	fl.StringVar(&f.kvPrefetch, "kv-prefetch-bytes", "0", "modelled KV bytes of the hottest stored prefixes loaded into the GPU cache at start-up, before /health answers 200 (Kubernetes quantity; 0: restore on demand only)")
 	fl.DurationVar(&f.kvOffloadDeadline, "kv-offload-deadline", 30*time.Second, "bound on the flush at exit (wall time)")
 	fl.Float64Var(&f.kvPayloadScale, "kv-payload-scale", 1, "fraction of the modelled KV bytes actually stored per block, in (0, 1]; the model charges the full transfer time")
 	// vLLM flags the llmd-kn webhook injects into LLM revisions: accepted so
@@ -201,8 +202,12 @@ func (f *simFlags) config() (vllmsim.Config, error) {
 		if err != nil {
 			return cfg, fmt.Errorf("--kv-offload-max-bytes: %w", err)
 		}
+		prefetch, err := apis.ParseBytes(f.kvPrefetch)
+		if err != nil {
+			return cfg, fmt.Errorf("--kv-prefetch-bytes: %w", err)
+		}
 		cfg.KVOffload = vllmsim.KVOffloadConfig{Mode: f.kvOffload, URI: f.kvOffloadURI, MaxBytes: maxBytes,
-			Deadline: f.kvOffloadDeadline, PayloadScale: f.kvPayloadScale}
+			Deadline: f.kvOffloadDeadline, PayloadScale: f.kvPayloadScale, PrefetchBytes: prefetch}
 	}
 	if f.kvEventsConfig != "" {
 		kc, err := vllmsim.ParseKVEventsConfig(f.kvEventsConfig)

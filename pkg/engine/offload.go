@@ -23,3 +23,27 @@ func (e *Engine) IsCached(h uint64) bool {
 	_, ok := e.pool.cached[h]
 	return ok
 }
+
+// Preload puts blocks read back from storage into the prefix cache as
+// free, cached blocks, as a replica's prefetch at start-up does: a later
+// request finds them as ordinary prefix hits. hashes must list parents
+// before children. It takes only free blocks that hold no cached content
+// (it never evicts anything to make room), at most maxBlocks, and returns
+// how many it added. No KV event is published for
+// them: the engine does not know their tokens.
+func (e *Engine) Preload(hashes []uint64, maxBlocks int) int {
+	n := 0
+	for _, h := range hashes {
+		if n >= maxBlocks || e.pool.numFree == 0 || e.pool.hashed[e.pool.head] {
+			break
+		}
+		if _, ok := e.pool.cached[h]; ok {
+			continue
+		}
+		b := e.pool.alloc()
+		e.pool.store(b, h)
+		e.pool.release(b)
+		n++
+	}
+	return n
+}

@@ -44,6 +44,6 @@ func (r *Runtime) kvOffloadConfig(svc *Service, role engine.Role) (vllmsim.KVOff
 	}
 	return vllmsim.KVOffloadConfig{
 		Mode: k.Mode, URI: uri, MaxBytes: k.MaxBytes, Deadline: k.Deadline,
-		PayloadScale: r.opts.KVPayloadScale,
+		PayloadScale: r.opts.KVPayloadScale, PrefetchBytes: k.PrefetchBytes,
 	}, nil
 }

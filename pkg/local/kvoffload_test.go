@@ -145,7 +145,8 @@ func TestKVOffloadLocalSample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := vllmsim.KVOffloadConfig{Mode: "on-scale-down", URI: "/var/tmp/kv", MaxBytes: 64 << 30, Deadline: 30 * time.Second, PayloadScale: DefaultKVPayloadScale}
+	want := vllmsim.KVOffloadConfig{Mode: "on-scale-down", URI: "/var/tmp/kv", MaxBytes: 64 << 30, Deadline: 30 * time.Second,
+		PayloadScale: DefaultKVPayloadScale, PrefetchBytes: 4 << 30}
 	if kc != want {
 		t.Fatalf("pod config %+v, want %+v", kc, want)
 	}

@@ -8,6 +8,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +49,11 @@ type KVOffloadConfig struct {
 	// PayloadScale shrinks the bytes actually stored per block (the engine
 	// still charges the full transfer time): in (0, 1], default 1.
 	PayloadScale float64
+	// PrefetchBytes is how much of the hottest stored KV (modelled bytes)
+	// the pod loads into its GPU cache while it starts: /health answers
+	// 503 until the blocks are read and their modelled restore time has
+	// passed (0: restore on demand only).
+	PrefetchBytes int64
 }
 
 // Enabled reports whether the pod offloads.
@@ -64,8 +70,8 @@ func (c KVOffloadConfig) withDefaults() (KVOffloadConfig, error) {
 	if c.URI == "" {
 		return c, errors.New("kv offload: no storage URI")
 	}
-	if c.MaxBytes < 0 || c.Deadline < 0 {
-		return c, errors.New("kv offload: negative max bytes or deadline")
+	if c.MaxBytes < 0 || c.Deadline < 0 || c.PrefetchBytes < 0 {
+		return c, errors.New("kv offload: negative max bytes, prefetch bytes or deadline")
 	}
 	if c.Deadline == 0 {
 		c.Deadline = 30 * time.Second
@@ -116,6 +122,10 @@ type offloader struct {
 	payloadBytes int   // bytes stored per block object
 	maxTracked   int
 
+	// prefetchUntil is the wall time (UnixNano) before which the pod is
+	// not ready: -1 while the prefetch reads, 0 without one.
+	prefetchUntil atomic.Int64
+
 	mu           sync.Mutex
 	seen         map[uint64]*blockStat
 	manifest     *kvstore.Manifest
@@ -129,6 +139,7 @@ type offloadMetrics struct {
 	flushedBlocks, flushedBytes, writtenBytes prometheus.Counter
 	restoredBlocks, restoredTokens, readBytes prometheus.Counter
 	restoreSeconds, recomputeSeconds          prometheus.Counter
+	prefetchedBlocks                          prometheus.Counter
 	errors                                    *prometheus.CounterVec
 }
 
@@ -172,11 +183,13 @@ func newOffloader(cfg Config, chain kvblock.Chain, blockSize, maxBatch, numBlock
 		restoreSeconds: prometheus.NewCounter(prometheus.CounterOpts{Name: "llmd_kv_offload_restore_modelled_seconds_total", Help: "Modelled time of the restores (bytes / storage bandwidth + object latency), simulated seconds."}),
 		recomputeSeconds: prometheus.NewCounter(prometheus.CounterOpts{Name: "llmd_kv_offload_recompute_modelled_seconds_total",
 			Help: "Modelled prefill time the restored tokens would have cost, simulated seconds."}),
+		prefetchedBlocks: prometheus.NewCounter(prometheus.CounterOpts{Name: "llmd_kv_offload_prefetched_blocks_total",
+			Help: "KV blocks read from shared storage into the GPU cache at start-up (llm-d.ai/kv-prefetch-bytes)."}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "llmd_kv_offload_errors_total",
 			Help: "Storage failures by operation (flush, restore) and kind (unavailable, missing, corrupt, deadline)."}, []string{"op", "kind"}),
 	}
 	reg.MustRegister(o.m.flushedBlocks, o.m.flushedBytes, o.m.writtenBytes, o.m.restoredBlocks, o.m.restoredTokens,
-		o.m.readBytes, o.m.restoreSeconds, o.m.recomputeSeconds, o.m.errors)
+		o.m.readBytes, o.m.restoreSeconds, o.m.recomputeSeconds, o.m.prefetchedBlocks, o.m.errors)
 	return o, nil
 }
 
@@ -525,4 +538,80 @@ func (s *Server) restoreFromStorage(ctx context.Context, er *engine.Request) {
 		return s.eng.CachedPrefix(hs)
 	})
 	er.StoredTokens = p.storedTokens
+}
+
+// startPrefetch loads the hottest stored blocks (by value, whole chains,
+// within PrefetchBytes) into the GPU cache while the pod starts. The pod
+// is not ready until they are read and their modelled restore time has
+// passed; a storage failure only shortens what is prefetched.
+func (s *Server) startPrefetch() {
+	o := s.kvo
+	if o == nil || o.cfg.PrefetchBytes == 0 {
+		return
+	}
+	o.prefetchUntil.Store(-1)
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		ctx, cancel := context.WithTimeout(s.bgCtx, o.cfg.Deadline)
+		defer cancel()
+		n := s.prefetch(ctx)
+		until := s.wall0.Add(s.scaled(o.prof.RestoreTime(n * o.blockSize)))
+		o.prefetchUntil.Store(until.UnixNano())
+		s.log.Info("kv offload: prefetched", "blocks", n, "ready_after", until.Sub(s.wall0))
+	}()
+}
+
+// prefetch reads the chosen blocks and preloads those read intact (a
+// block whose parent failed is useless and skipped); it returns how many
+// the engine took.
+func (s *Server) prefetch(ctx context.Context) int {
+	o := s.kvo
+	m, err := o.store.LoadManifest(ctx, o.space)
+	if err != nil {
+		o.failed("prefetch", err)
+		return 0
+	}
+	sel := kvstore.SelectValuable(m.Blocks, o.cfg.PrefetchBytes, nil)
+	ok := make(map[string]bool, len(sel))
+	hashes := make([]uint64, 0, len(sel))
+	for _, id := range sel {
+		e := m.Blocks[id]
+		if e.Parent != "" && !ok[e.Parent] {
+			continue
+		}
+		k, err := kvstore.ParseBlockID(id)
+		if err != nil {
+			continue
+		}
+		data, err := o.store.GetBlock(ctx, o.space, k)
+		if err == nil && string(data) != string(o.payload(k)) {
+			err = fmt.Errorf("%w: block %s", errWrongPayload, id)
+		}
+		if err != nil {
+			o.failed("prefetch", err)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		o.m.readBytes.Add(float64(len(data)))
+		ok[id] = true
+		hashes = append(hashes, k)
+	}
+	s.mu.Lock()
+	n := s.eng.Preload(hashes, len(hashes))
+	s.mu.Unlock()
+	o.m.prefetchedBlocks.Add(float64(n))
+	return n
+}
+
+// prefetchDone reports whether a start-up prefetch no longer holds the
+// pod back.
+func (s *Server) prefetchDone(now time.Time) bool {
+	if s.kvo == nil {
+		return true
+	}
+	u := s.kvo.prefetchUntil.Load()
+	return u == 0 || u > 0 && now.UnixNano() >= u
 }

@@ -351,3 +351,38 @@ func TestKVOffloadConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestKVOffloadPrefetch: a replica with kv-prefetch-bytes loads the hottest
+// stored chain into its GPU cache before it is ready, within the budget,
+// so the first request finds it as ordinary prefix hits.
+func TestKVOffloadPrefetch(t *testing.T) {
+	dir := t.TempDir()
+	res := warmAndFlush(t, dir)
+	const block = 16 * 128 << 10
+	for _, tc := range []struct {
+		name   string
+		budget int64
+		want   int
+	}{
+		{"all of it", 1 << 40, res.Written},
+		{"within the budget", 10 * block, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := offloadSim(t, dir, func(c *vllmsim.KVOffloadConfig) { c.PrefetchBytes = tc.budget })
+			eventually(t, "ready after the prefetch", b.Ready)
+			if got := valueOr0(t, b, "llmd_kv_offload_prefetched_blocks_total"); int(got) != tc.want {
+				t.Fatalf("prefetched %v blocks, want %d", got, tc.want)
+			}
+			if _, cached := completeCached(t, b, offloadPrompt); cached != res.Written*16 {
+				t.Fatalf("cached %d, want %d", cached, res.Written*16)
+			}
+			st := b.Stats()
+			if st.PrefixHits != int64(tc.want*16) {
+				t.Fatalf("GPU prefix hits %d, want the %d prefetched blocks", st.PrefixHits, tc.want)
+			}
+			if got := valueOr0(t, b, "llmd_kv_offload_restored_tokens_total"); int(got) != (res.Written-tc.want)*16 {
+				t.Fatalf("restored on demand %v tokens, want the %d blocks not prefetched", got, res.Written-tc.want)
+			}
+		})
+	}
+}

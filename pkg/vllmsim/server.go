@@ -233,6 +233,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.handler = s.routes()
+	s.startPrefetch()
 	go s.loop()
 	s.log.Info("vLLM simulator started",
 		"model", cfg.Model, "served_model_names", cfg.ServedModelNames, "profile", cfg.Profile.Name,
@@ -271,7 +272,7 @@ func (s *Server) Ready() bool {
 	if s.ready.Load() {
 		return true
 	}
-	if !time.Now().Before(s.readyAt) {
+	if now := time.Now(); !now.Before(s.readyAt) && s.prefetchDone(now) {
 		s.ready.Store(true)
 		return true
 	}
