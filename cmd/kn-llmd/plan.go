@@ -125,6 +125,8 @@ TTFT, TPOT and both; latencies at --slo-percentile; GPU-seconds; cold starts;
 scale events) besides the usual report:
   fixed        --engines replicas throughout
   slo          the SLO decider, --min-engines..--engines
+  slo-forecast the same with its arrival forecast (Holt's linear trend,
+               over the cold start and a tick)
   kpa          Knative's KPA decider (knative.dev/serving/pkg/autoscaler/scaling)
                fed the activator's concurrency, once per --kpa-target
   static-peak  the fewest fixed replicas (up to --engines) reaching
@@ -435,7 +437,7 @@ func (f *planFlags) job(cmd *cobra.Command) (*planJob, error) {
 		return nil, err
 	}
 	compare := len(policies) > 1 || (policies[0] != "fixed" && policies[0] != "slo")
-	autoscaled := slices.Contains(policies, "slo") || slices.Contains(policies, "kpa")
+	autoscaled := slices.Contains(policies, "slo") || slices.Contains(policies, "slo-forecast") || slices.Contains(policies, "kpa")
 	if !autoscaled {
 		for _, n := range []string{"min-engines", "startup-delay", "scale-to-zero-grace", "panic-threshold", "scale-down-delay"} {
 			if changed(n) {

@@ -189,7 +189,7 @@ func TestPlanSLOAutoscalerReportsReplicaSeconds(t *testing.T) {
 func TestPlanComparesAutoscalers(t *testing.T) {
 	dir := t.TempDir()
 	out, err := runPlan(t, "--dataset", "shared-prefix", "--rate", "6", "--max-requests", "40", "--routing", "least-request",
-		"--autoscaler", "fixed,slo,kpa,static-peak,lower-bound,clairvoyant", "--kpa-target", "4,16", "--engines", "3", "--startup-delay", "2s",
+		"--autoscaler", "fixed,slo,slo-forecast,kpa,static-peak,lower-bound,clairvoyant", "--kpa-target", "4,16", "--engines", "3", "--startup-delay", "2s",
 		"--slo-ttft", "5s", "--slo-tpot", "100ms", "--target-attainment", "0.9", "--out", dir)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
@@ -208,7 +208,7 @@ func TestPlanComparesAutoscalers(t *testing.T) {
 		names = append(names, p.Policy)
 		gpu[p.Policy] = p.GPUSeconds
 	}
-	if want := "fixed,slo,kpa-4,kpa-16,static-peak,instant-bound,clairvoyant"; strings.Join(names, ",") != want {
+	if want := "fixed,slo,slo-forecast,kpa-4,kpa-16,static-peak,instant-bound,clairvoyant"; strings.Join(names, ",") != want {
 		t.Fatalf("policies %v, want %s", names, want)
 	}
 	// The bound is in the load functions' terms (pkg/plan tests it against
@@ -233,8 +233,8 @@ func TestPlanComparesAutoscalers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(sum.Runs) != 6 {
-		t.Errorf("%d runs in the report, want 6 (the instant bound is no run; the clairvoyant one is replayed)", len(sum.Runs))
+	if len(sum.Runs) != 7 {
+		t.Errorf("%d runs in the report, want 7 (the instant bound is no run; the clairvoyant one is replayed)", len(sum.Runs))
 	}
 }
 

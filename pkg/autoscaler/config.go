@@ -99,6 +99,10 @@ type Config struct {
 	// q_p(N)/N, N the mean arrivals in ColdStart and q_p its p-quantile
 	// (BurstHeadroom). 0 plans for the mean (Knative's way).
 	ColdStart time.Duration `json:"coldStart,omitempty"`
+	// Forecast provisions for the arrival rate forecast at ColdStart plus
+	// a tick ahead when it is larger than now's (forecast.go); off by
+	// default.
+	Forecast Forecast `json:"forecast,omitempty"`
 
 	// BatchMaxReplicas is llm-d.ai/batch-max-replicas: the most replicas
 	// batch-tier work alone may keep or wake (0: batch work never scales
@@ -181,6 +185,7 @@ func (c *Config) Validate() error {
 	if c.ColdStart < 0 {
 		bad("coldStart", "must not be negative, got %v", c.ColdStart)
 	}
+	c.Forecast.validate(bad)
 	if c.ScaleToZeroGracePeriod < 0 {
 		bad("scaleToZeroGracePeriod", "must not be negative, got %v", c.ScaleToZeroGracePeriod)
 	}

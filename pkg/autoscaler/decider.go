@@ -99,6 +99,8 @@ type Decider struct {
 	roles [2]roleState
 	// Last known mean request shape; ctx 0 means prompt + output/2.
 	prompt, cached, output, ctx float64
+	// fc is the arrival forecast's state (Config.Forecast).
+	fc forecaster
 }
 
 // New returns a decider for a revision served with profile prof.
@@ -206,6 +208,20 @@ func (d *Decider) Scale(now time.Time, in Input) Recommendation {
 	arrived := need{}
 	if a := l.Arrivals(); a > 0 || l.ArrivedPromptTokensPerSecond > 0 {
 		arrived = needOf(l.ArrivedPromptTokensPerSecond*uncachedPerReq/max(d.prompt, 1), a*d.output)
+	}
+
+	// With a forecast, the arrivals expected when a replica asked for now
+	// could serve, where more than now's (forecast.go).
+	if d.cfg.Forecast.Enabled() {
+		rate := max(l.Arrivals(), l.Requests())
+		prompt := l.ArrivedPromptTokensPerSecond
+		if prompt <= 0 {
+			prompt = rate * d.prompt
+		}
+		r, p := d.fc.ahead(now, rate, prompt, d.cfg.Forecast, d.cfg.forecastHorizon())
+		f := needOf(p*uncachedPerReq/max(d.prompt, 1), r*d.output)
+		arrived = need{prefill: max(arrived.prefill, f.prefill), decode: max(arrived.decode, f.decode),
+			interference: max(arrived.interference, f.interference)}
 	}
 
 	// At the SLO percentile, the load that may arrive while a replica

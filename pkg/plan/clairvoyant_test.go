@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
 	"github.com/llmd-kn/llmd-kn/pkg/bench"
 	"github.com/llmd-kn/llmd-kn/pkg/workload"
 )
@@ -138,6 +139,13 @@ func TestClairvoyantBoundIsBelowEveryPolicy(t *testing.T) {
 			}
 			policies["slo-p"+string(rune('0'+int(pct)/10))+string(rune('0'+int(pct)%10))] = auto(sc)
 		}
+		fc := a
+		fc.SLO.Percentile, fc.ColdStart, fc.Forecast = 90, sloStartup, autoscaler.DefaultForecast()
+		sc, err := NewSLOScaler(fc, base.Profile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		policies["slo-forecast"] = auto(sc)
 		for _, target := range []float64{2, 16} {
 			kpa, err := NewKPAScaler(KPAConfig{Target: target, MaxScale: sloMax, ScaleToZeroGrace: sloGrace})
 			if err != nil {

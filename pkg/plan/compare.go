@@ -19,8 +19,11 @@ import (
 // Autoscaling comparison policies, in report order. InstantBound was
 // called lower-bound; the old name is still accepted.
 const (
-	PolicyFixed        = "fixed"
-	PolicySLO          = "slo"
+	PolicyFixed = "fixed"
+	PolicySLO   = "slo"
+	// PolicySLOForecast is the SLO decider with the arrival forecast
+	// (autoscaler.DefaultForecast).
+	PolicySLOForecast  = "slo-forecast"
 	PolicyKPA          = "kpa"
 	PolicyStaticPeak   = "static-peak"
 	PolicyInstantBound = "instant-bound"
@@ -29,7 +32,7 @@ const (
 )
 
 // ComparePolicies lists the policies a comparison takes.
-var ComparePolicies = []string{PolicyFixed, PolicySLO, PolicyKPA, PolicyStaticPeak, PolicyInstantBound, PolicyClairvoyant}
+var ComparePolicies = []string{PolicyFixed, PolicySLO, PolicySLOForecast, PolicyKPA, PolicyStaticPeak, PolicyInstantBound, PolicyClairvoyant}
 
 // CanonicalPolicy maps an accepted policy name to its canonical one ("" if
 // unknown).
@@ -138,6 +141,20 @@ func (c *Comparison) Run(ctx context.Context, base Config, w *workload.Workload,
 				return err
 			}
 			_, pr, err := runOne(PolicySLO, "SLO decider, "+apis.AutoscalerClass, autoscaled(sc))
+			if err != nil {
+				return err
+			}
+			rep.Policies = append(rep.Policies, pr)
+		case PolicySLOForecast:
+			a := c.SLO
+			a.Forecast = autoscaler.DefaultForecast()
+			sc, err := NewSLOScaler(a, base.Profile)
+			if err != nil {
+				return err
+			}
+			detail := fmt.Sprintf("SLO decider with the arrival forecast (Holt, level %g, trend %g, %s ahead)",
+				a.Forecast.Level, a.Forecast.Trend, a.ColdStart+a.TickInterval)
+			_, pr, err := runOne(PolicySLOForecast, detail, autoscaled(sc))
 			if err != nil {
 				return err
 			}

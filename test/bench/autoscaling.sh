@@ -48,6 +48,8 @@ YAML
 
 common=(--routing default --profile llama-3.1-8b-h100 --startup-delay 10s --scale-to-zero-grace 30s
   --slo-ttft 2s --slo-tpot 100ms --slo-percentile 90 --lower-bound-window 10s)
+# slo-forecast is the SLO decider with its arrival forecast (Holt's linear
+# trend over the cold start and a tick; autoscaler.DefaultForecast).
 # Knative's defaults (panic at 200 %, no scale-down delay) and a tuned
 # setting (panic at 500 %, 60 s scale-down delay), the same for both
 # autoscalers.
@@ -66,15 +68,15 @@ plan() { # NAME WORKLOAD ARGS...
 # Azure: at most 8 replicas; static peak at 99 %.
 plan azure-default azure-code --engines 8 --autoscaler fixed,slo,kpa,static-peak,instant-bound,clairvoyant \
   --kpa-target 2,4,8,16,32 --target-attainment 0.99
-plan azure-tuned azure-code --engines 8 --autoscaler slo,kpa,instant-bound,clairvoyant --kpa-target 2,4,8,16,32 "${tuned[@]}"
+plan azure-tuned azure-code --engines 8 --autoscaler slo,slo-forecast,kpa,instant-bound,clairvoyant --kpa-target 2,4,8,16,32 "${tuned[@]}"
 # The cost of scale to zero, separated: the autoscalers never go below 1
 # replica, or wait 5 minutes without traffic before going to zero.
-plan azure-min1 azure-code --engines 8 --min-engines 1 --autoscaler slo,kpa,instant-bound,clairvoyant --kpa-target 2,8,32 "${tuned[@]}"
+plan azure-min1 azure-code --engines 8 --min-engines 1 --autoscaler slo,slo-forecast,kpa,instant-bound,clairvoyant --kpa-target 2,8,32 "${tuned[@]}"
 plan azure-grace5m azure-code --engines 8 --autoscaler slo,kpa,instant-bound,clairvoyant --kpa-target 2,8,32 "${tuned[@]}" --scale-to-zero-grace 5m
 # Faster cold starts (a KV-offload restore, vLLM sleep mode or weight
 # streaming: 2 s instead of 10 s), with scale to zero and with one replica
 # kept.
-plan azure-start2s azure-code --engines 8 --autoscaler slo,kpa,instant-bound,clairvoyant --kpa-target 2,8,32 "${tuned[@]}" --startup-delay 2s
+plan azure-start2s azure-code --engines 8 --autoscaler slo,slo-forecast,kpa,instant-bound,clairvoyant --kpa-target 2,8,32 "${tuned[@]}" --startup-delay 2s
 plan azure-min1-start2s azure-code --engines 8 --min-engines 1 --autoscaler slo,kpa,instant-bound,clairvoyant --kpa-target 2,8,32 "${tuned[@]}" --startup-delay 2s
 # Issue #16's starting point: vLLM's default budget of 8,192 tokens.
 plan azure-min1-budget8192 azure-code --engines 8 --min-engines 1 --autoscaler slo,kpa,instant-bound,clairvoyant --kpa-target 2,8,32 "${tuned[@]}" --max-num-batched-tokens 8192
@@ -89,7 +91,7 @@ plan azure-p99-min1 azure-code --engines 8 --min-engines 1 --autoscaler slo,inst
 # a 2 s TTFT (16 fixed replicas reach 0.949), so static peak aims at 0.94.
 plan mooncake-default mooncake --engines 16 --autoscaler fixed,slo,kpa,static-peak,instant-bound,clairvoyant \
   --kpa-target 1,1.5,2,4,8 --target-attainment 0.94
-plan mooncake-tuned mooncake --engines 16 --autoscaler slo,kpa,instant-bound,clairvoyant --kpa-target 1,1.5,2,4,8 "${tuned[@]}"
+plan mooncake-tuned mooncake --engines 16 --autoscaler slo,slo-forecast,kpa,instant-bound,clairvoyant --kpa-target 1,1.5,2,4,8 "${tuned[@]}"
 plan mooncake-min2 mooncake --engines 16 --min-engines 2 --autoscaler slo,kpa,instant-bound,clairvoyant --kpa-target 1,2,4 "${tuned[@]}"
-plan mooncake-start2s mooncake --engines 16 --autoscaler slo,kpa,instant-bound,clairvoyant --kpa-target 1,2,4 "${tuned[@]}" --startup-delay 2s
+plan mooncake-start2s mooncake --engines 16 --autoscaler slo,slo-forecast,kpa,instant-bound,clairvoyant --kpa-target 1,2,4 "${tuned[@]}" --startup-delay 2s
 plan mooncake-budget8192 mooncake --engines 16 --autoscaler slo,kpa,instant-bound,clairvoyant --kpa-target 1,2,4 "${tuned[@]}" --max-num-batched-tokens 8192
