@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -87,20 +86,6 @@ func TestPlanRejectsBadFlags(t *testing.T) {
 	}
 }
 
-func TestParseCounts(t *testing.T) {
-	for in, want := range map[string]string{"1..4": "[1 2 3 4]", "2..10:4": "[2 6 10]", "8,2,4,4": "[2 4 8]", "3": "[3]"} {
-		got, err := parseCounts(in, 1)
-		if err != nil || fmt.Sprint(got) != want {
-			t.Errorf("parseCounts(%q) = %v, %v; want %s", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{"", "a..b", "1..", "1..4:0", "x", "1,,2", "0..3"} {
-		if _, err := parseCounts(bad, 1); err == nil {
-			t.Errorf("parseCounts(%q) accepted", bad)
-		}
-	}
-}
-
 func TestPlanWritesAComparisonReport(t *testing.T) {
 	dir := t.TempDir()
 	out, err := runPlan(t, "--dataset", "shared-prefix", "--rate", "4", "--max-requests", "12", "--engines", "2",
@@ -176,7 +161,7 @@ func TestPlanSLOAutoscalerReportsReplicaSeconds(t *testing.T) {
 	if !strings.Contains(out, "replica-seconds") {
 		t.Errorf("output lacks replica-seconds:\n%s", out)
 	}
-	csv, err := os.ReadFile(filepath.Join(dir, replicasCSV))
+	csv, err := os.ReadFile(filepath.Join(dir, plan.ReplicasCSV))
 	if err != nil {
 		t.Fatal(err)
 	}
