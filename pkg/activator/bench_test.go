@@ -127,12 +127,12 @@ func BenchmarkProxyCPU(b *testing.B) {
 		name string
 		body []byte
 	}{{"short", short}, {"shortStream", shortStream}, {"ids32kStream", bodies["ids32k"]}}
-	pod := httptest.NewServer(cannedPod(16))
+	pod := httptest.NewServer(idleCannedPod(16))
 	defer pod.Close()
 	u, _ := url.Parse(pod.URL)
 	bare := httptest.NewServer(&httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u) }, FlushInterval: -1})
 	defer bare.Close()
-	act, err := New(Options{ScrapeInterval: time.Hour, StaleAfter: 24 * time.Hour})
+	act, err := New(Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

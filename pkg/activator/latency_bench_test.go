@@ -26,18 +26,7 @@ import (
 func BenchmarkAddedLatency(b *testing.B) {
 	const rate, round = 500, 250 // requests per second, per round
 	body := []byte(`{"model":"demo","prompt":"Say hello to the world in a few words.","max_tokens":16,"stream":false}`)
-	// An idle pod's page, read every 50 ms (the default), so that the
-	// flow control sees room: the point is the proxy path, not admission.
-	idlePage := strings.Replace(vllmPage, `vllm:num_requests_waiting{engine="0",model_name="m"} 7.0`,
-		`vllm:num_requests_waiting{engine="0",model_name="m"} 0.0`, 1)
-	canned := cannedPod(16)
-	pod := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/metrics" {
-			_, _ = io.WriteString(w, idlePage)
-			return
-		}
-		canned.ServeHTTP(w, r)
-	}))
+	pod := httptest.NewServer(idleCannedPod(16))
 	defer pod.Close()
 	u, _ := url.Parse(pod.URL)
 	bare := httptest.NewServer(&httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u) }, FlushInterval: -1})
@@ -111,4 +100,20 @@ func BenchmarkAddedLatency(b *testing.B) {
 	}
 	b.ReportMetric(pct(lat[2], 0.5)-pct(lat[1], 0.5), "act-bare-p50-ms")
 	b.ReportMetric(pct(lat[2], 0.99)-pct(lat[1], 0.99), "act-bare-p99-ms")
+}
+
+// idleCannedPod is cannedPod with an idle pod's metrics page (nothing
+// waiting), for benchmarks that read it every 50 ms (the default) so that
+// admission sees room: they measure the proxy path, not admission.
+func idleCannedPod(events int) http.Handler {
+	page := strings.Replace(vllmPage, `vllm:num_requests_waiting{engine="0",model_name="m"} 7.0`,
+		`vllm:num_requests_waiting{engine="0",model_name="m"} 0.0`, 1)
+	canned := cannedPod(events)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			_, _ = io.WriteString(w, page)
+			return
+		}
+		canned.ServeHTTP(w, r)
+	})
 }
