@@ -85,3 +85,4 @@ bench-datapath:
 	$(GO) test -run '^$$' -bench 'ParseRequest|ProxyCPU|ParseVLLMMetrics|ScrapeIdlePods' -benchtime 20x -count 3 -benchmem ./pkg/activator
 	$(GO) test -run '^$$' -bench 'DecodeCompletion32kIDs' -benchtime 50x -count 3 -benchmem ./pkg/vllmsim
 	$(GO) test -run '^$$' -bench 'Decide|Hash32k|Hash128k' -benchtime 200x -count 2 -benchmem ./pkg/router
+	$(GO) test -run '^$$' -bench 'AddedLatency' -benchtime 6x -count 3 ./pkg/activator
