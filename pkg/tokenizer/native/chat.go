@@ -56,7 +56,7 @@ func (t *Tokenizer) loadConfig(configJSON []byte, override string) error {
 		t.chatErr = errors.New("the tokenizer has no chat template")
 		return nil
 	}
-	tmpl, err := compileTemplate(src)
+	tmpl, err := compileTemplate(rewriteIndentedTojson(src))
 	if err != nil {
 		t.chatErr = fmt.Errorf("chat template: %w", err)
 		return nil

@@ -37,6 +37,7 @@ func (t *Tokenizer) templateVars(msgs []tokenizer.Message, opts tokenizer.ChatOp
 		}
 		list[i] = m
 	}
+	vars[tojsonFunc] = tojsonCallable
 	vars["messages"] = jinja.NewList(list)
 	vars["add_generation_prompt"] = jinja.NewBool(opts.AddGenerationPrompt)
 	vars["continue_final_message"] = jinja.NewBool(opts.ContinueFinalMessage)

