@@ -62,6 +62,9 @@ type FlowController struct {
 	// when its queue has been non-empty.
 	lastDispatch map[string]time.Time
 	since        map[string]time.Time
+	// dispatched counts each tier's dispatches: while its queue is
+	// backlogged, the rate at which it drains (what higher tiers leave).
+	dispatched map[string]*rateMeter
 }
 
 type waiter struct {
@@ -84,9 +87,10 @@ func NewFlowController(tiers *Tiers, limits FlowLimits, gate Gate, poke func()) 
 	}
 	f := &FlowController{gate: gate, limits: limits, tiers: tiers.Names(), poke: poke, queues: map[string]*list.List{},
 		drain: func() float64 { return 0 }, now: time.Now,
-		lastDispatch: map[string]time.Time{}, since: map[string]time.Time{}}
+		lastDispatch: map[string]time.Time{}, since: map[string]time.Time{}, dispatched: map[string]*rateMeter{}}
 	for _, n := range f.tiers {
 		f.queues[n] = list.New()
+		f.dispatched[n] = &rateMeter{}
 	}
 	return f
 }
@@ -143,7 +147,7 @@ func (f *FlowController) Acquire(ctx context.Context, t Tier, size int64) (relea
 	ready, ok := f.gate(t, f.admitted)
 	if ready && ok && !f.aheadOf(t) {
 		f.admitted++
-		f.lastDispatch[t.Name] = f.now()
+		f.markDispatch(t.Name)
 		f.mu.Unlock()
 		return f.releaser(), nil
 	}
@@ -245,7 +249,8 @@ wait:
 // predicted to start within its queue budget: its tier's queue has not
 // moved for the budget (or rateWindow, whichever is shorter), or the
 // requests ahead of it (its tier and higher) at the revision's drain rate
-// would take longer than the budget. Refusing then costs the client
+// would take longer than the budget; once its tier's queue has been
+// backlogged for rateWindow, its own queue at its own dispatch rate. Refusing then costs the client
 // nothing but a round trip; waiting would have cost it the budget too.
 func (f *FlowController) shedEarlyLocked(t Tier) *RejectError {
 	budget := queueBudget(t)
@@ -261,9 +266,6 @@ func (f *FlowController) shedEarlyLocked(t Tier) *RejectError {
 		}
 	}
 	d := f.drain()
-	if d <= 0 {
-		return nil
-	}
 	ahead := 0
 	for _, name := range f.tiers {
 		ahead += f.queues[name].Len()
@@ -271,12 +273,26 @@ func (f *FlowController) shedEarlyLocked(t Tier) *RejectError {
 			break
 		}
 	}
+	if q := f.queues[t.Name]; q.Len() > 0 && now.Sub(f.since[t.Name]) >= rateWindow {
+		// Backlogged for the whole window: its queue drains at its own
+		// dispatch rate, what the higher tiers leave it.
+		ahead, d = q.Len(), f.dispatched[t.Name].rate(now)
+	}
+	if d <= 0 {
+		return nil
+	}
 	if wait := time.Duration(float64(ahead+1) / d * float64(time.Second)); wait > budget {
 		return &RejectError{Status: http.StatusTooManyRequests, RetryAfter: f.retryAfterLocked(), Kind: "shed",
 			Reason: fmt.Sprintf("shed: the revision is saturated; %d requests wait ahead at %.1f/s, over the %s tier's budget of %v",
 				ahead, d, t.Name, budget)}
 	}
 	return nil
+}
+
+func (f *FlowController) markDispatch(tier string) {
+	now := f.now()
+	f.lastDispatch[tier] = now
+	f.dispatched[tier].add(now)
 }
 
 // retryAfterLocked is when the revision's queue will have drained at its
@@ -329,7 +345,7 @@ func (f *FlowController) dispatchLocked() {
 			}
 			f.removeLocked(w)
 			f.admitted++
-			f.lastDispatch[name] = f.now()
+			f.markDispatch(name)
 			close(w.admitted)
 		}
 	}
