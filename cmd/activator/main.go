@@ -46,6 +46,7 @@ import (
 
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/activator/discovery"
+	"github.com/llmd-kn/llmd-kn/pkg/batch"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
 )
 
@@ -82,6 +83,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		batchStore = flag.String("batch-storage", "", "object storage for batch files, state and event dedupe (a directory, file://, s3://, gs://, azblob://); in memory when empty (lost on restart)")
 		batchSink  = flag.String("batch-sink", os.Getenv("K_SINK"), "where results of CloudEvents go (default $K_SINK, as a SinkBinding sets it); the HTTP reply when empty")
 		batchDLS   = flag.String("batch-dead-letter-sink", "", "where results the sink refused go; kept in --batch-storage when empty")
+		batchConc  = flag.Int("batch-concurrency", batch.DefaultBatchConcurrency, "lines of one Batch API batch in flight at once (held in the batch tier while interactive work needs the pods)")
 		promote    = flag.Duration("batch-promote-before", activator.DefaultBatchPromoteBefore, "how long before its deadline (CloudEvents llmddeadline, the Batch API's completion_window) a batch request moves to the tier above batch; negative: never")
 	)
 	if err := flag.Parse(args); err != nil {
@@ -221,7 +223,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if *batchStore == "" {
 		log.Info("batch state in memory: set --batch-storage to keep it across restarts")
 	}
-	front, closeBatch, err := act.BatchFront(ctx, activator.BatchConfig{Storage: *batchStore, Sink: *batchSink,
+	if *batchConc < 1 {
+		return fmt.Errorf("--batch-concurrency must be positive, got %d", *batchConc)
+	}
+	front, closeBatch, err := act.BatchFront(ctx, activator.BatchConfig{Storage: *batchStore, Sink: *batchSink, Concurrency: *batchConc,
 		DeadLetterSink: *batchDLS, Logger: log.With("component", "batch")})
 	if err != nil {
 		return err

@@ -18,7 +18,10 @@ type BatchConfig struct {
 	// Sink receives CloudEvents results ("" : the HTTP reply);
 	// DeadLetterSink what the sink refuses ("" : kept in storage).
 	Sink, DeadLetterSink string
-	Logger               *slog.Logger
+	// Concurrency is how many lines of one Batch API batch are in flight
+	// at once (batch.DefaultBatchConcurrency).
+	Concurrency int
+	Logger      *slog.Logger
 }
 
 // BatchFront puts batch work in front of the activator's API: CloudEvents
@@ -56,7 +59,7 @@ func (a *Activator) BatchFront(ctx context.Context, cfg BatchConfig) (http.Handl
 		_ = store.Close()
 		return nil, nil, err
 	}
-	api, err := batch.NewAPI(ctx, batch.APIOptions{Backend: backend, Store: store, Tiers: policy, Logger: log})
+	api, err := batch.NewAPI(ctx, batch.APIOptions{Backend: backend, Store: store, Tiers: policy, Concurrency: cfg.Concurrency, Logger: log})
 	if err != nil {
 		events.Close()
 		_ = store.Close()

@@ -33,8 +33,9 @@ type APIOptions struct {
 	MaxFileBytes int64
 	MaxLines     int
 	// Concurrency is how many lines of one batch are in flight at once
-	// (32): the activator's batch tier holds them while interactive tiers
-	// need the pods, so this only bounds what waits in its queue.
+	// (DefaultBatchConcurrency): the activator's batch tier holds them
+	// while interactive tiers need the pods, so this only bounds what
+	// waits in its queue, and what batch work can fill when they do not.
 	Concurrency int
 	// FlushEvery commits results after this many lines (64) or this long
 	// (FlushInterval, 1 s), whichever comes first: a restart redoes at
@@ -73,6 +74,13 @@ func (r *run) snapshot() BatchObject {
 	return r.st.Batch
 }
 
+// DefaultBatchConcurrency is APIOptions.Concurrency's default: vLLM's
+// max-num-seqs, one engine's running batch. The batch soak
+// (docs/benchmarks/batch-soak.md) measured 32 lines in flight using under
+// half of the capacity interactive traffic left idle: the engines had room
+// the batch front did not fill.
+const DefaultBatchConcurrency = 256
+
 // NewAPI builds the Batch API and loads the batches already in storage;
 // Resume restarts those that were running.
 func NewAPI(ctx context.Context, opts APIOptions) (*API, error) {
@@ -87,7 +95,7 @@ func NewAPI(ctx context.Context, opts APIOptions) (*API, error) {
 		opts.MaxLines = 50_000
 	}
 	if opts.Concurrency <= 0 {
-		opts.Concurrency = 32
+		opts.Concurrency = DefaultBatchConcurrency
 	}
 	if opts.FlushEvery <= 0 {
 		opts.FlushEvery = 64

@@ -24,7 +24,7 @@ type BatchConfig struct {
 	// prompt and output lengths (a random dataset's, seeded by Seed).
 	Requests            int
 	InputLen, OutputLen int
-	// Concurrency is how many are outstanding at once (32: the Batch API's
+	// Concurrency is how many are outstanding at once (the Batch API's
 	// per-batch concurrency).
 	Concurrency int
 	// Start is when the backlog is submitted; Until when the batch front
@@ -37,11 +37,17 @@ type BatchConfig struct {
 	MaxSaturation float64
 	MaxQueueTime  time.Duration
 	RetryAfter    time.Duration
+	// Dataset, when set, gives the backlog's requests in order (item i is
+	// its request i; set Requests to its length not to repeat prompts)
+	// instead of a random dataset of InputLen/OutputLen: a capacity run of
+	// a trace's own requests.
+	Dataset workload.Dataset `json:"-"`
 }
 
-// DefaultBatch is a backlog of n requests with the batch tier's defaults.
+// DefaultBatch is a backlog of n requests with the batch tier's defaults
+// and the Batch API's concurrency (batch.DefaultBatchConcurrency).
 func DefaultBatch(n int) BatchConfig {
-	return BatchConfig{Requests: n, InputLen: 1024, OutputLen: 256, Concurrency: 32,
+	return BatchConfig{Requests: n, InputLen: 1024, OutputLen: 256, Concurrency: 256,
 		MaxSaturation: 0.8, MaxQueueTime: 10 * time.Minute, RetryAfter: time.Second}
 }
 
@@ -103,10 +109,10 @@ type BatchResult struct {
 	Completed, Retries int
 	// PromptTokens and CompletionTokens sum over the completed requests.
 	PromptTokens, CompletionTokens int64
-	// Started is when the first batch request was sent; Drained when the
-	// backlog ran out (0 when it did not within the run); End when the
-	// last batch request ended.
-	Started, Drained, End time.Duration
+	// Started is when the first batch request was sent, LastSent the
+	// last; Drained when the backlog ran out (0 when it did not within the
+	// run); End when the last batch request ended.
+	Started, LastSent, Drained, End time.Duration
 }
 
 // batchPrompts bounds the distinct prompts of a backlog.
@@ -125,6 +131,12 @@ type batchState struct {
 }
 
 func newBatchState(cfg BatchConfig, seed uint64) (*batchState, error) {
+	if cfg.Dataset != nil {
+		if cfg.Dataset.Len() == 0 {
+			return nil, errors.New("batch: the dataset has no requests")
+		}
+		return &batchState{cfg: cfg, ds: cfg.Dataset}, nil
+	}
 	// Distinct prompts for the first batchPrompts items; later items reuse
 	// them in turn (only capacity runs go that far).
 	ds, err := workload.NewRandom(workload.RandomConfig{NumPrompts: min(cfg.Requests, batchPrompts), InputLen: cfg.InputLen, OutputLen: cfg.OutputLen}, seed^0xba7c4)
@@ -175,7 +187,11 @@ func (s *sim) batchLaunch() {
 		if !b.started {
 			b.started, b.res.Started = true, s.now
 		}
-		r := b.ds.Request(item % b.ds.Len())
+		if n := b.ds.Len(); n > 0 {
+			item %= n
+		}
+		r := b.ds.Request(item)
+		b.res.LastSent = s.now
 		r.At, r.Index = s.now, item
 		b.out++
 		s.admit(r, tierBatch)

@@ -60,7 +60,8 @@ type SoakResult struct {
 	Routing  string `json:"routing"`
 	Workload string `json:"workload"`
 	// InteractiveCapacity is the deployment's throughput (requests/s) on
-	// a saturating closed loop of the workload's mean shape; RateScale the
+	// a saturating closed loop of the workload's own requests (in order,
+	// prompts and prefix sharing as in the trace); RateScale the
 	// factor applied to the workload's arrivals to reach Load of it.
 	InteractiveCapacity float64 `json:"interactiveCapacityRps"`
 	MeanPrompt          float64 `json:"meanPromptTokens"`
@@ -101,7 +102,7 @@ func (emptySource) Len() int                       { return 0 }
 // Soak measures how much of the capacity an interactive workload leaves
 // idle a batch backlog uses, and what the backlog costs the interactive
 // tiers: the workload (opened from spec, rate-scaled to opts.Load of the
-// deployment's capacity for its mean shape) runs on base's fixed engines
+// deployment's capacity for its own requests) runs on base's fixed engines
 // alone, then with the backlog; the batch shape's capacity is measured
 // alone. Engines run vLLM's priority policy (the activator sends each
 // tier's priority). Each run is deterministic for a seed.
@@ -159,13 +160,24 @@ func Soak(ctx context.Context, base Config, spec workload.Spec, baseDir string, 
 		}
 		return r.Batch, nil
 	}
-	ci, err := capRun(saturating(int(math.Round(res.MeanPrompt)), int(math.Round(res.MeanOutput))))
+	// Each of the workload's requests once, in order (a repeat would hit
+	// the prefix cache the first pass filled): the window ends with the
+	// last one sent if that comes first.
+	own := saturating(int(math.Round(res.MeanPrompt)), int(math.Round(res.MeanOutput)))
+	own.Dataset, own.Requests = w.Dataset(), n
+	ci, err := capRun(own)
 	if err != nil {
 		return nil, fmt.Errorf("soak: interactive capacity: %w", err)
 	}
-	from := opts.CapacityWindow / 5
-	reqs, _ := windowed(ci.Records, from, opts.CapacityWindow)
-	res.InteractiveCapacity = reqs / (opts.CapacityWindow - from).Seconds()
+	to := opts.CapacityWindow
+	if ci.Drained > 0 {
+		to = min(to, ci.LastSent)
+	}
+	from := to / 5
+	reqs, _ := windowed(ci.Records, from, to)
+	if to > from {
+		res.InteractiveCapacity = reqs / (to - from).Seconds()
+	}
 	if res.InteractiveCapacity <= 0 {
 		return nil, fmt.Errorf("soak: no capacity measured for the workload's shape")
 	}
@@ -217,6 +229,7 @@ func Soak(ctx context.Context, base Config, spec workload.Spec, baseDir string, 
 	if err != nil {
 		return nil, fmt.Errorf("soak: batch capacity: %w", err)
 	}
+	from = opts.CapacityWindow / 5
 	_, tok := windowed(cb.Records, from, opts.CapacityWindow)
 	res.BatchCapacity = tok / (opts.CapacityWindow - from).Seconds()
 	if idle := (1 - res.Utilization) * res.BatchCapacity; idle > 0 {
@@ -303,7 +316,7 @@ func WriteSoakTable(w io.Writer, r *SoakResult) {
 	fmt.Fprintf(w, "Deployment: %d x %s, routing %s, vLLM priority scheduling. Workload: %s; mean shape %.0f prompt / %.0f output tokens.\n\n",
 		r.Engines, r.Profile, r.Routing, r.Workload, r.MeanPrompt, r.MeanOutput)
 	fmt.Fprintf(w, "| quantity | value |\n| --- | ---: |\n")
-	fmt.Fprintf(w, "| interactive capacity (saturating closed loop of the mean shape) | %.2f req/s |\n", r.InteractiveCapacity)
+	fmt.Fprintf(w, "| interactive capacity (saturating closed loop of the workload's requests) | %.2f req/s |\n", r.InteractiveCapacity)
 	fmt.Fprintf(w, "| interactive rate (%.3gx the trace) | %.2f req/s = %.0f %% of capacity |\n", r.RateScale, r.InteractiveRate, 100*r.Utilization)
 	fmt.Fprintf(w, "| batch capacity alone (%d in / %d out) | %.0f output tok/s |\n", r.Batch.InputLen, r.Batch.OutputLen, r.BatchCapacity)
 	fmt.Fprintf(w, "| batch backlog / completed / retried | %d / %d / %d |\n", r.Batch.Requests, r.BatchCompleted, r.BatchRetries)
