@@ -198,3 +198,30 @@ func (d *Decider) linearNeed(l *Load) [2]float64 {
 	}
 	return out
 }
+
+// capBatchOnly makes the budget exact when batch work is the only traffic
+// this tick and was capped (BatchShare < 1): BatchShare's estimate is this
+// tick's, while the decider averages over its windows and adds the
+// backlog, so the two may round past the budget. A role then gets at most
+// the budget, or the replicas it has ready (batch work never scales up
+// past the budget; what interactive traffic brought stays as the windows
+// decide), and never less than its minimum scale.
+func (d *Decider) capBatchOnly(rec Recommendation, batchOnly bool, readyPrefill, readyDecode int) Recommendation {
+	if !batchOnly {
+		return rec
+	}
+	budget := d.cfg.BatchMaxReplicas
+	capRole := func(n *int, ready int, b Bounds, role int) {
+		if c := clampBounds(max(budget, ready), b); *n > c {
+			*n = c
+			d.roles[role].last = c
+		}
+	}
+	capRole(&rec.Decode, readyDecode, d.cfg.Decode, roleDecode)
+	rec.DecodeRole.Desired = rec.Decode
+	if d.cfg.Disaggregated {
+		capRole(&rec.Prefill, readyPrefill, d.cfg.Prefill, rolePrefill)
+		rec.PrefillRole.Desired = rec.Prefill
+	}
+	return rec
+}

@@ -167,6 +167,8 @@ func (d *Decider) Scale(now time.Time, in Input) Recommendation {
 	}
 	d.fitCorrections(prefillPods, decodePods)
 	batchShare := d.BatchShare(l) // batch work counts up to llm-d.ai/batch-max-replicas (batch.go)
+	inter := l.withBatchShare(0)
+	batchOnly := batchShare < 1 && !inter.active()
 	*l = l.withBatchShare(batchShare)
 	pc, dc := d.Capacity()
 
@@ -244,7 +246,7 @@ func (d *Decider) Scale(now time.Time, in Input) Recommendation {
 		rec.Decode = d.scaleRole(roleDecode, now, colocated(done), colocated(arrived), prefillBacklog, active, decodePods.Ready, d.cfg.Decode, &rec.DecodeRole)
 		rec.DecodeRole.Interference = max(done.interference, arrived.interference)
 		d.roles[rolePrefill].last = 0
-		return rec
+		return d.capBatchOnly(rec, batchOnly, prefillPods.Ready, decodePods.Ready)
 	}
 	if d.cfg.DecodeOnlyLoad > 0 && max(done.prefill, arrived.prefill) < d.cfg.DecodeOnlyLoad {
 		rec.DecodeOnly = true
@@ -254,7 +256,7 @@ func (d *Decider) Scale(now time.Time, in Input) Recommendation {
 	}
 	rec.Prefill = d.scaleRole(rolePrefill, now, done.prefill, arrived.prefill, prefillBacklog, active && !rec.DecodeOnly, prefillPods.Ready, d.cfg.Prefill, &rec.PrefillRole)
 	rec.Decode = d.scaleRole(roleDecode, now, done.decode, arrived.decode, 0, active, decodePods.Ready, d.cfg.Decode, &rec.DecodeRole)
-	return rec
+	return d.capBatchOnly(rec, batchOnly, prefillPods.Ready, decodePods.Ready)
 }
 
 // scaleRole applies Knative's KPA rules to one role's windowed load (the

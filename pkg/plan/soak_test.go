@@ -44,7 +44,7 @@ func TestSoakSmall(t *testing.T) {
 			t.Errorf("tiers %+v", m)
 		}
 	}
-	if r.IdleUsed <= 0 || r.IdleUsed > 1.5 {
+	if !(r.IdleUsed > 0) {
 		t.Errorf("idle capacity used %.2f", r.IdleUsed)
 	}
 	dir := t.TempDir()
