@@ -34,7 +34,8 @@ k8s:
 	GO=$(GO) K8S_BIN_DIR=$(K8S_BIN) ./hack/build-k8s.sh
 
 ## k8s-e2e: also kube-controller-manager, kube-scheduler, kwok, Knative
-## Serving's controller and webhook, and kn, for the end-to-end tier (built
+## Serving's controller and webhook, and kn, for the end-to-end tier, and
+## versitygw (a real S3 server) for the KV store's S3 round trip (built
 ## once, then cached like the others).
 k8s-e2e:
 	GO=$(GO) K8S_BIN_DIR=$(K8S_BIN) ./hack/build-k8s.sh all
@@ -52,10 +53,10 @@ e2e: k8s-e2e
 tokenizers:
 	-./hack/install-tokenizers.sh
 
-## unit: all tests, race detector on; the API-server and tokenizer-equality
-## tests must not skip.
+## unit: all tests, race detector on; the API-server, tokenizer-equality
+## and S3 (versitygw) tests must not skip.
 unit: k8s-e2e tokenizers
-	KUBEBUILDER_ASSETS=$(K8S_BIN) LLMD_REQUIRE_APISERVER=1 LLMD_REQUIRE_TOKENIZERS=1 $(GO) test -race -count=1 -timeout 20m ./...
+	KUBEBUILDER_ASSETS=$(K8S_BIN) LLMD_REQUIRE_APISERVER=1 LLMD_REQUIRE_TOKENIZERS=1 LLMD_REQUIRE_S3=1 $(GO) test -race -count=1 -timeout 20m ./...
 
 ## fidelity: the same workload through `kn-llmd local` + bench (real time) and
 ## through plan (virtual time) must give the same TTFT distribution at every

@@ -11,11 +11,14 @@
 #   knative-webhook                  knative.dev/serving  (hack/tools/knative)
 #   kwok                             sigs.k8s.io/kwok     (hack/tools/kwok)
 #   kn                               knative.dev/client   (hack/tools/kn)
+#   versitygw                        github.com/versity/versitygw (hack/tools/versitygw):
+#                                    a real S3-compatible server for the KV
+#                                    store's S3 round trip (pkg/kvstore/drivers)
 #
 # Usage: hack/build-k8s.sh [--force] [component...]
 #   with no component: kube-apiserver etcd kubectl (what envtest and
 #   `kubectl apply --dry-run=server` need). `all` adds everything the
-#   end-to-end tier (test/e2e) runs.
+#   end-to-end tier (test/e2e) runs, and versitygw for the S3 round trip.
 #
 # Binaries go to $K8S_BIN_DIR (default _output/k8s/bin, gitignored); point
 # KUBEBUILDER_ASSETS there. Each binary has a stamp file naming its package,
@@ -30,13 +33,14 @@ ETCD_VERSION=v3.6.16
 KNATIVE_VERSION=v0.50.0
 KWOK_VERSION=v0.8.0
 KN_VERSION=v0.42.0
+VERSITYGW_VERSION=v1.8.0
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin_dir="${K8S_BIN_DIR:-$root/_output/k8s/bin}"
 GO="${GO:-go}"
 
 # Wrapper modules in build order; each `go build` covers one module.
-modules=(k8s etcd knative kwok kn)
+modules=(k8s etcd knative kwok kn versitygw)
 
 force=false
 components=()
@@ -44,11 +48,11 @@ for arg in "$@"; do
 	case "$arg" in
 	--force) force=true ;;
 	all) components+=(kube-apiserver etcd kubectl kube-controller-manager kube-scheduler
-		knative-controller knative-webhook kwok kn) ;;
+		knative-controller knative-webhook kwok kn versitygw) ;;
 	kube-apiserver | etcd | kubectl | kube-controller-manager | kube-scheduler | \
-		knative-controller | knative-webhook | kwok | kn) components+=("$arg") ;;
+		knative-controller | knative-webhook | kwok | kn | versitygw) components+=("$arg") ;;
 	-h | --help)
-		sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	*)
@@ -78,6 +82,7 @@ module_of() {
 	knative-*) echo knative ;;
 	kwok) echo kwok ;;
 	kn) echo kn ;;
+	versitygw) echo versitygw ;;
 	*) echo k8s ;;
 	esac
 }
@@ -89,6 +94,7 @@ package_of() {
 	knative-webhook) echo "knative.dev/serving/cmd/webhook" ;;
 	kwok) echo "sigs.k8s.io/kwok/cmd/kwok" ;;
 	kn) echo "knative.dev/client/cmd/kn" ;;
+	versitygw) echo "github.com/versity/versitygw/cmd/versitygw" ;;
 	*) echo "k8s.io/kubernetes/cmd/$1" ;;
 	esac
 }
@@ -99,6 +105,7 @@ version_of() {
 	knative) echo "$KNATIVE_VERSION" ;;
 	kwok) echo "$KWOK_VERSION" ;;
 	kn) echo "$KN_VERSION" ;;
+	versitygw) echo "$VERSITYGW_VERSION" ;;
 	*) echo "$KUBERNETES_VERSION" ;;
 	esac
 }

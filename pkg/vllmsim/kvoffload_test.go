@@ -279,7 +279,9 @@ func TestKVOffloadStorageUnavailable(t *testing.T) {
 	if _, err := a.Flush(context.Background()); err == nil {
 		t.Fatal("flush to missing storage succeeded")
 	}
-	if took := time.Since(start); took > 10*time.Second {
+	// The failure is immediate; the bound is what the deadline guarantees
+	// (plus slack for a stalled machine), not a timing claim.
+	if took := time.Since(start); took > 20*time.Second {
 		t.Fatalf("flush took %v, past its 10 s deadline", took)
 	}
 	if got := valueOr0(t, a, "llmd_kv_offload_errors_total", "op", "flush", "kind", "unavailable"); got != 1 {
