@@ -192,6 +192,57 @@ func waitHealthy(ctx context.Context, url string, exited <-chan struct{}, every 
 
 var errExited = errors.New("exited before it was ready")
 
+// Liveness, as a Kubernetes liveness probe on /health: a ready pod that
+// fails livenessFailures probes in a row (each with livenessTimeout, one
+// every livenessPeriod) is replaced: a frozen process (SIGSTOP, a hung
+// engine) does not stay in place for ever.
+var (
+	livenessPeriod   = 10 * time.Second
+	livenessTimeout  = 5 * time.Second
+	livenessFailures = 3
+)
+
+// watchLiveness probes GET {url}/health every period until ctx ends, and
+// returns (once, then closes the channel) an error when failures probes in
+// a row did not answer 200 within timeout.
+func watchLiveness(ctx context.Context, url string, period, timeout time.Duration, failures int) <-chan error {
+	out := make(chan error, 1)
+	go func() {
+		defer close(out)
+		c := &http.Client{Timeout: timeout}
+		t := time.NewTicker(period)
+		defer t.Stop()
+		failed := 0
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/health", nil)
+			resp, err := c.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					err = fmt.Errorf("status %d", resp.StatusCode)
+				}
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if err == nil {
+				failed = 0
+				continue
+			}
+			if failed++; failed >= failures {
+				out <- fmt.Errorf("liveness: %d health checks in a row failed (last: %v)", failed, err)
+				return
+			}
+		}
+	}()
+	return out
+}
+
 // podPhase is where a pod is in its life.
 type podPhase int
 

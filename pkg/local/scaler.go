@@ -434,12 +434,19 @@ func (g *group) run(p *pod) {
 	g.mu.Unlock()
 	log.Info("pod ready", "role", g.podRole.String(), "url", url)
 	g.rev.publish()
+	lctx, lcancel := context.WithCancel(context.Background())
+	defer lcancel()
+	live := watchLiveness(lctx, url, livenessPeriod, livenessTimeout, livenessFailures)
 	select {
 	case <-r.exited():
 		err := r.exitErr()
 		if err == nil {
 			err = errors.New("exited")
 		}
+		fail(err)
+	case err := <-live:
+		// A frozen pod: replaced as the kubelet's liveness probe would.
+		lcancel()
 		fail(err)
 	case <-p.stopping:
 		stop()
