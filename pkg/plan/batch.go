@@ -105,8 +105,9 @@ type BatchResult struct {
 	// Records has one entry per attempt, in the order they were sent.
 	Records []bench.Record
 	// Completed counts the backlog's requests served; Retries the
-	// attempts refused (queue deadline, full queue) and sent again.
-	Completed, Retries int
+	// attempts refused for want of capacity (429, 503) and sent again;
+	// Failed the requests refused for themselves (an error line).
+	Completed, Retries, Failed int
 	// PromptTokens and CompletionTokens sum over the completed requests.
 	PromptTokens, CompletionTokens int64
 	// Started is when the first batch request was sent, LastSent the
@@ -199,7 +200,8 @@ func (s *sim) batchLaunch() {
 }
 
 // batchEnded is the end of a batch attempt: a success counts, a refusal
-// is sent again after RetryAfter; either frees a slot for the next.
+// for want of capacity is sent again after RetryAfter, any other failure
+// is final; each frees a slot for the next.
 func (s *sim) batchEnded(rec *bench.Record) {
 	b := s.batch
 	if b == nil {
@@ -208,14 +210,20 @@ func (s *sim) batchEnded(rec *bench.Record) {
 	b.out--
 	b.res.End = s.now
 	delay := time.Duration(0)
-	if rec.OK() {
+	switch {
+	case rec.OK():
 		b.res.Completed++
 		b.res.PromptTokens += int64(rec.PromptTokens)
 		b.res.CompletionTokens += int64(rec.CompletionTokens)
-	} else {
+	case rec.Status == 429 || rec.Status == 503:
+		// Refused for want of capacity: sent again, as both batch ways
+		// in retry a 429 or 503.
 		b.res.Retries++
 		b.retry = append(b.retry, rec.Index)
 		delay = b.cfg.RetryAfter
+	default:
+		// Refused for itself (too long for the model): an error line.
+		b.res.Failed++
 	}
 	s.q.schedule(s.now+delay, evBatch, 0, 0, 0)
 }

@@ -88,3 +88,18 @@ func TestBatchBudgetInPlan(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchRequestTooLongIsFinal: a batch request the engine refuses for
+// itself (longer than the model's context) is an error line, not retried.
+func TestBatchRequestTooLongIsFinal(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Routing = "least-request"
+	cfg.Engine.MaxModelLen = 200
+	cfg.Batch = DefaultBatch(50)
+	cfg.Batch.InputLen, cfg.Batch.OutputLen = 256, 8
+	cfg.Batch.Until = time.Minute
+	res := run(t, cfg, workload.Requests(nil))
+	if b := res.Batch; b.Failed != 50 || b.Retries != 0 || b.Completed != 0 {
+		t.Fatalf("batch %+v", b)
+	}
+}

@@ -83,6 +83,7 @@ type SoakResult struct {
 	Batch           BatchConfig `json:"batch"`
 	BatchCompleted  int         `json:"batchCompleted"`
 	BatchRetries    int         `json:"batchRetries"`
+	BatchFailed     int         `json:"batchFailed"`
 	Window          float64     `json:"windowSeconds"`
 	BatchTokensRate float64     `json:"batchOutputTokensPerSecond"`
 	BatchRate       float64     `json:"batchRps"`
@@ -219,7 +220,7 @@ func Soak(ctx context.Context, base Config, spec workload.Spec, baseDir string, 
 		stop = b.Drained
 	}
 	res.Window = (stop - b.Started).Seconds()
-	res.BatchCompleted, res.BatchRetries = b.Completed, b.Retries
+	res.BatchCompleted, res.BatchRetries, res.BatchFailed = b.Completed, b.Retries, b.Failed
 	if res.Window > 0 {
 		r, tok := windowed(b.Records, b.Started, stop)
 		res.BatchRate, res.BatchTokensRate = r/res.Window, tok/res.Window
@@ -319,7 +320,7 @@ func WriteSoakTable(w io.Writer, r *SoakResult) {
 	fmt.Fprintf(w, "| interactive capacity (saturating closed loop of the workload's requests) | %.2f req/s |\n", r.InteractiveCapacity)
 	fmt.Fprintf(w, "| interactive rate (%.3gx the trace) | %.2f req/s = %.0f %% of capacity |\n", r.RateScale, r.InteractiveRate, 100*r.Utilization)
 	fmt.Fprintf(w, "| batch capacity alone (%d in / %d out) | %.0f output tok/s |\n", r.Batch.InputLen, r.Batch.OutputLen, r.BatchCapacity)
-	fmt.Fprintf(w, "| batch backlog / completed / retried | %d / %d / %d |\n", r.Batch.Requests, r.BatchCompleted, r.BatchRetries)
+	fmt.Fprintf(w, "| batch backlog / completed / failed (error lines) / retried attempts | %d / %d / %d / %d |\n", r.Batch.Requests, r.BatchCompleted, r.BatchFailed, r.BatchRetries)
 	fmt.Fprintf(w, "| batch throughput over %.0f s | %.2f req/s, %.0f output tok/s |\n", r.Window, r.BatchRate, r.BatchTokensRate)
 	fmt.Fprintf(w, "| **idle capacity used by batch** (goal >= 80 %%) | **%.0f %%** |\n\n", 100*r.IdleUsed)
 	fmt.Fprintf(w, "| tier | requests | TTFT p90 alone | TTFT p90 with batch | change (goal <= +5 %%) | TPOT p90 alone | TPOT p90 with batch | attainment alone | attainment with batch |\n")
