@@ -261,7 +261,20 @@ func (rev *revision) watch(ctx context.Context, p *pod) {
 	opts := rev.a.opts
 	t := time.NewTicker(opts.ScrapeInterval)
 	defer t.Stop()
+	every := IdleScrapeEvery(opts.ScrapeInterval, opts.StaleAfter)
+	skipped := 0
 	for {
+		if skipped < every-1 && p.quiet() {
+			skipped++
+			rev.flow.Notify()
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		skipped = 0
 		sctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
 		m, err := Scrape(sctx, opts.ScrapeClient, p.spec.URL)
 		cancel()
@@ -291,6 +304,32 @@ func (rev *revision) watch(ctx context.Context, p *pod) {
 		case <-t.C:
 		}
 	}
+}
+
+// IdleScrapeEvery is how many scrape ticks a quiet pod waits between two
+// scrapes: 4 (200 ms at the default 50 ms), fewer where that would come
+// near StaleAfter (never beyond half of it), so a quiet pod is never stale.
+// An idle pod's page does not change; reading hundreds of them every tick
+// was most of an idle activator's CPU. pkg/plan skips the same ticks.
+func IdleScrapeEvery(interval, staleAfter time.Duration) int {
+	if interval <= 0 {
+		return 1
+	}
+	return max(1, min(4, int(staleAfter/(2*interval))))
+}
+
+// quiet reports whether the pod's last scrape found it idle (nothing
+// running or waiting) and nothing this activator sent is in flight: its
+// metrics cannot have changed but for other clients' requests, so the
+// watcher reads them less often. A request sent to it makes it not quiet
+// at the next tick.
+func (p *pod) quiet() bool {
+	if p.inflight.Load() != 0 {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.healthy && !p.down && p.metrics.Running == 0 && p.metrics.Waiting == 0
 }
 
 // subscribe follows a pod's KV events over ZMQ into the precise index,

@@ -34,7 +34,9 @@
 //   - Routing: router.Scheduler.Decide over a snapshot of the engines. The
 //     scraped fields (waiting, running, KV usage) are as of the engine's
 //     last scrape, every ScrapeInterval (50 ms) with each engine on its own
-//     phase; in-flight requests and in-flight prefill tokens are the
+//     phase, and every 4th such tick while the engine is quiet (its last
+//     scrape showed nothing running or waiting and nothing is in flight to
+//     it); in-flight requests and in-flight prefill tokens are the
 //     activator's own live counts, kept exactly as it keeps them (a P/D
 //     request counts on its prefill engine during prefill and on its
 //     decode engine from the moment the decode request is sent; its
