@@ -116,6 +116,12 @@ type BatchResult struct {
 	Started, LastSent, Drained, End time.Duration
 }
 
+// retryItem is a refused backlog item and when it may be sent again.
+type retryItem struct {
+	item int
+	at   time.Duration
+}
+
 // batchPrompts bounds the distinct prompts of a backlog.
 const batchPrompts = 100_000
 
@@ -124,7 +130,7 @@ type batchState struct {
 	cfg     BatchConfig
 	ds      workload.Dataset
 	next    int   // next backlog item to send
-	retry   []int // items refused, to send again
+	retry   []retryItem // items refused, to send again from their time
 	out     int   // requests outstanding (queued or in flight)
 	stopped bool
 	started bool
@@ -173,14 +179,16 @@ func (s *sim) batchLaunch() {
 	for b.out < b.cfg.Concurrency {
 		var item int
 		switch {
-		case len(b.retry) > 0:
-			item = b.retry[0]
+		case len(b.retry) > 0 && b.retry[0].at <= s.now:
+			// Only once its wait is over: a refusal within this loop
+			// (a full queue) must not be sent again at the same instant.
+			item = b.retry[0].item
 			b.retry = b.retry[1:]
 		case b.next < b.cfg.Requests:
 			item = b.next
 			b.next++
 		default:
-			if b.res.Drained == 0 && b.out == 0 {
+			if b.res.Drained == 0 && b.out == 0 && len(b.retry) == 0 {
 				b.res.Drained = s.now
 			}
 			return
@@ -219,8 +227,8 @@ func (s *sim) batchEnded(rec *bench.Record) {
 		// Refused for want of capacity: sent again, as both batch ways
 		// in retry a 429 or 503.
 		b.res.Retries++
-		b.retry = append(b.retry, rec.Index)
 		delay = b.cfg.RetryAfter
+		b.retry = append(b.retry, retryItem{item: rec.Index, at: s.now + delay})
 	default:
 		// Refused for itself (too long for the model): an error line.
 		b.res.Failed++

@@ -103,3 +103,19 @@ func TestBatchRequestTooLongIsFinal(t *testing.T) {
 		t.Fatalf("batch %+v", b)
 	}
 }
+
+// TestBatchQueueFullRetriesLater: batch requests refused at once for want
+// of room (a full queue, 429) are sent again after RetryAfter, not in the
+// same instant (which looped forever), and all complete in the end.
+func TestBatchQueueFullRetriesLater(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Routing = "least-request"
+	cfg.Flow.MaxQueued = 4
+	cfg.Batch = DefaultBatch(100)
+	cfg.Batch.InputLen, cfg.Batch.OutputLen = 2048, 64
+	cfg.Batch.Until = 10 * time.Minute
+	res := run(t, cfg, workload.Requests(nil))
+	if b := res.Batch; b.Completed != 100 || b.Retries == 0 || b.Failed != 0 {
+		t.Fatalf("batch %+v", b)
+	}
+}
