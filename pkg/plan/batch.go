@@ -129,9 +129,9 @@ const batchPrompts = 100_000
 type batchState struct {
 	cfg     BatchConfig
 	ds      workload.Dataset
-	next    int   // next backlog item to send
+	next    int         // next backlog item to send
 	retry   []retryItem // items refused, to send again from their time
-	out     int   // requests outstanding (queued or in flight)
+	out     int         // requests outstanding (queued or in flight)
 	stopped bool
 	started bool
 	res     BatchResult
