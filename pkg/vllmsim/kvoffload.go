@@ -35,8 +35,8 @@ import (
 // KVOffloadConfig configures a simulated pod's KV offload.
 type KVOffloadConfig struct {
 	// Mode is "" or "off" (nothing), "on-scale-down" (flush at Flush) or
-	// "write-through" (the same here: writes while serving are not
-	// simulated yet).
+	// "write-through" (also flush what is new every WriteThroughEvery
+	// while serving).
 	Mode string
 	// URI is the storage: a bucket URL (file:///dir, s3://, gs://,
 	// azblob://, mem://) or a local directory. Required when Mode is on.
@@ -54,6 +54,9 @@ type KVOffloadConfig struct {
 	// 503 until the blocks are read and their modelled restore time has
 	// passed (0: restore on demand only).
 	PrefetchBytes int64
+	// WriteThroughEvery is how often a write-through pod writes the hot
+	// blocks storage lacks (wall time; default 10 s).
+	WriteThroughEvery time.Duration
 }
 
 // Enabled reports whether the pod offloads.
@@ -78,6 +81,12 @@ func (c KVOffloadConfig) withDefaults() (KVOffloadConfig, error) {
 	}
 	if c.PayloadScale == 0 {
 		c.PayloadScale = 1
+	}
+	if c.WriteThroughEvery < 0 {
+		return c, errors.New("kv offload: negative write-through interval")
+	}
+	if c.WriteThroughEvery == 0 {
+		c.WriteThroughEvery = 10 * time.Second
 	}
 	if !(c.PayloadScale > 0 && c.PayloadScale <= 1) {
 		return c, fmt.Errorf("kv payload scale %v must be in (0, 1]", c.PayloadScale)
@@ -516,11 +525,8 @@ func (s *Server) Flush(ctx context.Context) (FlushResult, error) {
 	if s.kvo == nil {
 		return FlushResult{}, nil
 	}
-	res, err := s.kvo.flush(ctx, func(h uint64) bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.eng.IsCached(h)
-	})
+	res, err := s.kvo.flush(ctx, s.resident)
+	s.metrics.changed() // the metrics page is re-rendered only after a change
 	s.log.Info("kv offload: flushed", "candidates", res.Candidates, "selected", res.Selected,
 		"written", res.Written, "committed", res.Committed, "bytes", res.Bytes, "err", err)
 	return res, err
@@ -538,6 +544,7 @@ func (s *Server) restoreFromStorage(ctx context.Context, er *engine.Request) {
 		return s.eng.CachedPrefix(hs)
 	})
 	er.StoredTokens = p.storedTokens
+	s.metrics.changed()
 }
 
 // startPrefetch loads the hottest stored blocks (by value, whole chains,
@@ -556,6 +563,7 @@ func (s *Server) startPrefetch() {
 		ctx, cancel := context.WithTimeout(s.bgCtx, o.cfg.Deadline)
 		defer cancel()
 		n := s.prefetch(ctx)
+		s.metrics.changed()
 		until := s.wall0.Add(s.scaled(o.prof.RestoreTime(n * o.blockSize)))
 		o.prefetchUntil.Store(until.UnixNano())
 		s.log.Info("kv offload: prefetched", "blocks", n, "ready_after", until.Sub(s.wall0))
@@ -614,4 +622,39 @@ func (s *Server) prefetchDone(now time.Time) bool {
 	}
 	u := s.kvo.prefetchUntil.Load()
 	return u == 0 || u > 0 && now.UnixNano() >= u
+}
+
+// startWriteThrough flushes periodically while the pod serves
+// (llm-d.ai/kv-offload: write-through): each round writes only the
+// valuable resident blocks storage lacks, so a pod that dies without a
+// graceful stop has lost little.
+func (s *Server) startWriteThrough() {
+	o := s.kvo
+	if o == nil || o.cfg.Mode != "write-through" {
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		t := time.NewTicker(o.cfg.WriteThroughEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.bgCtx.Done():
+				return
+			case <-t.C:
+			}
+			_, err := o.flush(s.bgCtx, s.resident)
+			s.metrics.changed()
+			if err != nil && s.bgCtx.Err() == nil {
+				s.log.Warn("kv offload: write-through failed", "err", err)
+			}
+		}
+	}()
+}
+
+func (s *Server) resident(h uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.eng.IsCached(h)
 }

@@ -388,3 +388,22 @@ func TestKVOffloadPrefetch(t *testing.T) {
 		})
 	}
 }
+
+// TestKVOffloadWriteThrough: a write-through replica stores its hot
+// prefix while it serves, without a flush at exit.
+func TestKVOffloadWriteThrough(t *testing.T) {
+	dir := t.TempDir()
+	a := offloadSim(t, dir, func(c *vllmsim.KVOffloadConfig) {
+		c.Mode = "write-through"
+		c.WriteThroughEvery = 20 * time.Millisecond
+	})
+	promptTokens, _ := completeCached(t, a, offloadPrompt)
+	want := (promptTokens - 1) / 16
+	eventually(t, "the prefix written while serving", func() bool {
+		return valueOr0(t, a, "llmd_kv_offload_flushed_blocks_total") >= float64(want)
+	})
+	b := offloadSim(t, dir, nil)
+	if _, cached := completeCached(t, b, offloadPrompt); cached != want*16 {
+		t.Fatalf("cached %d, want the %d blocks written through", cached, want)
+	}
+}

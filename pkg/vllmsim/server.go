@@ -234,6 +234,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.handler = s.routes()
 	s.startPrefetch()
+	s.startWriteThrough()
 	go s.loop()
 	s.log.Info("vLLM simulator started",
 		"model", cfg.Model, "served_model_names", cfg.ServedModelNames, "profile", cfg.Profile.Name,
