@@ -208,16 +208,16 @@ func TestBatchExpires(t *testing.T) {
 // on the same storage: finished lines are not sent again.
 func TestBatchResumesAfterRestart(t *testing.T) {
 	eng := startEngine(t)
+	// Three lines go through, the fourth is held: then stop. (Installing
+	// the gate after three lines had finished raced with the engine, which
+	// could finish all ten first and leave the test waiting.)
+	eng.gate, eng.entered, eng.holdAfter = make(chan struct{}), make(chan struct{}, 1), 3
 	store, _ := kvstore.Open(context.Background(), t.TempDir(), kvstore.Options{})
 	api1, c1 := startAPI(t, HTTPBackend{URL: eng.url}, store, APIOptions{Concurrency: 1, FlushEvery: 1})
 	fileID := upload(t, c1, inputFile(10, nil))
 	b := create(t, c1, fileID, "24h")
-	// Let some lines finish, then hold the next one and stop.
-	poll(t, c1, b.ID, func(b *openai.Batch) bool { return b.RequestCounts.Completed >= 3 })
-	eng.mu.Lock()
-	eng.gate, eng.entered = make(chan struct{}), make(chan struct{}, 1)
-	eng.mu.Unlock()
 	<-eng.entered
+	poll(t, c1, b.ID, func(b *openai.Batch) bool { return b.RequestCounts.Completed >= 3 })
 	api1.Close()
 	eng.mu.Lock()
 	close(eng.gate)

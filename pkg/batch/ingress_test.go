@@ -32,9 +32,11 @@ type engine struct {
 	calls atomic.Int64
 	mu    sync.Mutex
 	tiers []string
-	// gate, when set, holds every inference until closed.
-	gate    chan struct{}
-	entered chan struct{}
+	// gate, when set, holds every inference after the first holdAfter
+	// until closed.
+	gate      chan struct{}
+	entered   chan struct{}
+	holdAfter int64
 }
 
 func startEngine(t *testing.T) *engine {
@@ -47,12 +49,12 @@ func startEngine(t *testing.T) *engine {
 			// client that gives up (and cancel r.Context()).
 			body, _ := io.ReadAll(r.Body)
 			r.Body = io.NopCloser(bytes.NewReader(body))
-			e.calls.Add(1)
+			n := e.calls.Add(1)
 			e.mu.Lock()
 			e.tiers = append(e.tiers, r.Header.Get(TierHeader))
-			gate, entered := e.gate, e.entered
+			gate, entered, holdAfter := e.gate, e.entered, e.holdAfter
 			e.mu.Unlock()
-			if gate != nil {
+			if gate != nil && n > holdAfter {
 				select {
 				case entered <- struct{}{}:
 				default:
