@@ -174,6 +174,9 @@ type podWait struct {
 	slots         int     // 0: not known
 	rate          float64 // starts per second
 	mine          int64   // requests this activator has in flight on it
+	// byPriority: the pod schedules by priority, so lower tiers' work on
+	// it yields to the request (vLLM's priority policy).
+	byPriority bool
 }
 
 // wait predicts how long a new request would wait on the pod before it
@@ -189,6 +192,14 @@ func (p podWait) wait() float64 {
 		if p.mine == 0 {
 			// Its load is someone else's (another activator): no
 			// evidence that it does not drain.
+			return 0
+		}
+		if p.byPriority && p.ahead < 1 {
+			// Nothing of its tier or higher waits there: it is first in
+			// line and what fills the pod is lower tiers' work, which
+			// yields to it. No start in the window (long low-priority
+			// prompts, a slow machine) is no sign of a frozen pod for it;
+			// a frozen pod shows as this tier's own requests waiting.
 			return 0
 		}
 		return math.Inf(1)
@@ -239,7 +250,8 @@ func (rev *revision) waits(dst []podWait, admitted int, t Tier) []podWait {
 			queued = w
 		}
 		dst = append(dst, podWait{name: p.spec.Name, load: math.Max(float64(m.Running+m.Waiting), float64(fl)),
-			queued: float64(queued), ahead: float64(ahead), slots: slots, rate: p.starts.rate(now), mine: fl})
+			queued: float64(queued), ahead: float64(ahead), slots: slots, rate: p.starts.rate(now), mine: fl,
+			byPriority: upTo < len(p.queued)-1})
 	}
 	if pending := int64(admitted) - inflight; pending > 0 && len(dst) > 0 {
 		share := float64(pending) / float64(len(dst))

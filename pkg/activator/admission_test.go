@@ -54,6 +54,12 @@ func TestPodWait(t *testing.T) {
 		{"priority: two of its tier queued", podWait{load: 9, queued: 5, ahead: 2, slots: 4, rate: 2}, 1.5},
 		{"full, ours in flight, no start seen", podWait{load: 4, slots: 4, mine: 1}, inf},
 		{"full of others' requests, no start seen", podWait{load: 4, slots: 4}, 0},
+		// Under priority scheduling, lower tiers' long work that started
+		// nothing in the window does not make the pod look frozen to a
+		// higher tier that has nothing waiting there (a batch flood must
+		// not get critical requests shed); its own tier waiting does.
+		{"priority: full of lower tiers, no start seen", podWait{load: 4, slots: 4, mine: 4, byPriority: true}, 0},
+		{"priority: its tier waiting, no start seen", podWait{load: 5, queued: 1, ahead: 1, slots: 4, mine: 5, byPriority: true}, inf},
 	}
 	for _, c := range cases {
 		if got := c.w.wait(); got != c.want {
