@@ -142,7 +142,7 @@ func newBenchCmd() *cobra.Command {
 	fl.StringVar(&f.api, "api", "completions", "OpenAI API: completions or chat")
 	fl.StringVar(&f.promptFormat, "prompt-format", "", "how prompts are sent: ids (token ids; completions only) or text (default: ids for completions, text for chat)")
 	fl.BoolVar(&f.noIgnoreEOS, "no-ignore-eos", false, `do not send vLLM's "ignore_eos": true (outputs may be shorter)`)
-	fl.StringArrayVar(&f.headers, "header", nil, `header added to every request, "Name: value" (repeatable; never written to the report)`)
+	fl.StringArrayVar(&f.headers, "header", nil, `header added to every request, "Name: value" (repeatable; never written to the report); "Host: NAME" sends to the URL's address with that Host (e.g. a traffic tag's critical-{svc}.{ns}.localhost)`)
 
 	f.addWorkloadFlags(fl, "send")
 	fl.Int64Var(&f.seed, "seed", 0, "seed of generated prompts and arrivals (default: the workload's, else 0)")

@@ -432,9 +432,7 @@ func (d *driver) do(ctx context.Context, r workload.Request, rec *Record, b *buf
 	req.ContentLength = int64(len(b.body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "text/event-stream")
-	for k, vs := range d.cfg.Header {
-		req.Header[k] = vs
-	}
+	setHeader(req, d.cfg.Header)
 
 	sent := time.Now()
 	rec.Sent = sent.Sub(d.start)
@@ -624,6 +622,22 @@ func (l *Live) noteLate(late time.Duration) {
 		if int64(late) <= m || l.lateMax.CompareAndSwap(m, int64(late)) {
 			return
 		}
+	}
+}
+
+// setHeader adds h to req. A Host entry becomes req.Host, the Host the
+// request is sent with (net/http ignores Host in req.Header), so a run can
+// name a virtual host such as a traffic tag's while it dials the URL's
+// address.
+func setHeader(req *http.Request, h http.Header) {
+	for k, vs := range h {
+		if k == "Host" {
+			if len(vs) > 0 {
+				req.Host = vs[len(vs)-1]
+			}
+			continue
+		}
+		req.Header[k] = vs
 	}
 }
 

@@ -44,9 +44,7 @@ func DiscoverModel(ctx context.Context, client *http.Client, endpoint string, he
 	if err != nil {
 		return "", err
 	}
-	for k, vs := range header {
-		req.Header[k] = vs
-	}
+	setHeader(req, header)
 	if client == nil {
 		client = http.DefaultClient
 	}

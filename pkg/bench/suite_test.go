@@ -174,6 +174,10 @@ func TestModels(t *testing.T) {
 		t.Error("no error for a path without /completions")
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Host == "critical-llm.default.localhost" {
+			fmt.Fprint(w, `{"data":[{"id":"by-host"}]}`)
+			return
+		}
 		if r.Header.Get("Authorization") != "Bearer k" {
 			w.WriteHeader(http.StatusUnauthorized)
 			fmt.Fprint(w, `{"error":{"message":"bad key"}}`)
@@ -189,6 +193,10 @@ func TestModels(t *testing.T) {
 	_, err = DiscoverModel(context.Background(), nil, srv.URL+"/v1/completions", http.Header{"Authorization": {"Bearer k"}})
 	if err == nil || !strings.Contains(err.Error(), "lists no model") {
 		t.Errorf("error %v", err)
+	}
+	// A Host header is the Host the request is sent with (a traffic tag's).
+	if got, err := DiscoverModel(context.Background(), nil, srv.URL+"/v1/completions", http.Header{"Host": {"critical-llm.default.localhost"}}); err != nil || got != "by-host" {
+		t.Errorf("with a Host header: %q, %v", got, err)
 	}
 }
 
