@@ -95,5 +95,8 @@ Findings when this was written (the tables below are the measurement):
 
 MD
 	cat "$tmp/tables.md"
-} >"$OUT"
+	# The real-time section (batch-soak-local.sh) is kept as it was.
+	if [ -f "$OUT" ]; then sed -n '/^## Real time (kn-llmd local)/,$p' "$OUT"; fi
+} >"$tmp/out.md"
+mv "$tmp/out.md" "$OUT"
 echo "wrote $OUT" >&2
