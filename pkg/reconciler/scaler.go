@@ -45,6 +45,13 @@ type revisionScaler struct {
 	// no data is not zero load (Knative's decider returns no
 	// recommendation on ErrNoData and the KPA keeps the scale).
 	noDataSince time.Time
+	// lastTick is when scale last ran (zero: never). The replicas to set
+	// at lastTick, compared with those at now, tell a tick whether they
+	// changed: besides the recommendation, the initial-scale hold ends
+	// with time alone (initializedAt plus the grace period), and a
+	// recommendation of zero that arrived while the hold was in force is
+	// applied only when a reconcile follows the hold's end.
+	lastTick time.Time
 }
 
 // initial is a role's initial scale within its bounds: Knative's
@@ -287,16 +294,23 @@ func (r *PodAutoscalerReconciler) tick(ctx context.Context, s *revisionScaler) {
 func (s *revisionScaler) scale(now time.Time, in autoscaler.Input, fresh bool) (rec autoscaler.Recommendation, changed, decided bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	prevAt := s.lastTick
+	if prevAt.IsZero() || prevAt.After(now) {
+		prevAt = now
+	}
+	s.lastTick = now
+	// What the last tick asked the reconciler to set.
+	d0, p0, prev := s.wantLocked(prevAt)
 	if !fresh {
 		if s.noDataSince.IsZero() {
 			s.noDataSince = now
 			return s.rec, true, false
 		}
-		return s.rec, false, false
+		d1, p1, _ := s.wantLocked(now)
+		return s.rec, d0 != d1 || p0 != p1, false
 	}
 	wasHolding := !s.noDataSince.IsZero()
 	s.noDataSince = time.Time{}
-	d0, p0, prev := s.wantLocked(now)
 	rec = s.dec.Scale(now, in)
 	s.rec, s.hasRec = rec, true
 	d1, p1, _ := s.wantLocked(now)

@@ -66,6 +66,51 @@ func TestInitialScaleHoldsUntilInitialized(t *testing.T) {
 	}
 }
 
+// TestHoldEndAsksForAReconcile: the end of the initial-scale hold changes
+// the replicas to set with time alone. A revision whose pod became ready
+// after the decider's grace period (so its recommendation was already
+// zero, unchanged from tick to tick) must still ask for a reconcile when
+// the hold ends, or it stays at its initial scale until some unrelated
+// event (the e2e tier's TestScaleFromZero failed so, at random: "decode
+// Deployment at 0 replicas: not within 30s").
+func TestHoldEndAsksForAReconcile(t *testing.T) {
+	start := time.Unix(1_000_000, 0)
+	now := start
+	r := &PodAutoscalerReconciler{revs: map[types.NamespacedName]*revisionScaler{}, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		opts: Options{Now: func() time.Time { return now }}}
+	cfg := autoscaler.DefaultConfig()
+	cfg.ScaleToZeroGracePeriod = 2 * time.Second
+	cfg.TickInterval = time.Second
+	key := types.NamespacedName{Namespace: "ns", Name: "rev"}
+	s, err := r.scalerFor(key, cfg, engine.DefaultProfile, 1, "rev-deployment")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readyAt := start.Add(5 * time.Second) // the pod took 5 s to become ready
+	var zeroAt time.Time
+	for i := 1; i <= 20; i++ {
+		now = start.Add(time.Duration(i) * cfg.TickInterval)
+		if !now.Before(readyAt) {
+			s.initialized(readyAt) // the reconcile that saw it ready
+		}
+		_, changed, _ := s.scale(now, autoscaler.Input{}, true) // activators report no traffic
+		d, _, rec := s.want(now)
+		if now.After(start.Add(cfg.ScaleToZeroGracePeriod)) && rec.Decode != 0 {
+			t.Fatalf("%v after creation without traffic: recommendation %s, want 0", now.Sub(start), rec)
+		}
+		if d == 0 {
+			if !changed {
+				t.Fatalf("tick at +%v: the replicas to set went to 0 (hold over) without asking for a reconcile", now.Sub(start))
+			}
+			zeroAt = now
+			break
+		}
+	}
+	if want := readyAt.Add(cfg.ScaleToZeroGracePeriod); zeroAt.Before(want) || zeroAt.After(want.Add(cfg.TickInterval)) {
+		t.Errorf("replicas to set reached 0 at +%v, want within a tick of the hold's end at +%v", zeroAt.Sub(start), want.Sub(start))
+	}
+}
+
 // TestAutoscalerNoDataNoAutoscale mirrors Knative's test of the same name:
 // ticks without a fresh activator report give no recommendation, and the
 // last one holds however long the silence lasts; activators that report
