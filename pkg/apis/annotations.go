@@ -175,6 +175,14 @@ const (
 	DefaultKVOffloadDeadline = 30 * time.Second
 )
 
+// KVFlushPath is the pod endpoint the autoscaler calls before it scales a
+// revision with KV offload to zero: POST asks the replica to flush its most
+// valuable KV blocks to shared storage now, while it still serves, and
+// answers once they are committed (200, a JSON summary); 404, 405 or 501
+// means the engine has no such endpoint (a plain vLLM: it flushes on
+// shutdown instead). The llmd-kn simulator implements it.
+const KVFlushPath = "/internal/kv/flush"
+
 // KVOffloadSpec is a revision's KV offload and tier configuration.
 type KVOffloadSpec struct {
 	Mode string // KVOffloadOff, KVOffloadOnScaleDown or KVOffloadWriteThrough

@@ -48,6 +48,14 @@
 //     a restarted autoscaler does not apply it again. Time is an input
 //     (Options.Now); condition transitions are dated with it.
 //
+// For a revision with KV offload (llm-d.ai/kv-offload on-scale-down or
+// write-through) that is to go to zero, the decode pods are first asked to
+// flush their KV cache to shared storage (POST apis.KVFlushPath on each
+// running decode pod) and the replicas stay until they have answered or
+// llm-d.ai/kv-offload-deadline has passed; demand that returns meanwhile
+// cancels the flush. Pods without the endpoint (a plain vLLM, which flushes
+// on shutdown) are not waited for. See kvflush.go and docs/kv-offload.md.
+//
 // In advise mode (llm-d.ai/autoscaler-mode: advise) it computes and reports
 // recommendations (an Event per change, the API and the gauge) but leaves
 // the replicas alone.
@@ -99,7 +107,8 @@
 // RBAC (least privilege): podautoscalers get/list/watch/update/patch and
 // podautoscalers/status; revisions get/list/watch; deployments and
 // deployments/scale; services and endpointslices (create, update, delete in
-// revision namespaces); events; leases in the autoscaler's own namespace.
+// revision namespaces); pods get/list (the decode pods to flush); events;
+// leases in the autoscaler's own namespace.
 //
 // The package must not depend on the activator or the local runtime; it
 // imports the pure cores (pkg/autoscaler, pkg/apis, pkg/engine) and

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,14 +87,19 @@ type Options struct {
 	// metrics registry when nil).
 	Registerer prometheus.Registerer
 	// Now is the clock of the deciders, the stats API, the activation
-	// timeout and the PA's condition transitions (time.Now when nil).
+	// timeout, the KV flush deadline and the PA's condition transitions
+	// (time.Now when nil).
 	Now func() time.Time
+	// FlushClient calls the decode pods' KV flush endpoint before a scale
+	// to zero (nil: a client that follows no redirects).
+	FlushClient *http.Client
 }
 
 // PodAutoscalerReconciler is the slo.autoscaling.llm-d.ai PodAutoscaler
 // class. Create it with New, then SetupWithManager.
 type PodAutoscalerReconciler struct {
 	client   client.Client
+	reader   client.Reader // uncached: the pods of a revision to flush
 	recorder events.EventRecorder
 	opts     Options
 	log      *slog.Logger
@@ -106,6 +112,8 @@ type PodAutoscalerReconciler struct {
 	// recommendation changed between watch events.
 	kick        chan event.GenericEvent
 	recommended *prometheus.GaugeVec
+	flushes     *prometheus.CounterVec
+	flushClient *http.Client
 }
 
 // New returns the reconciler, with its client and event recorder from mgr.
@@ -138,8 +146,24 @@ func New(mgr manager.Manager, opts Options) (*PodAutoscalerReconciler, error) {
 		}
 		g = are.ExistingCollector.(*prometheus.GaugeVec)
 	}
+	fl := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "llmd", Subsystem: "autoscaler", Name: "kv_flushes_total",
+		Help: "KV cache flushes the autoscaler asked for before scaling a revision with KV offload to zero, by outcome."},
+		[]string{"outcome"})
+	if err := opts.Registerer.Register(fl); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, fmt.Errorf("reconciler: metrics: %w", err)
+		}
+		fl = are.ExistingCollector.(*prometheus.CounterVec)
+	}
+	if opts.FlushClient == nil {
+		opts.FlushClient = newFlushClient()
+	}
 	return &PodAutoscalerReconciler{
 		client:      mgr.GetClient(),
+		reader:      mgr.GetAPIReader(),
+		flushes:     fl,
+		flushClient: opts.FlushClient,
 		recorder:    mgr.GetEventRecorder("llmd-autoscaler"),
 		opts:        opts,
 		log:         opts.Logger,
@@ -362,6 +386,17 @@ func (r *PodAutoscalerReconciler) reconcile(ctx context.Context, pa *v1alpha1.Po
 			r.log.Info("activation timed out", "revision", key.String(), "after", deadline+ActivationTimeoutBuffer)
 			r.recorder.Eventf(pa, nil, corev1.EventTypeWarning, ReasonTimedOut, "ScaleToZero",
 				"decode pods of %s were not ready within the progress deadline %v (+%v); scaling to zero", pa.Name, deadline, ActivationTimeoutBuffer)
+		}
+		if !cfg.Advisory && !act.timedOut && spec.KVOffload.Enabled() && current > 0 && desired == 0 {
+			// The last replicas flush their KV cache first (kvflush.go).
+			if hold, recheck := r.flushGate(pa, rs, spec.KVOffload, now); hold {
+				desired = current
+				if act.wait == 0 || recheck < act.wait {
+					act.wait = recheck
+				}
+			}
+		} else {
+			rs.dropFlush()
 		}
 		if !cfg.Advisory && current != desired {
 			if err := r.scale(ctx, decode, desired); err != nil {

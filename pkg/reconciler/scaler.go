@@ -52,6 +52,9 @@ type revisionScaler struct {
 	// recommendation of zero that arrived while the hold was in force is
 	// applied only when a reconcile follows the hold's end.
 	lastTick time.Time
+	// flush is the KV flush in progress before a scale to zero (nil:
+	// none); see kvflush.go.
+	flush *kvFlush
 }
 
 // initial is a role's initial scale within its bounds: Knative's

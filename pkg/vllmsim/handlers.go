@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 )
 
@@ -68,6 +69,7 @@ func (s *Server) routes() http.Handler {
 	rt.handle(http.MethodPost, "/tokenize", s.handleTokenize)
 	rt.handle(http.MethodPost, "/detokenize", s.handleDetokenize)
 	rt.handle(http.MethodPost, ReleasePath, s.handleRelease)
+	rt.handle(http.MethodPost, apis.KVFlushPath, s.handleFlush)
 	rt.handle(http.MethodGet, "/metrics", s.metrics.serveHTTP)
 	return rt
 }

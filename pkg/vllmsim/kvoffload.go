@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -657,4 +658,34 @@ func (s *Server) resident(h uint64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.eng.IsCached(h)
+}
+
+// flushResponse is the answer of POST apis.KVFlushPath.
+type flushResponse struct {
+	Candidates int    `json:"candidates"`
+	Selected   int    `json:"selected"`
+	Written    int    `json:"written"`
+	Committed  int    `json:"committed"`
+	Bytes      int64  `json:"bytes"`
+	Error      string `json:"error,omitempty"`
+}
+
+// handleFlush flushes the replica's KV cache now (the autoscaler calls it
+// before it scales the revision to zero): 200 once committed, 500 with the
+// error when storage failed (what was written is committed), 404 without
+// KV offload. The flush is bounded by the configured deadline only: a
+// caller that stops waiting (the autoscaler at its deadline) does not cut
+// the commit of what was written.
+func (s *Server) handleFlush(w http.ResponseWriter, r *http.Request) {
+	if s.kvo == nil {
+		writeError(w, httpError(http.StatusNotFound, "KV offload is off"))
+		return
+	}
+	res, err := s.Flush(context.WithoutCancel(r.Context()))
+	out := flushResponse{Candidates: res.Candidates, Selected: res.Selected, Written: res.Written, Committed: res.Committed, Bytes: res.Bytes}
+	status := http.StatusOK
+	if err != nil {
+		status, out.Error = http.StatusInternalServerError, err.Error()
+	}
+	writeJSON(w, status, out)
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/kvstore"
 	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
 )
@@ -405,5 +406,40 @@ func TestKVOffloadWriteThrough(t *testing.T) {
 	b := offloadSim(t, dir, nil)
 	if _, cached := completeCached(t, b, offloadPrompt); cached != want*16 {
 		t.Fatalf("cached %d, want the %d blocks written through", cached, want)
+	}
+}
+
+// TestKVOffloadFlushEndpoint: POST apis.KVFlushPath (what the autoscaler
+// calls before scaling to zero) flushes while the replica serves and
+// answers what it committed; a fresh replica restores it. Without KV
+// offload the endpoint answers 404 (the autoscaler then relies on the
+// flush at shutdown).
+func TestKVOffloadFlushEndpoint(t *testing.T) {
+	dir := t.TempDir()
+	a := offloadSim(t, dir, nil)
+	completeCached(t, a, offloadPrompt)
+	code, b := post(t, a.url+apis.KVFlushPath, "")
+	if code != 200 {
+		t.Fatalf("flush: %d %s", code, b)
+	}
+	var res struct{ Written, Committed int }
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Written == 0 || res.Committed != res.Written {
+		t.Fatalf("flush answered %s", b)
+	}
+	// The replica still serves after its flush.
+	if _, cached := completeCached(t, a, offloadPrompt); cached == 0 {
+		t.Fatal("the flushed replica lost its GPU cache")
+	}
+	fresh := offloadSim(t, "file://"+dir, nil)
+	if _, cached := completeCached(t, fresh, offloadPrompt); cached != res.Written*16 {
+		t.Fatalf("fresh replica restored %d tokens, want the %d flushed", cached, res.Written*16)
+	}
+
+	plain := startSim(t, vllmsim.Config{})
+	if code, b := post(t, plain.url+apis.KVFlushPath, ""); code != 404 {
+		t.Fatalf("flush without KV offload: %d %s, want 404", code, b)
 	}
 }
