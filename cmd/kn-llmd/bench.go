@@ -30,6 +30,7 @@ type benchFlags struct {
 	rate                float64
 	ladder              string
 	speedup, rateScale  float64
+	idleEvery, idleGap  time.Duration
 	maxRequests         int
 	duration            time.Duration
 	seed                int64
@@ -104,6 +105,8 @@ func (f *benchFlags) addWorkloadFlags(fl *pflag.FlagSet, verb string) {
 	fl.Float64Var(&f.rateScale, "rate-scale", 0, "multiply generated arrival rates (not trace timestamps) by this")
 	fl.IntVar(&f.maxRequests, "max-requests", 0, verb+" at most this many requests (0: the workload's)")
 	fl.DurationVar(&f.duration, "duration", 0, verb+" only requests scheduled before this time (0: the workload's)")
+	fl.DurationVar(&f.idleEvery, "idle-every", 0, "with --idle-gap: insert an idle gap after every this much of arrival time (scale to zero and cold starts)")
+	fl.DurationVar(&f.idleGap, "idle-gap", 0, "with --idle-every: length of each idle gap")
 }
 
 func newBenchCmd() *cobra.Command {
@@ -379,6 +382,9 @@ func (f *benchFlags) spec(changed func(string) bool) (workload.Spec, string, err
 		}
 		spec.MaxDuration = workload.Duration{Duration: f.duration}
 	}
+	if changed("idle-every") || changed("idle-gap") {
+		spec.IdleEvery, spec.IdleGap = workload.Duration{Duration: f.idleEvery}, workload.Duration{Duration: f.idleGap}
+	}
 	if changed("seed") {
 		spec.Seed = f.seed
 	}
@@ -396,7 +402,7 @@ func (f *benchFlags) spec(changed func(string) bool) (workload.Spec, string, err
 // flags that set them.
 var specToFlags = strings.NewReplacer(
 	"rateScale", "--rate-scale", "speedup", "--speedup",
-	"maxRequests", "--max-requests", "maxDuration", "--duration",
+	"maxRequests", "--max-requests", "maxDuration", "--duration", "idleEvery", "--idle-every", "idleGap", "--idle-gap",
 	"arrival.rate", "--rate", "arrival.steps", "--ladder steps",
 )
 

@@ -86,6 +86,18 @@ Workload flags are kn-llmd bench's: exactly one of --workload FILE,
 with --rate/--arrival or --ladder, --speedup, --rate-scale, --max-requests,
 --duration and --seed (which also seeds the router and the engines).
 
+KV offload: --kv-offload on-scale-down models llm-d.ai/kv-offload as the
+simulator does it: an engine that leaves (scale-down, scale to zero)
+flushes its most valuable resident blocks (hits x prefix depth, within
+--kv-offload-max-bytes) to shared storage, and a request whose prefix
+storage holds beyond the engine's GPU cache restores it (the profile's
+storage bandwidth and per-object latency) instead of recomputing it.
+--kv-offload off,on-scale-down runs each routing profile twice (the second
+named <routing>-kv-offload). With --autoscaler slo and --min-engines 0,
+each run prints the TTFT of the first minute after each scale from zero;
+--idle-every and --idle-gap insert idle gaps into the workload so that it
+scales to zero.
+
 Batch soak: --batch-soak N measures how much of the capacity interactive
 traffic leaves idle a backlog of N batch requests (--batch-input-len,
 --batch-output-len; --batch-concurrency outstanding at once, as the Batch
@@ -103,6 +115,10 @@ const planExample = `  # llm-d's shared-prefix ladder on 8 Qwen3-32B engines (2x
 
   # The Mooncake trace at its own timestamps on 8 Llama-3.1-8B engines
   kn-llmd plan --trace mooncake:../shared/data/mooncake/synthetic_trace.jsonl --engines 8 --out out/plan-mooncake
+
+  # Scale to zero with and without KV offload: the Mooncake trace at a tenth of its rate, idle 10m after every 5m
+  kn-llmd plan --trace mooncake:../shared/data/mooncake/synthetic_trace.jsonl --speedup 0.1 --idle-every 5m --idle-gap 10m \
+      --autoscaler slo --min-engines 0 --engines 4 --startup-delay 60s --routing default --kv-offload off,on-scale-down --out out/plan-offload
 
   # How many engines does the Azure code trace need for TTFT <= 1s at 99%?
   kn-llmd plan --trace azure:../shared/data/azure/AzureLLMInferenceTrace_code.csv --routing default \
@@ -181,6 +197,9 @@ func newPlanCmd() *cobra.Command {
 	fl.Float64Var(&f.o.PanicThreshold, "panic-threshold", d.PanicThreshold, "with --autoscaler slo or kpa: panic mode starts when the panic window wants this percentage of the ready replicas (Knative's panic-threshold-percentage)")
 	fl.DurationVar(&f.o.ScaleDownDelay, "scale-down-delay", d.ScaleDownDelay, "with --autoscaler slo or kpa: hold the highest recommendation this long before scaling down (Knative's scale-down-delay)")
 	fl.DurationVar(&f.o.LowerBoundWindow, "lower-bound-window", d.LowerBoundWindow, "with --autoscaler instant-bound or clairvoyant: the bounds' window")
+	fl.StringVar(&f.o.KVOffload, "kv-offload", d.KVOffload, "KV offload to shared storage (llm-d.ai/kv-offload): off, on-scale-down, or off,on-scale-down to compare (one run each; see KV offload)")
+	fl.StringVar(&f.o.KVOffloadMaxBytes, "kv-offload-max-bytes", d.KVOffloadMaxBytes, "with --kv-offload: stored KV bytes bound, e.g. 200Gi (llm-d.ai/kv-offload-max-bytes; default unbounded)")
+	fl.DurationVar(&f.o.KVOffloadDeadline, "kv-offload-deadline", d.KVOffloadDeadline, "with --kv-offload: cap of an engine's modelled flush time (llm-d.ai/kv-offload-deadline)")
 	fl.IntVar(&f.o.BatchSoak, "batch-soak", d.BatchSoak, "run a batch soak with a backlog of this many batch requests (see Batch soak)")
 	fl.IntVar(&f.o.BatchInputLen, "batch-input-len", d.BatchInputLen, "with --batch-soak: prompt tokens per batch request")
 	fl.IntVar(&f.o.BatchOutputLen, "batch-output-len", d.BatchOutputLen, "with --batch-soak: output tokens per batch request")

@@ -47,3 +47,11 @@ func (e *Engine) Preload(hashes []uint64, maxBlocks int) int {
 	}
 	return n
 }
+
+// BlockHashes returns the keys of the prompt's full blocks, chained as the
+// prefix cache keys them (what CachedPrefix and IsCached take), in dst's
+// storage (its contents are replaced).
+func (e *Engine) BlockHashes(dst []uint64, prompt []uint32) []uint64 {
+	h, _ := e.chain.ExtendChain(dst[:0], nil, prompt)
+	return h
+}

@@ -92,6 +92,9 @@ type Config struct {
 	// Batch is a backlog of batch-tier work run beside the workload (see
 	// BatchConfig); the zero value runs none.
 	Batch BatchConfig
+	// KVOffload is the modelled KV offload to shared storage (see
+	// KVOffloadConfig); the zero value is off.
+	KVOffload KVOffloadConfig
 }
 
 // EngineConfig is the vLLM configuration of every engine; zero fields take
@@ -213,6 +216,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("critical share must be in [0, 1], got %v", c.CriticalShare)
 	}
 	if err := c.Batch.validate(); err != nil {
+		return err
+	}
+	if err := c.KVOffload.validate(c); err != nil {
 		return err
 	}
 	rc := c.routerConfig()

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/autoscaler"
 	"github.com/llmd-kn/llmd-kn/pkg/bench"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
@@ -69,6 +70,14 @@ type Options struct {
 	PanicThreshold   float64
 	ScaleDownDelay   time.Duration
 
+	// KVOffload lists the KV offload modes to run, comma-separated: off,
+	// on-scale-down, or both (one run each per routing profile; the
+	// offloading run is named <routing>-kv-offload). KVOffloadMaxBytes
+	// (a byte size, "" for unbounded) and KVOffloadDeadline shape it.
+	KVOffload         string
+	KVOffloadMaxBytes string
+	KVOffloadDeadline time.Duration
+
 	// BatchSoak is the batch backlog of a batch soak (0: none); the
 	// Batch* fields shape its requests, SoakLoad and CriticalShare the
 	// interactive traffic, SoakCritical and SoakStandard are the tiers'
@@ -99,6 +108,7 @@ func DefaultOptions() Options {
 		Bucket: time.Second, TargetAttainment: 0.99, MaxReplicas: 64,
 		Autoscaler: PolicyFixed, ScaleToZeroGrace: a.ScaleToZeroGracePeriod, SLOPercentile: a.SLO.Percentile, KPATarget: "16",
 		LowerBoundWindow: 10 * time.Second, PanicThreshold: a.PanicThresholdPercentage,
+		KVOffload: apis.KVOffloadOff, KVOffloadDeadline: DefaultKVOffloadDeadline,
 		BatchInputLen: b.InputLen, BatchOutputLen: b.OutputLen, BatchConcurrency: b.Concurrency, BatchMaxSaturation: b.MaxSaturation,
 		SoakLoad: 0.6, CriticalShare: 0.5,
 	}
@@ -125,6 +135,10 @@ type Job struct {
 	soak     *SoakOptions
 	spec     workload.Spec
 	specBase string
+
+	// offload lists the KV offload settings to run (one run each per
+	// routing profile).
+	offload []KVOffloadConfig
 
 	capacity bool // a sweep or a search
 	decode   []int
@@ -417,6 +431,22 @@ func NewJob(o Options) (*Job, error) {
 		}
 	}
 
+	if j.offload, err = parseOffload(o); err != nil {
+		return nil, err
+	}
+	if len(j.offload) > 1 || j.offload[0].Enabled {
+		if j.capacity || j.compare != nil || j.soak != nil {
+			return nil, errors.New("--kv-offload runs routing profiles, fixed or with --autoscaler slo: it does not combine with capacity questions, autoscaling comparisons or --batch-soak")
+		}
+		for _, k := range j.offload {
+			c := j.cfg
+			c.KVOffload = k
+			if err := c.Validate(); err != nil {
+				return nil, fmt.Errorf("--kv-offload: %w", err)
+			}
+		}
+	}
+
 	for _, p := range o.Include {
 		sum, err := bench.ReadSummary(p)
 		if err != nil {
@@ -535,9 +565,24 @@ func (j *Job) Run(ctx context.Context, out io.Writer) error {
 	}
 	var runs []bench.RunSummary
 	var csv bytes.Buffer
+	type run struct {
+		routing string
+		kv      KVOffloadConfig
+	}
+	var todo []run
 	for _, name := range j.routings {
+		for _, k := range j.offload {
+			todo = append(todo, run{name, k})
+		}
+	}
+	for _, r := range todo {
+		name := r.routing
 		cfg := j.cfg
-		cfg.Routing = name
+		cfg.Routing, cfg.KVOffload = name, r.kv
+		so := j.so
+		if r.kv.Enabled {
+			so.Name = name + "-kv-offload"
+		}
 		if j.newScaler != nil {
 			sc, err := j.newScaler()
 			if err != nil {
@@ -546,7 +591,7 @@ func (j *Job) Run(ctx context.Context, out io.Writer) error {
 			cfg.Scaler = sc
 		}
 		start := time.Now()
-		sum, res, err := RunWorkload(ctx, cfg, j.w, j.so)
+		sum, res, err := RunWorkload(ctx, cfg, j.w, so)
 		if err != nil {
 			return fmt.Errorf("routing %s: %w", name, err)
 		}
@@ -555,6 +600,7 @@ func (j *Job) Run(ctx context.Context, out io.Writer) error {
 		st := &res.Stats
 		fmt.Fprintf(out, "  %s: %.1f replica-seconds (%.1f GPU-seconds), peak %s, %d cold starts, %d replica changes\n",
 			sum.Name, st.ReplicaSeconds, st.GPUSeconds, st.PeakReplicas, st.ColdStarts, max(len(res.Replicas)-1, 0))
+		WriteKVOffloadLines(out, sum.Name, res)
 		if err := WriteReplicaCSV(&csv, len(runs) == 0, sum.Name, res.Replicas); err != nil {
 			return err
 		}

@@ -90,6 +90,8 @@ type Stats struct {
 	// ScaleEvents counts the scaler's answers that changed the desired
 	// counts.
 	ScaleEvents int
+	// KVOffload is what the modelled KV offload did (zero when off).
+	KVOffload KVOffloadStats
 }
 
 // request stages.
@@ -155,6 +157,11 @@ type node struct {
 	// Step telemetry (EngineMetrics).
 	prefillTokens, decodeSteps, decodeSeqs int64
 	prefillTime, decodeTime                time.Duration
+
+	// KV offload: the blocks this engine served (nil: none or off) and
+	// the modelled time its flush kept it provisioned after it left.
+	seen     map[uint64]*blockUse
+	flushFor time.Duration
 }
 
 type kvBatch struct {
@@ -225,6 +232,7 @@ type sim struct {
 
 	obs      Observation
 	stats    Stats
+	kvo      *kvOffload // nil: KV offload off
 	engines  []EngineResult
 	replicas []ReplicaPoint
 	desired  Replicas
@@ -268,6 +276,14 @@ func Run(ctx context.Context, cfg Config, src workload.Source) (*Result, error) 
 		promptOf: -1,
 	}
 	s.idleEvery = idleScrapeEvery(cfg.ScrapeInterval, cfg.StaleAfter)
+	if cfg.KVOffload.Enabled {
+		probe, err := engine.New(cfg.engineConfig(engine.RoleBoth, 0, false))
+		if err != nil {
+			return nil, fmt.Errorf("plan: %w", err)
+		}
+		st := probe.Stats()
+		s.kvo = newKVOffload(&cfg, st.BlockSize, st.NumBlocks)
+	}
 	if s.model == "" {
 		s.model = cfg.Profile.Model.Name
 	}
@@ -336,7 +352,8 @@ func (s *sim) run() error {
 		if n.gone {
 			end = n.goneAt
 		}
-		s.stats.ReplicaSeconds += (end - n.addedAt).Seconds()
+		// A flushing engine holds its accelerators until its flush ends.
+		s.stats.ReplicaSeconds += (end + n.flushFor - n.addedAt).Seconds()
 		if !n.started {
 			continue
 		}
@@ -826,8 +843,13 @@ func (s *sim) add(f *flight) {
 		return
 	}
 	n := s.nodes[f.decode]
+	stored := 0
+	if s.offloads(n) && !f.disagg {
+		stored = s.prepareRestore(n, s.promptFor(f))
+	}
 	err := n.eng.Add(s.base.Add(s.now), engine.Request{
 		ID: f.id, Prompt: s.promptFor(f), MaxTokens: f.req.MaxTokens, IgnoreEOS: s.cfg.IgnoreEOS, RemotePrefill: f.disagg, Priority: s.priority(f),
+		StoredTokens: stored,
 	})
 	if err != nil {
 		switch {
@@ -882,6 +904,11 @@ func (s *sim) output(n *node, o *engine.Output) {
 	rec.HasUsage, rec.Status = true, 200
 	rec.PromptTokens, rec.CompletionTokens = o.PromptTokens, o.NumOutput
 	rec.CachedTokens = o.CachedTokens
+	if !f.disagg {
+		// Restored from storage (KV offload): reported with the cached
+		// tokens, as the simulator's usage does.
+		rec.CachedTokens += o.ExternalTokens
+	}
 	if f.disagg {
 		// As the activator reports a disaggregated answer: what no engine
 		// had to compute is what the prefill engine found in its cache.
@@ -1197,6 +1224,9 @@ func (s *sim) maybeGone(n *node) {
 		return
 	}
 	n.gone, n.goneAt = true, s.now
+	if s.offloads(n) && n.started {
+		n.flushFor = s.flush(n)
+	}
 	clear(n.kv)
 	n.kv, n.kvHead = nil, 0
 	s.rt.Forget(n.id)

@@ -152,6 +152,12 @@ func settings(res *Result) map[string]string {
 	if st.Rejected > 0 {
 		m["flowRejected"] = strconv.Itoa(st.Rejected)
 	}
+	if k := c.KVOffload; k.Enabled {
+		o := &st.KVOffload
+		m["kvOffload"] = fmt.Sprintf("on-scale-down, maxBytes %d, deadline %s", k.MaxBytes, d(max(k.Deadline, 0)))
+		m["kvOffloadFlushed"] = fmt.Sprintf("%d blocks (%d bytes) in %d flushes, %.1fs", o.Flushed, o.FlushedBytes, o.Flushes, o.FlushSeconds)
+		m["kvOffloadRestored"] = fmt.Sprintf("%d tokens (%d bytes) in %d requests", o.RestoredTokens, o.RestoredBytes, o.Restores)
+	}
 	return m
 }
 

@@ -58,11 +58,14 @@ type Spec struct {
 	// Arrival is the arrival process; for traces it defaults to the trace's
 	// timestamps.
 	Arrival Arrival `json:"arrival,omitzero"`
-	// Speedup, RateScale, MaxRequests and MaxDuration are as in Options.
+	// Speedup, RateScale, MaxRequests, MaxDuration, IdleEvery and IdleGap
+	// are as in Options.
 	Speedup     float64  `json:"speedup,omitempty"`
 	RateScale   float64  `json:"rateScale,omitempty"`
 	MaxRequests int      `json:"maxRequests,omitempty"`
 	MaxDuration Duration `json:"maxDuration,omitzero"`
+	IdleEvery   Duration `json:"idleEvery,omitzero"`
+	IdleGap     Duration `json:"idleGap,omitzero"`
 }
 
 // AzureConfig configures the Azure trace's generated prompts.
@@ -266,6 +269,8 @@ func (s *Spec) options() Options {
 		RateScale:   s.RateScale,
 		MaxRequests: s.MaxRequests,
 		MaxDuration: s.MaxDuration.Duration,
+		IdleEvery:   s.IdleEvery.Duration,
+		IdleGap:     s.IdleGap.Duration,
 	}
 }
 

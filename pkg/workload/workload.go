@@ -23,6 +23,12 @@ type Options struct {
 	// MaxDuration keeps only requests that arrive before it (after Speedup);
 	// 0 means no limit.
 	MaxDuration time.Duration
+	// IdleEvery and IdleGap insert idle gaps: after every IdleEvery of
+	// arrival time (after Speedup and MaxDuration), IdleGap passes with no
+	// arrival, so that a replay sees scale to zero and cold starts (a
+	// request at t arrives at t + floor(t/IdleEvery)*IdleGap). Both 0: no
+	// gaps.
+	IdleEvery, IdleGap time.Duration
 }
 
 // Workload is a dataset with an arrival process and limits: a finite,
@@ -72,6 +78,10 @@ func (o Options) validate(v *validator, kind string) {
 	v.check(o.RateScale == 0 || o.RateScale == 1 || kind != ArrivalTrace, "rateScale", "does not apply to trace timestamps; use speedup")
 	v.check(o.MaxRequests >= 0, "maxRequests", "must not be negative, got %d", o.MaxRequests)
 	v.check(o.MaxDuration >= 0, "maxDuration", "must not be negative, got %s", o.MaxDuration)
+	v.check(o.IdleEvery >= 0 && o.IdleGap >= 0, "idleGap", "idleEvery and idleGap must not be negative")
+	v.check((o.IdleEvery == 0) == (o.IdleGap == 0), "idleGap", "idleEvery and idleGap go together")
+	v.check(o.IdleEvery == 0 || o.IdleEvery >= time.Second, "idleEvery", "must be at least 1s, got %s", o.IdleEvery)
+	v.check(o.IdleGap <= 24*time.Hour, "idleGap", "must be at most 24h, got %s", o.IdleGap)
 }
 
 // Dataset returns the workload's dataset.
@@ -171,6 +181,9 @@ func (it *iterator) advance(build bool) (Request, bool) {
 	if w.opts.MaxDuration > 0 && at >= w.opts.MaxDuration {
 		it.done = true
 		return Request{}, false
+	}
+	if w.opts.IdleEvery > 0 {
+		at += (at / w.opts.IdleEvery) * w.opts.IdleGap
 	}
 	it.at = max(at, it.at) // rounding must not reorder
 	r.Index, r.At = it.i, it.at

@@ -36,6 +36,10 @@ func TestTraceReplay(t *testing.T) {
 		{"before 2 s (exclusive)", Options{MaxDuration: 2 * time.Second}, []time.Duration{0, time.Second}},
 		{"sped up, then cut at 0.6 s of replay", Options{Speedup: 4, MaxDuration: 600 * time.Millisecond}, []time.Duration{0, 250 * time.Millisecond, 500 * time.Millisecond}},
 		{"more requests than rows", Options{MaxRequests: 50}, []time.Duration{0, time.Second, 2 * time.Second, 3 * time.Second, 4 * time.Second}},
+		{"idle 10 s after every 2 s", Options{IdleEvery: 2 * time.Second, IdleGap: 10 * time.Second},
+			[]time.Duration{0, time.Second, 12 * time.Second, 13 * time.Second, 24 * time.Second}},
+		{"slowed, cut, then idle gaps", Options{Speedup: 0.5, MaxDuration: 5 * time.Second, IdleEvery: 3 * time.Second, IdleGap: time.Minute},
+			[]time.Duration{0, 2*time.Second + 0, 4*time.Second + time.Minute}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,6 +92,9 @@ func TestNewRejects(t *testing.T) {
 		{"negative speed-up", tr, Arrival{}, Options{Speedup: -1}, "speedup: must be in (0, 1e6]"},
 		{"zero rate", endless, Arrival{Kind: ArrivalPoisson}, Options{MaxRequests: 1}, "arrival.rate: must be in (0, 1e+07]"},
 		{"negative limit", tr, Arrival{}, Options{MaxRequests: -1}, "maxRequests: must not be negative"},
+		{"idle gap alone", tr, Arrival{}, Options{IdleGap: time.Minute}, "idleGap: idleEvery and idleGap go together"},
+		{"idle every too short", tr, Arrival{}, Options{IdleEvery: time.Millisecond, IdleGap: time.Minute}, "idleEvery: must be at least 1s"},
+		{"idle gap too long", tr, Arrival{}, Options{IdleEvery: time.Minute, IdleGap: 25 * time.Hour}, "idleGap: must be at most 24h"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
