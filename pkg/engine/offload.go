@@ -24,26 +24,43 @@ func (e *Engine) IsCached(h uint64) bool {
 	return ok
 }
 
+// PreloadBlock is one block read back from storage for Preload.
+type PreloadBlock struct {
+	Hash uint64
+	// Parent is the chain's previous block (HasParent false at a root).
+	Parent    uint64
+	HasParent bool
+	// Tokens are the block's token ids when storage kept them (BlockSize
+	// of them); nil: unknown, and no KV event is published for it.
+	Tokens []uint32
+}
+
 // Preload puts blocks read back from storage into the prefix cache as
 // free, cached blocks, as a replica's prefetch at start-up does: a later
-// request finds them as ordinary prefix hits. hashes must list parents
+// request finds them as ordinary prefix hits. blocks must list parents
 // before children. It takes only free blocks that hold no cached content
 // (it never evicts anything to make room), at most maxBlocks, and returns
-// how many it added. No KV event is published for
-// them: the engine does not know their tokens.
-func (e *Engine) Preload(hashes []uint64, maxBlocks int) int {
+// how many it added. Each added block whose tokens are known is announced
+// with a BlockStored event (with KV events on), delivered by the next
+// Step, so that a router's index learns of it as of any stored block.
+func (e *Engine) Preload(blocks []PreloadBlock, maxBlocks int) int {
 	n := 0
-	for _, h := range hashes {
+	for _, pb := range blocks {
 		if n >= maxBlocks || e.pool.numFree == 0 || e.pool.hashed[e.pool.head] {
 			break
 		}
-		if _, ok := e.pool.cached[h]; ok {
+		if _, ok := e.pool.cached[pb.Hash]; ok {
 			continue
 		}
 		b := e.pool.alloc()
-		e.pool.store(b, h)
+		e.pool.store(b, pb.Hash)
 		e.pool.release(b)
 		n++
+		if e.cfg.DisableKVEvents || len(pb.Tokens) != e.cfg.BlockSize {
+			continue
+		}
+		e.pending = append(e.pending, KVEvent{Kind: BlockStored, Hashes: []uint64{pb.Hash}, Parent: pb.Parent, HasParent: pb.HasParent,
+			TokenIDs: append([]uint32(nil), pb.Tokens...), BlockSize: e.cfg.BlockSize})
 	}
 	return n
 }

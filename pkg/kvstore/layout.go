@@ -63,6 +63,11 @@ type BlockEntry struct {
 	Bytes   int64     `json:"bytes"`
 	LastUse time.Time `json:"lastUse"`
 	Hits    int64     `json:"hits"`
+	// Tokens are the block's token ids, when the writer kept them: a
+	// replica that prefetches the block announces it with them in its KV
+	// events (a router indexes blocks by their tokens). Like the KV itself,
+	// they are the prompts' content: storage holds both.
+	Tokens []uint32 `json:"tokens,omitempty"`
 }
 
 // BlockID formats a block key as the manifest does.
@@ -154,6 +159,9 @@ func (m *Manifest) Merge(other *Manifest) {
 		cur.Hits += e.Hits
 		if e.LastUse.After(cur.LastUse) {
 			cur.LastUse = e.LastUse
+		}
+		if len(cur.Tokens) == 0 {
+			cur.Tokens = e.Tokens
 		}
 		m.Blocks[id] = cur
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -117,6 +118,7 @@ type blockStat struct {
 	depth   int
 	hits    int64
 	lastUse time.Time
+	tokens  []uint32 // the block's token ids (stored with it for KV events)
 }
 
 // offloader is one server's KV offload state.
@@ -252,13 +254,13 @@ func (o *offloader) hashes(prompt []uint32) []uint64 {
 }
 
 // track counts one use of each full block of a prompt: the flush's value.
-func (o *offloader) track(hashes []uint64, now time.Time) {
+func (o *offloader) track(prompt []uint32, hashes []uint64, now time.Time) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for i, h := range hashes {
 		st := o.seen[h]
 		if st == nil {
-			st = &blockStat{depth: i + 1, root: i == 0}
+			st = &blockStat{depth: i + 1, root: i == 0, tokens: slices.Clone(prompt[i*o.blockSize : (i+1)*o.blockSize])}
 			if i > 0 {
 				st.parent = hashes[i-1]
 			}
@@ -325,7 +327,7 @@ type restorePlan struct {
 // cache holds now. It never fails: what storage cannot give is computed.
 func (o *offloader) prepare(ctx context.Context, prompt []uint32, cached func([]uint64) int) restorePlan {
 	hs := o.hashes(prompt)
-	o.track(hs, time.Now())
+	o.track(prompt, hs, time.Now())
 	// Leave at least one token to compute, as the engine does.
 	hs = hs[:min(len(hs), (len(prompt)-1)/o.blockSize)]
 	if len(hs) == 0 {
@@ -431,7 +433,7 @@ func (o *offloader) flush(ctx context.Context, resident func(uint64) bool) (Flus
 		if !resident(h) {
 			continue
 		}
-		e := kvstore.BlockEntry{Depth: st.depth, Bytes: o.blockBytes, LastUse: st.lastUse, Hits: st.hits}
+		e := kvstore.BlockEntry{Depth: st.depth, Bytes: o.blockBytes, LastUse: st.lastUse, Hits: st.hits, Tokens: st.tokens}
 		if !st.root {
 			e.Parent = kvstore.BlockID(st.parent)
 		}
@@ -583,7 +585,7 @@ func (s *Server) prefetch(ctx context.Context) int {
 	}
 	sel := kvstore.SelectValuable(m.Blocks, o.cfg.PrefetchBytes, nil)
 	ok := make(map[string]bool, len(sel))
-	hashes := make([]uint64, 0, len(sel))
+	blocks := make([]engine.PreloadBlock, 0, len(sel))
 	for _, id := range sel {
 		e := m.Blocks[id]
 		if e.Parent != "" && !ok[e.Parent] {
@@ -606,11 +608,21 @@ func (s *Server) prefetch(ctx context.Context) int {
 		}
 		o.m.readBytes.Add(float64(len(data)))
 		ok[id] = true
-		hashes = append(hashes, k)
+		pb := engine.PreloadBlock{Hash: k}
+		if e.Parent != "" {
+			pb.Parent, _ = kvstore.ParseBlockID(e.Parent) // ok[e.Parent]: it parsed
+			pb.HasParent = true
+		}
+		if len(e.Tokens) == o.blockSize {
+			pb.Tokens = e.Tokens
+		}
+		blocks = append(blocks, pb)
 	}
 	s.mu.Lock()
-	n := s.eng.Preload(hashes, len(hashes))
+	n := s.eng.Preload(blocks, len(blocks))
 	s.mu.Unlock()
+	// The engine loop publishes their KV events at its next step.
+	s.kick()
 	o.m.prefetchedBlocks.Add(float64(n))
 	return n
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -441,5 +442,46 @@ func TestKVOffloadFlushEndpoint(t *testing.T) {
 	plain := startSim(t, vllmsim.Config{})
 	if code, b := post(t, plain.url+apis.KVFlushPath, ""); code != 404 {
 		t.Fatalf("flush without KV offload: %d %s, want 404", code, b)
+	}
+}
+
+// TestKVOffloadPrefetchAnnouncesBlocks: the manifest keeps each flushed
+// block's token ids, and a replica that prefetches them announces them in
+// KV events (a router indexes blocks by their tokens) before it has served
+// anything.
+func TestKVOffloadPrefetchAnnouncesBlocks(t *testing.T) {
+	dir := t.TempDir()
+	res := warmAndFlush(t, dir)
+	_, _, m := storedManifest(t, dir)
+	tokens := vllmsim.EncodeCompletionPrompt(nil, offloadPrompt)
+	withTokens := 0
+	for _, e := range m.Blocks {
+		if len(e.Tokens) == 16 && slices.Equal(e.Tokens, tokens[(e.Depth-1)*16:e.Depth*16]) {
+			withTokens++
+		}
+	}
+	if withTokens != len(m.Blocks) || withTokens != res.Written {
+		t.Fatalf("%d of %d manifest entries carry their block's tokens", withTokens, len(m.Blocks))
+	}
+
+	cfg := func(prefetch int64) vllmsim.Config {
+		return vllmsim.Config{
+			KVOffload: vllmsim.KVOffloadConfig{Mode: "on-scale-down", URI: dir, PayloadScale: 1.0 / 1024, Deadline: 20 * time.Second, PrefetchBytes: prefetch},
+			KVEvents:  vllmsim.KVEventsConfig{Enable: true, Publisher: "zmq", Endpoint: "tcp://127.0.0.1:0", Topic: "kv@test@demo"},
+		}
+	}
+	// Without a prefetch, a replica that served nothing published nothing.
+	a := startSim(t, cfg(0))
+	eventually(t, "ready", a.Ready)
+	if got := valueOr0(t, a, "kn_llmd_sim_kv_event_batches_total"); got != 0 {
+		t.Fatalf("%v KV event batches before any request", got)
+	}
+	b := startSim(t, cfg(1<<40))
+	eventually(t, "ready after the prefetch", b.Ready)
+	eventually(t, "the prefetched blocks announced", func() bool {
+		return valueOr0(t, b, "kn_llmd_sim_kv_event_batches_total") >= 1
+	})
+	if got := valueOr0(t, b, "llmd_kv_offload_prefetched_blocks_total"); int(got) != res.Written {
+		t.Fatalf("prefetched %v blocks, want %d", got, res.Written)
 	}
 }
