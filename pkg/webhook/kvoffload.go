@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -118,6 +119,13 @@ func defaultKVOffload(tmpl *servingv1.RevisionTemplateSpec, c *corev1.Container,
 		}
 		if k.Enabled() {
 			env = append(env, corev1.EnvVar{Name: EnvKVOffloadMode, Value: k.Mode})
+			// Knative makes the revision's timeoutSeconds the pods'
+			// termination grace period: a pod stopped at scale-down
+			// that has not flushed by then is killed.
+			if ts := tmpl.Spec.TimeoutSeconds; ts != nil && time.Duration(*ts)*time.Second < k.Deadline {
+				warnings = append(warnings, fmt.Sprintf("timeoutSeconds %d (the pods' termination grace period) is shorter than %s %s: "+
+					"a pod stopped at scale-down may be killed before its KV flush ends", *ts, apis.KVOffloadDeadlineAnnotation, k.Deadline))
+			}
 			if k.URI == "" {
 				warnings = append(warnings, fmt.Sprintf("%s is %s but %s is not set: nothing is written to shared storage",
 					apis.KVOffloadAnnotation, k.Mode, apis.KVOffloadURIAnnotation))

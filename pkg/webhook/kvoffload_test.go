@@ -278,6 +278,17 @@ func TestKVOffloadWarnings(t *testing.T) {
 			}
 		})
 	}
+	// A grace period (timeoutSeconds) shorter than the flush deadline.
+	short := template(map[string]string{apis.ModelAnnotation: "m", apis.KVOffloadAnnotation: "on-scale-down",
+		apis.KVOffloadURIAnnotation: "s3://kv/llama", apis.KVOffloadDeadlineAnnotation: "2m"}, vllm())
+	short.Spec.TimeoutSeconds = ptr[int64](60)
+	if w := DefaultTemplate(short, knativeConfig(t, nil, fieldRefOn)); len(w) != 1 || !strings.Contains(w[0], "timeoutSeconds 60") {
+		t.Errorf("warnings %q, want one about timeoutSeconds 60", w)
+	}
+	short.Spec.TimeoutSeconds = ptr[int64](300)
+	if w := DefaultTemplate(short, knativeConfig(t, nil, fieldRefOn)); len(w) != 0 {
+		t.Errorf("timeoutSeconds 300 over a 2m deadline: warnings %q", w)
+	}
 	// A file:// store on a mounted volume is fine.
 	c := vllm()
 	c.VolumeMounts = []corev1.VolumeMount{{Name: "kv", MountPath: "/mnt/kv"}}
