@@ -623,13 +623,15 @@ func (a *Activator) classifyTier(next http.Handler) http.Handler {
 	})
 }
 
-// countRequests counts every request that reached a revision and tier: on
-// arrival in the revision's stats (the autoscaler's early signal), and by
-// the status it ended with in the metrics.
+// countRequests counts every request that reached a revision and tier by
+// the status it ended with in the metrics. The revision's stats count it
+// as arrived (the autoscaler's early signal) when flow control dispatches
+// or queues it, and apart, as shed, when flow control refuses it on
+// arrival: only requests that reach a pod, or wait for one, count toward
+// scaling (issue 17).
 func (a *Activator) countRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := callOf(r)
-		c.rev.stats.arrive(c.tier.Name, len(c.req.Tokens))
 		defer func() {
 			if tm := c.rev.m.tiers[c.tier.Name]; c.code == http.StatusOK && tm != nil {
 				tm.ok.Inc()
@@ -651,7 +653,11 @@ func (a *Activator) flowControl(next http.Handler) http.Handler {
 		revName := rev.name
 		tm := rev.m.tiers[c.tier.Name]
 		tm.queued.Inc()
-		release, tier, err := a.acquirePromoting(r.Context(), rev, c.tier, int64(c.req.Size))
+		arrivedAs, entered := c.tier.Name, false
+		release, tier, err := a.acquirePromoting(r.Context(), rev, c.tier, int64(c.req.Size), func() {
+			entered = true
+			rev.stats.arrive(arrivedAs, len(c.req.Tokens))
+		})
 		tm.queued.Dec()
 		c.tier = tier // a batch request whose deadline neared moved up (promote.go)
 		if err != nil {
@@ -666,7 +672,12 @@ func (a *Activator) flowControl(next http.Handler) http.Handler {
 			} else {
 				c.code = 499 // the client went away while queued
 			}
-			rev.stats.record(requestDone{tier: c.tier.Name, failed: true, at: a.opts.Now()})
+			if entered {
+				// It waited in the queue: arrived load that failed.
+				rev.stats.record(requestDone{tier: c.tier.Name, failed: true, at: a.opts.Now()})
+			} else {
+				rev.stats.shed(c.tier.Name, len(c.req.Tokens))
+			}
 			return
 		}
 		defer release()

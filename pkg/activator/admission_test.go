@@ -88,7 +88,7 @@ func TestAdmitsLeavesRoomForHigherTiers(t *testing.T) {
 		{"no budget of its own, reserve taken", []podWait{free}, 0, 250 * time.Millisecond, false},
 	}
 	for _, c := range cases {
-		if got := admits(c.ws, c.own, c.reserve); got != c.want {
+		if got := admits(c.ws, c.own, c.reserve, 0); got != c.want {
 			t.Errorf("%s: admits %v, want %v", c.name, got, c.want)
 		}
 	}
@@ -99,6 +99,46 @@ func TestAdmitsLeavesRoomForHigherTiers(t *testing.T) {
 	own, reserve = DefaultTiers().budgets(tier(t, "critical"))
 	if own != 250*time.Millisecond || reserve != 0 {
 		t.Errorf("critical budgets %v, %v: want 250ms and no reserve", own, reserve)
+	}
+}
+
+// Under priority scheduling a lower tier starts only at once and where it
+// leaves keepFree slots for a higher tier: the engine does not preempt
+// for a slot, so a critical request arriving at a pod full of lower-tier
+// work would wait for one of them to finish.
+func TestAdmitsKeepsSlotsFreeUnderPriority(t *testing.T) {
+	pod := func(load float64, slots int) podWait {
+		return podWait{load: load, slots: slots, rate: 8, queued: math.Max(load-float64(slots), 0)}
+	}
+	cases := []struct {
+		name string
+		ws   []podWait
+		keep float64
+		want bool
+	}{
+		{"two free of 16, keep 1", []podWait{pod(7, 8), pod(7, 8)}, 1, true},
+		{"one free of 16, keep 1: it is the higher tier's", []podWait{pod(7, 8), pod(8, 8)}, 1, false},
+		{"full: it would wait in the pod", []podWait{pod(8, 8), pod(9, 8)}, 1, false},
+		{"one free, nothing kept", []podWait{pod(7, 8), pod(8, 8)}, 0, true},
+		{"slots unknown, nothing waits: no reserve is possible", []podWait{{load: 3, rate: 8}}, 1, true},
+		{"slots unknown, requests wait", []podWait{{load: 3, queued: 1, ahead: 1, rate: 8}}, 1, false},
+	}
+	for _, c := range cases {
+		if got := admits(c.ws, 2*time.Second, 0, c.keep); got != c.want {
+			t.Errorf("%s: admits %v, want %v", c.name, got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		slots []int
+		want  float64
+	}{{[]int{8, 8}, 1}, {[]int{1, 1}, 0}, {[]int{256}, 25}, {[]int{0, 0}, 0}} {
+		var ws []podWait
+		for _, n := range c.slots {
+			ws = append(ws, podWait{slots: n})
+		}
+		if got := keepFree(ws); got != c.want {
+			t.Errorf("keepFree(%v) = %v, want %v", c.slots, got, c.want)
+		}
 	}
 }
 
@@ -165,9 +205,9 @@ func TestFlowShedsOnArrival(t *testing.T) {
 	}
 }
 
-// Once the revision has pods, a request of a tier with a TTFT target waits
-// at most its budget (half the target) in the queue: 429, not the tier's
-// whole queue deadline.
+// Once the revision has pods, a request of a tier with a TTFT target that
+// was queued (predicted to start in time) waits at most its whole target
+// in the queue: 429, not the tier's whole queue deadline.
 func TestFlowBudgetBoundsTheWait(t *testing.T) {
 	g := &capGate{ready: true, capacity: 0}
 	tr, _ := ParseTiers([]byte("tiers:\n- {name: critical, priority: 1, ttft: 40ms, maxQueueTime: 1h}\n"))
@@ -179,10 +219,10 @@ func TestFlowBudgetBoundsTheWait(t *testing.T) {
 	case err := <-done:
 		var rej *RejectError
 		if !errors.As(err, &rej) || rej.Status != http.StatusTooManyRequests || rej.Kind != "queue_timeout" {
-			t.Fatalf("got %v, want a 429 at the budget", err)
+			t.Fatalf("got %v, want a 429 at the target", err)
 		}
 	case <-time.After(30 * time.Second): // a hang guard, not a threshold
-		t.Fatal("the request waited past its budget")
+		t.Fatal("the request waited past its target")
 	}
 }
 
@@ -220,5 +260,57 @@ func TestFlowLowerTierWaitsBehindHigher(t *testing.T) {
 	got := map[string]bool{<-order: true, <-order: true}
 	if !got["critical"] || !got["standard"] {
 		t.Fatalf("dispatched %v, want both", got)
+	}
+}
+
+// A request is refused on arrival when the tiers above it take the rate it
+// would start at, even with nothing queued: strict priority puts their
+// future arrivals ahead of it too. Nothing is refused later for the same
+// reason: a queued request's bound is its whole target.
+func TestFlowShedsBehindHigherTiersOnArrival(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	tiers, err := ParseTiers([]byte(`tiers:
+- {name: critical, priority: 100, ttft: 1h, maxQueueTime: 2h}
+- {name: standard, priority: 50, ttft: 2h, maxQueueTime: 4h}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(name string) Tier { tr, _ := tiers.Get(name); return tr }
+	g := &capGate{ready: true, capacity: 1000}
+	// The pods' first bytes lag the dispatches: the rate is the larger.
+	drain := 5.0
+	f := NewFlowController(tiers, FlowLimits{}, g.gate, nil).withRates(func() float64 { return drain }, clock.Now)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// 20 critical requests dispatched over 2 s (19 in the window at the
+	// end): all the revision starts.
+	for range 20 {
+		rel, err := f.Acquire(ctx, get("critical"), 1)
+		if err != nil {
+			t.Fatalf("critical with capacity: %v", err)
+		}
+		defer rel()
+		clock.now = clock.now.Add(100 * time.Millisecond)
+	}
+	g.set(true, 0) // the pods are full
+	_, err = f.Acquire(ctx, get("standard"), 1)
+	var rej *RejectError
+	if !errors.As(err, &rej) || rej.Status != http.StatusTooManyRequests || rej.Kind != "shed" {
+		t.Fatalf("standard behind critical taking the whole rate: %v, want a 429 shed on arrival", err)
+	}
+	// A faster drain leaves standard 10.5/s; its budget (1 h) holds
+	// thousands, so it queues.
+	drain = 20
+	go func() { _, _ = f.Acquire(ctx, get("standard"), 1) }()
+	waitQueued(t, f, 1)
+	if d := queueDeadline(get("standard")); d != 2*time.Hour {
+		t.Errorf("standard's queue deadline %v, want its whole target", d)
+	}
+	if d := queueDeadline(tier(t, "critical")); d != 500*time.Millisecond {
+		t.Errorf("default critical's queue deadline %v, want 500ms", d)
+	}
+	if d := queueDeadline(tier(t, "batch")); d != 10*time.Minute {
+		t.Errorf("default batch's queue deadline %v, want its maxQueueTime", d)
 	}
 }

@@ -39,14 +39,16 @@ type FlowLimits struct {
 // dispatches them highest tier first when the gate opens; a tier's queue
 // waits while a higher tier's head cannot go. Nothing waits forever (each
 // tier has a queue deadline, and once the revision has pods a tier with a
-// TTFT target waits at most its admission budget) and nothing is dropped
-// silently: every refusal is a RejectError. A request that is predicted not
-// to start in time is refused when it arrives (429 with a Retry-After from
-// the drain rate), not after waiting; 503 is for a revision without pods.
+// TTFT target waits at most its target) and nothing is dropped silently:
+// every refusal is a RejectError. A request that is predicted not to start
+// within its budget (half its target) is refused when it arrives (429 with
+// a Retry-After from the drain rate), not after waiting; 503 is for a
+// revision without pods.
 type FlowController struct {
 	gate   Gate
 	limits FlowLimits
 	tiers  []string // highest priority first
+	table  *Tiers
 	poke   func()
 	// drain is the revision's start rate (requests/s; 0: unknown) and now
 	// its clock; see withRates.
@@ -62,8 +64,9 @@ type FlowController struct {
 	// when its queue has been non-empty.
 	lastDispatch map[string]time.Time
 	since        map[string]time.Time
-	// dispatched counts each tier's dispatches: while its queue is
-	// backlogged, the rate at which it drains (what higher tiers leave).
+	// dispatched counts each tier's dispatches: the rate the tiers above
+	// a tier take from the drain rate (shedEarlyLocked), and whether a
+	// tier has traffic (higherActive).
 	dispatched map[string]*rateMeter
 }
 
@@ -85,7 +88,7 @@ func NewFlowController(tiers *Tiers, limits FlowLimits, gate Gate, poke func()) 
 	if limits.MaxQueuedBytes <= 0 {
 		limits.MaxQueuedBytes = 1 << 30
 	}
-	f := &FlowController{gate: gate, limits: limits, tiers: tiers.Names(), poke: poke, queues: map[string]*list.List{},
+	f := &FlowController{gate: gate, limits: limits, tiers: tiers.Names(), table: tiers, poke: poke, queues: map[string]*list.List{},
 		drain: func() float64 { return 0 }, now: time.Now,
 		lastDispatch: map[string]time.Time{}, since: map[string]time.Time{}, dispatched: map[string]*rateMeter{}}
 	for _, n := range f.tiers {
@@ -120,9 +123,9 @@ func (f *FlowController) Stats() FlowStats {
 	return s
 }
 
-// queueBudget is how long a request of tier t may wait in the queue while
-// the revision has pods: its admission budget where it has a TTFT target,
-// else its queue deadline.
+// queueBudget is how long a request of tier t is allowed to be predicted
+// to wait in the queue, on arrival, while the revision has pods: its
+// admission budget where it has a TTFT target, else its queue deadline.
 func queueBudget(t Tier) time.Duration {
 	if b := admitBudget(t); b > 0 && b < time.Duration(t.MaxQueueTime) {
 		return b
@@ -130,14 +133,54 @@ func queueBudget(t Tier) time.Duration {
 	return time.Duration(t.MaxQueueTime)
 }
 
+// queueDeadline is how long a request of tier t that was queued may wait
+// while the revision has pods: its whole TTFT target where it has one (by
+// then it has missed the target, whatever happens next), else its queue
+// deadline. The decision to refuse is made on arrival (shedEarlyLocked);
+// this is the bound for when the prediction was wrong (a pod froze, the
+// drain rate fell).
+func queueDeadline(t Tier) time.Duration {
+	if t.TTFT > 0 && time.Duration(t.TTFT) < time.Duration(t.MaxQueueTime) {
+		return time.Duration(t.TTFT)
+	}
+	return time.Duration(t.MaxQueueTime)
+}
+
+// higherActive reports whether a tier above t with a TTFT target had a
+// request dispatched within rateWindow. It does not take f.mu (the gate
+// calls it with f.mu held): the meters lock themselves.
+func (f *FlowController) higherActive(t Tier, now time.Time) bool {
+	for _, name := range f.tiers {
+		if name == t.Name {
+			return false
+		}
+		if o, ok := f.table.Get(name); ok && o.TTFT > 0 && f.dispatched[name].rate(now) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Acquire waits until a request of tier t and size bytes may be dispatched,
 // and returns a release function to call when it has finished. It fails
 // with a RejectError when the request cannot start within its tier's budget
-// (predicted on arrival from the queue ahead of it and the drain rate, or
-// its budget passed while it waited), when the queue is full (lower tiers
-// are shed first), when the tier's queue deadline passes, or with ctx's
-// error when the client goes away.
+// (predicted on arrival from the queue ahead of it and the rate left to its
+// tier: answered at once), when the queue is full (lower tiers are shed
+// first), when it waited its whole target (the prediction was wrong) or
+// its tier's queue deadline, or with ctx's error when the client goes
+// away.
 func (f *FlowController) Acquire(ctx context.Context, t Tier, size int64) (release func(), err error) {
+	return f.acquire(ctx, t, size, nil)
+}
+
+// acquire is Acquire; enter (if not nil) is called once the request is
+// dispatched or queued, not when it is refused on arrival: the activator
+// counts it as arrived load then (a request refused on arrival never
+// reaches a pod and counts apart).
+func (f *FlowController) acquire(ctx context.Context, t Tier, size int64, enter func()) (release func(), err error) {
+	if enter == nil {
+		enter = func() {}
+	}
 	f.mu.Lock()
 	q, known := f.queues[t.Name]
 	if !known {
@@ -149,6 +192,7 @@ func (f *FlowController) Acquire(ctx context.Context, t Tier, size int64) (relea
 		f.admitted++
 		f.markDispatch(t.Name)
 		f.mu.Unlock()
+		enter()
 		return f.releaser(), nil
 	}
 	if ready {
@@ -164,7 +208,7 @@ func (f *FlowController) Acquire(ctx context.Context, t Tier, size int64) (relea
 			if t.Sheddable || ready {
 				status = http.StatusTooManyRequests
 			}
-			return nil, &RejectError{Status: status, RetryAfter: f.retryAfterLocked(), Kind: "queue_full",
+			return nil, &RejectError{Status: status, RetryAfter: f.retryAfterLocked(t), Kind: "queue_full",
 				Reason: fmt.Sprintf("the revision's queue is full (%d requests, %d bytes waiting)", f.queued, f.bytes)}
 		}
 	}
@@ -176,6 +220,7 @@ func (f *FlowController) Acquire(ctx context.Context, t Tier, size int64) (relea
 	f.queued++
 	f.bytes += size
 	f.mu.Unlock()
+	enter()
 	if !ready && f.poke != nil && t.Name != BatchTier {
 		// Batch work alone wakes a revision only as its batch budget
 		// allows: the autoscaler decides at its next tick.
@@ -185,7 +230,7 @@ func (f *FlowController) Acquire(ctx context.Context, t Tier, size int64) (relea
 	timer := time.NewTimer(time.Duration(t.MaxQueueTime))
 	defer timer.Stop()
 	var budgetC <-chan time.Time
-	if b := queueBudget(t); b < time.Duration(t.MaxQueueTime) {
+	if b := queueDeadline(t); b < time.Duration(t.MaxQueueTime) {
 		bt := time.NewTimer(b)
 		defer bt.Stop()
 		budgetC = bt.C
@@ -202,16 +247,17 @@ wait:
 			err = ctx.Err()
 			break wait
 		case <-budgetC:
-			// Past its budget: refused if the revision has pods (they
-			// could not take it in time); while it has none (scale from
-			// zero) it waits up to the tier's queue deadline.
+			// Past its target: refused if the revision has pods (they
+			// could not take it in time, against the prediction on
+			// arrival); while it has none (scale from zero) it waits up
+			// to the tier's queue deadline.
 			budgetC = nil
 			f.mu.Lock()
 			ready, _ := f.gate(t, f.admitted)
 			f.mu.Unlock()
 			if ready {
-				err = &RejectError{Status: http.StatusTooManyRequests, RetryAfter: f.retryAfter(), Kind: "queue_timeout",
-					Reason: fmt.Sprintf("the revision could not start the request within the %s tier's budget of %v", t.Name, queueBudget(t))}
+				err = &RejectError{Status: http.StatusTooManyRequests, RetryAfter: f.retryAfter(t), Kind: "queue_timeout",
+					Reason: fmt.Sprintf("the revision could not start the request within the %s tier's target of %v", t.Name, queueDeadline(t))}
 				break wait
 			}
 		case <-timer.C:
@@ -222,7 +268,7 @@ wait:
 				Reason: fmt.Sprintf("request waited the %s tier's limit of %v in the activator without capacity",
 					t.Name, time.Duration(t.MaxQueueTime))}
 			if t.Sheddable || ready {
-				rej.Status, rej.RetryAfter = http.StatusTooManyRequests, f.retryAfter()
+				rej.Status, rej.RetryAfter = http.StatusTooManyRequests, f.retryAfter(t)
 			}
 			err = rej
 			break wait
@@ -246,12 +292,18 @@ wait:
 }
 
 // shedEarlyLocked refuses, on arrival, a request of tier t that is not
-// predicted to start within its queue budget: its tier's queue has not
-// moved for the budget (or rateWindow, whichever is shorter), or the
-// requests ahead of it (its tier and higher) at the revision's drain rate
-// would take longer than the budget; once its tier's queue has been
-// backlogged for rateWindow, its own queue at its own dispatch rate. Refusing then costs the client
-// nothing but a round trip; waiting would have cost it the budget too.
+// predicted to start within its queue budget. Refusing then costs the
+// client a round trip; waiting would have cost it the budget too, and a
+// refusal after waiting is no use to it. Two predictions:
+//
+//   - its tier's queue has not moved for the budget (or rateWindow,
+//     whichever is shorter): the revision starts none of them;
+//   - strict priority order: it starts after every request queued in its
+//     tier and the tiers above, and after the higher tiers' requests that
+//     arrive meanwhile. With C the revision's start rate (the pods' first
+//     bytes, or the dispatches if more) and H the higher tiers' dispatch
+//     rate, it waits (queued ahead + 1) / (C - H); without bound when H
+//     takes all of C.
 func (f *FlowController) shedEarlyLocked(t Tier) *RejectError {
 	budget := queueBudget(t)
 	now := f.now()
@@ -261,30 +313,22 @@ func (f *FlowController) shedEarlyLocked(t Tier) *RejectError {
 			moved = d
 		}
 		if stuck := now.Sub(moved); stuck > min(budget, rateWindow) {
-			return &RejectError{Status: http.StatusTooManyRequests, RetryAfter: f.retryAfterLocked(), Kind: "shed",
+			return &RejectError{Status: http.StatusTooManyRequests, RetryAfter: f.retryAfterLocked(t), Kind: "shed",
 				Reason: fmt.Sprintf("shed: the revision is saturated; the %s tier's queue has not moved for %v", t.Name, stuck.Round(time.Millisecond))}
 		}
 	}
-	d := f.drain()
-	ahead := 0
-	for _, name := range f.tiers {
-		ahead += f.queues[name].Len()
-		if name == t.Name {
-			break
-		}
+	ahead, c, left := f.aheadLocked(t, now)
+	if c <= 0 {
+		return nil // no rate known yet
 	}
-	if q := f.queues[t.Name]; q.Len() > 0 && now.Sub(f.since[t.Name]) >= rateWindow {
-		// Backlogged for the whole window: its queue drains at its own
-		// dispatch rate, what the higher tiers leave it.
-		ahead, d = q.Len(), f.dispatched[t.Name].rate(now)
+	wait := time.Duration(math.MaxInt64)
+	if left > 0 {
+		wait = time.Duration(min(float64(ahead+1)/left*float64(time.Second), float64(math.MaxInt64/2)))
 	}
-	if d <= 0 {
-		return nil
-	}
-	if wait := time.Duration(float64(ahead+1) / d * float64(time.Second)); wait > budget {
-		return &RejectError{Status: http.StatusTooManyRequests, RetryAfter: f.retryAfterLocked(), Kind: "shed",
-			Reason: fmt.Sprintf("shed: the revision is saturated; %d requests wait ahead at %.1f/s, over the %s tier's budget of %v",
-				ahead, d, t.Name, budget)}
+	if wait > budget {
+		return &RejectError{Status: http.StatusTooManyRequests, RetryAfter: f.retryAfterLocked(t), Kind: "shed",
+			Reason: fmt.Sprintf("shed: the revision is saturated; %d requests wait ahead and %.1f/s of the %.1f/s it starts are left to the %s tier, over its budget of %v",
+				ahead, max(left, 0), c, t.Name, budget)}
 	}
 	return nil
 }
@@ -295,22 +339,51 @@ func (f *FlowController) markDispatch(tier string) {
 	f.dispatched[tier].add(now)
 }
 
-// retryAfterLocked is when the revision's queue will have drained at its
-// current start rate, in whole seconds from 1 to 60 (1 while the rate is
-// not known).
-func (f *FlowController) retryAfterLocked() time.Duration {
-	d := f.drain()
-	if d <= 0 {
+// aheadLocked returns, for a request of tier t arriving now, how many
+// requests wait ahead of it in strict priority order (its tier and
+// higher), the revision's start rate c (the pods' first bytes, or the
+// dispatches if more; 0: unknown) and the part of it left to t once the
+// higher tiers have taken theirs.
+func (f *FlowController) aheadLocked(t Tier, now time.Time) (ahead int, c, left float64) {
+	var higher, dispatched float64
+	above := true
+	for _, name := range f.tiers {
+		r := f.dispatched[name].rate(now)
+		dispatched += r
+		if above {
+			ahead += f.queues[name].Len()
+		}
+		if name == t.Name {
+			above = false
+		}
+		if above {
+			higher += r
+		}
+	}
+	c = math.Max(f.drain(), dispatched)
+	return ahead, c, c - higher
+}
+
+// retryAfterLocked is when a request of tier t would start: the queue
+// ahead of it drained at the rate left to its tier, in whole seconds from
+// 1 to 60 (1 while the rate is not known, 60 when the higher tiers take
+// all of it).
+func (f *FlowController) retryAfterLocked(t Tier) time.Duration {
+	ahead, c, left := f.aheadLocked(t, f.now())
+	if c <= 0 {
 		return time.Second
 	}
-	s := math.Ceil(float64(f.queued+1) / d)
+	s := 60.0
+	if left > 0 {
+		s = math.Ceil(float64(ahead+1) / left)
+	}
 	return time.Duration(min(max(s, 1), 60)) * time.Second
 }
 
-func (f *FlowController) retryAfter() time.Duration {
+func (f *FlowController) retryAfter(t Tier) time.Duration {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.retryAfterLocked()
+	return f.retryAfterLocked(t)
 }
 
 func (f *FlowController) releaser() func() {

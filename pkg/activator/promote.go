@@ -46,23 +46,32 @@ func (a *Activator) promoted(t Tier) (Tier, bool) {
 // acquirePromoting is flow control for a batch request with a deadline: it
 // waits in the batch tier until its promotion time, then, still waiting,
 // moves to the tier above (a request already due on arrival goes there at
-// once). It returns the tier the request was admitted in.
-func (a *Activator) acquirePromoting(ctx context.Context, rev *revision, t Tier, size int64) (release func(), tier Tier, err error) {
+// once). It returns the tier the request was admitted in. enter is called
+// once, when the request is first dispatched or queued (FlowController's
+// acquire).
+func (a *Activator) acquirePromoting(ctx context.Context, rev *revision, t Tier, size int64, enter func()) (release func(), tier Tier, err error) {
 	at, ok := a.promoteAt(ctx, t)
 	up, hasUp := a.promoted(t)
 	if !ok || !hasUp {
-		release, err = rev.flow.Acquire(ctx, t, size)
+		release, err = rev.flow.acquire(ctx, t, size, enter)
 		return release, t, err
+	}
+	entered := false
+	once := func() {
+		if !entered {
+			entered = true
+			enter()
+		}
 	}
 	if a.opts.Now().Before(at) {
 		wctx, cancel := context.WithDeadline(ctx, at)
-		release, err = rev.flow.Acquire(wctx, t, size)
+		release, err = rev.flow.acquire(wctx, t, size, once)
 		cancel()
 		if err == nil || ctx.Err() != nil || wctx.Err() == nil {
 			return release, t, err
 		}
 	}
 	rev.stats.batchPromoted()
-	release, err = rev.flow.Acquire(ctx, up, size)
+	release, err = rev.flow.acquire(ctx, up, size, once)
 	return release, up, err
 }

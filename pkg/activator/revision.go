@@ -455,7 +455,8 @@ func (rev *revision) pod(name string) *pod {
 // gate is the flow controller's admission test: a ready decode-capable pod
 // must exist; for a tier with a TTFT target, some pod must be predicted to
 // start the request within the tier's admission budget, leaving a higher
-// tier's next request room to start within its own (admission.go); and
+// tier's next request room to start within its own (under priority
+// scheduling, some free slots: admission.go); and
 // the pool's saturation (llm-d's detector: per pod max(waiting/5, kv/0.8),
 // stale pods saturated, averaged) must be under the tier's limit. Requests
 // admitted but not yet visible in the pods' metrics count as waiting, so
@@ -468,14 +469,19 @@ func (rev *revision) gate(t Tier, admitted int) (ready, ok bool) {
 		if len(ws) == 0 {
 			return false, false
 		}
+		var keep float64
 		if rev.config().PriorityScheduling {
 			// The pods order their queues by tier (vLLM's priority
-			// scheduling, preempting lower tiers): waits counted only
-			// the tier's and higher tiers' requests, and lower tiers take
-			// no place from higher ones.
+			// scheduling): waits counted only the tier's and higher
+			// tiers' requests. They do not preempt for a slot: while a
+			// higher tier with a target has traffic, a lower tier starts
+			// only where it leaves some slots free for it (keepFree).
+			if reserve > 0 && rev.flow.higherActive(t, now) {
+				keep = keepFree(ws)
+			}
 			reserve = 0
 		}
-		if !admits(ws, own, reserve) {
+		if !admits(ws, own, reserve, keep) {
 			return true, false
 		}
 		if t.MaxSaturation == 0 {

@@ -24,12 +24,20 @@ type RevisionStats struct {
 	UncachedPrefillTokens int64 `json:"uncachedPrefillTokens"`
 	Disaggregated         int64 `json:"disaggregated"`
 	// ArrivedByTier and ArrivedPromptTokens count requests and their prompt
-	// tokens when they enter the revision's chain, before queueing: a
+	// tokens when flow control dispatches or queues them: a
 	// burst shows here a request's whole service time before it shows in
 	// the per-finished-request counters above. Absent in older activators'
 	// JSON (nil and 0).
 	ArrivedByTier       map[string]int64 `json:"arrivedByTier,omitempty"`
 	ArrivedPromptTokens int64            `json:"arrivedPromptTokens,omitempty"`
+	// ShedByTier and ShedPromptTokens count the requests flow control
+	// refused on arrival (429, or 503 without a pod): they never reached a
+	// pod nor waited for one, and count neither in ArrivedByTier nor in
+	// RequestsByTier, so that shed demand does not scale the revision
+	// (issue 17). A request refused after waiting in the queue counts as
+	// arrived and as a failed request.
+	ShedByTier       map[string]int64 `json:"shedByTier,omitempty"`
+	ShedPromptTokens int64            `json:"shedPromptTokens,omitempty"`
 	// Gauges.
 	QueuedByTier map[string]int `json:"queuedByTier"`
 	InFlight     int            `json:"inFlight"`
@@ -97,10 +105,19 @@ type revisionStats struct {
 }
 
 func newRevisionStats() *revisionStats {
-	return &revisionStats{c: RevisionStats{RequestsByTier: map[string]int64{}, ArrivedByTier: map[string]int64{}}}
+	return &revisionStats{c: RevisionStats{RequestsByTier: map[string]int64{}, ArrivedByTier: map[string]int64{}, ShedByTier: map[string]int64{}}}
 }
 
-// arrive counts one request of tier with promptTokens entering the chain.
+// shed counts one request of tier with promptTokens refused on arrival.
+func (s *revisionStats) shed(tier string, promptTokens int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.c.ShedByTier[tier]++
+	s.c.ShedPromptTokens += int64(max(promptTokens, 0))
+}
+
+// arrive counts one request of tier with promptTokens dispatched or queued
+// by flow control.
 func (s *revisionStats) arrive(tier string, promptTokens int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -181,6 +198,10 @@ func (s *revisionStats) snapshot(now time.Time) RevisionStats {
 	out.ArrivedByTier = make(map[string]int64, len(s.c.ArrivedByTier))
 	for k, v := range s.c.ArrivedByTier {
 		out.ArrivedByTier[k] = v
+	}
+	out.ShedByTier = make(map[string]int64, len(s.c.ShedByTier))
+	for k, v := range s.c.ShedByTier {
+		out.ShedByTier[k] = v
 	}
 	batch := s.batch
 	out.Batch = &batch

@@ -144,11 +144,15 @@ func quantile(ds []time.Duration, q float64) time.Duration {
 	return ds[min(int(q*float64(len(ds))), len(ds)-1)]
 }
 
+// slowShed is the bound on a shed's answer time: the sheds
+// answered later are counted apart.
+const slowShed = 50 * time.Millisecond
+
 func report(out []result, sentFor, total time.Duration) {
 	type agg struct {
-		sent, ok, shed, unavailable, other, hung, truncated, transport, noRetryAfter int
-		ttft, shedTime                                                               []time.Duration
-		retryAfter                                                                   []int
+		sent, ok, shed, unavailable, other, hung, truncated, transport, noRetryAfter, slowShed int
+		ttft, shedTime                                                                         []time.Duration
+		retryAfter                                                                             []int
 	}
 	by := map[string]*agg{}
 	var order []string
@@ -173,6 +177,9 @@ func report(out []result, sentFor, total time.Duration) {
 		case r.status == http.StatusTooManyRequests:
 			a.shed++
 			a.shedTime = append(a.shedTime, r.end)
+			if r.end > slowShed {
+				a.slowShed++
+			}
 			a.retryAfter = append(a.retryAfter, r.retryAfter)
 			if r.retryAfter < 1 {
 				a.noRetryAfter++
@@ -184,8 +191,8 @@ func report(out []result, sentFor, total time.Duration) {
 		}
 	}
 	fmt.Printf("sent %d requests in %v; all ended after %v\n", len(out), sentFor.Round(time.Millisecond), total.Round(time.Millisecond))
-	fmt.Printf("%-9s %5s %5s %5s %4s %5s %4s %5s %5s %9s %9s %9s %9s %9s %s\n", "tier", "sent", "ok", "429", "503", "other", "hung", "trunc", "xport",
-		"ttft-p50", "ttft-p90", "ttft-p99", "shed-p99", "shed-max", "retry-after min..max")
+	fmt.Printf("%-9s %5s %5s %5s %4s %5s %4s %5s %5s %9s %9s %9s %9s %9s %9s %s\n", "tier", "sent", "ok", "429", "503", "other", "hung", "trunc", "xport",
+		"ttft-p50", "ttft-p90", "ttft-p99", "shed-p99", "shed-max", "shed>50ms", "retry-after min..max")
 	for _, name := range order {
 		a := by[name]
 		ra := "-"
@@ -193,8 +200,8 @@ func report(out []result, sentFor, total time.Duration) {
 			ra = fmt.Sprintf("%d..%d s (%d missing)", slices.Min(a.retryAfter), slices.Max(a.retryAfter), a.noRetryAfter)
 		}
 		r := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
-		fmt.Printf("%-9s %5d %5d %5d %4d %5d %4d %5d %5d %9s %9s %9s %9s %9s %s\n", name, a.sent, a.ok, a.shed, a.unavailable, a.other, a.hung,
+		fmt.Printf("%-9s %5d %5d %5d %4d %5d %4d %5d %5d %9s %9s %9s %9s %9s %9d %s\n", name, a.sent, a.ok, a.shed, a.unavailable, a.other, a.hung,
 			a.truncated, a.transport, r(quantile(a.ttft, 0.5)), r(quantile(a.ttft, 0.9)), r(quantile(a.ttft, 0.99)),
-			r(quantile(a.shedTime, 0.99)), r(quantile(a.shedTime, 1)), ra)
+			r(quantile(a.shedTime, 0.99)), r(quantile(a.shedTime, 1)), a.slowShed, ra)
 	}
 }
