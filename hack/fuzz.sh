@@ -2,6 +2,12 @@
 # Runs every Go fuzz target in the module briefly ($FUZZTIME: a duration or
 # an execution count like 20000x). `go test -fuzz` takes one target and one package at a time,
 # so the targets are discovered with `go test -list`.
+#
+# The committed corpora (pkg/.../testdata/fuzz/FuzzX/, run as seeds by every
+# plain `go test`) come from longer runs: FUZZTIME=60s with -parallel 1 per
+# target, then up to 40 of the inputs of at most 1 KiB that Go kept in
+# $(go env GOCACHE)/fuzz/<module>/<package>/FuzzX (sampled by file name, a
+# hash), copied into the package's testdata/fuzz/FuzzX.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO="${GO:-go}"
