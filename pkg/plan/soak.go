@@ -163,7 +163,11 @@ func Soak(ctx context.Context, base Config, spec workload.Spec, baseDir string, 
 	}
 	// Each of the workload's requests once, in order (a repeat would hit
 	// the prefix cache the first pass filled): the window ends with the
-	// last one sent if that comes first.
+	// last one sent if that comes first. The front marks the backlog
+	// drained only when it next tries to send; a run whose last request
+	// ends before the window does not get there, so every request sent
+	// (none refused for good) ends the window as well: a generated
+	// dataset of short requests runs out within the first minute.
 	own := saturating(int(math.Round(res.MeanPrompt)), int(math.Round(res.MeanOutput)))
 	own.Dataset, own.Requests = w.Dataset(), n
 	ci, err := capRun(own)
@@ -171,7 +175,7 @@ func Soak(ctx context.Context, base Config, spec workload.Spec, baseDir string, 
 		return nil, fmt.Errorf("soak: interactive capacity: %w", err)
 	}
 	to := opts.CapacityWindow
-	if ci.Drained > 0 {
+	if ci.Drained > 0 || ci.Completed+ci.Failed >= n {
 		to = min(to, ci.LastSent)
 	}
 	from := to / 5
