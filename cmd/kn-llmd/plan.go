@@ -205,6 +205,7 @@ func newPlanCmd() *cobra.Command {
 	fl.IntVar(&f.o.BatchOutputLen, "batch-output-len", d.BatchOutputLen, "with --batch-soak: output tokens per batch request")
 	fl.IntVar(&f.o.BatchConcurrency, "batch-concurrency", d.BatchConcurrency, "with --batch-soak: batch requests outstanding at once (the Batch API's per-batch concurrency)")
 	fl.Float64Var(&f.o.BatchMaxSaturation, "batch-max-saturation", d.BatchMaxSaturation, "with --batch-soak: pool saturation under which batch requests are dispatched (the batch tier's maxSaturation; 0: no limit)")
+	fl.IntVar(&f.o.BatchMaxPerPod, "batch-max-per-pod", d.BatchMaxPerPod, "with --batch-soak: most batch requests in flight on one engine (the batch tier's maxPerPod; 0: no cap)")
 	fl.Float64Var(&f.o.SoakLoad, "soak-load", d.SoakLoad, "with --batch-soak: the interactive traffic's share of capacity")
 	fl.Float64Var(&f.o.CriticalShare, "critical-share", d.CriticalShare, "with --batch-soak: share of the interactive requests in the critical tier (the rest standard)")
 	return cmd

@@ -725,6 +725,11 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 		} else if over := rev.overBudget(tier); over != nil {
 			skip = over
 		}
+		if attempt == 0 {
+			if full := rev.atCap(tier); full != nil {
+				skip = union(skip, full)
+			}
+		}
 		eps := rev.snapshot(nil, skip)
 		t0 := time.Now()
 		err := rev.scheduler().Decide(&d, &rreq, eps)
@@ -854,9 +859,14 @@ func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, c *call, d *
 	uncached := int64(max(d.PromptTokens-max(d.PrefixHitTokens, 0), 0))
 	decode.inflight.Add(1)
 	decode.inflightTokens.Add(uncached)
+	ti := a.opts.Tiers.index(c.tier.Name)
+	if ti >= 0 && ti < len(decode.active) {
+		decode.active[ti].Add(1)
+		defer decode.active[ti].Add(-1)
+	}
 	// A streamed request is queued on the pod until its first byte.
 	var queued *atomic.Int64
-	if ti := a.opts.Tiers.index(c.tier.Name); req.Stream && ti >= 0 && ti < len(decode.queued) {
+	if req.Stream && ti >= 0 && ti < len(decode.queued) {
 		queued = &decode.queued[ti]
 		queued.Add(1)
 	}
@@ -946,4 +956,16 @@ func (a *Activator) account(rev *revision, tier Tier, d *router.Decision, res Re
 	if res.Code < 400 {
 		rev.observe(d, res.Usage)
 	}
+}
+
+// union returns the names in a or b (a new map; either may be nil).
+func union(a, b map[string]bool) map[string]bool {
+	out := make(map[string]bool, len(a)+len(b))
+	for k := range a {
+		out[k] = true
+	}
+	for k := range b {
+		out[k] = true
+	}
+	return out
 }

@@ -54,12 +54,17 @@ type FlowController struct {
 	// its clock; see withRates.
 	drain func() float64
 	now   func() time.Time
+	// pods is how many ready decode pods the revision has (the tiers'
+	// per-pod caps scale with it); nil counts one.
+	pods func() int
 
 	mu       sync.Mutex
 	queues   map[string]*list.List
 	queued   int
 	bytes    int64
 	admitted int
+	// admittedIn counts the admitted requests by tier (Tier.MaxPerPod).
+	admittedIn map[string]int
 	// lastDispatch is when each tier last had a request dispatched, since
 	// when its queue has been non-empty.
 	lastDispatch map[string]time.Time
@@ -90,7 +95,8 @@ func NewFlowController(tiers *Tiers, limits FlowLimits, gate Gate, poke func()) 
 	}
 	f := &FlowController{gate: gate, limits: limits, tiers: tiers.Names(), table: tiers, poke: poke, queues: map[string]*list.List{},
 		drain: func() float64 { return 0 }, now: time.Now,
-		lastDispatch: map[string]time.Time{}, since: map[string]time.Time{}, dispatched: map[string]*rateMeter{}}
+		lastDispatch: map[string]time.Time{}, since: map[string]time.Time{}, dispatched: map[string]*rateMeter{},
+		admittedIn: map[string]int{}}
 	for _, n := range f.tiers {
 		f.queues[n] = list.New()
 		f.dispatched[n] = &rateMeter{}
@@ -103,6 +109,26 @@ func NewFlowController(tiers *Tiers, limits FlowLimits, gate Gate, poke func()) 
 func (f *FlowController) withRates(drain func() float64, now func() time.Time) *FlowController {
 	f.drain, f.now = drain, now
 	return f
+}
+
+// withPods gives the controller the revision's count of ready decode pods,
+// by which the tiers' per-pod caps (Tier.MaxPerPod) scale.
+func (f *FlowController) withPods(pods func() int) *FlowController {
+	f.pods = pods
+	return f
+}
+
+// atCapLocked reports whether tier t has as many requests admitted as its
+// per-pod cap allows the revision's pods (f.mu held).
+func (f *FlowController) atCapLocked(t Tier) bool {
+	if t.MaxPerPod <= 0 {
+		return false
+	}
+	n := 1
+	if f.pods != nil {
+		n = f.pods()
+	}
+	return f.admittedIn[t.Name] >= t.MaxPerPod*n
 }
 
 // Stats is a snapshot of the queues.
@@ -188,12 +214,13 @@ func (f *FlowController) acquire(ctx context.Context, t Tier, size int64, enter 
 		return nil, &RejectError{Status: http.StatusBadRequest, Kind: "bad_request", Reason: fmt.Sprintf("unknown SLO tier %q", t.Name)}
 	}
 	ready, ok := f.gate(t, f.admitted)
-	if ready && ok && !f.aheadOf(t) {
+	if ready && ok && !f.aheadOf(t) && !f.atCapLocked(t) {
 		f.admitted++
+		f.admittedIn[t.Name]++
 		f.markDispatch(t.Name)
 		f.mu.Unlock()
 		enter()
-		return f.releaser(), nil
+		return f.releaser(t.Name), nil
 	}
 	if ready {
 		if rej := f.shedEarlyLocked(t); rej != nil {
@@ -242,7 +269,7 @@ wait:
 			if w.err != nil {
 				return nil, w.err
 			}
-			return f.releaser(), nil
+			return f.releaser(t.Name), nil
 		case <-ctx.Done():
 			err = ctx.Err()
 			break wait
@@ -283,6 +310,7 @@ wait:
 			return nil, w.err
 		}
 		f.admitted--
+		f.admittedIn[t.Name]--
 		f.dispatchLocked()
 		return nil, err
 	default:
@@ -386,12 +414,13 @@ func (f *FlowController) retryAfter(t Tier) time.Duration {
 	return f.retryAfterLocked(t)
 }
 
-func (f *FlowController) releaser() func() {
+func (f *FlowController) releaser(tier string) func() {
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			f.mu.Lock()
 			f.admitted--
+			f.admittedIn[tier]--
 			f.dispatchLocked()
 			f.mu.Unlock()
 		})
@@ -407,17 +436,22 @@ func (f *FlowController) Notify() {
 
 // dispatchLocked admits waiting requests, highest tier first, FIFO within a
 // tier, while the gate allows; a lower tier does not go while a higher
-// tier's head waits (it would take the place the head waits for).
+// tier's head waits (it would take the place the head waits for), nor
+// while a higher tier's head waits for its per-pod cap.
 func (f *FlowController) dispatchLocked() {
 	for _, name := range f.tiers {
 		q := f.queues[name]
 		for q.Len() > 0 {
 			w := q.Front().Value.(*waiter)
+			if f.atCapLocked(w.tier) {
+				return
+			}
 			if ready, ok := f.gate(w.tier, f.admitted); !ready || !ok {
 				return
 			}
 			f.removeLocked(w)
 			f.admitted++
+			f.admittedIn[name]++
 			f.markDispatch(name)
 			close(w.admitted)
 		}

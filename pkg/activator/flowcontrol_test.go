@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -239,6 +240,7 @@ func TestParseTiersRejectsBadTables(t *testing.T) {
 		"unknown field": "tiers:\n- name: a\n  maxQueueTime: 1s\n  colour: red\n",
 		"negative sat":  "tiers:\n- name: a\n  maxQueueTime: 1s\n  maxSaturation: -1\n",
 		"negative ttft": "tiers:\n- name: a\n  maxQueueTime: 1s\n  ttft: -1s\n",
+		"negative cap":  "tiers:\n- name: a\n  maxQueueTime: 1s\n  maxPerPod: -1\n",
 	}
 	for name, doc := range cases {
 		if _, err := ParseTiers([]byte(doc)); err == nil {
@@ -248,5 +250,72 @@ func TestParseTiersRejectsBadTables(t *testing.T) {
 	tiers := DefaultTiers()
 	if got := tiers.Names(); len(got) != 3 || got[0] != "critical" || got[2] != "batch" {
 		t.Fatalf("default tiers order %v", got)
+	}
+}
+
+// TestFlowPerPodCap: a tier with maxPerPod is admitted only while fewer than
+// the cap times the pods are admitted: the next one waits (not shed), a
+// higher tier without a cap still goes at once, a release admits the
+// waiting one, and more pods raise the limit.
+func TestFlowPerPodCap(t *testing.T) {
+	tiers, err := ParseTiers([]byte(strings.Replace(DefaultTiersYAML, "maxPerPod: 32", "maxPerPod: 2", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, _ := tiers.Get("batch")
+	standard, _ := tiers.Get("standard")
+	if batch.MaxPerPod != 2 {
+		t.Fatalf("batch cap %d", batch.MaxPerPod)
+	}
+	var pods atomic.Int64
+	pods.Store(2)
+	f := NewFlowController(tiers, FlowLimits{}, func(Tier, int) (bool, bool) { return true, true }, nil).
+		withPods(func() int { return int(pods.Load()) })
+	var rels []func()
+	for range 4 {
+		rel, err := f.Acquire(context.Background(), batch, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rels = append(rels, rel)
+	}
+	got := make(chan error, 2)
+	waiting := make(chan func(), 2)
+	for range 2 {
+		go func() {
+			rel, err := f.Acquire(context.Background(), batch, 1)
+			got <- err
+			waiting <- rel
+		}()
+	}
+	waitQueued(t, f, 2)
+	rel, err := f.Acquire(context.Background(), standard, 1)
+	if err != nil {
+		t.Fatalf("standard behind the batch cap: %v", err)
+	}
+	rel()
+	if st := f.Stats(); st.Admitted != 4 || st.Queued["batch"] != 2 {
+		t.Fatalf("stats %+v, want 4 admitted and 2 batch waiting", st)
+	}
+	rels[0]()
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	rels[0] = <-waiting
+	waitQueued(t, f, 1)
+	pods.Store(3)
+	f.Notify()
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	rels = append(rels, <-waiting)
+	if st := f.Stats(); st.Admitted != 5 || st.Queued["batch"] != 0 {
+		t.Fatalf("stats %+v, want 5 admitted with 3 pods", st)
+	}
+	for _, r := range rels {
+		r()
+	}
+	if st := f.Stats(); st.Admitted != 0 {
+		t.Fatalf("admitted %d after every release", st.Admitted)
 	}
 }

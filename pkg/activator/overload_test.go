@@ -30,9 +30,14 @@ type overloadOutcome struct {
 // sendStream sends one streamed completion of tier and reads the answer to
 // its end (or the guard).
 func sendStream(url, tr string, prompt []uint32, maxTokens int, guard time.Duration) overloadOutcome {
-	o := overloadOutcome{tier: tr}
 	ctx, cancel := context.WithTimeout(context.Background(), guard)
 	defer cancel()
+	return sendStreamCtx(ctx, url, tr, prompt, maxTokens)
+}
+
+// sendStreamCtx is sendStream until ctx ends (hung: it ended first).
+func sendStreamCtx(ctx context.Context, url, tr string, prompt []uint32, maxTokens int) overloadOutcome {
+	o := overloadOutcome{tier: tr}
 	body := fmt.Sprintf(`{"model":%q,"prompt":%s,"max_tokens":%d,"ignore_eos":true,"stream":true}`, testModel, mustJSON(prompt), maxTokens)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/completions", strings.NewReader(body))
 	req.Header.Set(TierHeader, tr)

@@ -124,6 +124,9 @@ type pod struct {
 	// first), the streamed requests sent to the pod that have not had
 	// their first byte: those waiting in its queue or in prefill.
 	queued []atomic.Int64
+	// active counts, by tier in the same order, the requests sent to the
+	// pod that have not ended (Tier.MaxPerPod).
+	active []atomic.Int64
 	kv     kvCounts
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -201,8 +204,59 @@ func (a *Activator) newRevision(cfg RevisionConfig) (*revision, error) {
 		if a.opts.Poke != nil {
 			a.opts.Poke(key)
 		}
-	}).withRates(rev.drain, a.opts.Now)
+	}).withRates(rev.drain, a.opts.Now).withPods(rev.decodePods)
 	return rev, nil
+}
+
+// decodePods counts the revision's routable decode-capable pods.
+func (rev *revision) decodePods() int {
+	now := rev.a.opts.Now()
+	rev.mu.RLock()
+	defer rev.mu.RUnlock()
+	n := 0
+	for _, p := range rev.list {
+		if p.spec.Role == router.RolePrefill {
+			continue
+		}
+		p.mu.Lock()
+		up := p.routableLocked(now)
+		p.mu.Unlock()
+		if up {
+			n++
+		}
+	}
+	return n
+}
+
+// atCap names the decode pods that hold tier t's per-pod cap already
+// (Tier.MaxPerPod), for the router to leave out; nil when the tier has no
+// cap or every decode pod holds it (the flow controller admitted the
+// request within the pods' total, so one is about to free a place).
+func (rev *revision) atCap(t Tier) map[string]bool {
+	ti := rev.a.opts.Tiers.index(t.Name)
+	if t.MaxPerPod <= 0 || ti < 0 {
+		return nil
+	}
+	rev.mu.RLock()
+	defer rev.mu.RUnlock()
+	var full map[string]bool
+	decode := 0
+	for _, p := range rev.list {
+		if p.spec.Role == router.RolePrefill {
+			continue
+		}
+		decode++
+		if ti < len(p.active) && p.active[ti].Load() >= int64(t.MaxPerPod) {
+			if full == nil {
+				full = map[string]bool{}
+			}
+			full[p.spec.Name] = true
+		}
+	}
+	if len(full) == decode {
+		return nil
+	}
+	return full
 }
 
 // setPods starts watching new pods and stops watching removed ones.
@@ -217,7 +271,8 @@ func (rev *revision) setPods(specs []PodSpec) {
 			rev.stopPodLocked(p)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		p := &pod{spec: s, cancel: cancel, done: make(chan struct{}), queued: make([]atomic.Int64, len(rev.a.opts.Tiers.order))}
+		n := len(rev.a.opts.Tiers.order)
+		p := &pod{spec: s, cancel: cancel, done: make(chan struct{}), queued: make([]atomic.Int64, n), active: make([]atomic.Int64, n)}
 		rev.pods[s.Name] = p
 		go rev.watch(ctx, p)
 	}

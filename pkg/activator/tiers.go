@@ -33,6 +33,15 @@ type Tier struct {
 	// saturated) up to which requests of this tier are dispatched; above it
 	// they wait. 0 means no limit.
 	MaxSaturation float64 `json:"maxSaturation,omitempty"`
+	// MaxPerPod caps the tier's requests in flight per ready decode pod:
+	// the flow controller admits one only while fewer than MaxPerPod times
+	// the pods are admitted, and the router sends it to a pod with fewer
+	// than MaxPerPod of them. Each running sequence lengthens every step
+	// of the pod's running batch, so this is what bounds the step time a
+	// lower tier's work costs the tiers above it (the engines' priority
+	// scheduling orders their waiting queues, not their running batches).
+	// 0 means no cap.
+	MaxPerPod int `json:"maxPerPod,omitempty"`
 	// Timeout, ResponseStartTimeout and IdleTimeout are the upstream
 	// timeouts of the tier's requests where the revision sets none
 	// (timeoutSeconds, responseStartTimeoutSeconds, idleTimeoutSeconds);
@@ -109,6 +118,7 @@ const DefaultTiersYAML = `tiers:
   sheddable: true
   maxQueueTime: 10m
   maxSaturation: 0.8
+  maxPerPod: 32
   timeout: 1h
   responseStartTimeout: 10m
   idleTimeout: 2m
@@ -137,6 +147,8 @@ func ParseTiers(data []byte) (*Tiers, error) {
 			return nil, fmt.Errorf("%s.maxQueueTime: must be positive (nothing waits forever)", path)
 		case tier.MaxSaturation < 0 || math.IsNaN(tier.MaxSaturation):
 			return nil, fmt.Errorf("%s.maxSaturation: must not be negative", path)
+		case tier.MaxPerPod < 0:
+			return nil, fmt.Errorf("%s.maxPerPod: must not be negative", path)
 		}
 		t.byName[tier.Name] = tier
 		t.order = append(t.order, tier.Name)

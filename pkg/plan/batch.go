@@ -8,6 +8,7 @@ import (
 
 	"github.com/llmd-kn/llmd-kn/pkg/bench"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
+	"github.com/llmd-kn/llmd-kn/pkg/router"
 	"github.com/llmd-kn/llmd-kn/pkg/workload"
 )
 
@@ -37,6 +38,11 @@ type BatchConfig struct {
 	MaxSaturation float64
 	MaxQueueTime  time.Duration
 	RetryAfter    time.Duration
+	// MaxPerPod is the batch tier's per-pod cap (the activator's tier
+	// table, maxPerPod): batch requests are dispatched only while fewer
+	// than MaxPerPod per ready decode engine are in flight, each to an
+	// engine with fewer than MaxPerPod of them. 0: no cap.
+	MaxPerPod int
 	// Dataset, when set, gives the backlog's requests in order (item i is
 	// its request i; set Requests to its length not to repeat prompts)
 	// instead of a random dataset of InputLen/OutputLen: a capacity run of
@@ -45,10 +51,11 @@ type BatchConfig struct {
 }
 
 // DefaultBatch is a backlog of n requests with the batch tier's defaults
-// and the Batch API's concurrency (batch.DefaultBatchConcurrency).
+// (activator.DefaultTiersYAML: maxSaturation 0.8, maxPerPod 32, maxQueueTime
+// 10m) and the Batch API's concurrency (batch.DefaultBatchConcurrency).
 func DefaultBatch(n int) BatchConfig {
 	return BatchConfig{Requests: n, InputLen: 1024, OutputLen: 256, Concurrency: 256,
-		MaxSaturation: 0.8, MaxQueueTime: 10 * time.Minute, RetryAfter: time.Second}
+		MaxSaturation: 0.8, MaxPerPod: 32, MaxQueueTime: 10 * time.Minute, RetryAfter: time.Second}
 }
 
 // Tiers of a plan run's requests (SLO tier names in the router's request,
@@ -94,6 +101,8 @@ func (b *BatchConfig) validate() error {
 		return fmt.Errorf("batch: max saturation must be a non-negative number, got %v", b.MaxSaturation)
 	case b.MaxQueueTime <= 0:
 		return fmt.Errorf("batch: max queue time must be positive, got %s", b.MaxQueueTime)
+	case b.MaxPerPod < 0:
+		return fmt.Errorf("batch: max per pod must not be negative, got %d", b.MaxPerPod)
 	case b.RetryAfter <= 0:
 		return fmt.Errorf("batch: retry-after must be positive, got %s", b.RetryAfter)
 	}
@@ -243,7 +252,7 @@ func (s *sim) batchEnded(rec *bench.Record) {
 // for batch work at the autoscaler's tick, within its batch budget).
 func (s *sim) admitBatch(f *flight) {
 	fc := s.cfg.Flow
-	if s.queued == 0 && s.bqueued == 0 && s.gateAt(s.cfg.Batch.MaxSaturation) {
+	if s.queued == 0 && s.bqueued == 0 && s.batchGate() {
 		s.admitted++
 		s.dispatch(f)
 		return
@@ -270,7 +279,7 @@ func (s *sim) dispatchBatch() {
 			s.bfifoHead++
 			continue
 		}
-		if !s.gateAt(s.cfg.Batch.MaxSaturation) {
+		if !s.batchGate() {
 			break
 		}
 		s.bfifoHead++
@@ -324,4 +333,55 @@ func (s *sim) splitTiers(res *Result) {
 		res.Records = recs
 	}
 	res.Tiers = tiers
+}
+
+// batchGate is the batch tier's admission test (revision.gate for a tier
+// with maxSaturation and maxPerPod): the pool's saturation under the
+// tier's limit and, with a per-pod cap, fewer batch requests admitted than
+// the cap times the ready decode engines.
+func (s *sim) batchGate() bool {
+	if !s.gateAt(s.cfg.Batch.MaxSaturation) {
+		return false
+	}
+	c := s.cfg.Batch.MaxPerPod
+	if c <= 0 {
+		return true
+	}
+	up := 0
+	for _, n := range s.nodes {
+		if n.role != router.RolePrefill && n.up() {
+			up++
+		}
+	}
+	return s.batchInFlight < c*up
+}
+
+// underBatchCap leaves out of a batch request's endpoints (the snapshot in
+// s.eps and s.epNode) the decode engines that hold the batch tier's cap
+// already, as the activator's router does; all of them when every decode
+// engine does.
+func (s *sim) underBatchCap(eps []router.Endpoint) []router.Endpoint {
+	c := s.cfg.Batch.MaxPerPod
+	if c <= 0 {
+		return eps
+	}
+	room := false
+	for i := range eps {
+		if n := s.nodes[s.epNode[i]]; n.role != router.RolePrefill && n.batch < c {
+			room = true
+			break
+		}
+	}
+	if !room {
+		return eps
+	}
+	k := 0
+	for i := range eps {
+		if n := s.nodes[s.epNode[i]]; n.role == router.RolePrefill || n.batch < c {
+			eps[k], s.epNode[k] = eps[i], s.epNode[i]
+			k++
+		}
+	}
+	s.eps, s.epNode = eps[:k], s.epNode[:k]
+	return s.eps
 }

@@ -1,6 +1,8 @@
 package plan
 
 import (
+	"cmp"
+	"slices"
 	"testing"
 	"time"
 
@@ -117,5 +119,54 @@ func TestBatchQueueFullRetriesLater(t *testing.T) {
 	res := run(t, cfg, workload.Requests(nil))
 	if b := res.Batch; b.Completed != 100 || b.Retries == 0 || b.Failed != 0 {
 		t.Fatalf("batch %+v", b)
+	}
+}
+
+// TestBatchCapPerPodInPlan: the batch tier's per-pod cap in plan (the
+// activator's maxPerPod): a batch-only backlog with 20 outstanding never has
+// more than the cap times the engines dispatched at once, and reaches it;
+// without a cap it goes past it.
+func TestBatchCapPerPodInPlan(t *testing.T) {
+	for _, tc := range []struct{ engines, cap, want int }{{1, 3, 3}, {2, 3, 6}, {2, 0, 0}} {
+		cfg := DefaultConfig()
+		cfg.Engines = tc.engines
+		cfg.Routing = "least-request"
+		cfg.Engine.Policy = engine.PolicyPriority
+		cfg.Batch = DefaultBatch(120)
+		cfg.Batch.InputLen, cfg.Batch.OutputLen = 256, 64
+		cfg.Batch.Concurrency, cfg.Batch.MaxPerPod, cfg.Batch.Until = 20, tc.cap, time.Hour
+		res := run(t, cfg, emptySource{})
+		if res.Batch == nil || res.Batch.Completed != 120 {
+			t.Fatalf("%+v: batch %+v", tc, res.Batch)
+		}
+		// Most dispatched at once: +1 at dispatch (sent + queue time), -1
+		// at the end; an end and a dispatch at one instant free first.
+		type ev struct {
+			at time.Duration
+			d  int
+		}
+		var evs []ev
+		for _, r := range res.Batch.Records {
+			if r.HasQueue {
+				evs = append(evs, ev{r.Sent + r.Queue, 1}, ev{r.Sent + r.E2E, -1})
+			}
+		}
+		slices.SortFunc(evs, func(a, b ev) int {
+			if a.at != b.at {
+				return cmp.Compare(a.at, b.at)
+			}
+			return cmp.Compare(a.d, b.d)
+		})
+		most, n := 0, 0
+		for _, e := range evs {
+			n += e.d
+			most = max(most, n)
+		}
+		switch {
+		case tc.cap > 0 && most != tc.want:
+			t.Errorf("%+v: at most %d batch requests dispatched at once, want %d", tc, most, tc.want)
+		case tc.cap == 0 && most <= 6:
+			t.Errorf("no cap: at most %d dispatched at once, want more than 6", most)
+		}
 	}
 }

@@ -86,6 +86,7 @@ type Options struct {
 	BatchInputLen, BatchOutputLen int
 	BatchConcurrency              int
 	BatchMaxSaturation            float64
+	BatchMaxPerPod                int
 	SoakLoad, CriticalShare       float64
 	SoakCritical, SoakStandard    bench.SLO
 
@@ -109,7 +110,7 @@ func DefaultOptions() Options {
 		Autoscaler: PolicyFixed, ScaleToZeroGrace: a.ScaleToZeroGracePeriod, SLOPercentile: a.SLO.Percentile, KPATarget: "16",
 		LowerBoundWindow: 10 * time.Second, PanicThreshold: a.PanicThresholdPercentage,
 		KVOffload: apis.KVOffloadOff, KVOffloadDeadline: DefaultKVOffloadDeadline,
-		BatchInputLen: b.InputLen, BatchOutputLen: b.OutputLen, BatchConcurrency: b.Concurrency, BatchMaxSaturation: b.MaxSaturation,
+		BatchInputLen: b.InputLen, BatchOutputLen: b.OutputLen, BatchConcurrency: b.Concurrency, BatchMaxSaturation: b.MaxSaturation, BatchMaxPerPod: b.MaxPerPod,
 		SoakLoad: 0.6, CriticalShare: 0.5,
 	}
 }
@@ -416,6 +417,7 @@ func NewJob(o Options) (*Job, error) {
 		}
 		b := DefaultBatch(o.BatchSoak)
 		b.InputLen, b.OutputLen, b.Concurrency, b.MaxSaturation = o.BatchInputLen, o.BatchOutputLen, o.BatchConcurrency, o.BatchMaxSaturation
+		b.MaxPerPod = o.BatchMaxPerPod
 		c := j.cfg
 		c.Batch = b
 		if err := c.Validate(); err != nil {

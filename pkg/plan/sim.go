@@ -148,8 +148,10 @@ type node struct {
 	scrapedAt            time.Duration
 	skipped              int // scrape ticks skipped while quiet
 
-	// The activator's own accounting.
+	// The activator's own accounting; batch counts the batch tier's
+	// requests in flight on it (the batch tier's per-pod cap).
 	inflight, inflightTokens int
+	batch                    int
 
 	kv     []*kvBatch // KV batches not yet delivered, oldest first
 	kvHead int
@@ -778,7 +780,11 @@ func (s *sim) dispatch(f *flight) {
 	}
 	f.d = d
 	req := router.Request{Model: s.model, Tier: tierNames[f.tier], Tokens: s.promptFor(f), ExpectedOutput: f.req.MaxTokens}
-	if err := s.sched.Decide(d, &req, s.snapshot()); err != nil {
+	eps := s.snapshot()
+	if f.tier == tierBatch {
+		eps = s.underBatchCap(eps)
+	}
+	if err := s.sched.Decide(d, &req, eps); err != nil {
 		s.fail(f, bench.ErrHTTP5xx, 503, "no endpoint could take the request: "+err.Error())
 		return
 	}
@@ -809,6 +815,9 @@ func (s *sim) sendDecode(f *flight) {
 	f.stage = stDecode
 	f.uncached = max(d.PromptTokens-max(d.PrefixHitTokens, 0), 0)
 	n.inflight++
+	if f.tier == tierBatch {
+		n.batch++
+	}
 	n.inflightTokens += f.uncached
 	s.rt.Record(d)
 	s.send(f)
@@ -926,6 +935,7 @@ func (s *sim) output(n *node, o *engine.Output) {
 		s.batchPromptTokens += int64(rec.PromptTokens)
 		s.batchCachedTokens += int64(min(rec.CachedTokens, rec.PromptTokens))
 		s.batchCompletionTokens += int64(rec.CompletionTokens)
+		n.batch--
 	}
 	n.inflight--
 	s.finish(f, false)
@@ -988,6 +998,9 @@ func (s *sim) fail(f *flight, kind bench.ErrorKind, status int, detail string) {
 	case stDecode:
 		n := s.nodes[f.decode]
 		n.inflight--
+		if f.tier == tierBatch {
+			n.batch--
+		}
 		if !f.firstSeen {
 			n.inflightTokens -= f.uncached
 		}
