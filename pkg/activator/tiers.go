@@ -89,7 +89,12 @@ type Tiers struct {
 // in the activator as well measured worse in the planner (a KV-bound
 // workload is "saturated" most of the time, and the held requests missed
 // their targets anyway), so critical and standard requests wait in the
-// engines' own queues, where priority scheduling orders them.
+// engines' own queues, where priority scheduling orders them. At most 32
+// batch requests run on a pod at once (maxPerPod): priority scheduling
+// orders the engines' waiting queues, not their running batches, so batch
+// sequences once running lengthen every step the interactive ones share
+// (docs/cloudevents.md, Scheduling; the numbers in
+// docs/benchmarks/batch-soak.md).
 //
 // The upstream timeouts apply where the revision sets none: an hour in all
 // (Knative's timeoutSeconds default here), the first byte (a non-streamed

@@ -13,7 +13,9 @@
 # 2-core machine), WINDOW (bench seconds per run, 90), LOAD (0.6),
 # LINES (batch backlog, 2000), ORDER (runs, "1 2 3 1 2"; with RESUME=N the
 # runs numbered from N+1 reuse OUT's capacity), KN_LLMD (a built
-# binary; else it is built), NICE (niceness of everything, 19).
+# binary; else it is built), NICE (niceness of everything, 19), BENCH_PREFIX
+# (a command the two interactive bench clients run under, e.g. /tmp/rt.sh
+# for real-time priority on a machine shared with others; default none).
 #
 # Deployment: 2 simulated pods of Llama-3.1-8B on H100 (min-scale = max-scale
 # = 2, --no-autoscale), default routing, vLLM priority scheduling, tiers
@@ -50,6 +52,8 @@ if [ -z "$bin" ]; then
 	(cd "$root" && nice -n "$NICE" go build -o "$bin" ./cmd/kn-llmd)
 fi
 run() { nice -n "$NICE" "$bin" "$@"; }
+BENCH_PREFIX="${BENCH_PREFIX:-}"
+runb() { nice -n "$NICE" $BENCH_PREFIX "$bin" "$@"; }
 
 cat >"$tmp/svc.yaml" <<'EOF'
 apiVersion: serving.knative.dev/v1
@@ -126,10 +130,10 @@ submit() { # a new batch: the client would resume the one its state file (next t
 		grep -o 'batch_[A-Za-z0-9_-]*' | head -1
 }
 interactive() { # run dir, rate per tier
-	run bench --url "http://$API" --header 'Host: critical-chat.default.localhost' --workload "$tmp/inter.yaml" \
+	runb bench --url "http://$API" --header 'Host: critical-chat.default.localhost' --workload "$tmp/inter.yaml" \
 		--rate "$2" --seed 1 --duration "${WINDOW}s" --name critical --progress none --out "$1/critical" 2>"$1/critical.log" &
 	local c=$!
-	run bench --url "http://$API" --header 'Host: chat.default.localhost' --workload "$tmp/inter.yaml" \
+	runb bench --url "http://$API" --header 'Host: chat.default.localhost' --workload "$tmp/inter.yaml" \
 		--rate "$2" --seed 2 --duration "${WINDOW}s" --name standard --progress none --out "$1/standard" 2>"$1/standard.log" &
 	local s=$!
 	wait "$c" "$s"

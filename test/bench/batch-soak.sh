@@ -26,20 +26,30 @@ cd "$root"
 OUT="${1:-docs/benchmarks/batch-soak.md}"
 DATA="${DATA:-$root/../shared/data}"
 DATA="$(cd "$DATA" && pwd)"
-RUNS="${RUNS:-default concurrency32 nogate}"
+RUNS="${RUNS:-default nocap concurrency32 nogate short shortnocap}"
 dir="$(dirname "$OUT")/batch-soak"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/kn-llmd" ./cmd/kn-llmd
 
+# The short-prompt workload of the real-time soak (batch-soak-local.sh):
+# vLLM's random dataset, 1,024 prompt / 128 output tokens, Poisson.
+mkdir -p "$dir"
+cat >"$dir/random-1024-128.yaml" <<'EOF'
+kind: random
+random: {inputLen: 1024, outputLen: 128, numPrompts: 3000}
+arrival: {kind: poisson, rate: 1}
+EOF
+WORKLOAD=(--trace "mooncake:$DATA/mooncake/synthetic_trace.jsonl")
+BACKLOG=10000
 run() { # name, description, extra flags...
 	local name="$1" what="$2"
 	shift 2
 	case " $RUNS " in *" $name "*) ;; *) return 0 ;; esac
 	echo "== $name" >&2
-	"$tmp/kn-llmd" plan --trace "mooncake:$DATA/mooncake/synthetic_trace.jsonl" --engines 2 --routing default \
-		--slo-tpot 100ms --batch-soak 10000 --soak-load 0.6 --critical-share 0.5 "$@" --out "$dir/$name" >&2
-	sed -i "s#$DATA#../shared/data#g" "$dir/$name/batch-soak.md" "$dir/$name/batch-soak.json"
+	"$tmp/kn-llmd" plan "${WORKLOAD[@]}" --engines 2 --routing default \
+		--slo-tpot 100ms --batch-soak "$BACKLOG" --soak-load 0.6 --critical-share 0.5 "$@" --out "$dir/$name" >&2
+	sed -i "s#$DATA#../shared/data#g; s#$root/##g" "$dir/$name/batch-soak.md" "$dir/$name/batch-soak.json"
 	{
 		echo "## $name: $what"
 		echo
@@ -48,9 +58,16 @@ run() { # name, description, extra flags...
 	} >>"$tmp/tables.md"
 }
 
-run default "the defaults (256 lines in flight, saturation gate 0.8)"
-run concurrency32 "32 lines in flight (the Batch API's concurrency before this measurement)" --batch-concurrency 32
-run nogate "no saturation gate for batch (--batch-max-saturation 0)" --batch-max-saturation 0
+run default "the defaults (256 lines in flight, saturation gate 0.8, at most 32 batch requests per pod)"
+run nocap "no per-pod cap for batch (--batch-max-per-pod 0: the defaults before the cap)" --batch-max-per-pod 0
+run concurrency32 "32 lines in flight (the Batch API's concurrency before this measurement), no cap" --batch-concurrency 32 --batch-max-per-pod 0
+run nogate "no saturation gate for batch (--batch-max-saturation 0), no cap" --batch-max-saturation 0 --batch-max-per-pod 0
+# The real-time soak's shape in plan: 3,000 short requests (about 97 s at
+# 60 %), a backlog of 2,000 (it does not drain within them).
+WORKLOAD=(--workload "$dir/random-1024-128.yaml")
+BACKLOG=2000
+run short "short prompts (random 1,024/128, the real-time soak's shape), the defaults"
+run shortnocap "short prompts, no per-pod cap (--batch-max-per-pod 0)" --batch-max-per-pod 0
 
 {
 	cat <<'MD'
