@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
 	"strings"
@@ -267,7 +268,9 @@ func decodeBody(w http.ResponseWriter, r *http.Request, dst any) error {
 		}
 		return fmt.Errorf("invalid JSON: %v", err)
 	}
-	if dec.More() {
+	// Only white space may follow: dec.More is false before a stray '}'
+	// or ']' too (FuzzStatsReport found `{...} }` accepted).
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return errors.New("invalid JSON: more than one value in the body")
 	}
 	return nil
