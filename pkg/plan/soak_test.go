@@ -44,6 +44,15 @@ func TestSoakSmall(t *testing.T) {
 			t.Errorf("tiers %+v", m)
 		}
 	}
+	// The requests sent while batch ran: the same ones in both runs.
+	for tr, a := range r.AloneBeside {
+		if m := r.WithBatchBeside[tr]; a.Requests == 0 || m.Requests != a.Requests || a.Requests > r.Alone[tr].Requests {
+			t.Errorf("%s beside batch: %d alone, %d with batch (of %d)", tr, a.Requests, m.Requests, r.Alone[tr].Requests)
+		}
+	}
+	if len(r.AloneBeside) == 0 {
+		t.Error("no figures beside batch")
+	}
 	if !(r.IdleUsed > 0) {
 		t.Errorf("idle capacity used %.2f", r.IdleUsed)
 	}
