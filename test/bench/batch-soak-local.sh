@@ -15,7 +15,9 @@
 # runs numbered from N+1 reuse OUT's capacity), KN_LLMD (a built
 # binary; else it is built), NICE (niceness of everything, 19), BENCH_PREFIX
 # (a command the two interactive bench clients run under, e.g. /tmp/rt.sh
-# for real-time priority on a machine shared with others; default none).
+# for real-time priority on a machine shared with others; default none:
+# clients that fall behind spin, and at real-time priority they can starve
+# the server and the machine, so use it only with a core to spare).
 #
 # Deployment: 2 simulated pods of Llama-3.1-8B on H100 (min-scale = max-scale
 # = 2, --no-autoscale), default routing, vLLM priority scheduling, tiers
