@@ -3,11 +3,15 @@ package activator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
 )
 
 func TestRateMeter(t *testing.T) {
@@ -312,5 +316,52 @@ func TestFlowShedsBehindHigherTiersOnArrival(t *testing.T) {
 	}
 	if d := queueDeadline(tier(t, "batch")); d != 10*time.Minute {
 		t.Errorf("default batch's queue deadline %v, want its maxQueueTime", d)
+	}
+}
+
+// Under priority scheduling a request is routed to a pod with a free slot
+// where one has it: the engine does not preempt for a slot, so on the full
+// pod it would wait for a running request to finish, even within its
+// budget. Without priority scheduling the budget alone decides.
+func TestOverBudgetPrefersAFreeSlotUnderPriority(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	var sims []*sim
+	for i := range 2 {
+		sims = append(sims, startSim(t, fmt.Sprintf("pod-%d", i), engine.RoleBoth, 0.01, nil))
+	}
+	f := newFixtureOpts(t, func(o *Options) { o.Now = clock.Now }, apis.Spec{}, sims...)
+	f.act.mu.Lock()
+	rev := f.act.revs[f.key]
+	f.act.mu.Unlock()
+	// pod-0 runs 8 of 8 of ours and started one 100 ms ago: 10/s, a
+	// critical request would start there in 100 ms (within its 250 ms);
+	// pod-1 has 8 slots and nothing on it.
+	for i, p := range []*pod{rev.pod("pod-0"), rev.pod("pod-1")} {
+		p.mu.Lock()
+		p.slots = 8
+		p.mu.Unlock()
+		if i == 0 {
+			p.inflight.Store(8)
+			p.starts.add(clock.now.Add(-100 * time.Millisecond))
+		}
+	}
+	defer rev.pod("pod-0").inflight.Store(0)
+	crit := tier(t, "critical")
+	if over := rev.overBudget(crit); over != nil {
+		t.Fatalf("without priority scheduling: %v left out, want none (both within the budget)", over)
+	}
+	f.act.mu.Lock()
+	rev.config().PriorityScheduling = true
+	f.act.mu.Unlock()
+	if over := rev.overBudget(crit); len(over) != 1 || !over["pod-0"] {
+		t.Fatalf("under priority scheduling: %v left out, want the full pod-0", over)
+	}
+	// Both full: none is left out (the request was admitted; the router
+	// picks).
+	rev.pod("pod-1").inflight.Store(8)
+	rev.pod("pod-1").starts.add(clock.now.Add(-100 * time.Millisecond))
+	defer rev.pod("pod-1").inflight.Store(0)
+	if over := rev.overBudget(crit); over != nil {
+		t.Fatalf("both full: %v left out, want none", over)
 	}
 }
