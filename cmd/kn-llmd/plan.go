@@ -91,7 +91,9 @@ simulator does it: an engine that leaves (scale-down, scale to zero)
 flushes its most valuable resident blocks (hits x prefix depth, within
 --kv-offload-max-bytes) to shared storage, and a request whose prefix
 storage holds beyond the engine's GPU cache restores it (the profile's
-storage bandwidth and per-object latency) instead of recomputing it.
+storage bandwidth and per-object latency) instead of recomputing it;
+--kv-prefetch-bytes makes a new engine preload the hottest stored chains
+while it cold-starts (ready once both are done).
 --kv-offload off,on-scale-down runs each routing profile twice (the second
 named <routing>-kv-offload). With --autoscaler slo and --min-engines 0,
 each run prints the TTFT of the first minute after each scale from zero;
@@ -199,6 +201,7 @@ func newPlanCmd() *cobra.Command {
 	fl.DurationVar(&f.o.LowerBoundWindow, "lower-bound-window", d.LowerBoundWindow, "with --autoscaler instant-bound or clairvoyant: the bounds' window")
 	fl.StringVar(&f.o.KVOffload, "kv-offload", d.KVOffload, "KV offload to shared storage (llm-d.ai/kv-offload): off, on-scale-down, or off,on-scale-down to compare (one run each; see KV offload)")
 	fl.StringVar(&f.o.KVOffloadMaxBytes, "kv-offload-max-bytes", d.KVOffloadMaxBytes, "with --kv-offload: stored KV bytes bound, e.g. 200Gi (llm-d.ai/kv-offload-max-bytes; default unbounded)")
+	fl.StringVar(&f.o.KVPrefetchBytes, "kv-prefetch-bytes", d.KVPrefetchBytes, "with --kv-offload: what a new engine loads of the hottest stored KV while it starts, e.g. 4Gi (llm-d.ai/kv-prefetch-bytes; default none)")
 	fl.DurationVar(&f.o.KVOffloadDeadline, "kv-offload-deadline", d.KVOffloadDeadline, "with --kv-offload: cap of an engine's modelled flush time (llm-d.ai/kv-offload-deadline)")
 	fl.IntVar(&f.o.BatchSoak, "batch-soak", d.BatchSoak, "run a batch soak with a backlog of this many batch requests (see Batch soak)")
 	fl.IntVar(&f.o.BatchInputLen, "batch-input-len", d.BatchInputLen, "with --batch-soak: prompt tokens per batch request")

@@ -143,9 +143,15 @@ func SelectValuable(cands map[string]BlockEntry, budget int64, have func(id stri
 			}
 			path = append(path, cur)
 			cost += e.Bytes
+			if budget > 0 && used+cost > budget {
+				// Over the budget already: the rest of the walk (to a
+				// deep chain's root) cannot change the answer.
+				ok = false
+				break
+			}
 			cur = e.Parent
 		}
-		if !ok || (budget > 0 && used+cost > budget) {
+		if !ok {
 			continue
 		}
 		used += cost

@@ -77,6 +77,9 @@ type Options struct {
 	KVOffload         string
 	KVOffloadMaxBytes string
 	KVOffloadDeadline time.Duration
+	// KVPrefetchBytes (a byte size, "" for none) is what a new engine
+	// prefetches while it starts.
+	KVPrefetchBytes string
 
 	// BatchSoak is the batch backlog of a batch soak (0: none); the
 	// Batch* fields shape its requests, SoakLoad and CriticalShare the

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/kvstore"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
 )
@@ -29,11 +30,17 @@ import (
 //   - a request's leading blocks that storage holds beyond what the
 //     engine's GPU cache holds are restored: the engine charges
 //     Profile.RestoreTime for them (Request.StoredTokens) and reports them
-//     with the cached tokens, as the simulator's usage does.
+//     with the cached tokens, as the simulator's usage does;
+//   - with PrefetchBytes (llm-d.ai/kv-prefetch-bytes), an engine asked for
+//     after the start of the run preloads the hottest stored chains within
+//     that budget into its GPU cache (engine.Preload, announced in KV
+//     events with their tokens) and becomes ready when both its startup
+//     delay and their modelled restore time have passed, as the
+//     simulator's pod does.
 //
-// Not modelled: write-through, prefetch at start-up, storage failures, and
-// offload on prefill/decode (disaggregated) engines (the simulator does
-// not offload them either).
+// Not modelled: write-through, storage failures, and offload on
+// prefill/decode (disaggregated) engines (the simulator does not offload
+// them either).
 
 // KVOffloadConfig is the modelled KV offload; the zero value is off.
 type KVOffloadConfig struct {
@@ -46,6 +53,9 @@ type KVOffloadConfig struct {
 	// Deadline caps an engine's modelled flush time
 	// (llm-d.ai/kv-offload-deadline; 0: 30 s).
 	Deadline time.Duration
+	// PrefetchBytes is how much of the hottest stored KV a new engine
+	// loads while it starts (llm-d.ai/kv-prefetch-bytes; 0: none).
+	PrefetchBytes int64
 }
 
 // DefaultKVOffloadDeadline is llm-d.ai/kv-offload-deadline's default.
@@ -53,14 +63,16 @@ const DefaultKVOffloadDeadline = 30 * time.Second
 
 func (k KVOffloadConfig) validate(c *Config) error {
 	if !k.Enabled {
-		if k.MaxBytes != 0 || k.Deadline != 0 {
-			return errors.New("KV offload: max bytes and deadline need KV offload on")
+		if k.MaxBytes != 0 || k.Deadline != 0 || k.PrefetchBytes != 0 {
+			return errors.New("KV offload: max bytes, deadline and prefetch bytes need KV offload on")
 		}
 		return nil
 	}
 	switch {
 	case k.MaxBytes < 0:
 		return fmt.Errorf("KV offload: max bytes must not be negative, got %d", k.MaxBytes)
+	case k.PrefetchBytes < 0 || (k.MaxBytes > 0 && k.PrefetchBytes > k.MaxBytes):
+		return fmt.Errorf("KV offload: prefetch bytes must be in [0, max bytes], got %d", k.PrefetchBytes)
 	case k.Deadline < 0 || k.Deadline > time.Hour:
 		return fmt.Errorf("KV offload: deadline must be in [0, 1h], got %s", k.Deadline)
 	case !c.Profile.HasStorage():
@@ -88,6 +100,9 @@ type KVOffloadStats struct {
 	Restores, Restored int
 	RestoredTokens     int64
 	RestoredBytes      int64
+	// Prefetches counts engines that prefetched; Prefetched the blocks
+	// they preloaded.
+	Prefetches, Prefetched int
 }
 
 // blockUse is one block's use on an engine (the simulator's blockStat).
@@ -97,6 +112,7 @@ type blockUse struct {
 	depth   int
 	hits    int64
 	lastUse time.Duration
+	tokens  []uint32 // the block's token ids (kept in the manifest)
 }
 
 // kvOffload is the run's storage and counters.
@@ -132,7 +148,7 @@ func (s *sim) prepareRestore(n *node, prompt []uint32) int {
 	o := s.kvo
 	hs := n.eng.BlockHashes(o.hashes, prompt)
 	o.hashes = hs
-	s.track(n, hs)
+	s.track(n, prompt, hs)
 	hs = hs[:min(len(hs), (len(prompt)-1)/o.blockSize)]
 	k := 0
 	for k < len(hs) {
@@ -155,14 +171,15 @@ func (s *sim) prepareRestore(n *node, prompt []uint32) int {
 
 // track counts one use of each block of a prompt on n, forgetting the
 // older half of the blocks once more than maxTracked are known.
-func (s *sim) track(n *node, hs []uint64) {
+func (s *sim) track(n *node, prompt []uint32, hs []uint64) {
 	if n.seen == nil {
 		n.seen = map[uint64]*blockUse{}
 	}
+	bs := s.kvo.blockSize
 	for i, h := range hs {
 		u := n.seen[h]
 		if u == nil {
-			u = &blockUse{depth: i + 1, root: i == 0}
+			u = &blockUse{depth: i + 1, root: i == 0, tokens: slices.Clone(prompt[i*bs : (i+1)*bs])}
 			if i > 0 {
 				u.parent = hs[i-1]
 			}
@@ -196,7 +213,7 @@ func (s *sim) flush(n *node) time.Duration {
 		if !n.eng.IsCached(h) {
 			continue
 		}
-		e := kvstore.BlockEntry{Depth: u.depth, Bytes: o.blockBytes, LastUse: s.base.Add(u.lastUse), Hits: u.hits}
+		e := kvstore.BlockEntry{Depth: u.depth, Bytes: o.blockBytes, LastUse: s.base.Add(u.lastUse), Hits: u.hits, Tokens: u.tokens}
 		if !u.root {
 			e.Parent = kvstore.BlockID(u.parent)
 		}
@@ -226,6 +243,43 @@ func (s *sim) flush(n *node) time.Duration {
 	d := min(s.cfg.Profile.RestoreTime(len(sel)*o.blockSize), o.cfg.Deadline)
 	st.FlushSeconds += d.Seconds()
 	return d
+}
+
+// prefetch preloads the hottest stored chains within PrefetchBytes into
+// the new engine n (a block whose parent was not taken is skipped, as the
+// simulator skips one it could not read) and returns their modelled
+// restore time, which the engine's readiness waits for.
+func (s *sim) prefetch(n *node) time.Duration {
+	o := s.kvo
+	if o.cfg.PrefetchBytes <= 0 || len(o.man.Blocks) == 0 || n.eng == nil {
+		return 0
+	}
+	sel := kvstore.SelectValuable(o.man.Blocks, o.cfg.PrefetchBytes, nil)
+	blocks := make([]engine.PreloadBlock, 0, len(sel))
+	for _, id := range sel {
+		e := o.man.Blocks[id]
+		k, err := kvstore.ParseBlockID(id)
+		if err != nil {
+			continue
+		}
+		pb := engine.PreloadBlock{Hash: k}
+		if e.Parent != "" {
+			pb.Parent, _ = kvstore.ParseBlockID(e.Parent)
+			pb.HasParent = true
+		}
+		if len(e.Tokens) == o.blockSize {
+			pb.Tokens = e.Tokens
+		}
+		blocks = append(blocks, pb)
+	}
+	got := n.eng.Preload(blocks, len(blocks))
+	if got == 0 {
+		return 0
+	}
+	st := &s.stats.KVOffload
+	st.Prefetches++
+	st.Prefetched += got
+	return s.cfg.Profile.RestoreTime(got * o.blockSize)
 }
 
 // ColdStartTTFTs are the TTFTs of the requests sent within window after
@@ -293,6 +347,13 @@ func parseOffload(o Options) ([]KVOffloadConfig, error) {
 		}
 		on.MaxBytes = n
 	}
+	if o.KVPrefetchBytes != "" {
+		n, err := apis.ParseBytes(o.KVPrefetchBytes)
+		if err != nil || n <= 0 || (on.MaxBytes > 0 && n > on.MaxBytes) {
+			return nil, fmt.Errorf("--kv-prefetch-bytes %q: a positive byte size such as 4Gi, at most --kv-offload-max-bytes", o.KVPrefetchBytes)
+		}
+		on.PrefetchBytes = n
+	}
 	if on.Deadline <= 0 || on.Deadline > time.Hour {
 		return nil, fmt.Errorf("--kv-offload-deadline must be in (0, 1h], got %s", o.KVOffloadDeadline)
 	}
@@ -313,8 +374,8 @@ func parseOffload(o Options) ([]KVOffloadConfig, error) {
 			return nil, fmt.Errorf("--kv-offload: unknown mode %q (off, %s, or both comma-separated)", m, apis.KVOffloadOnScaleDown)
 		}
 	}
-	if !seen[apis.KVOffloadOnScaleDown] && (o.changed("kv-offload-max-bytes") || o.changed("kv-offload-deadline")) {
-		return nil, fmt.Errorf("--kv-offload-max-bytes and --kv-offload-deadline need --kv-offload %s", apis.KVOffloadOnScaleDown)
+	if !seen[apis.KVOffloadOnScaleDown] && (o.changed("kv-offload-max-bytes") || o.changed("kv-offload-deadline") || o.changed("kv-prefetch-bytes")) {
+		return nil, fmt.Errorf("--kv-offload-max-bytes, --kv-offload-deadline and --kv-prefetch-bytes need --kv-offload %s", apis.KVOffloadOnScaleDown)
 	}
 	return out, nil
 }
@@ -333,8 +394,9 @@ func WriteKVOffloadLines(w io.Writer, name string, res *Result) {
 	}
 	if res.Config.KVOffload.Enabled {
 		o := &st.KVOffload
-		fmt.Fprintf(w, "  %s: kv offload: flushed %d blocks (%.2f GiB) in %d flushes (%.1fs modelled), stored %.2f GiB; restored %d tokens (%.2f GiB) in %d requests\n",
-			name, o.Flushed, gib(o.FlushedBytes), o.Flushes, o.FlushSeconds, gib(o.StoredBytes), o.RestoredTokens, gib(o.RestoredBytes), o.Restores)
+		fmt.Fprintf(w, "  %s: kv offload: flushed %d blocks (%.2f GiB) in %d flushes (%.1fs modelled), stored %.2f GiB; restored %d tokens (%.2f GiB) in %d requests; prefetched %d blocks in %d engines\n",
+			name, o.Flushed, gib(o.FlushedBytes), o.Flushes, o.FlushSeconds, gib(o.StoredBytes), o.RestoredTokens, gib(o.RestoredBytes), o.Restores,
+			o.Prefetched, o.Prefetches)
 	}
 	if res.Config.Scaler == nil {
 		return

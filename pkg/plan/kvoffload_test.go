@@ -89,6 +89,60 @@ func TestKVOffloadAcrossScaleToZero(t *testing.T) {
 	}
 }
 
+// TestKVOffloadPrefetch: with a prefetch budget the engine started from
+// zero preloads the stored prefix while it cold-starts, so the request
+// waiting for it finds the prefix in its GPU cache (no restore on demand)
+// and its TTFT, less the wait, is below the on-demand restore's; a budget
+// smaller than the prefix preloads a leading part, the rest is restored.
+func TestKVOffloadPrefetch(t *testing.T) {
+	const promptLen, bs = 8000, 16
+	p := tokens(promptLen, 7)
+	src := func() workload.Source {
+		return workload.Requests([]workload.Request{
+			workload.NewRequest(0, 0, p, 10),
+			workload.NewRequest(1, 60*time.Second, p, 10),
+		})
+	}
+	cfg := DefaultConfig()
+	cfg.StartupDelay = 10 * time.Second
+	cfg.Scaler = ScalerFunc(func(o *Observation) Replicas {
+		if o.Now >= 20*time.Second && o.Now < 58*time.Second {
+			return Replicas{}
+		}
+		return Replicas{Decode: 1}
+	})
+	block := int64(bs * cfg.Profile.KVBytesPerToken())
+	run3 := func(prefetch int64) prefetchRun {
+		c := cfg
+		c.KVOffload = KVOffloadConfig{Enabled: true, PrefetchBytes: prefetch}
+		res := run(t, c, src())
+		return prefetchRun{res.Records[1].TTFT - res.Records[1].Queue, res.Records[1].CachedTokens, res.Stats.KVOffload}
+	}
+	onDemand, all, part := run3(0), run3(1<<40), run3(100*block)
+	want := (promptLen - 1) / bs * bs
+	for name, r := range map[string]prefetchRun{"on demand": onDemand, "all": all, "part": part} {
+		if r.cached != want {
+			t.Errorf("%s: %d cached tokens, want %d", name, r.cached, want)
+		}
+	}
+	if all.st.Prefetched != promptLen/bs || all.st.Prefetches != 1 || all.st.Restores != 0 {
+		t.Errorf("prefetch all: %+v, want %d blocks prefetched and no restore on demand", all.st, promptLen/bs)
+	}
+	if part.st.Prefetched != 100 || part.st.Restored != (promptLen-1)/bs-100 {
+		t.Errorf("prefetch 100 blocks: %+v, want 100 prefetched and the rest restored", part.st)
+	}
+	if !(all.served < part.served && part.served < onDemand.served) {
+		t.Errorf("served TTFT: prefetch all %v, part %v, on demand %v: want increasing", all.served, part.served, onDemand.served)
+	}
+}
+
+// prefetchRun is what TestKVOffloadPrefetch compares.
+type prefetchRun struct {
+	served time.Duration
+	cached int
+	st     KVOffloadStats
+}
+
 // TestKVOffloadBudget: a byte budget keeps the stored KV within it.
 func TestKVOffloadBudget(t *testing.T) {
 	cfg := DefaultConfig()
@@ -132,6 +186,7 @@ func TestKVOffloadConfigErrors(t *testing.T) {
 		{Options{KVOffload: "sometimes", KVOffloadDeadline: time.Second}, "unknown mode"},
 		{Options{KVOffload: "on-scale-down", KVOffloadMaxBytes: "lots", KVOffloadDeadline: time.Second}, "byte size"},
 		{Options{KVOffload: "on-scale-down", KVOffloadDeadline: 2 * time.Hour}, "deadline"},
+		{Options{KVOffload: "on-scale-down", KVOffloadMaxBytes: "1Gi", KVPrefetchBytes: "2Gi", KVOffloadDeadline: time.Second}, "at most --kv-offload-max-bytes"},
 	} {
 		if _, err := parseOffload(c.o); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: %v, want %q", c.o, err, c.want)

@@ -1208,10 +1208,16 @@ func (s *sim) resize(role router.Role, want int) {
 		if s.now > 0 {
 			s.stats.ColdStarts++
 		}
-		if s.cfg.StartupDelay == 0 {
+		delay := s.cfg.StartupDelay
+		if s.offloads(n) && s.now > 0 {
+			// A prefetch overlaps the cold start; the engine is ready
+			// when both are done.
+			delay = max(delay, s.prefetch(n))
+		}
+		if delay == 0 {
 			s.startNode(n)
 		} else {
-			s.q.schedule(s.now+s.cfg.StartupDelay, evStart, n.idx, 0, 0)
+			s.q.schedule(s.now+delay, evStart, n.idx, 0, 0)
 		}
 	}
 	// The newest engines go first, those not yet up before those serving.

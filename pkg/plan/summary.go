@@ -154,9 +154,10 @@ func settings(res *Result) map[string]string {
 	}
 	if k := c.KVOffload; k.Enabled {
 		o := &st.KVOffload
-		m["kvOffload"] = fmt.Sprintf("on-scale-down, maxBytes %d, deadline %s", k.MaxBytes, d(max(k.Deadline, 0)))
+		m["kvOffload"] = fmt.Sprintf("on-scale-down, maxBytes %d, deadline %s, prefetchBytes %d", k.MaxBytes, d(max(k.Deadline, 0)), k.PrefetchBytes)
 		m["kvOffloadFlushed"] = fmt.Sprintf("%d blocks (%d bytes) in %d flushes, %.1fs", o.Flushed, o.FlushedBytes, o.Flushes, o.FlushSeconds)
 		m["kvOffloadRestored"] = fmt.Sprintf("%d tokens (%d bytes) in %d requests", o.RestoredTokens, o.RestoredBytes, o.Restores)
+		m["kvOffloadPrefetched"] = fmt.Sprintf("%d blocks in %d engines", o.Prefetched, o.Prefetches)
 	}
 	return m
 }
