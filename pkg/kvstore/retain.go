@@ -3,6 +3,7 @@ package kvstore
 import (
 	"container/heap"
 	"context"
+	"math"
 	"sort"
 )
 
@@ -113,22 +114,32 @@ func (h *leafHeap) Pop() any {
 // block whose parent is missing. A candidate whose chain has a gap (a parent
 // neither a candidate nor stored) is skipped.
 func SelectValuable(cands map[string]BlockEntry, budget int64, have func(id string) bool) []string {
-	ids := make([]string, 0, len(cands))
-	for id := range cands {
-		ids = append(ids, id)
+	type cand struct {
+		id string
+		v  float64
 	}
-	sort.Slice(ids, func(i, j int) bool {
-		a, b := cands[ids[i]], cands[ids[j]]
-		if va, vb := a.Value(), b.Value(); va != vb {
-			return va > vb
+	// Values computed once: the sort compares them without map lookups.
+	list := make([]cand, 0, len(cands))
+	minBytes := int64(math.MaxInt64)
+	for id, e := range cands {
+		list = append(list, cand{id, e.Value()})
+		minBytes = min(minBytes, e.Bytes)
+	}
+	sort.Slice(list, func(i, j int) bool {
+		if list[i].v != list[j].v {
+			return list[i].v > list[j].v
 		}
-		return ids[i] < ids[j]
+		return list[i].id < list[j].id
 	})
 	chosen := make(map[string]bool)
 	var out []string
 	var used int64
 	var path []string
-	for _, id := range ids {
+	for _, c := range list {
+		if budget > 0 && budget-used < minBytes {
+			break // no block fits any more
+		}
+		id := c.id
 		if chosen[id] {
 			continue
 		}
