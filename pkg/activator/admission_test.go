@@ -365,3 +365,96 @@ func TestOverBudgetPrefersAFreeSlotUnderPriority(t *testing.T) {
 		t.Fatalf("both full: %v left out, want none", over)
 	}
 }
+
+// On one arrival a lower tier is predicted to wait at least as long as a
+// higher one: the requests of its tier and the higher ones are ahead of
+// it, and the higher tiers' dispatch rate is taken from the rate it starts
+// at. So, with equal budgets, wherever a tier is refused on arrival every
+// tier below it is refused too, and as the revision's start rate falls
+// batch is refused first, then standard, then critical. (The real-time
+// TestOverloadShedsBeforeQueuesExplode shows this only as a tendency: its
+// tiers' budgets differ and its rate is the machine's.)
+func TestFlowShedOrderOnArrival(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	// Equal budgets of one hour (in hours, so that no real timer fires).
+	tiers, err := ParseTiers([]byte(`tiers:
+- {name: critical, priority: 100, ttft: 2h, maxQueueTime: 3h}
+- {name: standard, priority: 50, ttft: 2h, maxQueueTime: 3h}
+- {name: batch, priority: 0, sheddable: true, maxQueueTime: 1h}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	order := []string{"critical", "standard", "batch"}
+	g := &capGate{ready: true, capacity: 0} // the pods are full
+	var drain float64                       // 0 while the queues fill: no rate known, nothing refused
+	f := NewFlowController(tiers, FlowLimits{}, g.gate, nil).withRates(func() float64 { return drain }, clock.Now)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// One request of each tier waits: 1, 2 and 3 requests are ahead of
+	// (or level with) a new critical, standard and batch request.
+	for i, name := range order {
+		tr, _ := tiers.Get(name)
+		go func() { _, _ = f.Acquire(ctx, tr, 1) }()
+		waitQueued(t, f, i+1)
+	}
+	refused := func() []bool {
+		var r []bool
+		for _, name := range order {
+			tr, _ := tiers.Get(name)
+			f.mu.Lock()
+			r = append(r, f.shedEarlyLocked(tr) != nil)
+			f.mu.Unlock()
+		}
+		return r
+	}
+	hour := time.Hour.Seconds()
+	for _, c := range []struct {
+		name string
+		// higher is the critical tier's dispatch rate (requests/s over
+		// the last rateWindow), taken before the lower tiers.
+		higher float64
+		rates  []float64 // the pods' start rates to try
+		want   string    // how many tiers, from the bottom, each refuses
+	}{
+		// Without higher-tier traffic a request waits (ahead+1)/rate:
+		// 2, 3 and 4 requests per hour are the thresholds.
+		{"by queue", 0, []float64{0.5 / hour, 2.5 / hour, 3.5 / hour, 4.5 / hour, 1}, "[3 2 1 0 0]"},
+		// Critical takes about 5/s of the rate: the lower tiers have what
+		// is left (none at that rate), critical all of it.
+		// The pods' start rates are added to the rate critical's dispatches
+		// show.
+		{"behind critical's traffic", 5, []float64{0, 2.5 / hour, 3.5 / hour, 4.5 / hour, 5}, "[2 2 1 0 0]"},
+	} {
+		// The queues moved within rateWindow (a queue that has not is
+		// refused whatever the rate): the clock advances under 2 s.
+		f.mu.Lock()
+		for i := range int(c.higher * rateWindow.Seconds()) {
+			f.markDispatch("critical")
+			if i < int(c.higher*rateWindow.Seconds())-1 {
+				clock.now = clock.now.Add(time.Duration(float64(time.Second) / c.higher))
+			}
+		}
+		f.mu.Unlock()
+		taken := f.dispatched["critical"].rate(clock.now)
+		var got []int
+		for _, rate := range c.rates {
+			drain = taken + rate
+			r := refused()
+			n := 0
+			for i := len(r) - 1; i >= 0 && r[i]; i-- {
+				n++
+			}
+			for i := range r[:len(r)-n] {
+				if r[i] {
+					t.Errorf("%s, start rate %g/s: refused %v (%v), want every tier below a refused one refused", c.name, rate, r, order)
+					break
+				}
+			}
+			got = append(got, n)
+		}
+		if fmt.Sprint(got) != c.want {
+			t.Errorf("%s: tiers refused from the bottom at start rates %v: %v, want %s", c.name, c.rates, got, c.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -25,6 +26,7 @@ type overloadOutcome struct {
 	truncated  bool          // a 200 stream that ended without [DONE]
 	wait       time.Duration // until the status
 	dur        time.Duration // until the end of the answer
+	reason     string        // the body of an answer other than 200
 }
 
 // sendStream sends one streamed completion of tier and reads the answer to
@@ -51,6 +53,10 @@ func sendStreamCtx(ctx context.Context, url, tr string, prompt []uint32, maxToke
 	defer resp.Body.Close()
 	o.status = resp.StatusCode
 	o.retryAfter, _ = strconv.Atoi(resp.Header.Get("Retry-After"))
+	if o.status != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		o.reason = strings.TrimSpace(string(b))
+	}
 	done := false
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
@@ -71,10 +77,11 @@ func sendStreamCtx(ctx context.Context, url, tr string, prompt []uint32, maxToke
 // times the pods' capacity with critical:standard:batch = 1:2:3, the
 // activator used to queue everything (no 429, no Retry-After; batch waited
 // up to its 10 minutes). Now requests that cannot start within their
-// tier's budget are refused with 429 and a Retry-After, critical least,
-// never 503 while pods exist; every request ends (hung = 0) and every 200
-// stream is complete. Counts and ratios only: how fast the machine runs
-// the pods changes the numbers, not their order.
+// tier's budget are refused with 429 and a Retry-After, never 503 while
+// pods exist; every request ends (hung = 0) and every 200 stream is
+// complete. Counts only: how fast the machine runs the pods changes how
+// many each tier loses (logged), and the order of the tiers on each
+// arrival is TestFlowShedOrderOnArrival's, in injected time.
 func TestOverloadShedsBeforeQueuesExplode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("streams about 50 requests for about 15 seconds")
@@ -137,6 +144,7 @@ func TestOverloadShedsBeforeQueuesExplode(t *testing.T) {
 
 	sent, shed := map[string]int{}, map[string]int{}
 	var ok, hung, truncated, unavailable, other, noRetryAfter int
+	var criticalShed []string
 	for _, o := range out {
 		sent[o.tier]++
 		switch {
@@ -148,6 +156,9 @@ func TestOverloadShedsBeforeQueuesExplode(t *testing.T) {
 			ok++
 		case o.status == http.StatusTooManyRequests:
 			shed[o.tier]++
+			if o.tier == "critical" {
+				criticalShed = append(criticalShed, o.reason)
+			}
 			if o.retryAfter < 1 {
 				noRetryAfter++
 			}
@@ -164,19 +175,23 @@ func TestOverloadShedsBeforeQueuesExplode(t *testing.T) {
 	if noRetryAfter > 0 {
 		t.Errorf("%d 429s without a Retry-After", noRetryAfter)
 	}
-	total := shed["critical"] + shed["standard"] + shed["batch"]
-	if total == 0 {
-		t.Fatalf("nothing shed at three times capacity: everything queued")
+	if shed["standard"]+shed["batch"] == 0 {
+		t.Fatalf("no standard or batch request shed at three times capacity: everything queued")
 	}
-	// The highest tier is shed least. (Between standard and batch the
-	// order depends on timing: batch waits up to its 10 minutes while its
-	// queue moves, and is shed on arrival once it has not moved for 2 s;
-	// standard is shed past its budget.)
-	frac := func(tr string) float64 { return float64(shed[tr]) / float64(sent[tr]) }
-	if !(frac("critical") <= frac("standard") && frac("critical") <= frac("batch")) {
-		t.Errorf("shed fractions critical %.2f, standard %.2f, batch %.2f: want critical shed least",
-			frac("critical"), frac("standard"), frac("batch"))
-	}
+	// The tiers' shed fractions are logged, not compared. What the code
+	// decides on each arrival, whatever the machine's speed, is
+	// TestFlowShedOrderOnArrival's (injected clock): at one instant a
+	// lower tier is predicted to wait at least as long as a higher one.
+	// Here critical's budget (1 s) is a quarter of standard's (4 s): on a
+	// machine slow enough that the pods start fewer than one request a
+	// second, a critical request with nothing ahead of it is refused by
+	// design, and over 5 to 10 critical requests a run's fractions can
+	// cross (seen under load: critical 1 of 5, standard 1 of 10, "0
+	// requests wait ahead and 0.5/s of the 0.5/s it starts are left to the
+	// critical tier, over its budget of 1s").
+	frac := func(tr string) float64 { return float64(shed[tr]) / float64(max(sent[tr], 1)) }
+	t.Logf("shed fractions critical %.2f, standard %.2f, batch %.2f; critical's reasons: %q",
+		frac("critical"), frac("standard"), frac("batch"), criticalShed)
 	if ok == 0 {
 		t.Errorf("nothing served")
 	}
