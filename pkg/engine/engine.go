@@ -92,6 +92,9 @@ type Config struct {
 	// where the waiting queue is ordered by (Request.Priority, arrival)
 	// and preemption takes the running request that sorts last.
 	Policy Policy
+	// CPUTierBytes and DiskTierBytes size the engine's KV tiers below the
+	// GPU cache (vLLM's OffloadingConnector; see tiers.go). 0: no tier.
+	CPUTierBytes, DiskTierBytes int64
 }
 
 // Policy is a scheduling policy.
@@ -211,6 +214,9 @@ type KVEvent struct {
 	HasParent bool
 	TokenIDs  []uint32
 	BlockSize int
+	// Medium is where the blocks are: MediumGPU (empty) for the prefix
+	// cache, MediumCPU or MediumStorage for the tiers below it.
+	Medium string
 }
 
 // StepResult is the outcome of one step.
@@ -242,6 +248,13 @@ type Stats struct {
 	BusyTime                       time.Duration
 	CachedBlocks                   int
 	ExternalTokens                 int64
+	// CPUTierHitTokens and DiskTierHitTokens count prompt tokens loaded
+	// from the tiers instead of computed; TierStoredBlocks the blocks
+	// written to the first tier; CPUTierBlocks and DiskTierBlocks what
+	// the tiers hold now.
+	CPUTierHitTokens, DiskTierHitTokens int64
+	TierStoredBlocks                    int64
+	CPUTierBlocks, DiskTierBlocks       int
 }
 
 // Errors Add returns; the simulator maps them to HTTP statuses.
@@ -305,6 +318,7 @@ type Engine struct {
 	hits     []int32
 	vocab    []uint32
 	arrivals uint64
+	tiers    []*tier
 }
 
 // before reports whether a is served before b under the priority policy.
@@ -381,7 +395,7 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("engine: max_num_batched_tokens %d must be positive", cfg.MaxNumBatchedTokens)
 	case cfg.MaxModelLen < 2:
 		return nil, fmt.Errorf("engine: max_model_len %d too small", cfg.MaxModelLen)
-	case cfg.MaxWaiting < 0 || cfg.NumBlocks < 0:
+	case cfg.MaxWaiting < 0 || cfg.NumBlocks < 0 || cfg.CPUTierBytes < 0 || cfg.DiskTierBytes < 0:
 		return nil, fmt.Errorf("engine: negative limit")
 	}
 	n := cfg.NumBlocks
@@ -407,6 +421,9 @@ func New(cfg Config) (*Engine, error) {
 		chain:  chain,
 		seqs:   make(map[string]*seq),
 		vocab:  tokenizer.GeneratedVocab(),
+	}
+	if err := e.setupTiers(); err != nil {
+		return nil, err
 	}
 	e.pool = newBlockPool(n, e.evicted)
 	e.stats.NumBlocks = n
@@ -552,6 +569,7 @@ func (e *Engine) Stats() Stats {
 	st.FreeBlocks = e.pool.numFree
 	st.KVUsage = 1 - float64(e.pool.numFree)/float64(e.pool.size())
 	st.CachedBlocks = len(e.pool.cached)
+	st.CPUTierBlocks, st.DiskTierBlocks = e.TierBlocks()
 	return st
 }
 
@@ -663,16 +681,23 @@ func (e *Engine) schedule(now time.Time) {
 			if s.req.RemotePrefill && !s.loaded {
 				remote = max(0, s.promptLen-1-hitTokens)
 			}
+			cpuBlocks, diskBlocks := 0, 0
+			if len(e.tiers) > 0 && !s.loaded && remote == 0 {
+				// The tiers continue the GPU hit, whole prompt blocks,
+				// leaving at least one token to compute.
+				cpuBlocks, diskBlocks = e.tierLookup(s.hashes, len(e.hits), min((s.promptLen-1)/bs, len(s.hashes)))
+			}
+			tierTokens := (cpuBlocks + diskBlocks) * bs
 			restore := 0
 			if s.req.StoredTokens > 0 && !s.loaded {
 				// Whole blocks, leaving at least one token to compute.
-				restore = max(0, min(s.req.StoredTokens, s.promptLen-1)/bs*bs-hitTokens)
+				restore = max(0, min(s.req.StoredTokens, s.promptLen-1)/bs*bs-hitTokens-tierTokens)
 			}
 			target := hitTokens + min(len(s.tokens)-hitTokens, budget)
 			if remote > 0 {
 				target = s.promptLen - 1
-			} else if restore > 0 {
-				target = hitTokens + restore
+			} else if restore > 0 || tierTokens > 0 {
+				target = hitTokens + tierTokens + restore
 			}
 			need := (target+bs-1)/bs - len(e.hits)
 			avail := e.pool.numFree
@@ -697,7 +722,7 @@ func (e *Engine) schedule(now time.Time) {
 				e.stats.PrefixQueries += int64(s.promptLen)
 				e.stats.PrefixHits += int64(hitTokens)
 			}
-			if remote > 0 || restore > 0 {
+			if remote > 0 || restore > 0 || tierTokens > 0 {
 				if !e.allocSlots(s, target-s.computed) {
 					panic("engine: block accounting out of sync")
 				}
@@ -709,8 +734,10 @@ func (e *Engine) schedule(now time.Time) {
 					s.external = remote
 					s.readyAt = now.Add(e.cfg.Profile.TransferTime(remote))
 				} else {
-					s.external = restore
-					s.readyAt = now.Add(e.cfg.Profile.RestoreTime(restore))
+					s.external = tierTokens + restore
+					s.readyAt = now.Add(e.cfg.Profile.TierLoadTime(cpuBlocks*bs, diskBlocks*bs) + e.cfg.Profile.RestoreTime(restore))
+					e.stats.CPUTierHitTokens += int64(cpuBlocks * bs)
+					e.stats.DiskTierHitTokens += int64(diskBlocks * bs)
 				}
 				e.loading = append(e.loading, s)
 				continue
@@ -855,6 +882,7 @@ func (e *Engine) cacheFull(s *seq) {
 		return
 	}
 	s.hashes, s.hstate = e.chain.ExtendChain(s.hashes, s.hstate, s.tokens[:full*bs])
+	e.tierPut(s, s.numCached, full-1)
 	first := -1
 	for i := s.numCached; i < full; i++ {
 		stored := e.pool.store(s.blocks[i], s.hashes[i])

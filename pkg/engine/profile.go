@@ -57,6 +57,13 @@ type Profile struct {
 	StorageObjectLatencySeconds float64 `json:"storageObjectLatencySeconds,omitempty"`
 	StorageObjectTokens         int     `json:"storageObjectTokens,omitempty"`
 	StorageConcurrency          int     `json:"storageConcurrency,omitempty"`
+	// The engine's own tiers below the GPU cache (Config.CPUTierBytes,
+	// DiskTierBytes): load bandwidth in bytes/s and latency per load; 0
+	// takes DefaultCPUTierBandwidth etc. (see tiers.go for their sources).
+	CPUTierBandwidth       float64 `json:"cpuTierBandwidth,omitempty"`
+	CPUTierLatencySeconds  float64 `json:"cpuTierLatencySeconds,omitempty"`
+	DiskTierBandwidth      float64 `json:"diskTierBandwidth,omitempty"`
+	DiskTierLatencySeconds float64 `json:"diskTierLatencySeconds,omitempty"`
 }
 
 // HasStorage reports whether the profile models shared KV storage.
@@ -150,6 +157,14 @@ func (p *Profile) Validate() error {
 	}
 	if p.HasStorage() && (p.StorageObjectTokens < 1 || p.StorageObjectTokens > 1<<20 || p.StorageConcurrency < 1 || p.StorageConcurrency > 1<<10) {
 		return fmt.Errorf("profile %q: with storageBandwidth, storageObjectTokens must be in [1, 1048576] and storageConcurrency in [1, 1024]", p.Name)
+	}
+	for _, v := range []float64{p.CPUTierBandwidth, p.DiskTierBandwidth, p.CPUTierLatencySeconds, p.DiskTierLatencySeconds} {
+		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			return fmt.Errorf("profile %q: cpuTier*/diskTier* bandwidths and latencies must be finite numbers >= 0", p.Name)
+		}
+	}
+	if p.CPUTierLatencySeconds > 60 || p.DiskTierLatencySeconds > 60 {
+		return fmt.Errorf("profile %q: cpuTierLatencySeconds and diskTierLatencySeconds must be at most 60", p.Name)
 	}
 	if p.ActivationReserveBytes < 0 || p.StepOverheadSeconds < 0 {
 		return fmt.Errorf("profile %q: activationReserveBytes and stepOverheadSeconds must not be negative", p.Name)

@@ -62,6 +62,13 @@ const (
 const (
 	MediumGPU = "GPU"
 	MediumCPU = "CPU"
+	// MediumStorage is current vLLM's MEDIUM_STORAGE: the offloading
+	// connector's tier below CPU (local NVMe or a filesystem). The
+	// simulator's disk tier publishes it.
+	MediumStorage = "STORAGE"
+	// MediumDisk is older vLLM's DiskLoadStoreSpec.medium(); a consumer
+	// treats it as MediumStorage.
+	MediumDisk = "Disk"
 )
 
 func (k Kind) String() string {
