@@ -44,8 +44,14 @@ type cycle struct {
 	preLen     []int32   // by endpoint: leading blocks held, capped
 	preSeen    []bool    // by endpoint: the precise index has data for it
 	preVerdict []verdict // by endpoint: what its precise predictions are worth
-	apxDone    bool
-	apxLen     []int32
+	// tiers: by endpoint, the blocks after its GPU prefix it can load from
+	// another medium (tiers.go); tiered is false when no medium but GPU
+	// holds anything (tiers then all zero).
+	tiers   []tierBlocks
+	tiered  bool
+	alive   []bool
+	apxDone bool
+	apxLen  []int32
 
 	out  []int32 // by slot
 	want []uint64
@@ -219,7 +225,9 @@ func (c *cycle) lookupPrecise() {
 			c.preVerdict[i] = p.ep[s].trust.verdict()
 		}
 	}
-	c.prefixLens(p.t, c.preHashes, c.preLen, c.maxHitBlocks(p.blockSize), func(i int, _ int32) bool { return c.preSeen[i] })
+	limit := c.maxHitBlocks(p.blockSize)
+	c.prefixLens(p.t, c.preHashes, c.preLen, limit, func(i int, _ int32) bool { return c.preSeen[i] })
+	c.walkTiers(p, limit)
 	p.mu.RUnlock()
 }
 
@@ -243,28 +251,53 @@ func (c *cycle) lookupApprox() {
 // index for an endpoint it has data for and whose predictions have proven
 // right (trust.go), the larger of the two while that is not yet known, and
 // the approximate index otherwise.
+//
+// The precise prediction counts the blocks the endpoint can load from its
+// other tiers or shared storage (as vLLM reports a connector's tokens as
+// cached); an endpoint without KV events of its own still has what storage
+// holds. usedTiers reports whether the prediction is the precise one with
+// tier blocks in it (whose load time the ttft-cost scorer charges).
 func (c *cycle) hitTokens(i int) int {
+	n, _ := c.hit(i)
+	return n
+}
+
+func (c *cycle) hit(i int) (tokens int, usedTiers bool) {
 	if c.usePrecise {
 		c.lookupPrecise()
-		pre := int(c.preLen[i]) * c.r.cfg.PreciseIndex.BlockSize
+		bs := c.r.cfg.PreciseIndex.BlockSize
+		var tier int
+		if c.tiered {
+			tier = int(c.tiers[i].total()) * bs
+		}
+		pre := int(c.preLen[i])*bs + tier
 		if !c.useApprox {
-			return pre
+			return pre, tier > 0
 		}
 		if c.preSeen[i] {
 			switch c.preVerdict[i] {
 			case verdictTrusted:
-				return pre
+				return pre, tier > 0
 			case verdictUnknown:
 				c.lookupApprox()
-				return max(pre, int(c.apxLen[i])*c.apxBlock)
+				if apx := int(c.apxLen[i]) * c.apxBlock; apx > pre {
+					return apx, false
+				}
+				return pre, tier > 0
 			}
+		} else if tier > 0 {
+			c.lookupApprox()
+			if apx := int(c.apxLen[i]) * c.apxBlock; apx > pre {
+				return apx, false
+			}
+			return pre, true
 		}
 	}
 	if c.useApprox {
 		c.lookupApprox()
-		return int(c.apxLen[i]) * c.apxBlock
+		return int(c.apxLen[i]) * c.apxBlock, false
 	}
-	return 0
+	return 0, false
 }
 
 // predictions are each index's prediction for endpoint i, -1 where the
@@ -273,8 +306,11 @@ func (c *cycle) predictions(i int) (pre, apx int) {
 	pre, apx = -1, -1
 	if c.usePrecise {
 		c.lookupPrecise()
-		if c.preSeen[i] {
+		if c.preSeen[i] || (c.tiered && c.tiers[i].total() > 0) {
 			pre = int(c.preLen[i]) * c.r.cfg.PreciseIndex.BlockSize
+			if c.tiered {
+				pre += int(c.tiers[i].total()) * c.r.cfg.PreciseIndex.BlockSize
+			}
 		}
 	}
 	if c.useApprox {

@@ -62,7 +62,7 @@ var registry = map[string]pluginDef{
 		parseNotSaturated},
 
 	"prefix-approx":        {KindScorer, "llm-d's estimated prefix score: blocks of the prompt the router sent to the endpoint / prompt blocks", noParams(approxScorer{})},
-	"prefix-precise":       {KindScorer, "llm-d's precise prefix score: longest prefix of the prompt's blocks the endpoint's KV events say it holds / prompt blocks", noParams(preciseScorer{})},
+	"prefix-precise":       {KindScorer, "llm-d's precise prefix score: longest prefix of the prompt's blocks the endpoint's KV events say it holds / prompt blocks; blocks it can load from its CPU/disk tiers or shared storage count by the share of prefill they save (profile, cpuBandwidth, diskBandwidth, or weights)", parsePrecise},
 	"kv-cache-utilization": {KindScorer, "1 - KV-cache usage", noParams(kvUtilScorer{})},
 	"queue":                {KindScorer, "(maxQ - q)/(maxQ - minQ) over the candidates, q = waiting requests; all equal: 1", noParams(queueScorer{})},
 	"load-aware":           {KindScorer, "llm-d's load-aware score: q = 0: 0.5; q >= queueThreshold: 0; else 0.5(1 - q/queueThreshold)", parseLoadAware},
@@ -357,15 +357,64 @@ func (approxScorer) score(c *cycle, cands []int, out []float64) {
 	}
 }
 
-type preciseScorer struct{}
+type preciseScorer struct {
+	// weights of a block by medium (GPU: 1).
+	weights [numMedia]float64
+}
 
-func (preciseScorer) usesPrefix() (bool, bool) { return false, true }
+func (*preciseScorer) usesPrefix() (bool, bool) { return false, true }
 
-func (preciseScorer) score(c *cycle, cands []int, out []float64) {
+func (s *preciseScorer) score(c *cycle, cands []int, out []float64) {
 	c.lookupPrecise()
 	for k, i := range cands {
 		out[k] = ratio(c.preLen[i], len(c.preHashes))
+		if c.tiered && len(c.preHashes) > 0 {
+			var w float64
+			for m, n := range c.tiers[i] {
+				w += s.weights[m] * float64(n)
+			}
+			out[k] += w / float64(len(c.preHashes))
+		}
 	}
+}
+
+// prefix-precise parameters: the tier costs' (tiers.go), or explicit
+// weights per medium in [0, 1].
+func parsePrecise(raw json.RawMessage) (any, error) {
+	p := struct {
+		tierParams
+		Weights *struct {
+			CPU     *float64 `json:"cpu"`
+			Disk    *float64 `json:"disk"`
+			Other   *float64 `json:"other"`
+			Storage *float64 `json:"storage"`
+		} `json:"weights"`
+	}{}
+	if err := decodeStrict(raw, &p); err != nil {
+		return nil, err
+	}
+	tc, err := p.costs()
+	if err != nil {
+		return nil, err
+	}
+	s := &preciseScorer{weights: tc.Weights()}
+	s.weights[mediumGPU] = 1
+	if w := p.Weights; w != nil {
+		for _, f := range []struct {
+			name string
+			v    *float64
+			m    medium
+		}{{"weights.cpu", w.CPU, mediumCPU}, {"weights.disk", w.Disk, mediumDisk}, {"weights.other", w.Other, mediumOther}, {"weights.storage", w.Storage, mediumStorage}} {
+			if f.v == nil {
+				continue
+			}
+			if !(*f.v >= 0 && *f.v <= 1) {
+				return nil, cfgErr(f.name, "must be in [0, 1], got %v", *f.v)
+			}
+			s.weights[f.m] = *f.v
+		}
+	}
+	return s, nil
 }
 
 func ratio(n int32, total int) float64 {
@@ -495,9 +544,9 @@ const DefaultPDThreshold = 512
 
 func parseTTFTCost(raw json.RawMessage) (any, error) {
 	p := struct {
-		Profile              string `json:"profile"`
-		WaitingRequestTokens *int   `json:"waitingRequestTokens"`
-	}{Profile: engine.DefaultProfile}
+		tierParams
+		WaitingRequestTokens *int `json:"waitingRequestTokens"`
+	}{tierParams: tierParams{Profile: engine.DefaultProfile}}
 	if err := decodeStrict(raw, &p); err != nil {
 		return nil, err
 	}
@@ -505,7 +554,11 @@ func parseTTFTCost(raw json.RawMessage) (any, error) {
 	if err != nil {
 		return nil, cfgErr("profile", "%v", err)
 	}
-	s := &ttftCost{fallback: RatesFromProfile(&prof, 0, 0, 0), waitingTokens: 512}
+	tc, err := p.costs()
+	if err != nil {
+		return nil, err
+	}
+	s := &ttftCost{fallback: RatesFromProfile(&prof, 0, 0, 0), waitingTokens: 512, tiers: tc}
 	if w := p.WaitingRequestTokens; w != nil {
 		if *w < 0 {
 			return nil, cfgErr("waitingRequestTokens", "must be >= 0, got %d", *w)

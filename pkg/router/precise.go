@@ -26,8 +26,10 @@ import (
 // its key is published for an endpoint when that endpoint holds every engine
 // block under it, and withdrawn when the completing block leaves (engines
 // evict a sequence's tail before its head: vLLM frees a request's blocks in
-// reverse order). Only blocks in GPU memory count for routing; other media
-// (CPU, disk tiers of offloading connectors) are tracked and reported.
+// reverse order). Blocks in GPU memory are the prefix cache; blocks on
+// other media (CPU, disk tiers of offloading connectors, and the shared
+// storage's pseudo-endpoint) are keyed in a table per medium and count at
+// their tier's cost (tiers.go).
 
 // KVEvent is a change to an engine's prefix cache, as vLLM publishes it. The
 // caller converts from its transport (vLLM's msgpack over ZMQ, or
@@ -45,7 +47,9 @@ type KVEvent struct {
 	// (BlockStored). The index's keys are computed from them.
 	TokenIDs  []uint32
 	BlockSize int
-	// Medium is where the blocks live: "" or "GPU" count for routing.
+	// Medium is where the blocks live: "" or "GPU" (the prefix cache),
+	// "CPU" or "Disk" (vLLM's offloading connector's tiers); any other
+	// value ranks as the lowest tier.
 	Medium string
 	// LoraName is the adapter the blocks belong to, "" for the base model;
 	// an adapter's blocks get keys apart from the base model's.
@@ -65,7 +69,11 @@ type medium uint8
 const (
 	mediumGPU medium = iota
 	mediumCPU
+	mediumDisk
 	mediumOther
+	// mediumStorage is the shared storage's, set by Router.ApplyStorage
+	// only (no event string maps to it).
+	mediumStorage
 	numMedia
 )
 
@@ -75,6 +83,8 @@ func mediumOf(s string) medium {
 		return mediumGPU
 	case "CPU", "cpu":
 		return mediumCPU
+	case "Disk", "disk", "DISK":
+		return mediumDisk
 	}
 	return mediumOther
 }
@@ -99,6 +109,13 @@ type engBlock struct {
 
 func (b *engBlock) start() int64 { return b.end - int64(b.size) }
 
+func (b *engBlock) keysOrNil() []uint64 {
+	if b == nil {
+		return nil
+	}
+	return b.keys
+}
+
 // holding counts one endpoint's announcements of one engine block by medium.
 type holding [numMedia]uint16
 
@@ -106,8 +123,12 @@ func (h holding) empty() bool { return h == holding{} }
 
 // preciseIndex is guarded by mu; Router.Apply drives it.
 type preciseIndex struct {
-	mu        sync.RWMutex
-	t         *holderTable // router key -> endpoints holding it on GPU
+	mu sync.RWMutex
+	t  *holderTable // router key -> endpoints holding it on GPU
+	// tiers are the tables of the other media, made on first use.
+	tiers     [numMedia]*holderTable
+	width     int
+	salt      uint64
 	ep        []preciseEndpoint
 	blocks    map[uint64]*engBlock // engine hash -> block
 	blockSize int
@@ -120,11 +141,15 @@ type preciseEndpoint struct {
 	// absence of data.
 	seen bool
 	held map[uint64]holding
-	// keys counts the router keys set for this endpoint in t; media the
-	// engine blocks held per medium.
-	keys   int
-	media  [numMedia]int
-	resets int // overflows of maxBlocks that cleared the endpoint
+	// keys counts the router keys set for this endpoint in t, tierKeys
+	// those in the tier tables; media the engine blocks held per medium.
+	keys     int
+	tierKeys int
+	// storage marks the shared storage's pseudo-endpoint: not bounded by
+	// maxBlocks (the manifest feed bounds it).
+	storage bool
+	media   [numMedia]int
+	resets  int // overflows of maxBlocks that cleared the endpoint
 	// Counters of what Apply did with this endpoint's events.
 	stored, removed, unmatched, rejected int64
 	trust                                trustState
@@ -215,16 +240,16 @@ func (p *preciseIndex) block(h uint64, st chainState, tokens []uint32) (*engBloc
 	return b, chainState{ok: true, end: b.end, chain: b.chain, tail: b.tail, parent: h, hasParent: true}
 }
 
-// covered reports whether endpoint e holds, on GPU, every engine block
-// before b that lies in the router block ending at keyEnd.
-func (p *preciseIndex) covered(e *preciseEndpoint, b *engBlock, keyEnd int64) bool {
+// covered reports whether endpoint e holds, on medium m, every engine
+// block before b that lies in the router block ending at keyEnd.
+func (p *preciseIndex) covered(e *preciseEndpoint, b *engBlock, keyEnd int64, m medium) bool {
 	keyStart := keyEnd - int64(p.blockSize)
 	for cur := b; cur.start() > keyStart; {
 		if !cur.hasParent {
 			return false
 		}
 		h := cur.parent
-		if e.held[h][mediumGPU] == 0 {
+		if e.held[h][m] == 0 {
 			return false
 		}
 		if cur = p.blocks[h]; cur == nil {
@@ -259,15 +284,81 @@ func (p *preciseIndex) store(s int32, h uint64, b *engBlock, m medium) (overflow
 		hd[m]++
 	}
 	e.held[h] = hd
-	if m == mediumGPU && hd[m] == 1 {
+	if hd[m] == 1 {
+		t := p.table(m)
 		p.keyEnds(b, func(k uint64, end int64) {
-			if p.covered(e, b, end) && p.t.add(k, int(s)) {
-				e.keys++
+			if p.covered(e, b, end, m) && t.add(k, int(s)) {
+				if m == mediumGPU {
+					e.keys++
+				} else {
+					e.tierKeys++
+				}
 			}
 		})
 	}
 	e.stored++
-	return e.media[mediumGPU]+e.media[mediumCPU]+e.media[mediumOther] > p.maxBlocks
+	if e.storage {
+		return false
+	}
+	n := 0
+	for _, c := range e.media {
+		n += c
+	}
+	return n > p.maxBlocks
+}
+
+// table returns medium m's key table, making it if needed; the caller
+// holds mu for writing.
+func (p *preciseIndex) table(m medium) *holderTable {
+	if m == mediumGPU {
+		return p.t
+	}
+	if p.tiers[m] == nil {
+		p.tiers[m] = newHolderTable(p.width, p.salt)
+	}
+	return p.tiers[m]
+}
+
+// hasTiers reports whether any block is held off GPU.
+func (p *preciseIndex) hasTiers() bool {
+	for _, t := range p.tiers {
+		if t != nil && t.len() > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// widen widens every table to w words per key.
+func (p *preciseIndex) widen(w int) {
+	p.width = max(p.width, w)
+	p.t.widen(w)
+	for _, t := range p.tiers {
+		if t != nil {
+			t.widen(w)
+		}
+	}
+}
+
+// clearSlotShard clears slot s from one shard of every table, updating
+// the endpoint's key counts.
+func (p *preciseIndex) clearSlotShard(s int32, shard int) {
+	var e *preciseEndpoint
+	if int(s) < len(p.ep) {
+		e = &p.ep[s]
+	}
+	n := p.t.clearSlotShard(int(s), shard)
+	if e != nil && e.keys > 0 {
+		e.keys -= n
+	}
+	for _, t := range p.tiers {
+		if t != nil {
+			n := t.clearSlotShard(int(s), shard)
+			if e != nil && e.tierKeys > 0 {
+				e.tierKeys -= n
+			}
+		}
+	}
 }
 
 // remove drops one announcement of engine block h on medium m from slot s.
@@ -283,10 +374,17 @@ func (p *preciseIndex) remove(s int32, h uint64, m medium) {
 	b := p.blocks[h]
 	if hd[m] == 0 {
 		e.media[m]--
-		if m == mediumGPU && b != nil {
-			for _, k := range b.keys {
-				if p.t.remove(k, int(s)) {
-					e.keys--
+		if t := p.tiers[m]; m == mediumGPU || t != nil {
+			if m == mediumGPU {
+				t = p.t
+			}
+			for _, k := range b.keysOrNil() {
+				if t.remove(k, int(s)) {
+					if m == mediumGPU {
+						e.keys--
+					} else {
+						e.tierKeys--
+					}
 				}
 			}
 		}
@@ -328,10 +426,11 @@ func (p *preciseIndex) releaseAll(s int32) {
 type PreciseEndpointStats struct {
 	// Seen: KV events have arrived for the endpoint.
 	Seen bool
-	// Keys are the router blocks predicted cached; GPUBlocks, CPUBlocks and
-	// OtherBlocks the engine blocks announced per medium.
-	Keys                              int
-	GPUBlocks, CPUBlocks, OtherBlocks int
+	// Keys are the router blocks predicted cached on GPU, TierKeys those
+	// held on other media; GPUBlocks, CPUBlocks, DiskBlocks, OtherBlocks
+	// and StorageBlocks the engine blocks announced per medium.
+	Keys, TierKeys                                               int
+	GPUBlocks, CPUBlocks, DiskBlocks, OtherBlocks, StorageBlocks int
 	// Stored and Removed count block announcements applied; Unmatched those
 	// that could not be resolved (a BlockStored whose parent is unknown, a
 	// BlockRemoved of a block never stored); Rejected events refused
@@ -362,8 +461,9 @@ func (r *Router) PreciseEndpoint(id string) PreciseEndpointStats {
 	}
 	e := &p.ep[s]
 	return PreciseEndpointStats{
-		Seen: e.seen, Keys: e.keys,
-		GPUBlocks: e.media[mediumGPU], CPUBlocks: e.media[mediumCPU], OtherBlocks: e.media[mediumOther],
+		Seen: e.seen, Keys: e.keys, TierKeys: e.tierKeys,
+		GPUBlocks: e.media[mediumGPU], CPUBlocks: e.media[mediumCPU], DiskBlocks: e.media[mediumDisk],
+		OtherBlocks: e.media[mediumOther], StorageBlocks: e.media[mediumStorage],
 		Stored: e.stored, Removed: e.removed, Unmatched: e.unmatched, Rejected: e.rejected,
 		Resets: e.resets, Trusted: !e.trust.distrusted,
 		PreciseError: e.trust.preErr, ApproxError: e.trust.apxErr, Observations: e.trust.n,

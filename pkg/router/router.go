@@ -71,6 +71,8 @@ func New(cfg *Config, opts Options) (*Router, error) {
 		approx:    approxIndex{t: newHolderTable(1, salt)},
 		precise: preciseIndex{
 			t:         newHolderTable(1, salt),
+			width:     1,
+			salt:      salt,
 			blocks:    make(map[uint64]*engBlock),
 			blockSize: cfg.PreciseIndex.BlockSize,
 			hasher:    h,
@@ -223,8 +225,28 @@ const applyChunk = 256
 // goroutine per endpoint); if the endpoint is forgotten meanwhile, the rest
 // of the call is dropped.
 func (r *Router) Apply(endpointID string, events ...KVEvent) error {
+	if endpointID == StorageEndpoint {
+		return fmt.Errorf("router: endpoint id %q is reserved for ApplyStorage", endpointID)
+	}
+	return r.apply(endpointID, false, events)
+}
+
+// ApplyStorage updates the precise index with changes to what the shared
+// KV storage holds (the revision's kvstore manifest), as KV events of a
+// pseudo-endpoint (StorageEndpoint) every endpoint can restore from at
+// storage cost; the events' Medium is ignored. The caller bounds what it
+// feeds (the pseudo-endpoint is not bounded by maxBlocksPerEndpoint).
+func (r *Router) ApplyStorage(events ...KVEvent) error {
+	return r.apply(StorageEndpoint, true, events)
+}
+
+func (r *Router) apply(endpointID string, storage bool, events []KVEvent) error {
 	p := &r.precise
 	s := r.slot(endpointID)
+	mediumOf := mediumOf
+	if storage {
+		mediumOf = func(string) medium { return mediumStorage }
+	}
 	// step runs f under the index lock while the slot is still the
 	// endpoint's.
 	step := func(f func()) bool {
@@ -234,7 +256,10 @@ func (r *Router) Apply(endpointID string, events ...KVEvent) error {
 			p.mu.Unlock()
 		})
 	}
-	if !step(func() { p.endpoint(s).seen = true }) {
+	if !step(func() {
+		e := p.endpoint(s)
+		e.seen, e.storage = true, storage
+	}) {
 		return nil
 	}
 	var err error
@@ -323,8 +348,8 @@ func (r *Router) clearPrecise(id string, s int32, overflow bool) bool {
 	for i := range numShards {
 		if !r.whileMapped(id, s, func() {
 			p.mu.Lock()
-			if e := p.endpoint(s); e.keys > 0 {
-				e.keys -= p.t.clearSlotShard(int(s), i)
+			if e := p.endpoint(s); e.keys > 0 || e.tierKeys > 0 {
+				p.clearSlotShard(s, i)
 			}
 			p.mu.Unlock()
 		}) {
@@ -351,7 +376,7 @@ func (r *Router) slot(id string) int32 {
 		r.approx.t.widen(w)
 		r.approx.mu.Unlock()
 		r.precise.mu.Lock()
-		r.precise.t.widen(w)
+		r.precise.widen(w)
 		r.precise.mu.Unlock()
 	}
 	return s
@@ -388,7 +413,8 @@ func (r *Router) Forget(endpointID string) {
 // Retain forgets every endpoint not in live. The activator calls it when
 // its endpoint set changes, which bounds the indexes by the live endpoints.
 func (r *Router) Retain(live []string) {
-	keep := make(map[string]bool, len(live))
+	keep := make(map[string]bool, len(live)+1)
+	keep[StorageEndpoint] = true
 	for _, id := range live {
 		keep[id] = true
 	}
@@ -413,7 +439,7 @@ func (r *Router) drain(s int32) {
 	hadApprox := r.approx.detach(s)
 	r.approx.mu.Unlock()
 	r.precise.mu.Lock()
-	hadPrecise := int(s) < len(r.precise.ep) && r.precise.ep[s].keys > 0
+	hadPrecise := int(s) < len(r.precise.ep) && (r.precise.ep[s].keys > 0 || r.precise.ep[s].tierKeys > 0)
 	r.precise.releaseAll(s)
 	if int(s) < len(r.precise.ep) {
 		r.precise.ep[s] = preciseEndpoint{}
@@ -427,7 +453,7 @@ func (r *Router) drain(s int32) {
 		}
 		if hadPrecise {
 			r.precise.mu.Lock()
-			r.precise.t.clearSlotShard(int(s), i)
+			r.precise.clearSlotShard(s, i)
 			r.precise.mu.Unlock()
 		}
 	}

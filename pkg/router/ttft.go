@@ -23,6 +23,8 @@ import (
 //     attention's quadratic part a·U·(cached + U/2) for this request, and
 //     memory, n steps of at least the current step time (weights and the
 //     running batch's KV are read every step).
+//   - Predicted cached tokens that are not in the endpoint's GPU cache
+//     (its CPU or disk tier, shared storage) add their load time (tiers.go).
 //   - A prefill endpoint in a disaggregated request adds the KV transfer of
 //     the tokens the decode endpoint does not hold.
 //
@@ -31,6 +33,7 @@ import (
 type ttftCost struct {
 	fallback      Rates
 	waitingTokens int
+	tiers         TierCosts
 }
 
 func (*ttftCost) usesPrefix() (bool, bool) { return true, true }
@@ -57,7 +60,7 @@ func (s *ttftCost) score(c *cycle, cands []int, out []float64) {
 func (s *ttftCost) predict(c *cycle, i int) float64 {
 	e := &c.eps[i]
 	r := e.Rates.withDefaults(s.fallback)
-	hit := c.hitTokens(i)
+	hit, usedTiers := c.hit(i)
 	u := float64(max(c.prompt-hit, 1))
 	q := float64(e.InFlightTokens)
 	if w := float64(e.Waiting) * float64(s.waitingTokens); w > q {
@@ -71,6 +74,10 @@ func (s *ttftCost) predict(c *cycle, i int) float64 {
 	steps := math.Ceil((q + u) / perStep)
 	compute := (q+u+steps*run)/r.PrefillTokensPerSecond + r.AttentionSecondsPerTokenPair*u*(float64(hit)+u/2)
 	t := max(compute, steps*r.StepSeconds)
+	if usedTiers {
+		// Blocks from CPU, disk or storage load before the prefill runs.
+		t += c.loadSeconds(i, &s.tiers)
+	}
 	if c.stage == stagePrefill && r.KVTransferTokensPerSecond > 0 {
 		t += float64(max(c.prompt-c.decodeHit, 0)) / r.KVTransferTokensPerSecond
 	}
