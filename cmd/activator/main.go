@@ -8,7 +8,7 @@
 // the autoscaler every second and pokes it when a request waits for a
 // revision at zero:
 //
-//	activator [--kubeconfig FILE] [--autoscaler-url http://llmd-autoscaler.llmd-kn.svc:8090]
+//	activator [--kubeconfig FILE] [--autoscaler-url https://llmd-autoscaler.llmd-kn.svc:8090] [--autoscaler-ca-file FILE]
 //
 // For vLLM servers outside Kubernetes it reads them from a static file
 // instead (--config, format in pkg/activator/static.go):
@@ -69,7 +69,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		adminAddr  = flag.String("admin-addr", "127.0.0.1:9091", "listen address of /metrics, /stats and /healthz (:9091 in cluster mode)")
 		scalerURL  = flag.String("autoscaler-url", defaultAutoscalerURL, "the autoscaler's stats address, for load reports and pokes; empty disables them (with --config, only used when set)")
 		podName    = flag.String("pod-name", defaultPodName(), "this activator's name in its reports to the autoscaler")
-		tokenFile  = flag.String("autoscaler-token-file", "", "bearer token for the autoscaler (its projected ServiceAccount token, audience llmd-autoscaler), re-read at each report; empty sends none")
+		tokenFile  = flag.String("autoscaler-token-file", "", "bearer token for the autoscaler (its projected ServiceAccount token, audience llmd-autoscaler), re-read at each report; empty sends none. Sent only over https or to a loopback address")
+		caFile     = flag.String("autoscaler-ca-file", "", "CA bundle the autoscaler's certificate must chain to (ca-bundle.crt of its Secret llmd-autoscaler-certs, mounted), re-read when it changes; empty: the system's roots")
+		serverName = flag.String("autoscaler-tls-server-name", "", "the name the autoscaler's certificate must carry (the --autoscaler-url host when empty)")
 		domains    = flag.String("domains", "", "comma-separated host suffixes after {service}.{namespace}. that Host routing accepts (the cluster's Knative domains); built-in list when empty")
 		routerFile = flag.String("router-config", "", "router configuration (the config-llmd-router data); built-in profiles when empty")
 		tiersFile  = flag.String("tiers", "", "SLO tier table (the config-llmd-tiers data); built-in tiers when empty")
@@ -142,9 +144,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if *scalerURL != "" {
 		var err error
 		reporter, err = activator.NewReporter(activator.ReporterOptions{URL: *scalerURL, Activator: *podName, TokenFile: *tokenFile,
-			Registerer: reg, Logger: log.With("component", "reporter")})
+			CAFile: *caFile, ServerName: *serverName, Registerer: reg, Logger: log.With("component", "reporter")})
 		if err != nil {
-			return fmt.Errorf("--autoscaler-url, --pod-name: %w", err)
+			return fmt.Errorf("--autoscaler-url, --pod-name, --autoscaler-ca-file: %w", err)
 		}
 		opts.Poke = reporter.Poke
 	}
@@ -262,7 +264,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // defaultAutoscalerURL is the llmd-autoscaler Service's stats port.
-const defaultAutoscalerURL = "http://llmd-autoscaler.llmd-kn.svc:8090"
+const defaultAutoscalerURL = "https://llmd-autoscaler.llmd-kn.svc:8090"
 
 // defaultPodName is $POD_NAME (the downward API), else the host name,
 // which in a pod is the pod's name.

@@ -8,7 +8,9 @@
 //
 // It serves the activators' stats API on --stats-bind-address (POST
 // /v1/stats, POST /v1/poke, GET /v1/recommendations; the writes need the
-// activator's ServiceAccount token, --stats-auth), Prometheus metrics on
+// activator's ServiceAccount token, --stats-auth; over TLS with
+// --stats-tls-cert-dir, its certificate kept in a Secret with
+// --stats-tls-self-signed), Prometheus metrics on
 // --metrics-bind-address and /healthz and /readyz on
 // --health-probe-bind-address. Run one replica; with --leader-elect a
 // rolling update hands over through a Lease in --namespace.
@@ -16,6 +18,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	stdflag "flag"
 	"fmt"
@@ -81,6 +84,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		callers      = flag.String("stats-callers", "", "comma-separated user names allowed to report and poke (default: system:serviceaccount:<--namespace>:llmd-activator)")
 		perCaller    = flag.Float64("stats-rate", 50, "requests per second one authenticated caller may send (burst 4×)")
 		perAddress   = flag.Float64("stats-address-rate", 100, "requests per second one remote address may send before authentication (burst 2×)")
+		tlsDir       = flag.String("stats-tls-cert-dir", "", "serve the stats API over TLS with tls.crt and tls.key of this directory (re-read when they change); empty: plaintext")
+		selfSigned   = flag.Bool("stats-tls-self-signed", false, "keep a CA and the stats API's serving certificate in --stats-tls-secret (created, renewed) and write the pair to --stats-tls-cert-dir; false: something else (cert-manager) fills the directory")
+		tlsSecret    = flag.String("stats-tls-secret", reconciler.DefaultStatsTLSSecret, "the Secret in --namespace that holds the self-signed CA, its bundle (ca-bundle.crt, which the activators mount) and the serving pair")
+		tlsService   = flag.String("stats-tls-service", "llmd-autoscaler", "the autoscaler's Service in --namespace, whose DNS names the self-signed certificate covers")
 	)
 	if err := flag.Parse(args); err != nil {
 		return err
@@ -159,9 +166,25 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	case "none":
 		log.Warn("the stats API accepts reports and pokes from anyone (--stats-auth=none)")
 	}
+	tlsCfg, keeper, err := reconciler.StatsTLS{CertDir: *tlsDir, SelfSigned: *selfSigned, Namespace: *namespace,
+		SecretName: *tlsSecret, ServiceName: *tlsService}.Setup(ctx, restCfg)
+	if err != nil {
+		return fmt.Errorf("stats API TLS: %w", err)
+	}
+	if keeper != nil {
+		if err := mgr.Add(keeper); err != nil {
+			return err
+		}
+	}
+	if tlsCfg == nil && auth != nil {
+		log.Warn("the stats API is served in plaintext: the activators' tokens travel in clear (--stats-tls-cert-dir)")
+	}
 	ln, err := net.Listen("tcp", *statsAddr)
 	if err != nil {
 		return fmt.Errorf("stats API: %w", err)
+	}
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
 	}
 	lim := reconciler.Limits{PerCaller: *perCaller, Burst: int(4 * *perCaller), PerAddress: *perAddress}
 	if err := mgr.Add(&statsServer{ln: ln, handler: rec.API(auth, lim).Handler(), log: log}); err != nil {
@@ -173,7 +196,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return err
 	}
-	log.Info("autoscaler starting", "namespace", *namespace, "activator_service", *activatorSvc, "stats", ln.Addr().String(),
+	log.Info("autoscaler starting", "namespace", *namespace, "activator_service", *activatorSvc, "stats", ln.Addr().String(), "stats_tls", tlsCfg != nil,
 		"metrics", *metricsAddr, "probes", *probeAddr, "leader_elect", *leaderElect, "tick", cfg.TickInterval)
 	return mgr.Start(ctx)
 }

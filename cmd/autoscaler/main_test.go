@@ -36,6 +36,7 @@ import (
 	"github.com/llmd-kn/llmd-kn/internal/kubetest"
 	"github.com/llmd-kn/llmd-kn/internal/testutil"
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/internaltls"
 )
 
 func TestRunRejectsBadInput(t *testing.T) {
@@ -133,6 +134,10 @@ func TestAutoscalerInACluster(t *testing.T) {
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.4"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
 	}))
 
+	// The stats API's certificate Secret, shipped empty (config/autoscaler).
+	must(admin.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "llmd-kn", Name: "llmd-autoscaler-certs"}}))
+	certDir := filepath.Join(t.TempDir(), "stats-tls")
+
 	statsAddr, metricsAddr, probeAddr := testutil.FreeAddr(t), testutil.FreeAddr(t), testutil.FreeAddr(t)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -140,7 +145,8 @@ func TestAutoscalerInACluster(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(runCtx, []string{"--kubeconfig", kubeconfig, "--namespace", "llmd-kn", "--leader-elect",
-			"--stats-bind-address", statsAddr, "--metrics-bind-address", metricsAddr, "--health-probe-bind-address", probeAddr}, &logs)
+			"--stats-bind-address", statsAddr, "--metrics-bind-address", metricsAddr, "--health-probe-bind-address", probeAddr,
+			"--stats-tls-cert-dir", certDir, "--stats-tls-self-signed"}, &logs)
 	}()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -222,22 +228,40 @@ func TestAutoscalerInACluster(t *testing.T) {
 		return tr.Status.Token
 	}
 	activatorToken := token("llmd-kn", "llmd-activator", "llmd-autoscaler")
+	reportBody := func(tokens int) string {
+		return fmt.Sprintf(`{"activator":"llmd-activator-x","revisions":[{"revision":"demo/chat-00001","requestsByTier":{"standard":%d},
+			"promptTokens":%d,"completionTokens":%d,"uncachedPrefillTokens":%d,"inFlight":100}]}`, tokens/1000, tokens, tokens/10, tokens)
+	}
+
+	// The stats API speaks TLS with the certificate the autoscaler keeps
+	// in its Secret (with config/'s RBAC): a client that trusts the
+	// Secret's CA bundle for the Service's name, as the activator does.
+	var sec corev1.Secret
+	must(admin.Get(ctx, types.NamespacedName{Namespace: "llmd-kn", Name: "llmd-autoscaler-certs"}, &sec))
+	caFile := filepath.Join(t.TempDir(), "ca-bundle.crt")
+	must(os.WriteFile(caFile, sec.Data["ca-bundle.crt"], 0o600))
+	clientTLS, err := internaltls.ClientConfig(caFile, "llmd-autoscaler.llmd-kn.svc")
+	must(err)
+	statsClient := &http.Client{Transport: &http.Transport{TLSClientConfig: clientTLS}, Timeout: 10 * time.Second}
+	defer statsClient.CloseIdleConnections()
+	if resp, err := http.Post("http://"+statsAddr+"/v1/stats", "application/json", strings.NewReader(reportBody(0))); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("a plaintext POST to the TLS port: %s, want the TLS server's 400", resp.Status)
+		}
+	}
 	post := func(path, tok, body string) (int, string) {
-		req, err := http.NewRequest(http.MethodPost, "http://"+statsAddr+path, strings.NewReader(body))
+		req, err := http.NewRequest(http.MethodPost, "https://"+statsAddr+path, strings.NewReader(body))
 		must(err)
 		req.Header.Set("Content-Type", "application/json")
 		if tok != "" {
 			req.Header.Set("Authorization", "Bearer "+tok)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := statsClient.Do(req)
 		must(err)
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
-	}
-	reportBody := func(tokens int) string {
-		return fmt.Sprintf(`{"activator":"llmd-activator-x","revisions":[{"revision":"demo/chat-00001","requestsByTier":{"standard":%d},
-			"promptTokens":%d,"completionTokens":%d,"uncachedPrefillTokens":%d,"inFlight":100}]}`, tokens/1000, tokens, tokens/10, tokens)
 	}
 
 	// Forged reports and pokes (issue 17, failure 6) are refused: no
@@ -293,9 +317,9 @@ func TestAutoscalerInACluster(t *testing.T) {
 		{"http://" + probeAddr + "/healthz", "ok"},
 		{"http://" + probeAddr + "/readyz", "ok"},
 		{"http://" + metricsAddr + "/metrics", `llmd_autoscaler_recommended_replicas{namespace="demo",revision="chat-00001",role="prefill"} 3`},
-		{"http://" + statsAddr + "/v1/recommendations", `"name":"chat-00001"`},
+		{"https://" + statsAddr + "/v1/recommendations", `"name":"chat-00001"`},
 	} {
-		resp, err := http.Get(u.url)
+		resp, err := statsClient.Get(u.url)
 		must(err)
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()

@@ -3,10 +3,13 @@ package activator
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -15,6 +18,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/llmd-kn/llmd-kn/pkg/internaltls"
 )
 
 // Paths of the autoscaler's stats address that the Reporter calls.
@@ -42,7 +47,8 @@ type PokeRequest struct {
 // defaults.
 type ReporterOptions struct {
 	// URL is the autoscaler's stats address, e.g.
-	// http://llmd-autoscaler.llmd-kn.svc:8090 (required).
+	// https://llmd-autoscaler.llmd-kn.svc:8090 (required). With a
+	// TokenFile, http only to a loopback address.
 	URL string
 	// Activator names this activator in its reports (its pod name); the
 	// autoscaler keeps one report per activator (required).
@@ -58,7 +64,13 @@ type ReporterOptions struct {
 	// audience, re-read at each send as the kubelet rotates it. Empty: no
 	// token (an autoscaler run with --stats-auth=none).
 	TokenFile string
-	// Client sends the reports (a client with a 2 s timeout).
+	// CAFile is the CA bundle that an https URL's server must chain to
+	// (the autoscaler's, from its certificate Secret), re-read when it
+	// changes; empty: the system's roots. ServerName is the name its
+	// certificate must carry (the URL's host when empty).
+	CAFile, ServerName string
+	// Client sends the reports (a client with a 2 s timeout, verifying
+	// the server with CAFile).
 	Client     *http.Client
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
@@ -90,7 +102,7 @@ const pokeQueue = 256
 func NewReporter(opts ReporterOptions) (*Reporter, error) {
 	u, err := url.Parse(opts.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("autoscaler URL %q: want an http(s) base URL like http://llmd-autoscaler.llmd-kn.svc:8090", opts.URL)
+		return nil, fmt.Errorf("autoscaler URL %q: want an http(s) base URL like https://llmd-autoscaler.llmd-kn.svc:8090", opts.URL)
 	}
 	if strings.TrimSpace(opts.Activator) == "" {
 		return nil, fmt.Errorf("activator name: required (the pod name)")
@@ -101,8 +113,31 @@ func NewReporter(opts ReporterOptions) (*Reporter, error) {
 	if opts.PokeWindow <= 0 {
 		opts.PokeWindow = time.Second
 	}
+	if opts.TokenFile != "" && u.Scheme == "http" && !loopback(u.Hostname()) {
+		// The token lets its holder move replicas: it goes to a server
+		// that proved who it is, or stays on this host.
+		return nil, fmt.Errorf("autoscaler URL %q: the token would travel in clear; use https (with the autoscaler's CA bundle)", opts.URL)
+	}
 	if opts.Client == nil {
-		opts.Client = &http.Client{Timeout: 2 * time.Second}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		if u.Scheme == "https" {
+			name := opts.ServerName
+			if name == "" {
+				name = u.Hostname()
+			}
+			if opts.CAFile != "" {
+				cfg, err := internaltls.ClientConfig(opts.CAFile, name)
+				if err != nil {
+					return nil, fmt.Errorf("autoscaler TLS: %w", err)
+				}
+				tr.TLSClientConfig = cfg
+			} else {
+				tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: name}
+			}
+		}
+		opts.Client = &http.Client{Timeout: 2 * time.Second, Transport: tr}
+	} else if opts.CAFile != "" {
+		return nil, errors.New("a CA file and a client: the client's TLS configuration decides; give one")
 	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
@@ -127,6 +162,15 @@ func NewReporter(opts ReporterOptions) (*Reporter, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// loopback: host is localhost or a loopback address.
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Poke asks the autoscaler to scale the revision up now. It never blocks:

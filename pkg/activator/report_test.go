@@ -236,6 +236,20 @@ func TestPokesNeverBlockAndCoalesce(t *testing.T) {
 		!strings.Contains(err.Error(), "http(s) base URL") {
 		t.Fatalf("bad URL: %v", err)
 	}
+	// The token moves replicas: never in clear off this host.
+	if _, err := activator.NewReporter(activator.ReporterOptions{URL: "http://llmd-autoscaler.llmd-kn.svc:8090", Activator: "a",
+		TokenFile: "/var/run/token"}); err == nil || !strings.Contains(err.Error(), "in clear") {
+		t.Fatalf("a token over plain http to another host: %v", err)
+	}
+	for _, u := range []string{"http://127.0.0.1:8090", "http://localhost:8090", "http://[::1]:8090", "https://llmd-autoscaler.llmd-kn.svc:8090"} {
+		if _, err := activator.NewReporter(activator.ReporterOptions{URL: u, Activator: "a", TokenFile: "/var/run/token"}); err != nil {
+			t.Errorf("%s with a token: %v", u, err)
+		}
+	}
+	if _, err := activator.NewReporter(activator.ReporterOptions{URL: "https://x:1", Activator: "a", CAFile: "/nonexistent/ca.crt"}); err == nil ||
+		!strings.Contains(err.Error(), "CA bundle") {
+		t.Fatalf("a missing CA file: %v", err)
+	}
 }
 
 func waitFor(t *testing.T, cond func() bool) {

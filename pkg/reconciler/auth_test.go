@@ -2,12 +2,17 @@ package reconciler
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
+	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +20,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
+	"github.com/llmd-kn/llmd-kn/pkg/internaltls"
+	"github.com/llmd-kn/llmd-kn/pkg/webhook/certs"
 )
 
 // authFixture is a StatsAPI whose writers must present a StaticToken, on a
@@ -236,4 +243,117 @@ func TestReporterSendsItsToken(t *testing.T) {
 	<-done
 	f.srv.Close()
 	http.DefaultClient.CloseIdleConnections()
+}
+
+// countingAuth is a StaticToken that counts the tokens it was shown.
+type countingAuth struct {
+	StaticToken
+	shown atomic.Int64
+}
+
+func (c *countingAuth) Authenticate(ctx context.Context, token string) (Caller, error) {
+	c.shown.Add(1)
+	return c.StaticToken.Authenticate(ctx, token)
+}
+
+// TestReporterOverTLS: the activator's Reporter and the autoscaler's stats
+// API over TLS on loopback (issue 17: the token no longer travels in
+// clear). With the autoscaler's CA bundle a report is accepted; a reporter
+// that speaks plaintext to the TLS port, or trusts another CA, or expects
+// another name, gets nothing counted and never shows its token.
+func TestReporterOverTLS(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	const name = "llmd-autoscaler.llmd-kn.svc"
+	pki := func() string {
+		dir := t.TempDir()
+		ca, cert, key, err := certs.SelfSigned(time.Now(), time.Hour, time.Hour, []string{name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for f, b := range map[string][]byte{internaltls.CABundleFile: ca, internaltls.CertFile: cert, internaltls.KeyFile: key} {
+			if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	good, other := pki(), pki()
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		test, scheme, caDir, name string
+		accepted                  bool
+	}{
+		{"the autoscaler's CA", "https", good, name, true},
+		{"plaintext to the TLS port", "http", "", "", false},
+		{"another CA", "https", other, name, false},
+		{"another name", "https", good, "llmd-autoscaler.other.svc", false},
+	} {
+		t.Run(tc.test, func(t *testing.T) {
+			f := newAPIFixture(t)
+			f.srv.Close()
+			auth := &countingAuth{StaticToken: StaticToken{Token: "s3cret", Caller: Caller{User: "activator"}}}
+			f.api.Auth = auth
+			srvTLS, err := internaltls.ServerConfig(filepath.Join(good, internaltls.CertFile), filepath.Join(good, internaltls.KeyFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := &http.Server{Handler: f.api.Handler(), ErrorLog: log.New(io.Discard, "", 0), ReadHeaderTimeout: 5 * time.Second}
+			served := make(chan struct{})
+			go func() { _ = srv.Serve(tls.NewListener(ln, srvTLS)); close(served) }()
+
+			opts := activator.ReporterOptions{URL: tc.scheme + "://" + ln.Addr().String(), Activator: "act-1", TokenFile: tokenFile,
+				Interval: 10 * time.Millisecond, Registerer: prometheus.NewRegistry()}
+			if tc.caDir != "" {
+				opts.CAFile, opts.ServerName = filepath.Join(tc.caDir, internaltls.CABundleFile), tc.name
+			}
+			rep, err := activator.NewReporter(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gathered := prometheus.Gatherer(opts.Registerer.(*prometheus.Registry))
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() {
+				rep.Run(ctx, func() []activator.RevisionStats {
+					return []activator.RevisionStats{{Revision: "default/chat-00001", RequestsByTier: map[string]int64{"standard": 1}}}
+				})
+				close(done)
+			}()
+			loaded := func() bool { _, ok := f.api.Stats.Load(time.Unix(1_000_000, 0), "default/chat-00001"); return ok }
+			failed := func() bool {
+				mfs, _ := gathered.Gather()
+				for _, mf := range mfs {
+					if mf.GetName() == "llmd_activator_autoscaler_report_failures_total" {
+						return mf.GetMetric()[0].GetCounter().GetValue() >= 3
+					}
+				}
+				return false
+			}
+			deadline := time.Now().Add(20 * time.Second)
+			for !loaded() && !failed() && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			cancel()
+			<-done
+			_ = srv.Close()
+			<-served
+			if got := loaded(); got != tc.accepted {
+				t.Errorf("report counted: %v, want %v", got, tc.accepted)
+			}
+			if !tc.accepted && auth.shown.Load() != 0 {
+				t.Errorf("the autoscaler was shown %d tokens by a reporter that should not have reached it", auth.shown.Load())
+			}
+			if !tc.accepted && !failed() {
+				t.Error("no failed report counted")
+			}
+		})
+	}
 }

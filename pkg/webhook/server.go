@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
-	"sigs.k8s.io/controller-runtime/pkg/log"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -78,7 +76,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 			MutatingWebhookConfiguration: o.MutatingWebhookConfiguration, ValidatingWebhookConfiguration: o.ValidatingWebhookConfiguration,
 			CertDir: o.CertDir,
 		}
-		if err := syncUntil(ctx, cm, 2*time.Minute); err != nil {
+		if err := cm.SyncUntil(ctx, 2*time.Minute); err != nil {
 			return err
 		}
 		if err := mgr.Add(cm); err != nil {
@@ -96,26 +94,4 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		return err
 	}
 	return mgr.Start(ctx)
-}
-
-// syncUntil retries the first certificate sync for a while: at start the
-// API server or the webhook configurations may not be reachable yet, and
-// the server cannot start without a certificate on disk.
-func syncUntil(ctx context.Context, cm *certs.Manager, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for {
-		err := cm.Sync(ctx)
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("webhook certificate: %w", err)
-		}
-		log.FromContext(ctx).Error(err, "webhook certificate not ready; retrying")
-		select {
-		case <-ctx.Done():
-			return errors.Join(ctx.Err(), err)
-		case <-time.After(2 * time.Second):
-		}
-	}
 }

@@ -44,7 +44,8 @@ var listenArg = regexp.MustCompile(`^:(\d+)$`)
 // with exactly the RBAC config/ grants), reading the ConfigMaps as applied
 // to the API server from where its volumes would mount them. Only what a
 // pod network gives for free is rewritten: listen addresses become free
-// loopback ports, the autoscaler's Service address its loopback port.
+// loopback ports, the autoscaler's Service address its loopback port (the
+// name its certificate must carry stays the Service's).
 // Each must become ready by its own readiness probe, log no "forbidden",
 // and exit cleanly on SIGTERM; the autoscaler must win its leader lease.
 func runComponents(t *testing.T, env *envtest.Environment, admin client.Client, objs []*unstructured.Unstructured) {
@@ -86,6 +87,34 @@ func runComponents(t *testing.T, env *envtest.Environment, admin client.Client, 
 					// token for the audience, from the API server.
 					projectTokens(t, admin, d.Spec.Template.Spec.ServiceAccountName, v.Projected, local)
 				}
+				if v.Name == m.Name && v.Secret != nil {
+					// What the kubelet mounts: the Secret's keys (its
+					// items only, when listed) as the API server holds
+					// them now; the autoscaler, started first, filled it.
+					var sec corev1.Secret
+					if err := admin.Get(ctx, client.ObjectKey{Namespace: ns, Name: v.Secret.SecretName}, &sec); err != nil {
+						t.Fatal(err)
+					}
+					files := map[string]string{}
+					for k := range sec.Data {
+						files[k] = k
+					}
+					if len(v.Secret.Items) > 0 {
+						files = map[string]string{}
+						for _, it := range v.Secret.Items {
+							files[it.Key] = it.Path
+						}
+					}
+					for k, path := range files {
+						data, ok := sec.Data[k]
+						if !ok {
+							t.Fatalf("%s: Secret %s has no key %s to mount (the kubelet would not start the pod)", name, v.Secret.SecretName, k)
+						}
+						if err := os.WriteFile(filepath.Join(local, path), data, 0o600); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
 				if v.Name != m.Name || v.ConfigMap == nil {
 					continue
 				}
@@ -118,6 +147,9 @@ func runComponents(t *testing.T, env *envtest.Environment, admin client.Client, 
 				a = flag + "=" + p
 			case strings.Contains(val, "llmd-autoscaler.llmd-kn.svc:8090"):
 				a = flag + "=" + strings.Replace(val, "llmd-autoscaler.llmd-kn.svc:8090", statsAddr, 1)
+				// Dialled by address, it still verifies the Service's
+				// name in the autoscaler's certificate.
+				args = append(args, "--autoscaler-tls-server-name=llmd-autoscaler.llmd-kn.svc")
 			default:
 				for mp, local := range mounts {
 					if val == mp || strings.HasPrefix(val, mp+"/") {

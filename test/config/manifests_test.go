@@ -168,6 +168,28 @@ func checkStatsAuth(t *testing.T, act, as *appsv1.Deployment) {
 	if audience == "" || file == "" {
 		t.Fatalf("--stats-audience %q, --autoscaler-token-file %q: both needed", audience, file)
 	}
+	// The token travels inside TLS only, to a server whose certificate
+	// chains to the CA bundle of the Secret the autoscaler keeps.
+	if u := flagValue(ac, "--autoscaler-url"); !strings.HasPrefix(u, "https://") {
+		t.Errorf("llmd-activator --autoscaler-url=%q: the token would travel in clear", u)
+	}
+	if flagValue(sc, "--stats-tls-cert-dir") == "" || flagValue(sc, "--stats-tls-self-signed") != "true" {
+		t.Errorf("llmd-autoscaler: the stats API is not served over TLS with its own certificate: %v", sc.Args)
+	}
+	ca := flagValue(ac, "--autoscaler-ca-file")
+	mountedCA := false
+	for _, m := range ac.VolumeMounts {
+		for _, v := range act.Spec.Template.Spec.Volumes {
+			if v.Name == m.Name && v.Secret != nil && v.Secret.SecretName == "llmd-autoscaler-certs" && filepath.Dir(ca) == m.MountPath &&
+				slices.ContainsFunc(v.Secret.Items, func(k corev1.KeyToPath) bool { return k.Key == "ca-bundle.crt" && k.Path == filepath.Base(ca) }) &&
+				len(v.Secret.Items) == 1 {
+				mountedCA = true
+			}
+		}
+	}
+	if !mountedCA {
+		t.Errorf("llmd-activator --autoscaler-ca-file=%q is not the ca-bundle.crt (alone) of Secret llmd-autoscaler-certs", ca)
+	}
 	dir, key := filepath.Dir(file), filepath.Base(file)
 	for _, m := range ac.VolumeMounts {
 		if m.MountPath != dir {
@@ -593,6 +615,10 @@ func TestApplyToAPIServer(t *testing.T) {
 			// Who reports load: TokenReviews, by the autoscaler only.
 			{"llmd-autoscaler", "create", "authentication.k8s.io", "tokenreviews", "", "", "", true},
 			{"llmd-activator", "create", "authentication.k8s.io", "tokenreviews", "", "", "", false},
+			// autoscaler: its own certificate Secret, by name.
+			{"llmd-autoscaler", "update", "", "secrets", "", ns, "llmd-autoscaler-certs", true},
+			{"llmd-autoscaler", "get", "", "secrets", "", ns, "llmd-kn-webhook-certs", false},
+			{"llmd-activator", "get", "", "secrets", "", ns, "llmd-autoscaler-certs", false},
 			// webhook: its own Secret and configurations, Knative's ConfigMaps.
 			{"llmd-kn-webhook", "get", "", "secrets", "", ns, "llmd-kn-webhook-certs", true},
 			{"llmd-kn-webhook", "get", "", "secrets", "", ns, "other", false},

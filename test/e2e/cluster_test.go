@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +35,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/llmd-kn/llmd-kn/internal/kubetest"
+	"github.com/llmd-kn/llmd-kn/pkg/internaltls"
 	"github.com/llmd-kn/llmd-kn/pkg/reconciler"
 )
 
@@ -55,6 +57,10 @@ const (
 	// activatorName is the llmd-activator's name in its stats reports (its
 	// pod name in a cluster).
 	activatorName = "llmd-activator-e2e"
+	// autoscalerServerName is the name in the autoscaler's certificate
+	// (its Service's), which the activator verifies though it dials an
+	// address.
+	autoscalerServerName = "llmd-autoscaler." + llmdNamespace + ".svc"
 )
 
 // binaries the end-to-end tier needs besides kube-apiserver and etcd, all
@@ -75,8 +81,13 @@ type cluster struct {
 	// hostIP is this host's non-loopback address: the address of the
 	// webhooks' and the activator's EndpointSlices.
 	hostIP string
-	// autoscalerURL is the autoscaler's stats address (http://host:port).
+	// autoscalerURL is the autoscaler's stats address (https://host:port);
+	// statsClient trusts its certificate as the activator does (the CA
+	// bundle of the Secret the autoscaler keeps, autoscalerCA, for the
+	// Service's name).
 	autoscalerURL string
+	autoscalerCA  string
+	statsClient   *http.Client
 	// activatorURL is llmd-kn's activator's OpenAI API (http://hostIP:port),
 	// the address of the llmd-activator Service's EndpointSlice;
 	// activatorAdminURL serves its /metrics, /stats and /healthz.
@@ -360,6 +371,8 @@ func startCluster(ctx context.Context, c *cluster) error {
 		}
 		for _, f := range []string{
 			"webhook/200-serviceaccount.yaml", "webhook/200-rbac.yaml", "webhook/300-secret.yaml",
+			// The stats API's certificate Secret, which the autoscaler fills.
+			"autoscaler/300-secret.yaml",
 			// The activator runs with its own identity and RBAC.
 			"activator/200-serviceaccount.yaml", "activator/200-rbac.yaml",
 		} {
@@ -460,12 +473,31 @@ func startCluster(ctx context.Context, c *cluster) error {
 			"--kubeconfig=" + c.kubeconfig, "--namespace=" + llmdNamespace, "--config-dir=" + configDir,
 			"--stats-bind-address=127.0.0.1:" + stats, "--metrics-bind-address=127.0.0.1:" + port(),
 			"--health-probe-bind-address=127.0.0.1:" + health, "--leader-elect=false",
+			// TLS as config/ deploys it: its own CA and certificate.
+			"--stats-tls-cert-dir=" + filepath.Join(c.dir, "autoscaler-stats-tls"), "--stats-tls-self-signed",
 		}, nil)
 		if err != nil {
 			return err
 		}
-		c.autoscalerURL = "http://127.0.0.1:" + stats
-		return c.waitHTTP(ctx, p, "http://127.0.0.1:"+health+"/readyz")
+		c.autoscalerURL = "https://127.0.0.1:" + stats
+		if err := c.waitHTTP(ctx, p, "http://127.0.0.1:"+health+"/readyz"); err != nil {
+			return err
+		}
+		// What the kubelet mounts in the activator's pod: the bundle alone.
+		var sec corev1.Secret
+		if err := c.client.Get(ctx, client.ObjectKey{Namespace: llmdNamespace, Name: reconciler.DefaultStatsTLSSecret}, &sec); err != nil {
+			return err
+		}
+		c.autoscalerCA = filepath.Join(c.dir, "autoscaler-ca-bundle.crt")
+		if err := os.WriteFile(c.autoscalerCA, sec.Data[internaltls.CABundleFile], 0o600); err != nil {
+			return err
+		}
+		tc, err := internaltls.ClientConfig(c.autoscalerCA, autoscalerServerName)
+		if err != nil {
+			return fmt.Errorf("the autoscaler's CA bundle in its Secret: %w", err)
+		}
+		c.statsClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+		return nil
 	}); err != nil {
 		return err
 	}
@@ -486,6 +518,7 @@ func startCluster(ctx context.Context, c *cluster) error {
 		p, err := start("llmd-kn-activator", filepath.Join(c.dir, "activator"), []string{
 			"--kubeconfig=" + kubeconfig, "--autoscaler-url=" + c.autoscalerURL, "--pod-name=" + activatorName,
 			"--autoscaler-token-file=" + tokenFile,
+			"--autoscaler-ca-file=" + c.autoscalerCA, "--autoscaler-tls-server-name=" + autoscalerServerName,
 			"--addr=" + ip + ":" + api, "--admin-addr=" + ip + ":" + admin,
 			// kwok's pods have addresses where no vLLM answers: every
 			// scrape fails; once a second is enough to learn that.

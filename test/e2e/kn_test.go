@@ -411,7 +411,7 @@ func (c *cluster) reportLoad(t *testing.T, revision string) func() {
 		}
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Authorization", "Bearer "+c.statsToken)
-		resp, err := httpClient.Do(req)
+		resp, err := c.statsClient.Do(req)
 		if err != nil {
 			return err
 		}
@@ -468,7 +468,7 @@ type recommendation struct {
 // recommendation returns the autoscaler's current recommendation for a
 // revision.
 func (c *cluster) recommendation(ns, name string) (recommendation, error) {
-	resp, err := httpClient.Get(c.autoscalerURL + "/v1/recommendations")
+	resp, err := c.statsClient.Get(c.autoscalerURL + "/v1/recommendations")
 	if err != nil {
 		return recommendation{}, err
 	}

@@ -72,6 +72,8 @@ type Manager struct {
 	CAValidity, CertValidity time.Duration
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time
+	// CAName is the CA's common name ("llmd-kn webhook CA" when empty).
+	CAName string
 }
 
 // DNSNames are the names the serving certificate covers.
@@ -96,7 +98,7 @@ func (m *Manager) Start(ctx context.Context) error {
 			return nil
 		case <-t.C:
 			if err := m.Sync(ctx); err != nil {
-				log.FromContext(ctx).Error(err, "webhook certificate sync failed; retrying", "in", interval)
+				log.FromContext(ctx).Error(err, "certificate sync failed; retrying", "in", interval)
 			}
 		}
 	}
@@ -124,6 +126,44 @@ func (m *Manager) Sync(ctx context.Context) error {
 		return err
 	}
 	return m.writeFiles(b)
+}
+
+// SyncUntil retries the first Sync for up to limit: at start the API
+// server may not be reachable yet, and a server cannot start without a
+// certificate on disk.
+func (m *Manager) SyncUntil(ctx context.Context, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		err := m.Sync(ctx)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("certificate in secret %s/%s: %w", m.Namespace, m.SecretName, err)
+		}
+		log.FromContext(ctx).Error(err, "certificate not ready; retrying")
+		select {
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), err)
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// SelfSigned makes a CA valid for caValidity and a serving certificate for
+// names signed by it, valid for certValidity, as the Manager keeps them
+// (PEM). For tests and callers that keep no Secret.
+func SelfSigned(now time.Time, caValidity, certValidity time.Duration, names []string) (caPEM, certPEM, keyPEM []byte, err error) {
+	caPEM, caKeyPEM, err := newCA(now, caValidity, "llmd-kn CA")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ca, caKey, err := parsePair(caPEM, caKeyPEM)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	certPEM, keyPEM, err = newServingCert(now, certValidity, ca, caKey, names)
+	return caPEM, certPEM, keyPEM, err
 }
 
 type bundle struct {
@@ -170,7 +210,7 @@ func (m *Manager) ensureSecret(ctx context.Context) (*bundle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store certificates in secret %s: %w", key, err)
 	}
-	log.FromContext(ctx).Info("webhook certificates renewed", "secret", key.String())
+	log.FromContext(ctx).Info("certificates renewed", "secret", key.String())
 	return b, nil
 }
 
@@ -188,7 +228,7 @@ func (m *Manager) renew(b *bundle) (bool, error) {
 	changed := false
 	ca, caKey, err := parsePair(b.caCert, b.caKey)
 	if err != nil || !ca.IsCA || dueForRenewal(ca, now) {
-		caPEM, keyPEM, err := newCA(now, caValidity)
+		caPEM, keyPEM, err := newCA(now, caValidity, m.CAName)
 		if err != nil {
 			return false, err
 		}
@@ -268,7 +308,10 @@ func serial() (*big.Int, error) {
 	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
 }
 
-func newCA(now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+func newCA(now time.Time, validity time.Duration, name string) (certPEM, keyPEM []byte, err error) {
+	if name == "" {
+		name = "llmd-kn webhook CA"
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
@@ -279,7 +322,7 @@ func newCA(now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err e
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          sn,
-		Subject:               pkix.Name{CommonName: "llmd-kn webhook CA", Organization: []string{"llmd-kn"}},
+		Subject:               pkix.Name{CommonName: name, Organization: []string{"llmd-kn"}},
 		NotBefore:             now.Add(-time.Hour), // clock skew
 		NotAfter:              now.Add(validity),
 		IsCA:                  true,
@@ -306,9 +349,16 @@ func newServingCert(now time.Time, validity time.Duration, ca *x509.Certificate,
 	if notAfter.After(ca.NotAfter) {
 		notAfter = ca.NotAfter
 	}
+	if len(names) == 0 {
+		return nil, nil, errors.New("a serving certificate needs a DNS name")
+	}
+	cn := names[0] // <service>.<namespace>.svc when the Manager's names
+	if len(names) >= 2 {
+		cn = names[len(names)-2]
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: sn,
-		Subject:      pkix.Name{CommonName: names[len(names)-2], Organization: []string{"llmd-kn"}},
+		Subject:      pkix.Name{CommonName: cn, Organization: []string{"llmd-kn"}},
 		DNSNames:     names,
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     notAfter,
