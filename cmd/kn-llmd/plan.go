@@ -100,6 +100,13 @@ each run prints the TTFT of the first minute after each scale from zero;
 --idle-every and --idle-gap insert idle gaps into the workload so that it
 scales to zero.
 
+KV tiers: --kv-cpu-tier-bytes and --kv-disk-tier-bytes give every
+aggregated engine vLLM's OffloadingConnector tiers below its GPU cache
+(every computed block written through to CPU, CPU evictions to disk,
+prefixes the GPU evicted loaded at the profile's tier bandwidths instead of
+recomputed, reported as cached tokens); --kv-tiers off,on runs each routing
+profile without and with them.
+
 Batch soak: --batch-soak N measures how much of the capacity interactive
 traffic leaves idle a backlog of N batch requests (--batch-input-len,
 --batch-output-len; --batch-concurrency outstanding at once, as the Batch
@@ -202,6 +209,9 @@ func newPlanCmd() *cobra.Command {
 	fl.StringVar(&f.o.KVOffload, "kv-offload", d.KVOffload, "KV offload to shared storage (llm-d.ai/kv-offload): off, on-scale-down, or off,on-scale-down to compare (one run each; see KV offload)")
 	fl.StringVar(&f.o.KVOffloadMaxBytes, "kv-offload-max-bytes", d.KVOffloadMaxBytes, "with --kv-offload: stored KV bytes bound, e.g. 200Gi (llm-d.ai/kv-offload-max-bytes; default unbounded)")
 	fl.StringVar(&f.o.KVPrefetchBytes, "kv-prefetch-bytes", d.KVPrefetchBytes, "with --kv-offload: what a new engine loads of the hottest stored KV while it starts, e.g. 4Gi (llm-d.ai/kv-prefetch-bytes; default none)")
+	fl.StringVar(&f.o.KVCPUTierBytes, "kv-cpu-tier-bytes", d.KVCPUTierBytes, "CPU memory for KV blocks below each engine's GPU cache, e.g. 64Gi (llm-d.ai/kv-cpu-tier-bytes; vLLM's OffloadingConnector: written through, loaded instead of recomputed; default none)")
+	fl.StringVar(&f.o.KVDiskTierBytes, "kv-disk-tier-bytes", d.KVDiskTierBytes, "local disk for KV blocks the CPU tier evicts, e.g. 500Gi (llm-d.ai/kv-disk-tier-bytes; default none)")
+	fl.StringVar(&f.o.KVTiers, "kv-tiers", "on", "with tier sizes: on, off, or off,on to compare (one run each; the tiered run is named <routing>-kv-tiers)")
 	fl.DurationVar(&f.o.KVOffloadDeadline, "kv-offload-deadline", d.KVOffloadDeadline, "with --kv-offload: cap of an engine's modelled flush time (llm-d.ai/kv-offload-deadline)")
 	fl.IntVar(&f.o.BatchSoak, "batch-soak", d.BatchSoak, "run a batch soak with a backlog of this many batch requests (see Batch soak)")
 	fl.IntVar(&f.o.BatchInputLen, "batch-input-len", d.BatchInputLen, "with --batch-soak: prompt tokens per batch request")

@@ -37,6 +37,7 @@ type simFlags struct {
 	logLevel, schedulingPolicy    string
 	kvOffload, kvOffloadURI       string
 	kvOffloadMaxBytes, kvPrefetch string
+	kvCPUTier, kvDiskTier         string
 	kvOffloadDeadline             time.Duration
 	kvPayloadScale                float64
 }
@@ -103,6 +104,8 @@ continuous batching, prefix caching, KV capacity and timing from a profile.
 	fl.StringVar(&f.kvOffloadURI, "kv-offload-uri", "", "KV offload storage: a directory or a file://, s3://, gs://, azblob:// URL (credentials from the drivers' usual environment)")
 	fl.StringVar(&f.kvOffloadMaxBytes, "kv-offload-max-bytes", "0", "bound on the modelled KV bytes a flush writes and storage keeps for this model (Kubernetes quantity, e.g. 200Gi; 0: unbounded)")
 	fl.StringVar(&f.kvPrefetch, "kv-prefetch-bytes", "0", "modelled KV bytes of the hottest stored prefixes loaded into the GPU cache at start-up, before /health answers 200 (Kubernetes quantity; 0: restore on demand only)")
+	fl.StringVar(&f.kvCPUTier, "kv-cpu-tier-bytes", "0", "llm-d.ai/kv-cpu-tier-bytes: CPU memory for KV blocks below the GPU cache, as vLLM's OffloadingConnector (Kubernetes quantity, e.g. 64Gi; 0: none)")
+	fl.StringVar(&f.kvDiskTier, "kv-disk-tier-bytes", "0", "llm-d.ai/kv-disk-tier-bytes: local disk for KV blocks the CPU tier evicts (Kubernetes quantity, e.g. 500Gi; 0: none)")
 	fl.DurationVar(&f.kvOffloadDeadline, "kv-offload-deadline", 30*time.Second, "bound on the flush at exit (wall time)")
 	fl.Float64Var(&f.kvPayloadScale, "kv-payload-scale", 1, "fraction of the modelled KV bytes actually stored per block, in (0, 1]; the model charges the full transfer time")
 	// vLLM flags the llmd-kn webhook injects into LLM revisions: accepted so
@@ -208,6 +211,12 @@ func (f *simFlags) config() (vllmsim.Config, error) {
 		}
 		cfg.KVOffload = vllmsim.KVOffloadConfig{Mode: f.kvOffload, URI: f.kvOffloadURI, MaxBytes: maxBytes,
 			Deadline: f.kvOffloadDeadline, PayloadScale: f.kvPayloadScale, PrefetchBytes: prefetch}
+	}
+	if cfg.CPUTierBytes, err = apis.ParseBytes(f.kvCPUTier); err != nil {
+		return cfg, fmt.Errorf("--kv-cpu-tier-bytes: %w", err)
+	}
+	if cfg.DiskTierBytes, err = apis.ParseBytes(f.kvDiskTier); err != nil {
+		return cfg, fmt.Errorf("--kv-disk-tier-bytes: %w", err)
 	}
 	if f.kvEventsConfig != "" {
 		kc, err := vllmsim.ParseKVEventsConfig(f.kvEventsConfig)

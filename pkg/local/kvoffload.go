@@ -47,3 +47,14 @@ func (r *Runtime) kvOffloadConfig(svc *Service, role engine.Role) (vllmsim.KVOff
 		PayloadScale: r.opts.KVPayloadScale, PrefetchBytes: k.PrefetchBytes,
 	}, nil
 }
+
+// kvTiers sizes a simulated pod's own CPU and disk KV tiers below its GPU
+// cache (llm-d.ai/kv-cpu-tier-bytes, llm-d.ai/kv-disk-tier-bytes; vLLM's
+// OffloadingConnector). Prefill and decode pods get none: they keep NIXL's
+// connector alone, as the webhook does in a cluster.
+func kvTiers(svc *Service, role engine.Role) (cpu, disk int64) {
+	if role != engine.RoleBoth {
+		return 0, 0
+	}
+	return svc.Spec.KVOffload.CPUTierBytes, svc.Spec.KVOffload.DiskTierBytes
+}

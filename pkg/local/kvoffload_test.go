@@ -154,3 +154,44 @@ func TestKVOffloadLocalSample(t *testing.T) {
 		t.Fatalf("a decode pod offloads: %+v", kc)
 	}
 }
+
+// The tier annotations reach an aggregated pod's simulator, not a
+// prefill/decode pod's; without them there is no tier.
+func TestKVTierAnnotationsReachThePods(t *testing.T) {
+	const doc = `apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: llm-tiers
+spec:
+  template:
+    metadata:
+      annotations:
+        llm-d.ai/model: meta-llama/Llama-3.1-8B-Instruct
+        llm-d.ai/kv-cpu-tier-bytes: 64Gi
+        llm-d.ai/kv-disk-tier-bytes: 500Gi
+    spec:
+      containers:
+      - name: vllm
+        image: vllm/vllm-openai:v0.11.0
+        args: [--model, meta-llama/Llama-3.1-8B-Instruct]
+        ports:
+        - containerPort: 8000
+`
+	svcs, err := Parse("tiers.yaml", []byte(doc), DefaultVocabulary())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cpu, disk := kvTiers(svcs[0], engine.RoleBoth); cpu != 64<<30 || disk != 500<<30 {
+		t.Errorf("tiers %d %d, want 64Gi 500Gi", cpu, disk)
+	}
+	if cpu, disk := kvTiers(svcs[0], engine.RoleDecode); cpu != 0 || disk != 0 {
+		t.Errorf("a decode pod gets tiers %d %d", cpu, disk)
+	}
+	plain, err := LoadFiles([]string{"../../config/samples/local/kv-offload.yaml"}, DefaultVocabulary())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cpu, disk := kvTiers(plain[0], engine.RoleBoth); cpu != 0 || disk != 0 {
+		t.Errorf("a revision without tier annotations gets tiers %d %d", cpu, disk)
+	}
+}

@@ -324,6 +324,7 @@ func (r *Runtime) newRunner(svc *Service, name string, role router.Role) (runner
 	if cfg.KVOffload, err = r.kvOffloadConfig(svc, erole); err != nil {
 		return nil, err
 	}
+	cfg.CPUTierBytes, cfg.DiskTierBytes = kvTiers(svc, erole)
 	return newSimRunner(cfg), nil
 }
 

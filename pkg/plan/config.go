@@ -111,6 +111,11 @@ type EngineConfig struct {
 	// NumBlocks overrides the KV capacity derived from the profile.
 	NumBlocks int
 	Policy    engine.Policy
+	// CPUTierBytes and DiskTierBytes size every aggregated engine's KV
+	// tiers below its GPU cache (llm-d.ai/kv-cpu-tier-bytes,
+	// kv-disk-tier-bytes; engine.Config). Prefill and decode engines get
+	// none, as the simulator's pods. 0: no tier.
+	CPUTierBytes, DiskTierBytes int64
 }
 
 // FlowConfig is the activator's flow control for the requests' tier (the
@@ -241,6 +246,12 @@ func (c *Config) engineConfig(role engine.Role, seed uint64, kvEvents bool) engi
 	if role == engine.RolePrefill && e.PrefillMaxNumBatchedTokens > 0 {
 		e.MaxNumBatchedTokens = e.PrefillMaxNumBatchedTokens
 	}
+	tier := func(b int64) int64 {
+		if role != engine.RoleBoth {
+			return 0
+		}
+		return b
+	}
 	return engine.Config{
 		Profile:             c.Profile,
 		Role:                role,
@@ -253,6 +264,8 @@ func (c *Config) engineConfig(role engine.Role, seed uint64, kvEvents bool) engi
 		HashSeed:            c.routerConfig().PreciseIndex.HashSeed,
 		Seed:                seed,
 		DisableKVEvents:     !kvEvents,
+		CPUTierBytes:        tier(e.CPUTierBytes),
+		DiskTierBytes:       tier(e.DiskTierBytes),
 	}
 }
 

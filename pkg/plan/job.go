@@ -80,6 +80,13 @@ type Options struct {
 	// KVPrefetchBytes (a byte size, "" for none) is what a new engine
 	// prefetches while it starts.
 	KVPrefetchBytes string
+	// KVTiers lists the engine tier settings to run, comma-separated: on
+	// (the sizes below, the default), off, or both (one run each per
+	// routing profile; the tiered run is named <routing>-kv-tiers).
+	// KVCPUTierBytes and KVDiskTierBytes (byte sizes, "" for none) size
+	// the tiers.
+	KVTiers                         string
+	KVCPUTierBytes, KVDiskTierBytes string
 
 	// BatchSoak is the batch backlog of a batch soak (0: none); the
 	// Batch* fields shape its requests, SoakLoad and CriticalShare the
@@ -143,6 +150,8 @@ type Job struct {
 	// offload lists the KV offload settings to run (one run each per
 	// routing profile).
 	offload []KVOffloadConfig
+	// tiers lists the engine tier settings to run (false: off).
+	tiers []bool
 
 	capacity bool // a sweep or a search
 	decode   []int
@@ -439,6 +448,12 @@ func NewJob(o Options) (*Job, error) {
 	if j.offload, err = parseOffload(o); err != nil {
 		return nil, err
 	}
+	if j.tiers, err = parseTiers(o, &j.cfg.Engine); err != nil {
+		return nil, err
+	}
+	if len(j.tiers) > 1 && (j.capacity || j.compare != nil || j.soak != nil) {
+		return nil, errors.New("--kv-tiers off,on runs routing profiles: it does not combine with capacity questions, autoscaling comparisons or --batch-soak")
+	}
 	if len(j.offload) > 1 || j.offload[0].Enabled {
 		if j.capacity || j.compare != nil || j.soak != nil {
 			return nil, errors.New("--kv-offload runs routing profiles, fixed or with --autoscaler slo: it does not combine with capacity questions, autoscaling comparisons or --batch-soak")
@@ -573,20 +588,32 @@ func (j *Job) Run(ctx context.Context, out io.Writer) error {
 	type run struct {
 		routing string
 		kv      KVOffloadConfig
+		tiers   bool
 	}
 	var todo []run
 	for _, name := range j.routings {
 		for _, k := range j.offload {
-			todo = append(todo, run{name, k})
+			for _, t := range j.tiers {
+				todo = append(todo, run{name, k, t})
+			}
 		}
 	}
 	for _, r := range todo {
 		name := r.routing
 		cfg := j.cfg
 		cfg.Routing, cfg.KVOffload = name, r.kv
+		if !r.tiers {
+			cfg.Engine.CPUTierBytes, cfg.Engine.DiskTierBytes = 0, 0
+		}
 		so := j.so
 		if r.kv.Enabled {
 			so.Name = name + "-kv-offload"
+		}
+		if r.tiers && len(j.tiers) > 1 {
+			if so.Name == "" {
+				so.Name = name
+			}
+			so.Name += "-kv-tiers"
 		}
 		if j.newScaler != nil {
 			sc, err := j.newScaler()
@@ -606,6 +633,15 @@ func (j *Job) Run(ctx context.Context, out io.Writer) error {
 		fmt.Fprintf(out, "  %s: %.1f replica-seconds (%.1f GPU-seconds), peak %s, %d cold starts, %d replica changes\n",
 			sum.Name, st.ReplicaSeconds, st.GPUSeconds, st.PeakReplicas, st.ColdStarts, max(len(res.Replicas)-1, 0))
 		WriteKVOffloadLines(out, sum.Name, res)
+		if st.CPUTierHitTokens+st.DiskTierHitTokens > 0 || j.cfg.Engine.CPUTierBytes+j.cfg.Engine.DiskTierBytes > 0 {
+			var prompt, cached int64
+			for _, r := range res.Records {
+				prompt += int64(r.PromptTokens)
+				cached += int64(min(r.CachedTokens, r.PromptTokens))
+			}
+			fmt.Fprintf(out, "  %s: KV tiers: %d prompt tokens loaded from CPU, %d from disk; cached %d of %d prompt tokens (%.1f%%)\n",
+				sum.Name, st.CPUTierHitTokens, st.DiskTierHitTokens, cached, prompt, 100*float64(cached)/float64(max(prompt, 1)))
+		}
 		if err := WriteReplicaCSV(&csv, len(runs) == 0, sum.Name, res.Replicas); err != nil {
 			return err
 		}

@@ -427,3 +427,50 @@ func cachedShare(res *Result) float64 {
 	}
 	return float64(c) / float64(p)
 }
+
+// parseTiers reads --kv-tiers, --kv-cpu-tier-bytes and --kv-disk-tier-bytes
+// into e's tier sizes and the list of settings to run (true: tiers on).
+func parseTiers(o Options, e *EngineConfig) ([]bool, error) {
+	size := func(flag, v string) (int64, error) {
+		if v == "" {
+			return 0, nil
+		}
+		n, err := apis.ParseBytes(v)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("--%s %q: a byte size such as 64Gi", flag, v)
+		}
+		return n, nil
+	}
+	var err error
+	if e.CPUTierBytes, err = size("kv-cpu-tier-bytes", o.KVCPUTierBytes); err != nil {
+		return nil, err
+	}
+	if e.DiskTierBytes, err = size("kv-disk-tier-bytes", o.KVDiskTierBytes); err != nil {
+		return nil, err
+	}
+	modes := o.KVTiers
+	if modes == "" {
+		modes = "on"
+	}
+	var out []bool
+	seen := map[string]bool{}
+	for _, m := range strings.Split(modes, ",") {
+		m = strings.TrimSpace(m)
+		if seen[m] {
+			return nil, fmt.Errorf("--kv-tiers: %q given twice", m)
+		}
+		seen[m] = true
+		switch m {
+		case "off":
+			out = append(out, false)
+		case "on":
+			out = append(out, true)
+		default:
+			return nil, fmt.Errorf("--kv-tiers: unknown setting %q (on, off, or off,on)", m)
+		}
+	}
+	if seen["on"] && len(out) > 1 && e.CPUTierBytes == 0 && e.DiskTierBytes == 0 {
+		return nil, fmt.Errorf("--kv-tiers %s compares tiers on and off but neither --kv-cpu-tier-bytes nor --kv-disk-tier-bytes sizes a tier", modes)
+	}
+	return out, nil
+}

@@ -64,6 +64,9 @@ type Stats struct {
 	// (from start to the end of the run, or to their removal).
 	Steps, Preemptions         int64
 	BusySeconds, EngineSeconds float64
+	// CPUTierHitTokens and DiskTierHitTokens sum the prompt tokens the
+	// engines loaded from their KV tiers instead of computing them.
+	CPUTierHitTokens, DiskTierHitTokens int64
 	// Decisions counts routing decisions; Disaggregated those sent through
 	// a prefill engine; PDFallbacks those whose prefill was refused.
 	Decisions, Disaggregated, PDFallbacks int
@@ -362,6 +365,8 @@ func (s *sim) run() error {
 		st := n.eng.Stats()
 		s.stats.Steps += st.Steps
 		s.stats.Preemptions += st.Preemptions
+		s.stats.CPUTierHitTokens += st.CPUTierHitTokens
+		s.stats.DiskTierHitTokens += st.DiskTierHitTokens
 		s.stats.BusySeconds += st.BusyTime.Seconds()
 		s.stats.EngineSeconds += (end - n.startedAt).Seconds()
 		s.engines = append(s.engines, EngineResult{ID: n.id, Role: n.role, Started: n.startedAt, Stopped: end, Removed: n.gone, Stats: st})
@@ -562,6 +567,7 @@ func (s *sim) queueKV(n *node, evs []engine.KVEvent, at time.Duration) {
 			Kind: router.KVEventKind(e.Kind), Hashes: b.hashes[h0:len(b.hashes):len(b.hashes)],
 			Parent: e.Parent, HasParent: e.HasParent, BlockSize: e.BlockSize,
 			TokenIDs: b.tokens[t0:len(b.tokens):len(b.tokens)],
+			Medium:   e.Medium, // "" (GPU), or a tier's CPU / STORAGE
 		})
 	}
 	n.kv = append(n.kv, b)

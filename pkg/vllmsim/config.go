@@ -82,6 +82,12 @@ type Config struct {
 	// KVOffload configures offload to and restore from shared storage
 	// (llm-d.ai/kv-offload; kvoffload.go). Off by default.
 	KVOffload KVOffloadConfig
+	// CPUTierBytes and DiskTierBytes size the engine's KV tiers below the
+	// GPU cache, as vLLM's OffloadingConnector's (llm-d.ai/kv-cpu-tier-bytes,
+	// llm-d.ai/kv-disk-tier-bytes; the engine's tiers.go): blocks written
+	// through to CPU, CPU evictions to disk, loads instead of recompute,
+	// KV events with medium CPU / STORAGE. 0: no tier (default).
+	CPUTierBytes, DiskTierBytes int64
 
 	// EngineID identifies this engine in kv_transfer_params. Default: a
 	// random UUID, as vLLM's.

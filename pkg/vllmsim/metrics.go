@@ -59,10 +59,13 @@ type metrics struct {
 	iterationTokens             prometheus.Observer
 	kvBatchesDropped, kvBatches prometheus.Counter
 	releaseFailures             prometheus.Counter
+	tierHits                    [2]prometheus.Counter // CPU, disk
+	tierBlocks                  [2]prometheus.Gauge
 
 	// last engine counters, to turn cumulative stats into counter deltas;
 	// touched only by the engine loop.
 	lastQueries, lastHits, lastPreempt int64
+	lastTierHits                       [2]int64
 
 	// gen counts changes: every writer calls changed after its writes,
 	// so a page rendered after reading gen holds at least those writes.
@@ -209,6 +212,17 @@ func newMetrics(cfg *Config, numBlocks int, blockSize int) *metrics {
 	})
 	reg.MustRegister(kvBatches, kvDropped, releaseFailures)
 	m.kvBatches, m.kvBatchesDropped, m.releaseFailures = kvBatches, kvDropped, releaseFailures
+	// The engine's own KV tiers (CPU, disk) below the GPU cache.
+	tierHits := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kn_llmd_sim_kv_tier_hit_tokens_total", Help: "Prompt tokens loaded from a KV tier below the GPU cache instead of computed.",
+	}, []string{"medium"})
+	tierBlocks := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "kn_llmd_sim_kv_tier_blocks", Help: "KV blocks a tier below the GPU cache holds.",
+	}, []string{"medium"})
+	reg.MustRegister(tierHits, tierBlocks)
+	for i, med := range []string{engine.MediumCPU, engine.MediumStorage} {
+		m.tierHits[i], m.tierBlocks[i] = tierHits.WithLabelValues(med), tierBlocks.WithLabelValues(med)
+	}
 	m.prom = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	return m
 }
@@ -230,4 +244,12 @@ func (m *metrics) observeStats(st *engine.Stats) {
 		m.preemptions.Add(float64(d))
 	}
 	m.lastQueries, m.lastHits, m.lastPreempt = st.PrefixQueries, st.PrefixHits, st.Preemptions
+	for i, v := range [2]int64{st.CPUTierHitTokens, st.DiskTierHitTokens} {
+		if d := v - m.lastTierHits[i]; d > 0 {
+			m.tierHits[i].Add(float64(d))
+		}
+		m.lastTierHits[i] = v
+	}
+	m.tierBlocks[0].Set(float64(st.CPUTierBlocks))
+	m.tierBlocks[1].Set(float64(st.DiskTierBlocks))
 }

@@ -194,6 +194,8 @@ func New(cfg Config) (*Server, error) {
 		Seed:                cfg.Seed,
 		HeldTimeout:         cfg.HeldTimeout,
 		DisableKVEvents:     !cfg.KVEvents.Enable || cfg.KVEvents.Publisher != "zmq",
+		CPUTierBytes:        cfg.CPUTierBytes,
+		DiskTierBytes:       cfg.DiskTierBytes,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("vllmsim: %w", err)
@@ -487,6 +489,9 @@ func (s *Server) collect(res *engine.StepResult) {
 	for i := range res.Events {
 		e := &res.Events[i]
 		ev := kvevents.Event{Medium: kvevents.MediumGPU}
+		if e.Medium != engine.MediumGPU {
+			ev.Medium = e.Medium // the tiers' CPU / STORAGE
+		}
 		switch e.Kind {
 		case engine.BlockStored:
 			ev.Kind = kvevents.BlockStored
