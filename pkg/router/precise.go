@@ -48,8 +48,9 @@ type KVEvent struct {
 	TokenIDs  []uint32
 	BlockSize int
 	// Medium is where the blocks live: "" or "GPU" (the prefix cache),
-	// "CPU" or "Disk" (vLLM's offloading connector's tiers); any other
-	// value ranks as the lowest tier.
+	// "CPU", "STORAGE" or "Disk" (vLLM's offloading connector's tiers:
+	// CPU memory, the disk below it); any other value ranks as the
+	// dearest tier.
 	Medium string
 	// LoraName is the adapter the blocks belong to, "" for the base model;
 	// an adapter's blocks get keys apart from the base model's.
@@ -83,7 +84,9 @@ func mediumOf(s string) medium {
 		return mediumGPU
 	case "CPU", "cpu":
 		return mediumCPU
-	case "Disk", "disk", "DISK":
+	case "STORAGE", "Disk", "disk":
+		// vLLM's MEDIUM_STORAGE is the connector's tier below CPU (local
+		// NVMe or a filesystem), older vLLM's "Disk".
 		return mediumDisk
 	}
 	return mediumOther

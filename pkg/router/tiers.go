@@ -14,49 +14,54 @@ import (
 // announced with Router.ApplyStorage), which every endpoint can restore
 // from. Anything else is recomputed.
 //
-// What a block is worth is a cost model, not a ranking: bringing a token's
-// KV from tier m costs LoadSeconds[m] (its bytes over the tier's bandwidth,
-// plus object latency for storage); recomputing it costs 1/prefill rate.
-// The ttft-cost scorer adds the load time to the endpoint's predicted time
-// to first token; the prefix-precise scorer weighs a block on tier m by the
-// share of its prefill it saves, 1 − LoadSeconds[m] × prefill rate (GPU:
-// 1). Both follow the engine: a GPU prefix hit first, then, after the
-// first block missing on GPU, the offloading connector loads the following
-// blocks each from the cheapest tier holding it, until a block no tier
-// holds. Unknown media rank as the lowest tier (the dearest cost known).
+// What a block is worth is a cost model, not a ranking, and the model is
+// the engine's own (pkg/engine), so the router predicts what the engine
+// model charges: loading tokens from the CPU or disk tier costs the
+// tier's latency once plus the KV bytes at its bandwidth
+// (Profile.TierLoadTime), from shared storage the bytes at the storage
+// bandwidth plus an object latency per round of concurrent GETs
+// (Profile.RestoreTime); recomputing a token costs 1/prefill rate. The
+// ttft-cost scorer adds the load time to the endpoint's predicted time to
+// first token; the prefix-precise scorer weighs a block on medium m by the
+// share of its prefill it saves, 1 − (per-token load time, latencies
+// amortised over a storage round) × prefill rate (GPU: 1). Both follow the
+// engine: a GPU prefix hit first, then the blocks after it that another
+// medium holds, consecutively, each from the cheapest medium holding it
+// (CPU, disk, unknown, shared storage), until a block none holds. Unknown
+// media rank as the dearest known tier.
 //
-// Defaults from the engine profile (pkg/engine/profiles.yaml) and the
-// hardware the profiles name (H100 SXM hosts):
-//   - CPU: 25 GB/s, host memory to GPU over PCIe Gen5 x16 (64 GB/s raw
-//     each way), at the ~40 % a paged, block-granular copy reaches;
-//   - Disk: 12 GB/s, a local NVMe Gen5 drive's sequential read (or a
-//     few Gen4 drives striped);
-//   - shared storage: the profile's storageBandwidth (10 GB/s) plus its
-//     object latency (10 ms) per round of storageConcurrency (16) objects
-//     of storageObjectTokens (256) tokens: Profile.RestoreTime per token.
-//
-// On Llama-3.1-8B/H100 (128 KiB of KV per token, 30.8k prompt tokens/s of
-// dense prefill) a token costs 5.2 µs from CPU, 10.9 µs from disk, 15.5 µs
-// from storage against 32.5 µs of prefill: weights 0.84, 0.66, 0.52, and
-// recomputation 0 (Qwen3-32B/2×H100: 0.84, 0.67, 0.57). GPU > CPU > disk >
-// storage > recompute holds for every built-in profile
-// (TestTierCostsOrder).
-
-// Tier default bandwidths in bytes/s.
-const (
-	DefaultCPUBandwidth  = 25e9
-	DefaultDiskBandwidth = 12e9
-)
+// Defaults are the profile's (pkg/engine/profiles.yaml, tiers.go): CPU 25
+// GB/s + 1 ms (PCIe Gen5 x16 at the connector's per-layer copies), disk 6
+// GB/s + 2 ms (one Gen4 NVMe drive), storage 10 GB/s + 10 ms per round of
+// 16 GETs of 256 tokens. On Llama-3.1-8B/H100 (128 KiB of KV per token,
+// 30.8k prompt tokens/s of dense prefill, 32.5 µs a token) a token costs
+// 5.5 µs from CPU, 22.3 µs from disk and 15.5 µs from storage (latencies
+// amortised over a 4,096-token storage round): weights 0.83, 0.31 and
+// 0.52. So with these bandwidths a long prefix loads faster
+// from 10 GB/s storage than from one 6 GB/s drive (a short one does not:
+// one 2 ms disk latency against a 10 ms storage round; ttft-cost sees
+// both); a GPU hit is worth more than any other medium, every medium more
+// than recomputation (TestTierCostsOrder). The cpuBandwidth and
+// diskBandwidth parameters, or the profile's cpuTier*/diskTier* fields,
+// change the bandwidths; prefix-precise's weights may also be set.
 
 // StorageEndpoint is the pseudo-endpoint under which Router.ApplyStorage
 // records what the shared storage holds. No pod can be named so (a NUL
 // byte), Retain keeps it, Forget drops it.
 const StorageEndpoint = "\x00kvstore"
 
-// TierCosts are the seconds to bring one token's KV into GPU memory from
-// each medium, and the seconds to recompute it instead.
+// TierCosts are the engine's costs of bringing tokens' KV into GPU memory
+// from each medium, and of recomputing a token instead.
 type TierCosts struct {
-	LoadSeconds    [numMedia]float64
+	// PerToken are the seconds per token at the medium's bandwidth;
+	// Latency the seconds each load from a CPU, disk (or unknown) medium
+	// adds once.
+	PerToken, Latency [numMedia]float64
+	// Shared storage: RoundLatency per round of RoundTokens tokens
+	// (storageConcurrency objects of storageObjectTokens).
+	RoundLatency float64
+	RoundTokens  int
+	// PrefillSeconds is a token's dense prefill.
 	PrefillSeconds float64
 }
 
@@ -67,38 +72,81 @@ type tierParams struct {
 	DiskBandwidth *float64 `json:"diskBandwidth"`
 }
 
-// TierCostsFromProfile derives the tier costs from an engine profile and
-// the CPU and disk bandwidths in bytes/s (0: the defaults). A profile
-// without storage makes a stored token cost as much as its prefill (no
-// gain).
+func orDefault(v, d float64) float64 {
+	if v > 0 {
+		return v
+	}
+	return d
+}
+
+// TierCostsFromProfile derives the tier costs from an engine profile, the
+// CPU and disk bandwidths in bytes/s overriding the profile's (0: the
+// profile's, or the engine's defaults). A profile without storage makes a
+// stored token cost as much as its prefill (no gain).
 func TierCostsFromProfile(p *engine.Profile, cpuBW, diskBW float64) TierCosts {
-	if !(cpuBW > 0) {
-		cpuBW = DefaultCPUBandwidth
-	}
-	if !(diskBW > 0) {
-		diskBW = DefaultDiskBandwidth
-	}
+	cpuBW = orDefault(cpuBW, orDefault(p.CPUTierBandwidth, engine.DefaultCPUTierBandwidth))
+	diskBW = orDefault(diskBW, orDefault(p.DiskTierBandwidth, engine.DefaultDiskTierBandwidth))
 	r := RatesFromProfile(p, 0, 0, 0)
 	kv := p.KVBytesPerToken()
 	var c TierCosts
 	c.PrefillSeconds = 1 / r.PrefillTokensPerSecond
-	c.LoadSeconds[mediumCPU] = kv / cpuBW
-	c.LoadSeconds[mediumDisk] = kv / diskBW
-	c.LoadSeconds[mediumStorage] = c.PrefillSeconds
+	c.PerToken[mediumCPU] = kv / cpuBW
+	c.Latency[mediumCPU] = orDefault(p.CPUTierLatencySeconds, engine.DefaultCPUTierLatencySeconds)
+	c.PerToken[mediumDisk] = kv / diskBW
+	c.Latency[mediumDisk] = orDefault(p.DiskTierLatencySeconds, engine.DefaultDiskTierLatencySeconds)
+	c.PerToken[mediumStorage] = c.PrefillSeconds
+	c.RoundTokens = 1
 	if p.HasStorage() {
-		perRound := float64(max(p.StorageObjectTokens, 1) * max(p.StorageConcurrency, 1))
-		c.LoadSeconds[mediumStorage] = kv/p.StorageBandwidth + p.StorageObjectLatencySeconds/perRound
+		c.PerToken[mediumStorage] = kv / p.StorageBandwidth
+		c.RoundLatency = p.StorageObjectLatencySeconds
+		c.RoundTokens = max(p.StorageObjectTokens, 1) * max(p.StorageConcurrency, 1)
 	}
-	c.LoadSeconds[mediumOther] = max(c.LoadSeconds[mediumDisk], c.LoadSeconds[mediumStorage])
+	o := mediumDisk
+	if c.amortised(mediumStorage) > c.amortised(mediumDisk) {
+		o = mediumStorage
+	}
+	c.PerToken[mediumOther], c.Latency[mediumOther] = c.PerToken[o], c.Latency[o]
+	if o == mediumStorage {
+		c.Latency[mediumOther] = c.RoundLatency
+	}
 	return c
+}
+
+// amortised is a token's load time from medium m, its latencies spread
+// over a storage round's tokens.
+func (c *TierCosts) amortised(m medium) float64 {
+	if m == mediumStorage {
+		return c.PerToken[m] + c.RoundLatency/float64(c.RoundTokens)
+	}
+	return c.PerToken[m] + c.Latency[m]/float64(c.RoundTokens)
+}
+
+// Load is the seconds to load tokens[m] tokens from each medium m (the
+// GPU's are free).
+func (c *TierCosts) Load(tokens *[numMedia]int) float64 {
+	var sec float64
+	for m, n := range tokens {
+		if n <= 0 || medium(m) == mediumGPU {
+			continue
+		}
+		sec += float64(n) * c.PerToken[m]
+		if medium(m) == mediumStorage {
+			rt := max(c.RoundTokens, 1)
+			sec += float64((n+rt-1)/rt) * c.RoundLatency
+		} else {
+			sec += c.Latency[m]
+		}
+	}
+	return sec
 }
 
 // Weights are the share of a token's prefill each medium saves, in [0, 1].
 func (c TierCosts) Weights() [numMedia]float64 {
 	var w [numMedia]float64
-	for m := range w {
+	w[mediumGPU] = 1
+	for m := mediumCPU; m < numMedia; m++ {
 		if c.PrefillSeconds > 0 {
-			w[m] = clamp01(1 - c.LoadSeconds[m]/c.PrefillSeconds)
+			w[m] = clamp01(1 - c.amortised(m)/c.PrefillSeconds)
 		}
 	}
 	return w
@@ -220,12 +268,11 @@ func (c *cycle) loadSeconds(i int, costs *TierCosts) float64 {
 	if !c.tiered {
 		return 0
 	}
-	var sec float64
-	bs := float64(c.r.cfg.PreciseIndex.BlockSize)
+	var toks [numMedia]int
 	for m, n := range c.tiers[i] {
-		sec += float64(n) * bs * costs.LoadSeconds[m]
+		toks[m] = int(n) * c.r.cfg.PreciseIndex.BlockSize
 	}
-	return sec
+	return costs.Load(&toks)
 }
 
 func (m medium) String() string {
