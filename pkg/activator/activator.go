@@ -96,6 +96,12 @@ type Options struct {
 	Now          func() time.Time
 	ScrapeClient *http.Client
 	Proxy        *Proxy
+	// KVStoragePoll is how often each KV-offloading revision's manifests
+	// are read into its router (DefaultKVStoragePoll); KVStorageDefaultURI
+	// is the storage of revisions that offload without a URI (the local
+	// runtime's directory).
+	KVStoragePoll       time.Duration
+	KVStorageDefaultURI string
 	// TokenizerDir is the folder (a mounted volume or Hugging Face cache)
 	// where llm-d.ai/tokenizer auto and native find a model's tokenizer
 	// files; "" leaves revisions without native:DIR on the estimate.

@@ -161,6 +161,8 @@ type revision struct {
 
 	tokNext atomic.Uint32 // rotation of the engine tokenizer among pods
 	tok     tokStats      // tokenization figures (tokenize.go)
+
+	storage storageRun // the shared KV storage's feed (kvstorage.go)
 }
 
 // revisionConf is a revision's configuration and the scheduler built from it.
@@ -181,6 +183,7 @@ func (rev *revision) reconfigure(cfg RevisionConfig) error {
 		return err
 	}
 	rev.conf.Store(&revisionConf{cfg: cfg, sched: sched.WithPDThreshold(cfg.Spec.PDThreshold)})
+	rev.startStorageFeed()
 	return nil
 }
 
@@ -205,6 +208,8 @@ func (a *Activator) newRevision(cfg RevisionConfig) (*revision, error) {
 			a.opts.Poke(key)
 		}
 	}).withRates(rev.drain, a.opts.Now).withPods(rev.decodePods)
+	rev.storage.ctx, rev.storage.stop = context.WithCancel(context.Background())
+	rev.startStorageFeed()
 	return rev, nil
 }
 
@@ -298,6 +303,7 @@ func (rev *revision) stopPodLocked(p *pod) {
 }
 
 func (rev *revision) close() {
+	rev.storage.stop()
 	rev.mu.Lock()
 	for _, p := range rev.pods {
 		rev.stopPodLocked(p)

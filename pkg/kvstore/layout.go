@@ -7,9 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
+
+	"gocloud.dev/blob"
 )
 
 // The KV layout, per model space (model, LoRA adapter, cache salt):
@@ -101,17 +105,60 @@ func (s *Store) LoadManifest(ctx context.Context, sp Space) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseManifest(raw, sp.Model)
+}
+
+func parseManifest(raw []byte, name string) (*Manifest, error) {
 	var m Manifest
 	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, fmt.Errorf("%w: manifest of %s: %v", ErrCorrupt, sp.Model, err)
+		return nil, fmt.Errorf("%w: manifest of %s: %v", ErrCorrupt, name, err)
 	}
 	if m.Version != ManifestVersion {
-		return nil, fmt.Errorf("kvstore: manifest of %s has version %d, this build reads %d", sp.Model, m.Version, ManifestVersion)
+		return nil, fmt.Errorf("kvstore: manifest of %s has version %d, this build reads %d", name, m.Version, ManifestVersion)
 	}
 	if m.Blocks == nil {
 		m.Blocks = map[string]BlockEntry{}
 	}
 	return &m, nil
+}
+
+// SpaceKeys lists the keys (Space.Key) of the spaces stored, sorted, at
+// most limit of them (0: no limit). A reader that knows a model but not
+// the rest of its spaces' names (the salt is never stored) finds them so,
+// and tells them apart by their manifests' Model and LoRA.
+func (s *Store) SpaceKeys(ctx context.Context, limit int) ([]string, error) {
+	it := s.b.List(&blob.ListOptions{Prefix: "kv/", Delimiter: "/"})
+	var out []string
+	for {
+		o, err := it.Next(ctx)
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, fmt.Errorf("kvstore: list spaces: %w", err)
+		}
+		if !o.IsDir {
+			continue
+		}
+		k := strings.TrimSuffix(strings.TrimPrefix(o.Key, "kv/"), "/")
+		if k == "" || CheckKey("kv/"+k+"/manifest") != nil {
+			continue
+		}
+		out = append(out, k)
+		if limit > 0 && len(out) >= limit {
+			return out, nil
+		}
+	}
+}
+
+// LoadManifestOf reads the manifest of the space with key spaceKey;
+// ErrNotFound when it has none.
+func (s *Store) LoadManifestOf(ctx context.Context, spaceKey string) (*Manifest, error) {
+	raw, err := s.Get(ctx, "kv/"+spaceKey+"/manifest")
+	if err != nil {
+		return nil, err
+	}
+	return parseManifest(raw, "space "+spaceKey)
 }
 
 // CommitManifest publishes a manifest after checking that every block it

@@ -232,6 +232,8 @@ func New(opts Options) (*Runtime, error) {
 		Logger:       opts.Logger.With("component", "activator"),
 		Poke:         r.poke,
 		TokenizerDir: opts.TokenizerDir,
+		// Revisions offloading without a URI use the pods' default.
+		KVStorageDefaultURI: opts.KVOffloadDir,
 	})
 	if err != nil {
 		return nil, err
