@@ -226,8 +226,11 @@ func (r *PodAutoscalerReconciler) Recommendations() []RevisionRecommendation {
 			mode = apis.AutoscalerAdvise
 		}
 		_, holding := s.holding()
+		key := s.key.String()
+		load, _ := r.stats.Load(now, key)
 		out = append(out, RevisionRecommendation{Namespace: s.key.Namespace, Name: s.key.Name, Mode: mode,
-			Decode: d, Prefill: p, Recommendation: rec, NoData: holding})
+			Decode: d, Prefill: p, Recommendation: rec, NoData: holding,
+			Activators: r.stats.Activators(now, key), Queued: load.Queued, InFlight: load.InFlight})
 	}
 	return out
 }

@@ -51,6 +51,13 @@ type RevisionRecommendation struct {
 	// NoData: no activator has reported the revision within
 	// ActivatorSilence; the last recommendation holds.
 	NoData bool `json:"noData,omitempty"`
+	// Activators are the activators whose reports of the revision count
+	// now (heard within ActivatorSilence), and Queued and InFlight the
+	// requests waiting and running in them, summed: what the decider
+	// sees, for operators and the two-activator end-to-end test.
+	Activators []string `json:"activators,omitempty"`
+	Queued     int      `json:"queued"`
+	InFlight   int      `json:"inFlight"`
 }
 
 // ErrUnknownRevision is a poke for a revision this autoscaler does not
@@ -132,6 +139,21 @@ func (s *Stats) Load(now time.Time, revision string) (load autoscaler.Load, ok b
 		}
 	}
 	return sum.load(), ok
+}
+
+// Activators lists, sorted, the activators whose reports of revision
+// count at now (those Load sums).
+func (s *Stats) Activators(now time.Time, revision string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for name, a := range s.activators {
+		if now.Sub(a.at) <= ActivatorSilence && a.revs[revision] != nil {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Pods is a revision's pod telemetry by role from the most recent report

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -142,12 +143,18 @@ func TestStatsLoadSumsActivators(t *testing.T) {
 	if _, ok := f.api.Stats.Load(f.now, "default/other"); ok {
 		t.Error("a revision nobody reported has a load")
 	}
+	if got := f.api.Stats.Activators(f.now, "default/chat-00001"); !slices.Equal(got, []string{"act-a", "act-b"}) {
+		t.Errorf("activators %v, want both", got)
+	}
 	// act-a goes silent past ActivatorSilence; act-b keeps reporting.
 	f.now = f.now.Add(ActivatorSilence)
 	send(report("act-b", 10, 2000, 100, 0))
 	l, _ = f.api.Stats.Load(f.now, "default/chat-00001")
 	if l.Requests() != 0 || l.InFlight != 2 {
 		t.Errorf("after act-a went silent: %+v", l)
+	}
+	if got := f.api.Stats.Activators(f.now, "default/chat-00001"); !slices.Equal(got, []string{"act-b"}) {
+		t.Errorf("activators after act-a went silent: %v, want act-b", got)
 	}
 	// An activator that stops reporting a revision forgets it.
 	send(`{"activator":"act-b","revisions":[]}`)

@@ -88,6 +88,14 @@ type cluster struct {
 	autoscalerURL string
 	autoscalerCA  string
 	statsClient   *http.Client
+	// autoscaler is its process, autoscalerArgs its flags and
+	// autoscalerReady its /readyz: what restartAutoscaler needs.
+	autoscaler      *proc
+	autoscalerArgs  []string
+	autoscalerReady string
+	// activatorKubeconfig and activatorTokenFile are what every activator
+	// process runs with (the llmd-activator ServiceAccount's identity).
+	activatorKubeconfig, activatorTokenFile string
 	// activatorURL is llmd-kn's activator's OpenAI API (http://hostIP:port),
 	// the address of the llmd-activator Service's EndpointSlice;
 	// activatorAdminURL serves its /metrics, /stats and /healthz.
@@ -286,15 +294,7 @@ func startCluster(ctx context.Context, c *cluster) error {
 		return err
 	}
 	port := func() string { p := ports[0]; ports = ports[1:]; return itoa(p) }
-	start := func(name, bin string, args, env []string) (*proc, error) {
-		p, err := startProc(c.dir, name, bin, args, env)
-		if err != nil {
-			return nil, err
-		}
-		c.procs.add(p)
-		c.reaper.watch(p.cmd.Process.Pid)
-		return p, nil
-	}
+	start := c.start
 
 	if err := phase("kube-controller-manager, kube-scheduler, kwok", func() error {
 		if _, err := start("kube-controller-manager", filepath.Join(c.bin, "kube-controller-manager"), []string{
@@ -469,18 +469,21 @@ func startCluster(ctx context.Context, c *cluster) error {
 			return err
 		}
 		stats, health := port(), port()
-		p, err := start("llmd-kn-autoscaler", filepath.Join(c.dir, "autoscaler"), []string{
+		c.autoscalerArgs = []string{
 			"--kubeconfig=" + c.kubeconfig, "--namespace=" + llmdNamespace, "--config-dir=" + configDir,
 			"--stats-bind-address=127.0.0.1:" + stats, "--metrics-bind-address=127.0.0.1:" + port(),
 			"--health-probe-bind-address=127.0.0.1:" + health, "--leader-elect=false",
 			// TLS as config/ deploys it: its own CA and certificate.
 			"--stats-tls-cert-dir=" + filepath.Join(c.dir, "autoscaler-stats-tls"), "--stats-tls-self-signed",
-		}, nil)
+		}
+		p, err := start("llmd-kn-autoscaler", filepath.Join(c.dir, "autoscaler"), c.autoscalerArgs, nil)
 		if err != nil {
 			return err
 		}
+		c.autoscaler = p
 		c.autoscalerURL = "https://127.0.0.1:" + stats
-		if err := c.waitHTTP(ctx, p, "http://127.0.0.1:"+health+"/readyz"); err != nil {
+		c.autoscalerReady = "http://127.0.0.1:" + health + "/readyz"
+		if err := c.waitHTTP(ctx, p, c.autoscalerReady); err != nil {
 			return err
 		}
 		// What the kubelet mounts in the activator's pod: the bundle alone.
@@ -503,39 +506,81 @@ func startCluster(ctx context.Context, c *cluster) error {
 	}
 
 	return phase("llmd-kn activator (cluster mode)", func() error {
-		kubeconfig, err := c.activatorKubeconfig(ctx)
-		if err != nil {
+		var err error
+		if c.activatorKubeconfig, err = c.makeActivatorKubeconfig(ctx); err != nil {
+			return err
+		}
+		if c.activatorTokenFile, err = c.activatorToken(ctx); err != nil {
 			return err
 		}
 		// It listens where its EndpointSlice says, as a pod does on its
 		// own IP; the revision Services the autoscaler makes mirror that
 		// address.
 		api, admin := port(), port()
-		tokenFile, err := c.activatorToken(ctx)
+		a, err := c.startActivator(ctx, "llmd-kn-activator", activatorName, api, admin)
 		if err != nil {
 			return err
 		}
-		p, err := start("llmd-kn-activator", filepath.Join(c.dir, "activator"), []string{
-			"--kubeconfig=" + kubeconfig, "--autoscaler-url=" + c.autoscalerURL, "--pod-name=" + activatorName,
-			"--autoscaler-token-file=" + tokenFile,
-			"--autoscaler-ca-file=" + c.autoscalerCA, "--autoscaler-tls-server-name=" + autoscalerServerName,
-			"--addr=" + ip + ":" + api, "--admin-addr=" + ip + ":" + admin,
-			// kwok's pods have addresses where no vLLM answers: every
-			// scrape fails; once a second is enough to learn that.
-			"--scrape-interval=1s",
-		}, nil)
-		if err != nil {
-			return err
-		}
-		c.activatorURL, c.activatorAdminURL = "http://"+ip+":"+api, "http://"+ip+":"+admin
-		// Ready once its informers have synced; only then is its address
-		// ready in the EndpointSlice, as a pod's readiness probe would
-		// have it.
-		if err := c.waitHTTP(ctx, p, c.activatorAdminURL+"/healthz"); err != nil {
-			return err
-		}
+		c.activatorURL, c.activatorAdminURL = a.url, a.adminURL
 		return c.activatorEndpoints(ctx, ip, api, admin)
 	})
+}
+
+// start starts a process of the control plane, stopped with the others.
+func (c *cluster) start(name, bin string, args, env []string) (*proc, error) {
+	p, err := startProc(c.dir, name, bin, args, env)
+	if err != nil {
+		return nil, err
+	}
+	c.procs.add(p)
+	c.reaper.watch(p.cmd.Process.Pid)
+	return p, nil
+}
+
+// activatorProc is one llmd-kn activator process in cluster mode.
+type activatorProc struct {
+	*proc
+	// name is its name in its stats reports (its pod name).
+	name          string
+	url, adminURL string
+}
+
+// startActivator starts an activator in cluster mode as the llmd-activator
+// ServiceAccount, reporting to the autoscaler over TLS as name, its API
+// and admin servers on this host's address at the ports given, and waits
+// until it is ready (its informers have synced; only then is a pod's
+// address ready in the Service's endpoints). logName names its log.
+func (c *cluster) startActivator(ctx context.Context, logName, name, api, admin string) (*activatorProc, error) {
+	p, err := c.start(logName, filepath.Join(c.dir, "activator"), []string{
+		"--kubeconfig=" + c.activatorKubeconfig, "--autoscaler-url=" + c.autoscalerURL, "--pod-name=" + name,
+		"--autoscaler-token-file=" + c.activatorTokenFile,
+		"--autoscaler-ca-file=" + c.autoscalerCA, "--autoscaler-tls-server-name=" + autoscalerServerName,
+		"--addr=" + c.hostIP + ":" + api, "--admin-addr=" + c.hostIP + ":" + admin,
+		// kwok's pods have addresses where no vLLM answers: every
+		// scrape fails; once a second is enough to learn that.
+		"--scrape-interval=1s",
+	}, nil)
+	if err != nil {
+		return nil, err
+	}
+	a := &activatorProc{proc: p, name: name, url: "http://" + c.hostIP + ":" + api, adminURL: "http://" + c.hostIP + ":" + admin}
+	if err := c.waitHTTP(ctx, p, a.adminURL+"/healthz"); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// restartAutoscaler stops the autoscaler (SIGTERM, as a rolling update
+// does) and starts it again with the same flags, logging to logName; it
+// returns once the new one is ready.
+func (c *cluster) restartAutoscaler(ctx context.Context, logName string) error {
+	c.autoscaler.stop(15 * time.Second)
+	p, err := c.start(logName, filepath.Join(c.dir, "autoscaler"), c.autoscalerArgs, nil)
+	if err != nil {
+		return err
+	}
+	c.autoscaler = p
+	return c.waitHTTP(ctx, p, c.autoscalerReady)
 }
 
 // dead describes the components that have exited, with the end of their
@@ -723,7 +768,7 @@ func (c *cluster) activatorEndpoints(ctx context.Context, ip, api, admin string)
 	})
 }
 
-// activatorKubeconfig writes a kubeconfig for the activator's identity, the
+// makeActivatorKubeconfig writes a kubeconfig for the activator's identity, the
 // llmd-activator ServiceAccount (a client certificate for its user name and
 // groups; RBAC from config/activator), and checks that RBAC holds it to
 // least privilege: it may not read Secrets.
@@ -743,7 +788,7 @@ func (c *cluster) activatorToken(ctx context.Context) (string, error) {
 	return path, os.WriteFile(path, []byte(tr.Status.Token), 0o600)
 }
 
-func (c *cluster) activatorKubeconfig(ctx context.Context) (string, error) {
+func (c *cluster) makeActivatorKubeconfig(ctx context.Context) (string, error) {
 	user, err := c.env.AddUser(envtest.User{
 		Name:   "system:serviceaccount:" + llmdNamespace + ":llmd-activator",
 		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + llmdNamespace},

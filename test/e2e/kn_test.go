@@ -454,6 +454,12 @@ type recommendation struct {
 	Name      string `json:"name"`
 	Prefill   int    `json:"prefill"`
 	Decode    int    `json:"decode"`
+	// NoData: no activator reported it lately (the scale holds);
+	// Activators are those whose reports count, Queued the requests
+	// waiting in them, summed.
+	NoData     bool     `json:"noData"`
+	Activators []string `json:"activators"`
+	Queued     int      `json:"queued"`
 	// Recommendation is the decider's last decision, with the load it
 	// saw (pkg/autoscaler.Recommendation; the fields the tests read).
 	Recommendation struct {
