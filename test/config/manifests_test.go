@@ -542,6 +542,11 @@ func TestApplyToAPIServer(t *testing.T) {
 		if err != nil || !strings.Contains(out, "configmap/llmd-kn-dashboards created (server dry run)") {
 			t.Errorf("kubectl apply --dry-run=server -k config/dashboards: %v\n%s", err, out)
 		}
+		// The revisions' NetworkPolicy, into a user namespace.
+		out, err = runKubectl(ctx, kc, kubeconfig, "apply", "--dry-run=server", "-n", "default", "-k", filepath.Join(config, "revision-policy"))
+		if err != nil || !strings.Contains(out, "networkpolicy.networking.k8s.io/llmd-revision-serving-port created (server dry run)") {
+			t.Errorf("kubectl apply --dry-run=server -n default -k config/revision-policy: %v\n%s", err, out)
+		}
 	})
 
 	t.Run("apply", func(t *testing.T) {
@@ -744,4 +749,95 @@ func TestMain(m *testing.M) {
 		_ = os.RemoveAll(binDir)
 	}
 	os.Exit(code)
+}
+
+// TestRevisionPolicy: config/revision-policy's NetworkPolicy, for the
+// namespaces revisions run in, opens the samples' serving port (where the
+// autoscaler POSTs /internal/kv/flush and the activator sends requests)
+// only to llmd-kn's activator and autoscaler pods, the revisions' own pods
+// and metrics scrapers, and leaves every other TCP port open.
+func TestRevisionPolicy(t *testing.T) {
+	objs := render(t, filepath.Join(repo(t), "config", "revision-policy"))
+	if len(objs) != 1 || objs[0].GetKind() != "NetworkPolicy" || objs[0].GetNamespace() != "" {
+		t.Fatalf("want one NetworkPolicy without a namespace (applied with -n), got %d objects", len(objs))
+	}
+	p := convert[networkingv1.NetworkPolicy](t, objs[0])
+	deployments := map[string]*appsv1.Deployment{}
+	for _, u := range byKind(render(t, filepath.Join(repo(t), "config")), "Deployment") {
+		d := convert[appsv1.Deployment](t, u)
+		deployments[d.Name] = d
+	}
+	covers := func(pp networkingv1.NetworkPolicyPort, port int32) bool {
+		if pp.Protocol != nil && *pp.Protocol != corev1.ProtocolTCP || pp.Port == nil {
+			return false
+		}
+		end := pp.Port.IntVal
+		if pp.EndPort != nil {
+			end = *pp.EndPort
+		}
+		return pp.Port.IntVal <= port && port <= end
+	}
+	peersOf := func(port int32) (from []networkingv1.NetworkPolicyPeer, open bool) {
+		for _, r := range p.Spec.Ingress {
+			if !slices.ContainsFunc(r.Ports, func(pp networkingv1.NetworkPolicyPort) bool { return covers(pp, port) }) {
+				continue
+			}
+			if len(r.From) == 0 {
+				open = true
+			}
+			from = append(from, r.From...)
+		}
+		return from, open
+	}
+
+	files, err := filepath.Glob(filepath.Join(repo(t), "config", "samples", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serving := map[int32]bool{}
+	for _, f := range files {
+		svc := readService(t, f)
+		if c := svc.Spec.Template.Spec.Containers; len(c) > 0 && len(c[0].Ports) > 0 {
+			serving[c[0].Ports[0].ContainerPort] = true
+		}
+	}
+	if len(serving) == 0 {
+		t.Fatal("no sample names its serving port")
+	}
+	for port := range serving {
+		from, open := peersOf(port)
+		if open {
+			t.Errorf("serving port %d: open to every peer", port)
+		}
+		// Exactly these peers: llmd-kn's activator and autoscaler pods,
+		// the namespace's revision pods, metrics scrapers.
+		inLLMDKN := func(peer networkingv1.NetworkPolicyPeer, d string) bool {
+			return peer.NamespaceSelector != nil && peer.NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] == ns &&
+				peer.PodSelector != nil && len(peer.PodSelector.MatchLabels) > 0 &&
+				selects(peer.PodSelector.MatchLabels, deployments[d].Spec.Template.Labels)
+		}
+		for _, d := range []string{"llmd-activator", "llmd-autoscaler"} {
+			if !slices.ContainsFunc(from, func(peer networkingv1.NetworkPolicyPeer) bool { return inLLMDKN(peer, d) }) {
+				t.Errorf("serving port %d: the pods of %s cannot reach it", port, d)
+			}
+		}
+		for _, peer := range from {
+			switch {
+			case inLLMDKN(peer, "llmd-activator"), inLLMDKN(peer, "llmd-autoscaler"):
+			case peer.NamespaceSelector == nil && peer.PodSelector != nil && len(peer.PodSelector.MatchExpressions) == 1 &&
+				peer.PodSelector.MatchExpressions[0].Key == "serving.knative.dev/revision":
+			case peer.PodSelector == nil && peer.NamespaceSelector != nil && peer.NamespaceSelector.MatchLabels["llm-d.ai/metrics-scraper"] == "true":
+			default:
+				t.Errorf("serving port %d: an unexpected peer %+v", port, peer)
+			}
+		}
+	}
+	for _, port := range []int32{1, 5557, 7999, 8012, 9091, 65535} {
+		if serving[port] {
+			continue
+		}
+		if _, open := peersOf(port); !open {
+			t.Errorf("port %d is closed by the policy; only the serving port should be", port)
+		}
+	}
 }
