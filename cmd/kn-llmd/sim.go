@@ -129,10 +129,24 @@ func (f *simFlags) config() (vllmsim.Config, error) {
 	if !f.prefixCaching {
 		return vllmsim.Config{}, fmt.Errorf("--enable-prefix-caching=false: the simulator models vLLM with prefix caching only")
 	}
+	var offloadCPU int64 // vLLM's OffloadingConnector's CPU bytes, from --kv-transfer-config
 	if f.kvTransferConfig != "" {
 		var kv map[string]any
 		if err := json.Unmarshal([]byte(f.kvTransferConfig), &kv); err != nil {
 			return vllmsim.Config{}, fmt.Errorf("--kv-transfer-config: not a JSON object: %v", err)
+		}
+		// The CPU tier the webhook configures (llm-d.ai/kv-cpu-tier-bytes
+		// as the OffloadingConnector's cpu_bytes_to_use) is simulated as
+		// --kv-cpu-tier-bytes, which overrides it.
+		if kv["kv_connector"] == "OffloadingConnector" {
+			extra, _ := kv["kv_connector_extra_config"].(map[string]any)
+			if v, ok := extra["cpu_bytes_to_use"]; ok {
+				n, isNum := v.(float64)
+				if !isNum || n < 0 || n > 1<<50 || n != float64(int64(n)) {
+					return vllmsim.Config{}, fmt.Errorf("--kv-transfer-config: cpu_bytes_to_use must be a whole number of bytes >= 0, got %v", v)
+				}
+				offloadCPU = int64(n)
+			}
 		}
 	}
 	var cfg vllmsim.Config
@@ -214,6 +228,9 @@ func (f *simFlags) config() (vllmsim.Config, error) {
 	}
 	if cfg.CPUTierBytes, err = apis.ParseBytes(f.kvCPUTier); err != nil {
 		return cfg, fmt.Errorf("--kv-cpu-tier-bytes: %w", err)
+	}
+	if cfg.CPUTierBytes == 0 {
+		cfg.CPUTierBytes = offloadCPU
 	}
 	if cfg.DiskTierBytes, err = apis.ParseBytes(f.kvDiskTier); err != nil {
 		return cfg, fmt.Errorf("--kv-disk-tier-bytes: %w", err)

@@ -84,6 +84,32 @@ func TestSimAcceptsTheFlagsTheWebhookInjects(t *testing.T) {
 		"--scheduling-policy", "priority"}); err != nil {
 		t.Fatal(err)
 	}
+	// The webhook's CPU tier (llm-d.ai/kv-cpu-tier-bytes) reaches the
+	// simulated engine; --kv-cpu-tier-bytes overrides it.
+	for _, c := range []struct {
+		args []string
+		want int64
+	}{
+		{[]string{"--kv-transfer-config", `{"kv_connector":"OffloadingConnector","kv_role":"kv_both","kv_connector_extra_config":{"cpu_bytes_to_use":68719476736}}`}, 64 << 30},
+		{[]string{"--kv-transfer-config", `{"kv_connector":"OffloadingConnector","kv_role":"kv_both","kv_connector_extra_config":{"cpu_bytes_to_use":68719476736}}`, "--kv-cpu-tier-bytes", "1Gi"}, 1 << 30},
+		{[]string{"--kv-transfer-config", `{"kv_connector":"NixlConnector","kv_role":"kv_both"}`}, 0},
+	} {
+		f := &simFlags{}
+		if err := bindSimFlags(f).ParseFlags(c.args); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := f.config()
+		if err != nil || cfg.CPUTierBytes != c.want {
+			t.Errorf("%v: CPU tier %d (%v), want %d", c.args, cfg.CPUTierBytes, err, c.want)
+		}
+	}
+	f := &simFlags{}
+	if err := bindSimFlags(f).ParseFlags([]string{"--kv-transfer-config", `{"kv_connector":"OffloadingConnector","kv_connector_extra_config":{"cpu_bytes_to_use":"lots"}}`}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.config(); err == nil || !strings.Contains(err.Error(), "cpu_bytes_to_use") {
+		t.Errorf("a non-numeric cpu_bytes_to_use: %v", err)
+	}
 	bad := newSimCommand()
 	bad.SetArgs([]string{"--kv-transfer-config", "{not json", "--port", "0"})
 	bad.SetOut(io.Discard)
