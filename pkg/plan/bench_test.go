@@ -63,3 +63,22 @@ func BenchmarkMooncake(b *testing.B) {
 		b.Run(routing, func(b *testing.B) { benchTrace(b, w, routing) })
 	}
 }
+
+// BenchmarkMooncakeTiers is BenchmarkMooncake's default routing with a
+// 64 GiB CPU and a 200 GiB disk KV tier per engine (docs/benchmarks/kv-tiers.md).
+func BenchmarkMooncakeTiers(b *testing.B) {
+	w := openTrace(b, workload.KindMooncake, "mooncake/synthetic_trace.jsonl")
+	cfg := DefaultConfig()
+	cfg.Engines = 4
+	cfg.Routing = "default"
+	cfg.Engine.CPUTierBytes, cfg.Engine.DiskTierBytes = 64<<30, 200<<30
+	b.ReportAllocs()
+	var res *Result
+	for b.Loop() {
+		var err error
+		if res, err = Run(context.Background(), cfg, w.Source()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(res.Stats.End.Seconds()*float64(b.N)/b.Elapsed().Seconds(), "virtual-s/wall-s")
+}
