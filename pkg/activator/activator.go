@@ -717,7 +717,8 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 	if rev.config().PriorityScheduling {
 		req.Set("priority", strconv.AppendInt(nil, int64(a.opts.Tiers.VLLMPriority(tier)), 10))
 	}
-	rreq := router.Request{Model: req.Model, Tier: tier.Name, Tokens: req.Tokens, ExpectedOutput: req.MaxTokens, HashCache: rev.hashes}
+	rreq := router.Request{Model: req.Model, Tier: tier.Name, Tokens: req.Tokens, ExpectedOutput: req.MaxTokens, HashCache: rev.hashes,
+		CacheSalt: req.CacheSalt}
 	var d router.Decision
 	// The first attempt leaves out pods predicted to start the request
 	// later than its tier allows while others are within it (admission.go);

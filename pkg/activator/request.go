@@ -28,6 +28,9 @@ type LLMRequest struct {
 	Model     string
 	Stream    bool
 	MaxTokens int // 0 when the client did not say
+	// CacheSalt is vLLM's cache_salt ("" when absent): the router keeps
+	// the salt's prefixes apart from everyone else's.
+	CacheSalt string
 	Tokens    []uint32
 	Size      int
 
@@ -153,6 +156,8 @@ func parseLLMRequest(kind string, body []byte) (*LLMRequest, error) {
 			end, err = r.parseModel(m.Value)
 		case key == "stream":
 			end, err = r.parseStream(m.Value)
+		case key == "cache_salt":
+			end, err = r.parseCacheSalt(m.Value)
 		case key == "max_tokens" || key == "max_completion_tokens":
 			end, err = r.parseMaxTokens(key, m.Value)
 		case key == "prompt" && kind == KindCompletion:
@@ -287,6 +292,19 @@ func (r *LLMRequest) parseModel(v int) (int, error) {
 		return jsonscan.Skip(r.body, v)
 	}
 	return v, bad("model: must be a string")
+}
+
+func (r *LLMRequest) parseCacheSalt(v int) (int, error) {
+	switch r.body[v] {
+	case '"':
+		s, end, err := jsonscan.String(r.body, v)
+		r.CacheSalt = s
+		return end, err
+	case 'n':
+		r.CacheSalt = ""
+		return jsonscan.Skip(r.body, v)
+	}
+	return v, bad("cache_salt: must be a string")
 }
 
 // parseBool reads a boolean field: nil for null.

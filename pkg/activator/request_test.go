@@ -35,6 +35,10 @@ func TestParseLLMRequest(t *testing.T) {
 	if err != nil || len(c.Tokens) != 3 {
 		t.Fatalf("string list prompt: %v %v", c, err)
 	}
+	c, err = ParseLLMRequest(KindCompletion, []byte(`{"model":"m","prompt":[1],"cache_salt":"tenant-1"}`))
+	if err != nil || c.CacheSalt != "tenant-1" || !strings.Contains(string(c.AppendBody(nil)), `"cache_salt":"tenant-1"`) {
+		t.Fatalf("cache_salt: %+v %v (read, and forwarded to the engine)", c, err)
+	}
 }
 
 func TestParseLLMRequestRejects(t *testing.T) {
@@ -44,6 +48,7 @@ func TestParseLLMRequestRejects(t *testing.T) {
 		{"trailing data", KindCompletion, `{"prompt":"a"} {}`, "after"},
 		{"model type", KindCompletion, `{"model":1,"prompt":"a"}`, "model"},
 		{"stream type", KindCompletion, `{"stream":"yes","prompt":"a"}`, "stream"},
+		{"cache_salt type", KindCompletion, `{"prompt":"a","cache_salt":1}`, "cache_salt"},
 		{"negative max_tokens", KindCompletion, `{"prompt":"a","max_tokens":-1}`, "max_tokens"},
 		{"huge max_tokens", KindCompletion, `{"prompt":"a","max_tokens":1e12}`, "max_tokens"},
 		{"fractional max_tokens", KindChat, `{"messages":[{"role":"user","content":"a"}],"max_completion_tokens":1.5}`, "max_completion_tokens"},

@@ -111,6 +111,17 @@ func (c *cycle) hashes(approx bool) {
 		c.hashesDone = true
 		if len(c.req.BlockHashes) > 0 {
 			c.preHashes = c.req.BlockHashes
+		} else if c.req.LoRA != "" || c.req.CacheSalt != "" {
+			// Another chain root: the shared hash cache holds the base
+			// model's, unsalted.
+			h := c.r.preHasher
+			keys, k := c.d.preciseHashes[:0], c.r.precise.requestRoot(c.req.LoRA, c.req.CacheSalt)
+			for i := 0; i+h.BlockSize() <= len(c.req.Tokens); i += h.BlockSize() {
+				k = h.Next(k, c.req.Tokens[i:i+h.BlockSize()])
+				keys = append(keys, k)
+			}
+			c.d.preciseHashes = keys
+			c.preHashes = keys
 		} else if hc := c.req.HashCache; hc != nil && hc.Hasher() == c.r.preHasher {
 			c.d.preciseHashes = hc.Hashes(c.d.preciseHashes[:0], c.req.Tokens)
 			c.preHashes = c.d.preciseHashes
@@ -142,6 +153,9 @@ func (c *cycle) approxKeys() {
 	}
 	c.apxBlock = bs
 	seed := xxhash.Sum64String(c.req.Model)
+	if c.req.LoRA != "" || c.req.CacheSalt != "" {
+		seed = fmix(seed ^ c.r.precise.requestRoot(c.req.LoRA, c.req.CacheSalt))
+	}
 	keys := c.d.approxKeys[:0]
 	if bs%p.BlockSize == 0 {
 		per := bs / p.BlockSize

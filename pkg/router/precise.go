@@ -180,6 +180,17 @@ func (p *preciseIndex) root(lora string) uint64 {
 	return fmix(p.hasher.Root() ^ xxhash.Sum64String(lora))
 }
 
+// requestRoot is the chain state a request's prompt starts from: its
+// adapter's root, moved by its cache salt (which no event carries, so a
+// salted chain matches only what the router recorded for that salt).
+func (p *preciseIndex) requestRoot(lora, salt string) uint64 {
+	r := p.root(lora)
+	if salt != "" {
+		r = fmix(r ^ xxhash.Sum64String("cache_salt\x00"+salt))
+	}
+	return r
+}
+
 // chainState is where a BlockStored event continues a sequence.
 type chainState struct {
 	ok        bool

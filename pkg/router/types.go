@@ -52,6 +52,17 @@ type Request struct {
 	// ExpectedOutput is the expected number of output tokens, 0 if unknown;
 	// no built-in plugin reads it yet.
 	ExpectedOutput int
+	// LoRA is the adapter the request runs under ("" the base model): its
+	// blocks are those KV events and storage manifests name with that
+	// adapter, never the base model's or another adapter's.
+	LoRA string
+	// CacheSalt is vLLM's cache_salt: the engine's prefix cache keeps a
+	// salted request's blocks apart from every other salt's (and the
+	// unsalted). KV events and manifests do not say a block's salt, so a
+	// salted request matches none of them: it is predicted cached only by
+	// the router's own record of where this salt's prompts went (the
+	// approximate index). HashCache is not used for it.
+	CacheSalt string
 }
 
 // promptTokens is the prompt length, from the tokens or, failing them, the
