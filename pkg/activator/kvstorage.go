@@ -34,7 +34,8 @@ const (
 	// maxBlockTokens bounds a stored block's token ids.
 	maxBlockTokens = 4096
 	// storagePollTimeout bounds one poll (a storage server that does not
-	// answer holds the feed no longer).
+	// answer holds the feed no longer), or three intervals when shorter
+	// (at least a second).
 	storagePollTimeout = 30 * time.Second
 )
 
@@ -222,7 +223,11 @@ func (rev *revision) pollStorage(ctx context.Context, f *storageFeed) {
 	if f.store == nil {
 		return
 	}
-	pctx, cancel := context.WithTimeout(ctx, storagePollTimeout)
+	every := rev.a.opts.KVStoragePoll
+	if every == 0 {
+		every = DefaultKVStoragePoll
+	}
+	pctx, cancel := context.WithTimeout(ctx, min(storagePollTimeout, max(3*every, time.Second)))
 	defer cancel()
 	rev.storage.mu.Lock()
 	f.polls++

@@ -9,9 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmd-kn/llmd-kn/internal/testutil"
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/kvstore"
+	_ "github.com/llmd-kn/llmd-kn/pkg/kvstore/drivers" // s3://
 	"github.com/llmd-kn/llmd-kn/pkg/router"
 	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
 )
@@ -196,5 +198,35 @@ func TestStorageFeedRoutesToStoredPrefix(t *testing.T) {
 	waitStorage("after the retain", func(n int) bool { return n == len(keep) })
 	if st := rev.rt.PreciseEndpoint(router.StorageEndpoint); st.StorageBlocks != len(keep) {
 		t.Errorf("router's storage endpoint %+v, want %d blocks", st, len(keep))
+	}
+}
+
+// A storage server that accepts and never answers: each poll gives up at
+// its bound and counts a failure, and requests are routed meanwhile.
+func TestStorageFeedHangingServer(t *testing.T) {
+	uri := testutil.HangingS3(t)
+	s := startSim(t, "pod", engine.RoleBoth, 0.02, nil)
+	spec := apis.Spec{RoutingProfile: "default", PDThreshold: 1 << 30, KVOffload: apis.KVOffloadSpec{Mode: apis.KVOffloadOnScaleDown, URI: uri}}
+	f := newFixtureOpts(t, func(o *Options) { o.KVStoragePoll = 20 * time.Millisecond }, spec, s)
+	f.act.mu.RLock()
+	rev := f.act.revs[f.key]
+	f.act.mu.RUnlock()
+	if c := f.complete(t, longPrompt(300, 3), 1, nil); c.status != 200 {
+		t.Fatalf("%d %s", c.status, c.body)
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, fails, n := rev.storageStatus(); fails >= 2 {
+			if n != 0 {
+				t.Errorf("feed holds %d blocks from a server that never answered", n)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			polls, fails, _ := rev.storageStatus()
+			t.Fatalf("polls of a hanging server never gave up: %d polls, %d failures", polls, fails)
+		}
+	}
+	if c := f.complete(t, longPrompt(300, 4), 1, nil); c.status != 200 {
+		t.Fatalf("%d %s", c.status, c.body)
 	}
 }
