@@ -309,3 +309,34 @@ func cpuNow() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkDecide32kx64Tiers is BenchmarkDecide32kx64Prehashed with the
+// tiers in use: shared storage holds the request's whole prompt and 16
+// endpoints hold it on their CPU tier, so every endpoint's walk goes past
+// its GPU prefix to the prompt's end.
+func BenchmarkDecide32kx64Tiers(b *testing.B) {
+	f := newBenchFixture(b, 64)
+	eng := newTestEngine(16)
+	if err := f.r.ApplyStorage(eng.all(f.req.Tokens)); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 64; i += 4 {
+		ev := eng.all(f.req.Tokens)
+		ev.Medium = "CPU"
+		if err := f.r.Apply(f.eps[i].ID, ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, name := range []string{"kv-precise", "default"} {
+		b.Run(name, func(b *testing.B) {
+			s, _ := f.r.Scheduler(name)
+			var d Decision
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := s.Decide(&d, &f.reqH, f.eps); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -49,7 +49,7 @@ type cycle struct {
 	// holds anything (tiers then all zero).
 	tiers   []tierBlocks
 	tiered  bool
-	alive   []bool
+	runs    []tierBlocks // by endpoint: each medium's prefix run
 	apxDone bool
 	apxLen  []int32
 

@@ -25,10 +25,11 @@ import (
 // first token; the prefix-precise scorer weighs a block on medium m by the
 // share of its prefill it saves, 1 − (per-token load time, latencies
 // amortised over a storage round) × prefill rate (GPU: 1). Both follow the
-// engine: a GPU prefix hit first, then the blocks after it that another
-// medium holds, consecutively, each from the cheapest medium holding it
-// (CPU, disk, unknown, shared storage), until a block none holds. Unknown
-// media rank as the dearest known tier.
+// engine: a GPU prefix hit first, then the blocks after it that the
+// endpoint's CPU tier holds, then its disk tier, unknown media and shared
+// storage, each serving the blocks after the previous one's reach (see
+// walkTiers), until a block none holds. Unknown media rank as the dearest
+// known tier.
 //
 // Defaults are the profile's (pkg/engine/profiles.yaml, tiers.go): CPU 25
 // GB/s + 1 ms (PCIe Gen5 x16 at the connector's per-layer copies), disk 6
@@ -178,8 +179,9 @@ func (tp *tierParams) costs() (TierCosts, error) {
 	return TierCostsFromProfile(&prof, cpu, disk), nil
 }
 
-// tierOrder is the order the connector tries the non-GPU media in: the
-// endpoint's own tiers, then shared storage.
+// tierOrder is the order the non-GPU media serve the blocks after the GPU
+// prefix in: the endpoint's own tiers (vLLM's offloading connector), then
+// shared storage.
 var tierOrder = [...]medium{mediumCPU, mediumDisk, mediumOther, mediumStorage}
 
 // tierBlocks counts, per medium, the router blocks of a prompt an endpoint
@@ -194,10 +196,16 @@ func (t *tierBlocks) total() int32 {
 	return n
 }
 
-// walkTiers fills c.tiers: for each endpoint, starting after its GPU
-// prefix (c.preLen), the blocks each following block is loaded from, the
-// cheapest medium holding it, until a block no medium holds or limit
-// blocks in all. The caller holds p.mu for reading.
+// walkTiers fills c.tiers: for each endpoint, after its GPU prefix
+// (c.preLen), the blocks it would load from each other medium. As for the
+// GPU, each medium's holdings are taken as prefix-closed (an engine holds
+// a block's prefix with it; storage keeps whole chains from their root), so
+// one prefix run per medium (the prefixer's few lookups, not one per
+// block) says how far the prompt is held there; the blocks after the GPU
+// prefix then come from the endpoint's CPU tier as far as it holds them,
+// then its disk tier, unknown media, and shared storage, each taking the
+// blocks after the previous one's reach (vLLM's connectors in turn). The
+// caller holds p.mu for reading.
 func (c *cycle) walkTiers(p *preciseIndex, limit int) {
 	c.tiers = grow(c.tiers, len(c.eps))
 	clear(c.tiers)
@@ -206,61 +214,71 @@ func (c *cycle) walkTiers(p *preciseIndex, limit int) {
 		return
 	}
 	c.tiered = true
-	store := int32(-1)
+	var stored int32
 	if s := c.r.slots.lookup(StorageEndpoint); s >= 0 {
-		store = s
-	}
-	c.alive = grow(c.alive, len(c.eps))
-	any := false
-	first := limit
-	for i, s := range c.slots {
-		// A seen endpoint continues its GPU prefix with its own tiers and
-		// storage; one without KV events can still restore from storage.
-		c.alive[i] = int(c.preLen[i]) < limit && ((s >= 0 && c.preSeen[i]) || store >= 0)
-		if c.alive[i] {
-			any = true
-			first = min(first, int(c.preLen[i]))
+		if t := p.tiers[mediumStorage]; t != nil && int(s) < 64*t.w {
+			c.slotRuns(t, func(_ int, slot int32) bool { return slot == s }, limit, true)
+			stored = c.out[s]
 		}
 	}
-	var hs [numMedia][]uint64
-	for j := first; any && j < limit && j < len(c.preHashes); j++ {
-		k := c.preHashes[j]
-		for _, m := range tierOrder {
-			hs[m] = nil
-			if t := p.tiers[m]; t != nil {
-				hs[m] = t.holders(k)
-			}
+	c.runs = grow(c.runs, len(c.eps))
+	clear(c.runs)
+	for _, m := range tierOrder[:3] {
+		t := p.tiers[m]
+		if t == nil || t.len() == 0 {
+			continue
 		}
-		stored := store >= 0 && hasBit(hs[mediumStorage], store)
-		any = false
+		c.slotRuns(t, func(i int, _ int32) bool { return c.preSeen[i] }, limit, false)
 		for i, s := range c.slots {
-			if !c.alive[i] || int(c.preLen[i]) > j {
-				any = any || c.alive[i]
-				continue
+			if s >= 0 && int(s) < 64*t.w && c.preSeen[i] {
+				c.runs[i][m] = c.out[s]
 			}
-			got := false
-			for _, m := range tierOrder {
-				if m == mediumStorage {
-					if stored {
-						c.tiers[i][m]++
-						got = true
-					}
-					break
-				}
-				if s >= 0 && c.preSeen[i] && hasBit(hs[m], s) {
-					c.tiers[i][m]++
-					got = true
-					break
-				}
+		}
+	}
+	for i := range c.eps {
+		end := c.preLen[i]
+		for _, m := range tierOrder {
+			l := c.runs[i][m]
+			if m == mediumStorage {
+				l = stored
 			}
-			c.alive[i] = got
-			any = any || got
+			if l > end {
+				c.tiers[i][m] = l - end
+				end = l
+			}
 		}
 	}
 }
 
-func hasBit(row []uint64, s int32) bool {
-	return row != nil && int(s>>6) < len(row) && row[s>>6]&(1<<(s&63)) != 0
+// slotRuns runs the prefixer over table t for the slots of the endpoints
+// ok selects (or, with bySlot, the slots ok selects among all), leaving
+// each run, capped at limit, in c.out by slot.
+func (c *cycle) slotRuns(t *holderTable, ok func(i int, s int32) bool, limit int, bySlot bool) {
+	c.want = grow(c.want, t.w)
+	clear(c.want)
+	if bySlot {
+		for s := range int32(64 * t.w) {
+			if ok(-1, s) {
+				c.want[s>>6] |= 1 << (s & 63)
+			}
+		}
+	} else {
+		for i, s := range c.slots {
+			if s >= 0 && int(s) < 64*t.w && ok(i, s) {
+				c.want[s>>6] |= 1 << (s & 63)
+			}
+		}
+	}
+	c.out = grow(c.out, 64*t.w)
+	clear(c.out)
+	if isZero(c.want) {
+		return
+	}
+	c.pfx.t, c.pfx.keys, c.pfx.out = t, c.preHashes, c.out
+	c.pfx.run(c.want)
+	for s := range c.out {
+		c.out[s] = min(c.out[s], int32(limit))
+	}
 }
 
 // loadSeconds is the modelled time to load endpoint i's tier blocks.

@@ -90,16 +90,18 @@ func TestTierScoring(t *testing.T) {
 		{"storage only (no KV events of its own)", nil, true, all, w[mediumStorage], tierBlocks{mediumStorage: blocks}},
 		{"GPU and CPU copies: GPU counts", []KVEvent{newTierFixture().on("GPU", 0, blocks), newTierFixture().on("CPU", 0, blocks)}, true, all, 1, tierBlocks{}},
 		{"GPU head, CPU middle, storage tail",
-			[]KVEvent{newTierFixture().on("GPU", 0, 16), newTierFixture().on("CPU", 16, 40)}, true, all,
+			[]KVEvent{newTierFixture().on("GPU", 0, 16), newTierFixture().on("CPU", 0, 40)}, true, all,
 			(16 + 24*w[mediumCPU] + 24*w[mediumStorage]) / blocks, tierBlocks{mediumCPU: 24, mediumStorage: 24}},
 		{"GPU head, CPU middle, nothing after",
-			[]KVEvent{newTierFixture().on("GPU", 0, 16), newTierFixture().on("CPU", 16, 40)}, false, 16 * 40,
+			[]KVEvent{newTierFixture().on("GPU", 0, 16), newTierFixture().on("CPU", 0, 40)}, false, 16 * 40,
 			(16 + 24*w[mediumCPU]) / blocks, tierBlocks{mediumCPU: 24}},
 		{"the cheapest tier holding each block",
-			[]KVEvent{newTierFixture().on("GPU", 0, 16), newTierFixture().on("Disk", 0, blocks), newTierFixture().on("CPU", 16, 20)}, true, all,
+			[]KVEvent{newTierFixture().on("GPU", 0, 16), newTierFixture().on("Disk", 0, blocks), newTierFixture().on("CPU", 0, 20)}, true, all,
 			(16 + 4*w[mediumCPU] + 44*w[mediumDisk]) / blocks, tierBlocks{mediumCPU: 4, mediumDisk: 44}},
+		// A medium's holdings count from the prompt's first block (they are
+		// prefix-closed, as the GPU's): a tail held alone is not used.
 		{"a block no tier holds ends the hit",
-			[]KVEvent{newTierFixture().on("GPU", 0, 16), newTierFixture().on("CPU", 16, 20), newTierFixture().on("Disk", 21, blocks)}, false, 16 * 20,
+			[]KVEvent{newTierFixture().on("GPU", 0, 16), newTierFixture().on("CPU", 0, 20), newTierFixture().on("Disk", 21, blocks)}, false, 16 * 20,
 			(16 + 4*w[mediumCPU]) / blocks, tierBlocks{mediumCPU: 4}},
 	}
 	for _, tc := range cases {
