@@ -195,3 +195,37 @@ spec:
 		t.Errorf("a revision without tier annotations gets tiers %d %d", cpu, disk)
 	}
 }
+
+// TestKVTiersLocal: a revision with llm-d.ai/kv-cpu-tier-bytes runs pods
+// whose engines keep what their (small) GPU cache evicts in the CPU tier:
+// a long prompt, three others that evict it from the GPU, then the first
+// again: its whole blocks are cached (loaded from the tier, counted by the
+// pod's tier counter), as vLLM's OffloadingConnector reports them.
+func TestKVTiersLocal(t *testing.T) {
+	yaml := strings.Replace(svcYAML("llm", `autoscaling.knative.dev/min-scale: "1"
+        autoscaling.knative.dev/max-scale: "1"
+        llm-d.ai/kv-cpu-tier-bytes: 1Gi`),
+		`"--max-model-len", "8192"`, `"--max-model-len", "8192", "--num-gpu-blocks-override", "120"`, 1)
+	rt := newRuntime(t, yaml, func(o *Options) { o.Autoscale.Disabled = true })
+	host := "llm.default.localhost"
+	ask := func(prompt string) (int, int) {
+		t.Helper()
+		code, body := complete(t, rt.APIURL(), host, "demo", prompt, 4)
+		if code != http.StatusOK {
+			t.Fatalf("%d %s", code, body)
+		}
+		return cachedTokens(t, body)
+	}
+	prompt := strings.Repeat("You are a careful assistant for the support desk of a bank. ", 60)
+	ask(prompt)
+	for i := range 3 {
+		ask(strings.Repeat(fmt.Sprintf("Filler %d keeps the small GPU cache busy with other words. ", i), 60))
+	}
+	promptTokens, cached := ask(prompt)
+	if want := (promptTokens - 1) / 16 * 16; cached != want {
+		t.Fatalf("the prompt again: %d of %d prompt tokens cached, want %d from the CPU tier", cached, promptTokens, want)
+	}
+	if got := podCounter(t, rt, "kn_llmd_sim_kv_tier_hit_tokens_total"); int(got) != cached {
+		t.Fatalf("the pod loaded %v tokens from its tiers, the answer reports %d cached", got, cached)
+	}
+}
