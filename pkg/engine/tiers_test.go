@@ -250,3 +250,51 @@ func TestTierConfigErrors(t *testing.T) {
 		t.Error("TierLoadTime of nothing is not 0")
 	}
 }
+
+// TestTiersThenStorage: the tiers hold the first 20 blocks of a prompt
+// that shared storage holds whole: the request loads those from CPU and
+// restores the rest from storage, one after the other.
+func TestTiersThenStorage(t *testing.T) {
+	r := newTierRig(t, Config{NumBlocks: 70, CPUTierBytes: 200 * blockBytes})
+	prompt := tierPrompt(1000, 1041)
+	r.run("head", prompt[:20*16+1]) // 20 full blocks of the same prefix
+	r.run("f1", tierPrompt(50000, 1041))
+	r.run("f2", tierPrompt(90000, 1041))
+	if n := r.e.CachedPrefix(r.e.BlockHashes(nil, prompt)); n != 0 {
+		t.Fatalf("the GPU cache still holds %d blocks of the prompt", n)
+	}
+	t0 := r.now
+	if err := r.e.Add(t0, Request{ID: "full", Prompt: prompt, MaxTokens: 1, IgnoreEOS: true, StoredTokens: len(prompt)}); err != nil {
+		t.Fatal(err)
+	}
+	var ttft time.Duration
+	var out Output
+	for ttft == 0 {
+		res := r.e.Step(r.now)
+		if res.Idle {
+			if res.WakeAt.IsZero() {
+				t.Fatal("idle with the request pending")
+			}
+			r.now = res.WakeAt
+			continue
+		}
+		r.now = r.now.Add(res.Duration)
+		for _, o := range res.Outputs {
+			if o.FirstToken {
+				out, ttft = o, r.now.Sub(t0)
+			}
+		}
+	}
+	const loadable, fromCPU = 1040, 320
+	if out.ExternalTokens != loadable || out.CachedTokens != 0 {
+		t.Errorf("external %d cached %d, want %d external", out.ExternalTokens, out.CachedTokens, loadable)
+	}
+	if st := r.e.Stats(); st.CPUTierHitTokens != fromCPU {
+		t.Errorf("CPU tier hits %d, want %d", st.CPUTierHitTokens, fromCPU)
+	}
+	p := r.e.Config().Profile
+	want := p.TierLoadTime(fromCPU, 0) + p.RestoreTime(loadable-fromCPU) + p.StepTime([]StepInput{{Query: 1041 - loadable, Context: loadable}})
+	if ttft != want {
+		t.Errorf("TTFT %v, want CPU load + storage restore + the last token's step = %v", ttft, want)
+	}
+}
