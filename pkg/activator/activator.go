@@ -675,6 +675,11 @@ func (a *Activator) flowControl(next http.Handler) http.Handler {
 					w.Header().Set("Retry-After", strconv.Itoa(int(rej.RetryAfter.Seconds()+0.5)))
 				}
 				writeError(w, rej.Status, errorType(rej.Status), rej.Reason)
+				when := "arrival"
+				if entered {
+					when = "queued"
+				}
+				m.ShedTime.WithLabelValues(revName, c.tier.Name, when).Observe(a.opts.Now().Sub(c.start).Seconds())
 			} else {
 				c.code = 499 // the client went away while queued
 			}
