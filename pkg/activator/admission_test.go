@@ -458,3 +458,46 @@ func TestFlowShedOrderOnArrival(t *testing.T) {
 		}
 	}
 }
+// A queued request past its target (the prediction on arrival was wrong)
+// keeps its place while its tier's queue moves, and is refused (429) once
+// the queue has not moved for the tier's stuck window: a refusal near the
+// head of a moving queue would cost its client the wait and a retry.
+func TestFlowQueuedPastTargetWaitsWhileItsQueueMoves(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	// A 40 ms target (real timers); the queue's movement is on the fake
+	// clock.
+	tiers, err := ParseTiers([]byte("tiers:\n- {name: critical, priority: 1, ttft: 40ms, maxQueueTime: 1h}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crit, _ := tiers.Get("critical")
+	g := &capGate{ready: true, capacity: 0}
+	f := NewFlowController(tiers, FlowLimits{}, g.gate, nil).withRates(func() float64 { return 0 }, clock.Now)
+	done := make(chan error, 1)
+	go func() { _, err := f.Acquire(context.Background(), crit, 1); done <- err }()
+	waitQueued(t, f, 1)
+	// Its tier's queue moves (a request of it dispatched now, on the
+	// fake clock, which then stands still): past its target it waits on.
+	f.mu.Lock()
+	f.markDispatch("critical")
+	f.mu.Unlock()
+	time.Sleep(200 * time.Millisecond) // its target and a few stuck windows, or less on a slow machine: it waits either way
+	select {
+	case err := <-done:
+		t.Fatalf("refused while its queue moves: %v", err)
+	default:
+	}
+	// The queue stops: refused at the next check.
+	f.mu.Lock()
+	clock.now = clock.now.Add(time.Second)
+	f.mu.Unlock()
+	select {
+	case err := <-done:
+		var rej *RejectError
+		if !errors.As(err, &rej) || rej.Status != http.StatusTooManyRequests || rej.Kind != "queue_timeout" {
+			t.Fatalf("got %v, want a 429 once its queue stopped", err)
+		}
+	case <-time.After(30 * time.Second): // a hang guard, not a threshold
+		t.Fatal("the request waited on after its queue stopped moving")
+	}
+}

@@ -159,12 +159,12 @@ func queueBudget(t Tier) time.Duration {
 	return time.Duration(t.MaxQueueTime)
 }
 
-// queueDeadline is how long a request of tier t that was queued may wait
-// while the revision has pods: its whole TTFT target where it has one (by
-// then it has missed the target, whatever happens next), else its queue
-// deadline. The decision to refuse is made on arrival (shedEarlyLocked);
-// this is the bound for when the prediction was wrong (a pod froze, the
-// drain rate fell).
+// queueDeadline is how long a request of tier t that was queued waits
+// while the revision has pods before it may be refused: its whole TTFT
+// target where it has one, else its queue deadline. The decision to refuse
+// is made on arrival (shedEarlyLocked); past this bound (the prediction was
+// wrong) a request is refused only once its tier's queue stops moving (a
+// pod froze, higher tiers take every start), never while it moves.
 func queueDeadline(t Tier) time.Duration {
 	if t.TTFT > 0 && time.Duration(t.TTFT) < time.Duration(t.MaxQueueTime) {
 		return time.Duration(t.TTFT)
@@ -192,9 +192,9 @@ func (f *FlowController) higherActive(t Tier, now time.Time) bool {
 // with a RejectError when the request cannot start within its tier's budget
 // (predicted on arrival from the queue ahead of it and the rate left to its
 // tier: answered at once), when the queue is full (lower tiers are shed
-// first), when it waited its whole target (the prediction was wrong) or
-// its tier's queue deadline, or with ctx's error when the client goes
-// away.
+// first), when it waited its whole target (the prediction was wrong) and
+// its tier's queue has stopped moving, or its tier's queue deadline, or
+// with ctx's error when the client goes away.
 func (f *FlowController) Acquire(ctx context.Context, t Tier, size int64) (release func(), err error) {
 	return f.acquire(ctx, t, size, nil)
 }
@@ -257,10 +257,11 @@ func (f *FlowController) acquire(ctx context.Context, t Tier, size int64, enter 
 	timer := time.NewTimer(time.Duration(t.MaxQueueTime))
 	defer timer.Stop()
 	var budgetC <-chan time.Time
+	var recheck *time.Timer
 	if b := queueDeadline(t); b < time.Duration(t.MaxQueueTime) {
-		bt := time.NewTimer(b)
-		defer bt.Stop()
-		budgetC = bt.C
+		recheck = time.NewTimer(b)
+		defer recheck.Stop()
+		budgetC = recheck.C
 	}
 wait:
 	for {
@@ -274,19 +275,26 @@ wait:
 			err = ctx.Err()
 			break wait
 		case <-budgetC:
-			// Past its target: refused if the revision has pods (they
-			// could not take it in time, against the prediction on
-			// arrival); while it has none (scale from zero) it waits up
-			// to the tier's queue deadline.
-			budgetC = nil
+			// Past its target (the prediction on arrival was wrong). It
+			// keeps its place while its tier's queue moves: it is near
+			// the head, and a refusal now would cost its client the wait
+			// it has had and a retry, and count as a slow shed. It is
+			// refused once the revision has pods and the queue has not
+			// moved for the tier's stuck window (a pod froze, higher
+			// tiers take every start); checked again every window. While
+			// the revision has no pod (scale from zero) it waits up to
+			// the tier's queue deadline.
 			f.mu.Lock()
 			ready, _ := f.gate(t, f.admitted)
+			stuck := f.stuckLocked(t, f.now())
 			f.mu.Unlock()
-			if ready {
+			if ready && stuck > stuckWindow(t) {
 				err = &RejectError{Status: http.StatusTooManyRequests, RetryAfter: f.retryAfter(t), Kind: "queue_timeout",
-					Reason: fmt.Sprintf("the revision could not start the request within the %s tier's target of %v", t.Name, queueDeadline(t))}
+					Reason: fmt.Sprintf("the revision could not start the request within the %s tier's target of %v; its queue has not moved for %v",
+						t.Name, queueDeadline(t), stuck.Round(time.Millisecond))}
 				break wait
 			}
+			recheck.Reset(stuckWindow(t))
 		case <-timer.C:
 			f.mu.Lock()
 			ready, _ := f.gate(t, f.admitted)
@@ -336,11 +344,7 @@ func (f *FlowController) shedEarlyLocked(t Tier) *RejectError {
 	budget := queueBudget(t)
 	now := f.now()
 	if q := f.queues[t.Name]; q.Len() > 0 {
-		moved := f.since[t.Name]
-		if d := f.lastDispatch[t.Name]; d.After(moved) {
-			moved = d
-		}
-		if stuck := now.Sub(moved); stuck > min(budget, rateWindow) {
+		if stuck := f.stuckLocked(t, now); stuck > stuckWindow(t) {
 			return &RejectError{Status: http.StatusTooManyRequests, RetryAfter: f.retryAfterLocked(t), Kind: "shed",
 				Reason: fmt.Sprintf("shed: the revision is saturated; the %s tier's queue has not moved for %v", t.Name, stuck.Round(time.Millisecond))}
 		}
@@ -359,6 +363,23 @@ func (f *FlowController) shedEarlyLocked(t Tier) *RejectError {
 				ahead, max(left, 0), c, t.Name, budget)}
 	}
 	return nil
+}
+
+// stuckWindow is how long tier t's queue may go without moving before its
+// requests are refused: its queue budget, at most rateWindow.
+func stuckWindow(t Tier) time.Duration { return min(queueBudget(t), rateWindow) }
+
+// stuckLocked is how long tier t's queue has not moved: since its last
+// dispatch, or since it last became non-empty if later (0 when empty).
+func (f *FlowController) stuckLocked(t Tier, now time.Time) time.Duration {
+	if f.queues[t.Name].Len() == 0 {
+		return 0
+	}
+	moved := f.since[t.Name]
+	if d := f.lastDispatch[t.Name]; d.After(moved) {
+		moved = d
+	}
+	return now.Sub(moved)
 }
 
 func (f *FlowController) markDispatch(tier string) {

@@ -46,7 +46,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		PDDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "pd_decisions_total",
 			Help: "Prefill/decode decisions: disaggregated, decode_only, or fallback (prefill failed)."}, []string{"revision", "decision"}),
 		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "rejected_total",
-			Help: "Requests refused by flow control, by reason (shed: on arrival; shed_queued: while queued, once predicted to miss its target; queue_full; queue_timeout)."}, []string{"revision", "tier", "reason"}),
+			Help: "Requests refused by flow control, by reason (shed, queue_full, queue_timeout)."}, []string{"revision", "tier", "reason"}),
 		ShedTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "shed_seconds",
 			Help:    "Time from a request's arrival (its headers read) to flow control's refusal written (429 or 503), by tier and when it was decided: on arrival, or after queueing.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .075, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}, []string{"revision", "tier", "when"}),
