@@ -215,6 +215,13 @@ func (m *rateMeter) rate(now time.Time) float64 {
 type podWait struct {
 	name string
 	load float64 // requests on it (running and waiting), pending share included
+	// yield is the part of load that yields to the request at once: lower
+	// tiers' requests on a pod under priority scheduling that runs fewer
+	// than max_num_seqs (vLLM preempts the lowest priority when a running
+	// request needs a KV block, then admits the waiting higher tier: a
+	// step or two on a KV-bound pod). It does not free a place among
+	// max_num_seqs, so free() (the slots kept free) counts all of load.
+	yield float64
 	// queued is how many wait to start on it; ahead those of them a new
 	// request queues behind (all, or under priority scheduling those of
 	// its tier and higher).
@@ -230,7 +237,7 @@ type podWait struct {
 // wait predicts how long a new request would wait on the pod before it
 // starts (+Inf: it has a queue that does not drain).
 func (p podWait) wait() float64 {
-	if p.slots > 0 && p.load+1 <= float64(p.slots) || p.slots <= 0 && p.queued < 1 {
+	if p.slots > 0 && p.load-p.yield+1 <= float64(p.slots) || p.slots <= 0 && p.queued < 1 {
 		return 0 // a free slot
 	}
 	// It starts after the requests queued ahead of it, at the next slot
@@ -267,6 +274,13 @@ func (rev *revision) waits(dst []podWait, admitted int, t Tier) []podWait {
 	if rev.config().PriorityScheduling {
 		upTo = rev.a.opts.Tiers.index(t.Name)
 	}
+	// Under priority scheduling, lower tiers' requests on a pod that runs
+	// fewer than max_num_seqs yield to t's (podWait.yield): where the KV
+	// cache bounds the pod, they fill it without standing in t's way.
+	maxSeqs := int64(0)
+	if upTo < len(rev.a.opts.Tiers.order)-1 {
+		maxSeqs = int64(rev.config().MaxNumSeqs)
+	}
 	rev.mu.RLock()
 	defer rev.mu.RUnlock()
 	var inflight int64
@@ -297,7 +311,23 @@ func (rev *revision) waits(dst []podWait, admitted int, t Tier) []podWait {
 			}
 			queued = w
 		}
-		dst = append(dst, podWait{name: p.spec.Name, load: math.Max(float64(m.Running+m.Waiting), float64(fl)),
+		load := math.Max(float64(m.Running+m.Waiting), float64(fl))
+		var yield float64
+		if maxSeqs > 0 {
+			var lower, mineQueued int64
+			for i := range p.active {
+				if i > upTo {
+					lower += p.active[i].Load()
+				}
+			}
+			for i := range p.queued {
+				mineQueued += p.queued[i].Load()
+			}
+			if running := max(int64(m.Running), fl-mineQueued); running < maxSeqs {
+				yield = math.Min(float64(lower), load)
+			}
+		}
+		dst = append(dst, podWait{name: p.spec.Name, load: load, yield: yield,
 			queued: float64(queued), ahead: float64(ahead), slots: slots, rate: p.starts.rate(now), mine: fl,
 			byPriority: upTo < len(p.queued)-1})
 	}

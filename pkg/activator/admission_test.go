@@ -458,6 +458,70 @@ func TestFlowShedOrderOnArrival(t *testing.T) {
 		}
 	}
 }
+
+// Where the KV cache, not max_num_seqs, bounds a pod full of batch work
+// (three running, slots learned as three), a critical request is admitted
+// at once under priority scheduling once the pods' max_num_seqs is known
+// and the pod runs fewer: vLLM starts it by preempting batch for KV-cache
+// blocks. Without max_num_seqs, or with the pod at it (vLLM does not
+// preempt for a place among max_num_seqs), the batch work stands in its
+// way as before and its predicted wait (1 s at one start a second) is over
+// its 250 ms budget.
+func TestAdmitsCriticalOnAKVBoundPodOfBatch(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	s := startSim(t, "pod-0", engine.RoleBoth, 0.01, nil)
+	f := newFixtureOpts(t, func(o *Options) { o.Now = clock.Now }, apis.Spec{}, s)
+	f.act.mu.Lock()
+	rev := f.act.revs[f.key]
+	f.act.mu.Unlock()
+	batch := f.act.opts.Tiers.index("batch")
+	p := rev.pod("pod-0")
+	fill := func(n int64) {
+		p.mu.Lock()
+		p.slots = int(n)
+		p.mu.Unlock()
+		p.inflight.Store(n)
+		p.active[batch].Store(n)
+	}
+	defer fill(0)
+	p.starts.add(clock.now.Add(-time.Second))
+	crit := tier(t, "critical")
+	admitted := func() bool {
+		ready, ok := rev.gate(crit, 0)
+		if !ready {
+			t.Fatal("the revision has a ready pod")
+		}
+		return ok
+	}
+	fill(3) // three batch requests running, what the KV cache holds
+	f.act.mu.Lock()
+	rev.config().PriorityScheduling = true
+	f.act.mu.Unlock()
+	if admitted() {
+		t.Fatal("max_num_seqs not known: critical admitted, want it to wait behind the batch work (the old prediction)")
+	}
+	f.act.mu.Lock()
+	rev.config().MaxNumSeqs = 8
+	f.act.mu.Unlock()
+	if !admitted() {
+		t.Fatal("max_num_seqs 8, 3 running batch requests: critical refused, want it admitted (vLLM preempts batch for KV blocks)")
+	}
+	if over := rev.overBudget(crit); over != nil {
+		t.Errorf("the KV-bound pod left out of critical's routing: %v", over)
+	}
+	fill(8) // at max_num_seqs: no place for it until one ends
+	if admitted() {
+		t.Fatal("the pod at max_num_seqs: critical admitted, want it to wait (vLLM does not preempt for a place among max_num_seqs)")
+	}
+	fill(3)
+	f.act.mu.Lock()
+	rev.config().PriorityScheduling = false
+	f.act.mu.Unlock()
+	if admitted() {
+		t.Fatal("without priority scheduling: critical admitted, want it to wait (first come, first served)")
+	}
+}
+
 // A queued request past its target (the prediction on arrival was wrong)
 // keeps its place while its tier's queue moves, and is refused (429) once
 // the queue has not moved for the tier's stuck window: a refusal near the

@@ -51,6 +51,13 @@ type RevisionConfig struct {
 	// zero: learned from the pods' /v1/models. Requests over it are
 	// refused before they count as load.
 	MaxModelLen int
+	// MaxNumSeqs is the engines' --max-num-seqs (0: not known). Under
+	// priority scheduling a pod that runs fewer has a place for a higher
+	// tier's request, which vLLM starts at once by preempting lower-tier
+	// work for KV-cache blocks: where the KV cache, not max_num_seqs,
+	// bounds a pod full of lower tiers, their requests do not stand in a
+	// higher tier's way (admission.go).
+	MaxNumSeqs int
 	// Timeouts are the revision's timeoutSeconds,
 	// responseStartTimeoutSeconds and idleTimeoutSeconds (zero: the
 	// tier's default), enforced by the activator as Knative's timeout

@@ -34,8 +34,10 @@ type StaticRevision struct {
 	Tags        []string          `json:"tags,omitempty"`
 	Annotations map[string]string `json:"annotations,omitempty"`
 	// PriorityScheduling: the pods run vLLM with --scheduling-policy priority.
-	PriorityScheduling bool        `json:"priorityScheduling,omitempty"`
-	Pods               []StaticPod `json:"pods"`
+	PriorityScheduling bool `json:"priorityScheduling,omitempty"`
+	// MaxNumSeqs: the pods' vLLM --max-num-seqs (0: not known).
+	MaxNumSeqs int         `json:"maxNumSeqs,omitempty"`
+	Pods       []StaticPod `json:"pods"`
 }
 
 // StaticPod is one vLLM server.
@@ -80,7 +82,10 @@ func ParseStaticConfig(data []byte, tiers *Tiers, routing *router.Config) ([]Rev
 		if err != nil {
 			return nil, nil, err
 		}
-		rc := RevisionConfig{Key: key, Service: r.Service, Models: r.Models, Tags: r.Tags, Spec: spec, Rates: rates, PriorityScheduling: r.PriorityScheduling}
+		if r.MaxNumSeqs < 0 {
+			return nil, nil, fmt.Errorf("%s.maxNumSeqs: %d, want 0 (not known) or more", path, r.MaxNumSeqs)
+		}
+		rc := RevisionConfig{Key: key, Service: r.Service, Models: r.Models, Tags: r.Tags, Spec: spec, Rates: rates, PriorityScheduling: r.PriorityScheduling, MaxNumSeqs: r.MaxNumSeqs}
 		revs = append(revs, rc)
 		seen := map[string]bool{}
 		list := []PodSpec{}

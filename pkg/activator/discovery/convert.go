@@ -39,6 +39,7 @@ const (
 	flagSchedulingPolicy = "--scheduling-policy"
 	flagKVEvents         = "--kv-events-config"
 	flagMaxModelLen      = "--max-model-len"
+	flagMaxNumSeqs       = "--max-num-seqs"
 )
 
 // OurClass reports whether a revision is scaled by llmd-kn's autoscaler
@@ -80,6 +81,13 @@ func RevisionConfig(rev *servingv1.Revision, route *servingv1.Route, vocab apis.
 			maxLen = n
 		}
 	}
+	maxSeqs := 0
+	if v := flagValues(containerWords(c), flagMaxNumSeqs); len(v) > 0 {
+		// Anything else (a typo vLLM would refuse) leaves it unknown.
+		if n, err := strconv.Atoi(v[0]); err == nil && n > 0 {
+			maxSeqs = n
+		}
+	}
 	return activator.RevisionConfig{
 		Key:                activator.RevisionKey{Namespace: rev.Namespace, Name: rev.Name},
 		Service:            svc,
@@ -89,6 +97,7 @@ func RevisionConfig(rev *servingv1.Revision, route *servingv1.Route, vocab apis.
 		Rates:              rates,
 		PriorityScheduling: len(policy) > 0 && policy[0] == "priority",
 		MaxModelLen:        maxLen,
+		MaxNumSeqs:         maxSeqs,
 		Timeouts: activator.Timeouts{Total: seconds(rev.Spec.TimeoutSeconds),
 			ResponseStart: seconds(rev.Spec.ResponseStartTimeoutSeconds), Idle: seconds(rev.Spec.IdleTimeoutSeconds)},
 	}, nil

@@ -130,6 +130,14 @@ func TestRevisionConfig(t *testing.T) {
 			}
 		})
 	}
+	// --max-num-seqs reaches admission (KV-bound pods under priority
+	// scheduling); a value vLLM would refuse leaves it unknown.
+	for args, want := range map[string]int{"--max-num-seqs 8": 8, "--max-num-seqs=16": 16, "--max-num-seqs lots": 0, "--port 8000": 0} {
+		cfg, err := RevisionConfig(rev(nil, strings.Fields(args)...), route, vocab)
+		if err != nil || cfg.MaxNumSeqs != want {
+			t.Errorf("%s: MaxNumSeqs %d (%v), want %d", args, cfg.MaxNumSeqs, err, want)
+		}
+	}
 	_, err := RevisionConfig(rev(map[string]string{apis.SLOTTFTAnnotation: "soon"}), nil, vocab)
 	if err == nil || !strings.Contains(err.Error(), "metadata.annotations[llm-d.ai/slo-ttft]") {
 		t.Fatalf("bad annotation: %v", err)
