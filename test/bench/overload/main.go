@@ -2,7 +2,9 @@
 // activator) with streamed completions of mixed SLO tiers at a fixed rate
 // and reports, per tier, what the clients saw: sent, served, shed (429,
 // with Retry-After), 503, other, hung (no end within the guard) and
-// truncated-but-200 (a 200 stream without [DONE]); the served requests'
+// truncated-but-200 (a 200 stream that ended cleanly without [DONE] or an
+// error event), and transport errors (no answer, or a stream aborted
+// mid-way: a failure the client sees); the served requests'
 // TTFT quantiles and the sheds' answer times. Issue 17's overload scenario:
 //
 //	kn-llmd local -f svc.yaml --no-autoscale &
@@ -13,8 +15,10 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"slices"
@@ -33,6 +37,7 @@ type result struct {
 	transport  bool
 	ttft       time.Duration // first byte of the body (served) or the answer (refused)
 	end        time.Duration
+	sent       time.Duration // after the run's start
 }
 
 func main() {
@@ -45,6 +50,7 @@ func main() {
 	promptWords := flag.Int("prompt-words", 200, "words in each prompt (distinct prompts)")
 	maxTokens := flag.Int("max-tokens", 128, "max_tokens of each request (ignore_eos)")
 	guard := flag.Duration("guard", 5*time.Minute, "a request not ended by then counts as hung")
+	outFile := flag.String("out", "", "also write one JSON line per request to this file (tier, status, retry_after, hung, truncated, transport, ttft_ms, end_ms, sent_ms: when it was sent after the start)")
 	flag.Parse()
 
 	var mix []string
@@ -77,11 +83,35 @@ func main() {
 		go func() {
 			defer wg.Done()
 			out[i] = send(client, *url, *host, *model, mix[i%len(mix)], i, *promptWords, *maxTokens, *guard)
+			out[i].sent = time.Duration(i) * interval
 		}()
 	}
 	sentFor := time.Since(start)
 	wg.Wait()
 	report(out, sentFor, time.Since(start))
+	if *outFile != "" {
+		if err := writeResults(*outFile, out); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+}
+
+// writeResults writes one JSON line per request.
+func writeResults(path string, out []result) error {
+	var b strings.Builder
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	for _, r := range out {
+		line, _ := json.Marshal(map[string]any{"tier": r.tier, "status": r.status, "retry_after": r.retryAfter,
+			"hung": r.hung, "truncated": r.truncated, "transport": r.transport,
+			"ttft_ms": ms(r.ttft), "end_ms": ms(r.end), "sent_ms": ms(r.sent)})
+		b.Write(line)
+		b.WriteByte('\n')
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("writing the per-request results: %w", err)
+	}
+	return nil
 }
 
 func send(client *http.Client, url, host, model, tier string, i, words, maxTokens int, guard time.Duration) result {
@@ -114,23 +144,31 @@ func send(client *http.Client, url, host, model, tier string, i, words, maxToken
 	r.retryAfter, _ = strconv.Atoi(resp.Header.Get("Retry-After"))
 	br := bufio.NewReader(resp.Body)
 	first := true
-	done := false
+	done, failed := false, false
 	for {
 		line, err := br.ReadString('\n')
 		if first && len(line) > 0 {
 			r.ttft, first = time.Since(t0), false
 		}
-		if strings.TrimSpace(line) == "data: [DONE]" {
+		if l := strings.TrimSpace(line); l == "data: [DONE]" {
 			done = true
+		} else if strings.HasPrefix(l, `data: {"error"`) {
+			failed = true // an OpenAI-shaped error event: a visible failure
 		}
 		if err != nil {
+			// Anything but a clean end (the activator aborts a stream
+			// whose pod failed) is a failure the client sees.
+			failed = failed || !errors.Is(err, io.EOF)
 			break
 		}
 	}
 	r.end = time.Since(t0)
-	if ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
 		r.hung = true
-	} else if r.status == http.StatusOK && !done {
+	case r.status == http.StatusOK && failed && !done:
+		r.transport = true
+	case r.status == http.StatusOK && !done:
 		r.truncated = true
 	}
 	return r
