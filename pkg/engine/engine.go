@@ -682,11 +682,13 @@ func (e *Engine) schedule(now time.Time) {
 				remote = max(0, s.promptLen-1-hitTokens)
 			}
 			cpuBlocks, diskBlocks := 0, 0
-			if len(e.tiers) > 0 && !s.loaded && remote == 0 {
-				// The tiers continue the GPU hit, whole prompt blocks,
-				// leaving at least one token to compute.
-				cpuBlocks, diskBlocks = e.tierLookup(s.hashes, len(e.hits), min((s.promptLen-1)/bs, len(s.hashes)))
+			if len(e.tiers) > 0 && remote == 0 {
+				// The tiers continue the GPU hit, whole blocks, leaving at
+				// least one token to compute; again after a preemption
+				// (vLLM's connector is asked at every admission).
+				cpuBlocks, diskBlocks = e.tierLookup(s.hashes, len(e.hits), maxHit)
 			}
+			first := !s.counted
 			tierTokens := (cpuBlocks + diskBlocks) * bs
 			restore := 0
 			if s.req.StoredTokens > 0 && !s.loaded {
@@ -734,7 +736,11 @@ func (e *Engine) schedule(now time.Time) {
 					s.external = remote
 					s.readyAt = now.Add(e.cfg.Profile.TransferTime(remote))
 				} else {
-					s.external = tierTokens + restore
+					if first || restore > 0 {
+						// What the answer reports is fixed at the first
+						// admission, as vLLM's num_cached_tokens.
+						s.external = tierTokens + restore
+					}
 					s.readyAt = now.Add(e.cfg.Profile.TierLoadTime(cpuBlocks*bs, diskBlocks*bs) + e.cfg.Profile.RestoreTime(restore))
 					e.stats.CPUTierHitTokens += int64(cpuBlocks * bs)
 					e.stats.DiskTierHitTokens += int64(diskBlocks * bs)

@@ -25,9 +25,9 @@ import (
 //     least one prompt token to compute, as the GPU hit does): the request
 //     waits, as for a remote prefill, for Profile.TierLoadTime, and the
 //     loaded tokens are reported as external (vLLM's connector hits:
-//     counted in cached_tokens). Loads happen on a request's first
-//     admission only (a preempted request recomputes, or hits its GPU
-//     prefix, as without tiers).
+//     counted in cached_tokens, fixed at the first admission as vLLM's
+//     num_cached_tokens). A preempted request loads again from the tiers
+//     when it is admitted again (its blocks were written through).
 //   - KV events carry the tier's medium (MediumCPU, MediumStorage) with the
 //     block's hashes, parent and tokens (vLLM's self-describing offloading
 //     events); a move CPU -> disk is a removal from CPU and a store on disk.

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -296,5 +297,57 @@ func TestTiersThenStorage(t *testing.T) {
 	want := p.TierLoadTime(fromCPU, 0) + p.RestoreTime(loadable-fromCPU) + p.StepTime([]StepInput{{Query: 1041 - loadable, Context: loadable}})
 	if ttft != want {
 		t.Errorf("TTFT %v, want CPU load + storage restore + the last token's step = %v", ttft, want)
+	}
+}
+
+// TestTiersAfterPreemption: two long generations overflow a small GPU
+// cache; the one preempted comes back with what the other evicted loaded
+// from the CPU tier instead of recomputed, while what the answers report
+// as cached stays that of their first admission (nothing).
+func TestTiersAfterPreemption(t *testing.T) {
+	counts := func(cpu int64) (Stats, []Output) {
+		r := newTierRig(t, Config{NumBlocks: 40, CPUTierBytes: cpu})
+		for i, base := range []int{1000, 60000} {
+			if err := r.e.Add(r.now, Request{ID: fmt.Sprint("r", i), Prompt: tierPrompt(base, 200), MaxTokens: 300, IgnoreEOS: true}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var done []Output
+		for range 100000 {
+			res := r.e.Step(r.now)
+			if res.Idle {
+				if res.WakeAt.IsZero() {
+					break
+				}
+				r.now = res.WakeAt
+				continue
+			}
+			r.now = r.now.Add(res.Duration)
+			for _, o := range res.Outputs {
+				if o.Finished {
+					done = append(done, o)
+				}
+			}
+		}
+		return r.e.Stats(), done
+	}
+	off, doneOff := counts(0)
+	on, doneOn := counts(100 * blockBytes)
+	if off.Preemptions == 0 || on.Preemptions == 0 {
+		t.Fatalf("no preemption (off %d, on %d): the test needs one", off.Preemptions, on.Preemptions)
+	}
+	if len(doneOff) != 2 || len(doneOn) != 2 {
+		t.Fatalf("finished %d and %d requests, want 2", len(doneOff), len(doneOn))
+	}
+	for _, o := range doneOn {
+		if o.CachedTokens != 0 || o.ExternalTokens != 0 {
+			t.Errorf("%s reports %d cached, %d external: want the first admission's 0", o.ID, o.CachedTokens, o.ExternalTokens)
+		}
+	}
+	if on.CPUTierHitTokens == 0 {
+		t.Error("the preempted request loaded nothing from the CPU tier")
+	}
+	if on.PromptTokens >= off.PromptTokens {
+		t.Errorf("prefill tokens computed with the tier %d, without %d: want fewer", on.PromptTokens, off.PromptTokens)
 	}
 }
