@@ -277,9 +277,15 @@ func (rev *revision) waits(dst []podWait, admitted int, t Tier) []podWait {
 	// Under priority scheduling, lower tiers' requests on a pod that runs
 	// fewer than max_num_seqs yield to t's (podWait.yield): where the KV
 	// cache bounds the pod, they fill it without standing in t's way.
+	// A pod's slots are what its metrics showed (running with a queue
+	// beside it), else the engines' --max-num-seqs when known: without
+	// either, a request in its prefill (no first byte yet) counts as
+	// queued, and at a low start rate one beside it was predicted to wait
+	// seconds on a pod with hundreds of free places (429s at 0.5 req/s).
+	known := rev.config().MaxNumSeqs
 	maxSeqs := int64(0)
 	if upTo < len(rev.a.opts.Tiers.order)-1 {
-		maxSeqs = int64(rev.config().MaxNumSeqs)
+		maxSeqs = int64(known)
 	}
 	rev.mu.RLock()
 	defer rev.mu.RUnlock()
@@ -290,6 +296,9 @@ func (rev *revision) waits(dst []podWait, admitted int, t Tier) []podWait {
 		}
 		p.mu.Lock()
 		up, m, slots := p.routableLocked(now), p.metrics, p.slots
+		if slots <= 0 {
+			slots = known
+		}
 		p.mu.Unlock()
 		if !up {
 			continue

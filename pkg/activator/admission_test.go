@@ -565,3 +565,49 @@ func TestFlowQueuedPastTargetWaitsWhileItsQueueMoves(t *testing.T) {
 		t.Fatal("the request waited on after its queue stopped moving")
 	}
 }
+
+// A request beside one in its prefill (dispatched, no first byte yet) on a
+// pod whose slots its metrics never showed: with the engines'
+// --max-num-seqs known, the pod has a free place and the request starts at
+// once. Without it, the one in prefill counts as queued and, at the low
+// start rate of a quiet revision (0.5/s), the second was predicted to wait
+// 4 s and refused (429s at 0.5 req/s, found by the real-time KV-offload
+// run).
+func TestAdmitsBesideARequestInPrefill(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	s := startSim(t, "pod-0", engine.RoleBoth, 0.01, nil)
+	f := newFixtureOpts(t, func(o *Options) { o.Now = clock.Now }, apis.Spec{}, s)
+	f.act.mu.Lock()
+	rev := f.act.revs[f.key]
+	f.act.mu.Unlock()
+	std := tier(t, "standard")
+	p := rev.pod("pod-0")
+	p.mu.Lock()
+	p.slots = 0 // never learned
+	p.mu.Unlock()
+	i := f.act.opts.Tiers.index("standard")
+	p.inflight.Store(1)
+	p.queued[i].Store(1)
+	defer func() { p.inflight.Store(0); p.queued[i].Store(0) }()
+	p.starts.add(clock.now.Add(-2 * time.Second))
+	p.starts.add(clock.now.Add(-time.Second))
+	admitted := func() bool {
+		ready, ok := rev.gate(std, 0)
+		if !ready {
+			t.Fatal("the revision has a ready pod")
+		}
+		return ok
+	}
+	if admitted() {
+		t.Fatal("max_num_seqs not known, one request in prefill at 1 start/s: admitted, want the old prediction (a wait over the budget)")
+	}
+	f.act.mu.Lock()
+	rev.config().MaxNumSeqs = 256
+	f.act.mu.Unlock()
+	if !admitted() {
+		t.Fatal("max_num_seqs 256, one request in prefill: refused, want it admitted (255 free places)")
+	}
+	if over := rev.overBudget(std); len(over) != 0 {
+		t.Errorf("the pod left out of routing: %v", over)
+	}
+}

@@ -111,6 +111,17 @@ func (s *Service) PriorityScheduling(simulated bool) bool {
 	return s.Engine.SchedulingPolicy == "priority"
 }
 
+// MaxNumSeqs is the pods' --max-num-seqs as the activator's admission
+// should count it: the args' (or the step budget's), else for simulated
+// pods the engine's default; 0 (learned from the pods' metrics) for real
+// processes whose args say nothing.
+func (s *Service) MaxNumSeqs(simulated bool) int {
+	if s.Engine.MaxNumSeqs > 0 || !simulated {
+		return s.Engine.MaxNumSeqs
+	}
+	return engine.DefaultMaxNumSeqs
+}
+
 // ManifestError is one problem in a manifest: where (file, and line for
 // syntax errors), which object, which field, and what is wrong.
 type ManifestError struct {

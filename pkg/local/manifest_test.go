@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
 )
 
 func TestQuickstartSampleIsTheEmbeddedOne(t *testing.T) {
@@ -329,5 +330,22 @@ func TestPriorityScheduling(t *testing.T) {
 		if got := [2]bool{svcs[0].PriorityScheduling(true), svcs[0].PriorityScheduling(false)}; got != want {
 			t.Errorf("%s: priority scheduling (simulated, process) = %v, want %v", args, got, want)
 		}
+	}
+}
+
+// The activator counts a pod's places from the args' --max-num-seqs, else
+// for simulated pods from the engine's default; real processes whose args
+// say nothing are learned from their metrics (0).
+func TestServiceMaxNumSeqs(t *testing.T) {
+	s := &Service{}
+	if got := s.MaxNumSeqs(true); got != engine.DefaultMaxNumSeqs {
+		t.Errorf("simulated, no args: %d, want %d", got, engine.DefaultMaxNumSeqs)
+	}
+	if got := s.MaxNumSeqs(false); got != 0 {
+		t.Errorf("process, no args: %d, want 0", got)
+	}
+	s.Engine.MaxNumSeqs = 8
+	if got, got2 := s.MaxNumSeqs(true), s.MaxNumSeqs(false); got != 8 || got2 != 8 {
+		t.Errorf("args 8: %d, %d", got, got2)
 	}
 }

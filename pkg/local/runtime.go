@@ -249,7 +249,7 @@ func New(opts Options) (*Runtime, error) {
 	for _, svc := range opts.Services {
 		if err := act.UpsertRevision(activator.RevisionConfig{
 			Key: svc.Key(), Service: svc.Name, Models: svc.Models, Tags: svc.Tags, Spec: svc.Spec, Rates: r.rates(svc),
-			PriorityScheduling: svc.PriorityScheduling(opts.PodCommand == ""), MaxNumSeqs: svc.Engine.MaxNumSeqs,
+			PriorityScheduling: svc.PriorityScheduling(opts.PodCommand == ""), MaxNumSeqs: svc.MaxNumSeqs(opts.PodCommand == ""),
 		}); err != nil {
 			act.Close()
 			return nil, err
