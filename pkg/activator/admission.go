@@ -296,8 +296,10 @@ func (rev *revision) waits(dst []podWait, admitted int, t Tier) []podWait {
 		}
 		p.mu.Lock()
 		up, m, slots := p.routableLocked(now), p.metrics, p.slots
-		if slots <= 0 {
-			slots = known
+		if slots <= 0 && known > 0 {
+			// A default (vLLM's at least) may be under the pod's own:
+			// what it runs at once it has places for.
+			slots = max(known, m.Running)
 		}
 		p.mu.Unlock()
 		if !up {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
 )
 
@@ -81,9 +82,12 @@ func RevisionConfig(rev *servingv1.Revision, route *servingv1.Route, vocab apis.
 			maxLen = n
 		}
 	}
-	maxSeqs := 0
+	// Without the flag, vLLM's default: 256, or more on large GPUs (the
+	// activator counts a pod's running requests as places too).
+	maxSeqs := engine.DefaultMaxNumSeqs
 	if v := flagValues(containerWords(c), flagMaxNumSeqs); len(v) > 0 {
 		// Anything else (a typo vLLM would refuse) leaves it unknown.
+		maxSeqs = 0
 		if n, err := strconv.Atoi(v[0]); err == nil && n > 0 {
 			maxSeqs = n
 		}

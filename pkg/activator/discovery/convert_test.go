@@ -12,6 +12,7 @@ import (
 
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/apis"
+	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
 )
 
@@ -132,7 +133,7 @@ func TestRevisionConfig(t *testing.T) {
 	}
 	// --max-num-seqs reaches admission (KV-bound pods under priority
 	// scheduling); a value vLLM would refuse leaves it unknown.
-	for args, want := range map[string]int{"--max-num-seqs 8": 8, "--max-num-seqs=16": 16, "--max-num-seqs lots": 0, "--port 8000": 0} {
+	for args, want := range map[string]int{"--max-num-seqs 8": 8, "--max-num-seqs=16": 16, "--max-num-seqs lots": 0, "--port 8000": engine.DefaultMaxNumSeqs} {
 		cfg, err := RevisionConfig(rev(nil, strings.Fields(args)...), route, vocab)
 		if err != nil || cfg.MaxNumSeqs != want {
 			t.Errorf("%s: MaxNumSeqs %d (%v), want %d", args, cfg.MaxNumSeqs, err, want)
