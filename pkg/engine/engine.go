@@ -150,6 +150,11 @@ type Request struct {
 	// RestoreTime, instead of computed; the profile must model storage.
 	// 0 (the default) changes nothing.
 	StoredTokens int
+	// CacheSalt is vLLM's cache_salt: the request's blocks are cached apart
+	// from every other salt's and the unsalted ones (their hashes are moved
+	// by the salt, as vLLM hashes it into the first block's extra keys), so
+	// tenants never share a prefix. "" is unsalted.
+	CacheSalt string
 }
 
 // FinishReason says why a request ended.
@@ -276,6 +281,7 @@ const (
 
 type seq struct {
 	req        Request
+	salt       uint64 // SaltKey(req.CacheSalt), 0 unsalted
 	tokens     []uint32
 	promptLen  int
 	stopAt     int
@@ -481,6 +487,10 @@ func (e *Engine) Add(now time.Time, r Request) error {
 	s.tokens = make([]uint32, len(r.Prompt), len(r.Prompt)+r.MaxTokens)
 	copy(s.tokens, r.Prompt)
 	s.hashes, s.hstate = e.chain.ExtendChain(make([]uint64, 0, (len(r.Prompt)+r.MaxTokens)/e.cfg.BlockSize+1), nil, s.tokens)
+	if r.CacheSalt != "" {
+		s.salt = SaltKey(r.CacheSalt)
+		SaltHashes(s.hashes, s.salt)
+	}
 	seed := r.Seed
 	if seed == 0 {
 		seed = e.cfg.Seed ^ strHash(r.ID)
@@ -887,7 +897,11 @@ func (e *Engine) cacheFull(s *seq) {
 	if full <= s.numCached {
 		return
 	}
+	n0 := len(s.hashes)
 	s.hashes, s.hstate = e.chain.ExtendChain(s.hashes, s.hstate, s.tokens[:full*bs])
+	if s.salt != 0 {
+		SaltHashes(s.hashes[n0:], s.salt)
+	}
 	e.tierPut(s, s.numCached, full-1)
 	first := -1
 	for i := s.numCached; i < full; i++ {

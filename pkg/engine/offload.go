@@ -72,3 +72,25 @@ func (e *Engine) BlockHashes(dst []uint64, prompt []uint32) []uint64 {
 	h, _ := e.chain.ExtendChain(dst[:0], nil, prompt)
 	return h
 }
+
+// SaltKey is what a cache_salt moves block hashes by (never 0).
+func SaltKey(salt string) uint64 {
+	h := uint64(0xcbf29ce484222325)
+	for i := 0; i < len(salt); i++ {
+		h = (h ^ uint64(salt[i])) * 0x100000001b3
+	}
+	return h | 1
+}
+
+// SaltHashes moves a salted request's block hashes (as the chain computed
+// them) by its salt key, in place: each is still determined by the whole
+// prefix, now also by the salt.
+func SaltHashes(hs []uint64, key uint64) {
+	for i, h := range hs {
+		h ^= key
+		h ^= h >> 33
+		h *= 0xff51afd7ed558ccd
+		h ^= h >> 33
+		hs[i] = h
+	}
+}

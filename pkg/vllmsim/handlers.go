@@ -221,7 +221,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 		prefix = "chatcmpl-"
 	}
 	id := newID(prefix)
-	er := engine.Request{ID: id, Prompt: prompt, MaxTokens: maxTokens, IgnoreEOS: req.IgnoreEOS, Priority: req.Priority}
+	er := engine.Request{ID: id, Prompt: prompt, MaxTokens: maxTokens, IgnoreEOS: req.IgnoreEOS, Priority: req.Priority, CacheSalt: req.CacheSalt}
 	if req.HasSeed {
 		er.Seed = uint64(req.Seed) ^ seedMix
 		if er.Seed == 0 {

@@ -538,7 +538,10 @@ func (s *Server) Flush(ctx context.Context) (FlushResult, error) {
 // restoreFromStorage fills a request's StoredTokens from what storage
 // holds of its prompt (reading and verifying the objects).
 func (s *Server) restoreFromStorage(ctx context.Context, er *engine.Request) {
-	if s.kvo == nil || er.RemotePrefill || er.RemoteDecode {
+	// A salted request (cache_salt) is neither restored nor tracked for a
+	// flush: storage holds the unsalted space only (one space per salt is
+	// not written yet), and a tenant's blocks must never reach another's.
+	if s.kvo == nil || er.RemotePrefill || er.RemoteDecode || er.CacheSalt != "" {
 		return
 	}
 	p := s.kvo.prepare(ctx, er.Prompt, func(hs []uint64) int {

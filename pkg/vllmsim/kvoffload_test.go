@@ -34,7 +34,13 @@ var offloadPrompt = longText(1000, "system prompt of a long-lived assistant")
 // complete sends the prompt and returns its prompt and cached tokens.
 func completeCached(t *testing.T, s *sim, prompt string) (promptTokens, cached int) {
 	t.Helper()
-	code, b := post(t, s.url+"/v1/completions", fmt.Sprintf(`{"model":"demo","prompt":%q,"max_tokens":1}`, prompt))
+	return completeBody(t, s, fmt.Sprintf(`{"model":"demo","prompt":%q,"max_tokens":1}`, prompt))
+}
+
+// completeBody is completeCached with the request body given.
+func completeBody(t *testing.T, s *sim, body string) (promptTokens, cached int) {
+	t.Helper()
+	code, b := post(t, s.url+"/v1/completions", body)
 	if code != 200 {
 		t.Fatalf("%d %s", code, b)
 	}

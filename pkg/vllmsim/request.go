@@ -50,6 +50,8 @@ type Request struct {
 	// Priority is vLLM's priority (lower runs first under the priority
 	// scheduling policy; must be 0 otherwise).
 	Priority int
+	// CacheSalt is vLLM's cache_salt ("" when absent).
+	CacheSalt string
 	// KVTransfer is kv_transfer_params; nil when absent or null.
 	KVTransfer *KVTransferParams
 }
@@ -113,6 +115,7 @@ type rawCommon struct {
 	IgnoreEOS        *bool             `json:"ignore_eos"`
 	Seed             *int64            `json:"seed"`
 	Priority         *int64            `json:"priority"`
+	CacheSalt        *string           `json:"cache_salt"`
 	KVTransferParams *rawKVTransfer    `json:"kv_transfer_params"`
 }
 
@@ -352,6 +355,12 @@ func (c *rawCommon) apply(r *Request) error {
 			return badRequest("priority", "priority %d out of range", *c.Priority)
 		}
 		r.Priority = int(*c.Priority)
+	}
+	if c.CacheSalt != nil {
+		if *c.CacheSalt == "" {
+			return badRequest("cache_salt", "cache_salt must not be empty")
+		}
+		r.CacheSalt = *c.CacheSalt
 	}
 	if c.KVTransferParams != nil {
 		kv, err := c.KVTransferParams.validate()
