@@ -43,6 +43,16 @@ type BatchConfig struct {
 	// than MaxPerPod per ready decode engine are in flight, each to an
 	// engine with fewer than MaxPerPod of them. 0: no cap.
 	MaxPerPod int
+	// MaxPrefillPerPod is the batch tier's prefill gate (the tier table's
+	// maxPrefillPerPod): batch requests are dispatched only while fewer
+	// than MaxPrefillPerPod per ready decode engine are sent without their
+	// first token yet, each to an engine with fewer than that of them
+	// (at most that many batch prefills share an engine's steps). 0: none.
+	MaxPrefillPerPod int
+	// YieldToInteractive holds batch off an engine while an interactive
+	// request sent to it has no first token yet (waiting or in prefill
+	// there); batch waits while every engine has one.
+	YieldToInteractive bool
 	// Dataset, when set, gives the backlog's requests in order (item i is
 	// its request i; set Requests to its length not to repeat prompts)
 	// instead of a random dataset of InputLen/OutputLen: a capacity run of
@@ -103,6 +113,8 @@ func (b *BatchConfig) validate() error {
 		return fmt.Errorf("batch: max queue time must be positive, got %s", b.MaxQueueTime)
 	case b.MaxPerPod < 0:
 		return fmt.Errorf("batch: max per pod must not be negative, got %d", b.MaxPerPod)
+	case b.MaxPrefillPerPod < 0:
+		return fmt.Errorf("batch: max prefill per pod must not be negative, got %d", b.MaxPrefillPerPod)
 	case b.RetryAfter <= 0:
 		return fmt.Errorf("batch: retry-after must be positive, got %s", b.RetryAfter)
 	}
@@ -336,38 +348,49 @@ func (s *sim) splitTiers(res *Result) {
 }
 
 // batchGate is the batch tier's admission test (revision.gate for a tier
-// with maxSaturation and maxPerPod): the pool's saturation under the
-// tier's limit and, with a per-pod cap, fewer batch requests admitted than
-// the cap times the ready decode engines.
+// with maxSaturation, maxPerPod and maxPrefillPerPod): the pool's
+// saturation under the tier's limit and, with a per-pod cap or prefill
+// gate, fewer batch requests admitted (without a first token) than the cap
+// (the gate) times the ready decode engines; yielding, some ready decode
+// engine with no interactive request awaiting its first token.
 func (s *sim) batchGate() bool {
 	if !s.gateAt(s.cfg.Batch.MaxSaturation) {
 		return false
 	}
-	c := s.cfg.Batch.MaxPerPod
-	if c <= 0 {
+	c, p, y := s.cfg.Batch.MaxPerPod, s.cfg.Batch.MaxPrefillPerPod, s.cfg.Batch.YieldToInteractive
+	if c <= 0 && p <= 0 && !y {
 		return true
 	}
-	up := 0
+	up, free := 0, false
 	for _, n := range s.nodes {
 		if n.role != router.RolePrefill && n.up() {
 			up++
+			free = free || n.interPrefill == 0
 		}
 	}
-	return s.batchInFlight < c*up
+	return (c <= 0 || s.batchInFlight < c*up) && (p <= 0 || s.batchPrefill < p*up) && (!y || free)
+}
+
+// batchRoom reports whether decode engine n may take one more batch request
+// under the per-pod cap, the prefill gate and yielding.
+func (s *sim) batchRoom(n *node) bool {
+	b := &s.cfg.Batch
+	return (b.MaxPerPod <= 0 || n.batch < b.MaxPerPod) && (b.MaxPrefillPerPod <= 0 || n.batchPrefill < b.MaxPrefillPerPod) &&
+		(!b.YieldToInteractive || n.interPrefill == 0)
 }
 
 // underBatchCap leaves out of a batch request's endpoints (the snapshot in
-// s.eps and s.epNode) the decode engines that hold the batch tier's cap
-// already, as the activator's router does; all of them when every decode
-// engine does.
+// s.eps and s.epNode) the decode engines without room for it (batchRoom),
+// as the activator's router does; all of them when no decode engine has
+// room.
 func (s *sim) underBatchCap(eps []router.Endpoint) []router.Endpoint {
-	c := s.cfg.Batch.MaxPerPod
-	if c <= 0 {
+	b := &s.cfg.Batch
+	if b.MaxPerPod <= 0 && b.MaxPrefillPerPod <= 0 && !b.YieldToInteractive {
 		return eps
 	}
 	room := false
 	for i := range eps {
-		if n := s.nodes[s.epNode[i]]; n.role != router.RolePrefill && n.batch < c {
+		if n := s.nodes[s.epNode[i]]; n.role != router.RolePrefill && s.batchRoom(n) {
 			room = true
 			break
 		}
@@ -377,7 +400,7 @@ func (s *sim) underBatchCap(eps []router.Endpoint) []router.Endpoint {
 	}
 	k := 0
 	for i := range eps {
-		if n := s.nodes[s.epNode[i]]; n.role == router.RolePrefill || n.batch < c {
+		if n := s.nodes[s.epNode[i]]; n.role == router.RolePrefill || s.batchRoom(n) {
 			eps[k], s.epNode[k] = eps[i], s.epNode[i]
 			k++
 		}

@@ -170,3 +170,101 @@ func TestBatchCapPerPodInPlan(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchPrefillGateInPlan: with the prefill gate (MaxPrefillPerPod) at
+// most gate x engines batch requests are between their dispatch and their
+// first token at once, and a saturating backlog reaches that; without it
+// more.
+func TestBatchPrefillGateInPlan(t *testing.T) {
+	for _, tc := range []struct{ engines, gate, want int }{{1, 1, 1}, {2, 1, 2}, {2, 2, 4}, {2, 0, 0}} {
+		cfg := DefaultConfig()
+		cfg.Engines = tc.engines
+		cfg.Routing = "least-request"
+		cfg.Engine.Policy = engine.PolicyPriority
+		cfg.Batch = DefaultBatch(120)
+		cfg.Batch.InputLen, cfg.Batch.OutputLen = 1024, 16
+		cfg.Batch.Concurrency, cfg.Batch.MaxPerPod, cfg.Batch.MaxPrefillPerPod, cfg.Batch.Until = 20, 0, tc.gate, time.Hour
+		res := run(t, cfg, emptySource{})
+		if res.Batch == nil || res.Batch.Completed != 120 {
+			t.Fatalf("%+v: batch %+v", tc, res.Batch)
+		}
+		var spans [][2]time.Duration
+		for _, r := range res.Batch.Records {
+			if r.HasQueue {
+				spans = append(spans, [2]time.Duration{r.Sent + r.Queue, r.Sent + r.TTFT})
+			}
+		}
+		most := mostAtOnce(spans)
+		switch {
+		case tc.gate > 0 && most != tc.want:
+			t.Errorf("%+v: at most %d batch requests before their first token at once, want %d", tc, most, tc.want)
+		case tc.gate == 0 && most <= 4:
+			t.Errorf("no gate: at most %d before their first token at once, want more than 4", most)
+		}
+	}
+}
+
+// TestBatchYieldsToInteractiveInPlan: yielding, on one engine no batch
+// request is dispatched while an interactive request there waits for its
+// first token; without yielding some are.
+func TestBatchYieldsToInteractiveInPlan(t *testing.T) {
+	for _, yield := range []bool{true, false} {
+		w := sharedPrefix(t, 20, 2, 500, 200, 20, 4, 120)
+		cfg := DefaultConfig()
+		cfg.Engines = 1
+		cfg.Routing = "least-request"
+		cfg.Engine.Policy = engine.PolicyPriority
+		cfg.CriticalShare = 0.5
+		cfg.Batch = DefaultBatch(300)
+		cfg.Batch.InputLen, cfg.Batch.OutputLen = 256, 32
+		cfg.Batch.Until, cfg.Batch.YieldToInteractive = time.Hour, yield
+		res := run(t, cfg, w.Source())
+		if res.Batch == nil || res.Batch.Completed != 300 {
+			t.Fatalf("yield %v: batch %+v", yield, res.Batch)
+		}
+		inside := 0
+		for _, b := range res.Batch.Records {
+			at := b.Sent + b.Queue
+			for _, r := range res.Records {
+				if !r.OK() {
+					t.Fatalf("yield %v: interactive request %d failed: %s", yield, r.Index, r.Detail)
+				}
+				if r.Sent+r.Queue < at && at < r.Sent+r.TTFT {
+					inside++
+					break
+				}
+			}
+		}
+		switch {
+		case yield && inside > 0:
+			t.Errorf("yielding: %d batch requests dispatched while an interactive request awaited its first token", inside)
+		case !yield && inside == 0:
+			t.Error("not yielding: no batch request dispatched beside an interactive prefill; the test shows nothing")
+		}
+	}
+}
+
+// mostAtOnce is the most spans [from, to) open at one instant; a span that
+// ends at an instant closes before one that opens there.
+func mostAtOnce(spans [][2]time.Duration) int {
+	type ev struct {
+		at time.Duration
+		d  int
+	}
+	evs := make([]ev, 0, 2*len(spans))
+	for _, s := range spans {
+		evs = append(evs, ev{s[0], 1}, ev{s[1], -1})
+	}
+	slices.SortFunc(evs, func(a, b ev) int {
+		if a.at != b.at {
+			return cmp.Compare(a.at, b.at)
+		}
+		return cmp.Compare(a.d, b.d)
+	})
+	most, n := 0, 0
+	for _, e := range evs {
+		n += e.d
+		most = max(most, n)
+	}
+	return most
+}

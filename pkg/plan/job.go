@@ -97,6 +97,8 @@ type Options struct {
 	BatchConcurrency              int
 	BatchMaxSaturation            float64
 	BatchMaxPerPod                int
+	BatchMaxPrefillPerPod         int
+	BatchYield                    bool
 	SoakLoad, CriticalShare       float64
 	SoakCritical, SoakStandard    bench.SLO
 
@@ -121,6 +123,7 @@ func DefaultOptions() Options {
 		LowerBoundWindow: 10 * time.Second, PanicThreshold: a.PanicThresholdPercentage,
 		KVOffload: apis.KVOffloadOff, KVOffloadDeadline: DefaultKVOffloadDeadline,
 		BatchInputLen: b.InputLen, BatchOutputLen: b.OutputLen, BatchConcurrency: b.Concurrency, BatchMaxSaturation: b.MaxSaturation, BatchMaxPerPod: b.MaxPerPod,
+		BatchMaxPrefillPerPod: b.MaxPrefillPerPod, BatchYield: b.YieldToInteractive,
 		SoakLoad: 0.6, CriticalShare: 0.5,
 	}
 }
@@ -429,7 +432,7 @@ func NewJob(o Options) (*Job, error) {
 		}
 		b := DefaultBatch(o.BatchSoak)
 		b.InputLen, b.OutputLen, b.Concurrency, b.MaxSaturation = o.BatchInputLen, o.BatchOutputLen, o.BatchConcurrency, o.BatchMaxSaturation
-		b.MaxPerPod = o.BatchMaxPerPod
+		b.MaxPerPod, b.MaxPrefillPerPod, b.YieldToInteractive = o.BatchMaxPerPod, o.BatchMaxPrefillPerPod, o.BatchYield
 		c := j.cfg
 		c.Batch = b
 		if err := c.Validate(); err != nil {

@@ -155,6 +155,10 @@ type node struct {
 	// requests in flight on it (the batch tier's per-pod cap).
 	inflight, inflightTokens int
 	batch                    int
+	// batchPrefill and interPrefill count the batch and interactive
+	// requests sent to it without their first token yet (the prefill gate,
+	// yielding).
+	batchPrefill, interPrefill int
 
 	kv     []*kvBatch // KV batches not yet delivered, oldest first
 	kvHead int
@@ -222,6 +226,7 @@ type sim struct {
 	// The batch front (nil without Config.Batch), each record's tier, and
 	// the batch tier's share of the counters (Observation).
 	batch                                                       *batchState
+	batchPrefill                                                int // batch requests sent without a first token
 	tierOf                                                      []uint8
 	batchArrived, batchFinished, batchFailed, batchInFlight     int
 	batchArrivedPromptTokens                                    int64
@@ -823,6 +828,10 @@ func (s *sim) sendDecode(f *flight) {
 	n.inflight++
 	if f.tier == tierBatch {
 		n.batch++
+		n.batchPrefill++
+		s.batchPrefill++
+	} else {
+		n.interPrefill++
 	}
 	n.inflightTokens += f.uncached
 	s.rt.Record(d)
@@ -902,6 +911,7 @@ func (s *sim) output(n *node, o *engine.Output) {
 		rec.TTFT = s.now - f.sent
 		f.firstSeen = true
 		n.inflightTokens -= f.uncached
+		s.firstByte(n, f)
 		f.itl = s.reserveITL(f.req.MaxTokens - 1)
 		if f.disagg {
 			s.releasePrefill(f)
@@ -945,6 +955,21 @@ func (s *sim) output(n *node, o *engine.Output) {
 	}
 	n.inflight--
 	s.finish(f, false)
+}
+
+// firstByte ends f's prefill on decode engine n for the batch tier's
+// prefill gate and yielding (its first token, or its end without one); a
+// waiting batch request may go then.
+func (s *sim) firstByte(n *node, f *flight) {
+	if f.tier == tierBatch {
+		n.batchPrefill--
+		s.batchPrefill--
+	} else {
+		n.interPrefill--
+	}
+	if s.batch != nil && s.cfg.Flow.Enabled && (s.cfg.Batch.MaxPrefillPerPod > 0 || s.cfg.Batch.YieldToInteractive) {
+		s.dispatchBatch()
+	}
 }
 
 // releasePrefill frees the prefill engine's held blocks once the decode
@@ -1009,6 +1034,7 @@ func (s *sim) fail(f *flight, kind bench.ErrorKind, status int, detail string) {
 		}
 		if !f.firstSeen {
 			n.inflightTokens -= f.uncached
+			s.firstByte(n, f)
 		}
 		if n.eng.Abort(f.id) && n.eng.Pending() {
 			s.kick(n, s.now)

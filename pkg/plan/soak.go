@@ -153,7 +153,7 @@ func Soak(ctx context.Context, base Config, spec workload.Spec, baseDir string, 
 	saturating := func(in, out int) BatchConfig {
 		c := opts.Batch
 		c.Requests, c.InputLen, c.OutputLen = 1<<30, max(in, 1), max(out, 1)
-		c.Concurrency, c.MaxSaturation, c.MaxPerPod, c.Start, c.Until = seqs*max(base.Engines, 1), 0, 0, 0, opts.CapacityWindow
+		c.Concurrency, c.MaxSaturation, c.MaxPerPod, c.MaxPrefillPerPod, c.YieldToInteractive, c.Start, c.Until = seqs*max(base.Engines, 1), 0, 0, 0, false, 0, opts.CapacityWindow
 		return c
 	}
 	// Capacity of the interactive shape: requests completed after a fifth
