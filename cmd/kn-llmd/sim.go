@@ -129,7 +129,7 @@ func (f *simFlags) config() (vllmsim.Config, error) {
 	if !f.prefixCaching {
 		return vllmsim.Config{}, fmt.Errorf("--enable-prefix-caching=false: the simulator models vLLM with prefix caching only")
 	}
-	var offloadCPU int64 // vLLM's OffloadingConnector's CPU bytes, from --kv-transfer-config
+	var offloadCPU, offloadDisk int64 // the connector's tiers, from --kv-transfer-config (and LMCache's environment)
 	if f.kvTransferConfig != "" {
 		var kv map[string]any
 		if err := json.Unmarshal([]byte(f.kvTransferConfig), &kv); err != nil {
@@ -146,6 +146,12 @@ func (f *simFlags) config() (vllmsim.Config, error) {
 					return vllmsim.Config{}, fmt.Errorf("--kv-transfer-config: cpu_bytes_to_use must be a whole number of bytes >= 0, got %v", v)
 				}
 				offloadCPU = int64(n)
+			}
+		}
+		if kv["kv_connector"] == "LMCacheConnectorV1" {
+			var err error
+			if offloadCPU, offloadDisk, err = lmcacheTiers(os.Getenv); err != nil {
+				return vllmsim.Config{}, err
 			}
 		}
 	}
@@ -229,11 +235,14 @@ func (f *simFlags) config() (vllmsim.Config, error) {
 	if cfg.CPUTierBytes, err = apis.ParseBytes(f.kvCPUTier); err != nil {
 		return cfg, fmt.Errorf("--kv-cpu-tier-bytes: %w", err)
 	}
+	if cfg.DiskTierBytes, err = apis.ParseBytes(f.kvDiskTier); err != nil {
+		return cfg, fmt.Errorf("--kv-disk-tier-bytes: %w", err)
+	}
 	if cfg.CPUTierBytes == 0 {
 		cfg.CPUTierBytes = offloadCPU
 	}
-	if cfg.DiskTierBytes, err = apis.ParseBytes(f.kvDiskTier); err != nil {
-		return cfg, fmt.Errorf("--kv-disk-tier-bytes: %w", err)
+	if cfg.DiskTierBytes == 0 {
+		cfg.DiskTierBytes = offloadDisk
 	}
 	if f.kvEventsConfig != "" {
 		kc, err := vllmsim.ParseKVEventsConfig(f.kvEventsConfig)
@@ -280,4 +289,35 @@ func parseDuration(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("must not be negative, got %s", s)
 	}
 	return d, nil
+}
+
+// lmcacheTiers reads the CPU and disk tiers the webhook gives LMCache
+// (llm-d.ai/kv-cpu-tier-bytes and kv-disk-tier-bytes with a disk tier):
+// LMCACHE_LOCAL_CPU and LMCACHE_MAX_LOCAL_CPU_SIZE, LMCACHE_LOCAL_DISK and
+// LMCACHE_MAX_LOCAL_DISK_SIZE, sizes in LMCache's GB (1e9 bytes). The
+// simulator models them as the OffloadingConnector's tiers (CPU evictions
+// to disk; LMCache writes to each backend). Unset variables are no tier.
+func lmcacheTiers(getenv func(string) string) (cpu, disk int64, err error) {
+	size := func(name string) (int64, error) {
+		v := getenv(name)
+		if v == "" {
+			return 0, nil
+		}
+		gb, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(gb >= 0) || gb > 1e6 {
+			return 0, fmt.Errorf("%s=%q: want a size in GB >= 0", name, v)
+		}
+		return int64(gb * 1e9), nil
+	}
+	if on := getenv("LMCACHE_LOCAL_CPU"); on == "True" || on == "true" || on == "1" {
+		if cpu, err = size("LMCACHE_MAX_LOCAL_CPU_SIZE"); err != nil {
+			return 0, 0, err
+		}
+	}
+	if getenv("LMCACHE_LOCAL_DISK") != "" {
+		if disk, err = size("LMCACHE_MAX_LOCAL_DISK_SIZE"); err != nil {
+			return 0, 0, err
+		}
+	}
+	return cpu, disk, nil
 }

@@ -103,6 +103,30 @@ func TestSimAcceptsTheFlagsTheWebhookInjects(t *testing.T) {
 			t.Errorf("%v: CPU tier %d (%v), want %d", c.args, cfg.CPUTierBytes, err, c.want)
 		}
 	}
+	// With a disk tier the webhook configures LMCache through its
+	// environment.
+	env := map[string]string{"LMCACHE_LOCAL_CPU": "True", "LMCACHE_MAX_LOCAL_CPU_SIZE": "68.719476736",
+		"LMCACHE_LOCAL_DISK": "file:///var/lib/llm-d/kv-disk/", "LMCACHE_MAX_LOCAL_DISK_SIZE": "500"}
+	if cpu, disk, err := lmcacheTiers(func(k string) string { return env[k] }); err != nil || cpu != 64<<30 || disk != 500e9 {
+		t.Errorf("LMCache tiers %d %d (%v), want 64Gi and 500 GB", cpu, disk, err)
+	}
+	env["LMCACHE_LOCAL_CPU"] = "False"
+	if cpu, disk, err := lmcacheTiers(func(k string) string { return env[k] }); err != nil || cpu != 0 || disk != 500e9 {
+		t.Errorf("LMCache without a CPU tier: %d %d (%v)", cpu, disk, err)
+	}
+	env["LMCACHE_MAX_LOCAL_DISK_SIZE"] = "big"
+	if _, _, err := lmcacheTiers(func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "LMCACHE_MAX_LOCAL_DISK_SIZE") {
+		t.Errorf("a bad LMCache disk size: %v", err)
+	}
+	t.Setenv("LMCACHE_LOCAL_DISK", "file:///tmp/kv/")
+	t.Setenv("LMCACHE_MAX_LOCAL_DISK_SIZE", "2")
+	lf := &simFlags{}
+	if err := bindSimFlags(lf).ParseFlags([]string{"--kv-transfer-config", `{"kv_connector":"LMCacheConnectorV1","kv_role":"kv_both"}`}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := lf.config(); err != nil || cfg.DiskTierBytes != 2e9 || cfg.CPUTierBytes != 0 {
+		t.Errorf("LMCache connector with a 2 GB disk: cpu %d disk %d (%v)", cfg.CPUTierBytes, cfg.DiskTierBytes, err)
+	}
 	f := &simFlags{}
 	if err := bindSimFlags(f).ParseFlags([]string{"--kv-transfer-config", `{"kv_connector":"OffloadingConnector","kv_connector_extra_config":{"cpu_bytes_to_use":"lots"}}`}); err != nil {
 		t.Fatal(err)
