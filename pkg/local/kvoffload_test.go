@@ -194,6 +194,17 @@ spec:
 	if cpu, disk := kvTiers(plain[0], engine.RoleBoth); cpu != 0 || disk != 0 {
 		t.Errorf("a revision without tier annotations gets tiers %d %d", cpu, disk)
 	}
+	// The local tiers sample.
+	sample, err := LoadFiles([]string{"../../config/samples/local/kv-tiers.yaml"}, DefaultVocabulary())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cpu, disk := kvTiers(sample[0], engine.RoleBoth); cpu != 8<<30 || disk != 64<<30 {
+		t.Errorf("config/samples/local/kv-tiers.yaml: tiers %d %d, want 8Gi 64Gi", cpu, disk)
+	}
+	if n := sample[0].Engine.NumGPUBlocksOverride; n != 2048 {
+		t.Errorf("config/samples/local/kv-tiers.yaml: %d GPU blocks, want the small 2048", n)
+	}
 }
 
 // TestKVTiersLocal: a revision with llm-d.ai/kv-cpu-tier-bytes runs pods
