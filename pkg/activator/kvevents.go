@@ -213,10 +213,16 @@ var (
 		[]string{"revision", "index", "unit"}, nil)
 	kvUnknownDesc = prometheus.NewDesc("llmd_activator_kv_event_unknown_messages_total",
 		"Messages at the bound KV-event endpoint from no known pod, or malformed.", nil, nil)
+	kvStorageDesc = prometheus.NewDesc("llmd_activator_kv_storage_blocks",
+		"Blocks of a KV-offloading revision's shared storage (its manifests) the router knows.", []string{"revision"}, nil)
+	kvStoragePollsDesc = prometheus.NewDesc("llmd_activator_kv_storage_polls_total",
+		"Reads of a KV-offloading revision's storage manifests, by outcome (ok, failed: the router kept what it knew).",
+		[]string{"revision", "outcome"}, nil)
 )
 
 func (kvCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{kvBatchesDesc, kvBlocksDesc, kvHeldDesc, kvErrDesc, kvTrustDesc, kvIndexDesc, kvUnknownDesc} {
+	for _, d := range []*prometheus.Desc{kvBatchesDesc, kvBlocksDesc, kvHeldDesc, kvErrDesc, kvTrustDesc, kvIndexDesc, kvUnknownDesc,
+		kvStorageDesc, kvStoragePollsDesc} {
 		ch <- d
 	}
 }
@@ -244,6 +250,11 @@ func (c kvCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(kvIndexDesc, float64(st.Precise.Keys), name, "precise", "keys")
 		gauge(kvIndexDesc, float64(st.Precise.Bytes), name, "precise", "bytes")
 		gauge(kvIndexDesc, float64(st.PreciseEngineBlocks), name, "precise", "engine_blocks")
+		if polls, fails, blocks := rev.storageStatus(); polls > 0 {
+			gauge(kvStorageDesc, float64(blocks), name)
+			counter(kvStoragePollsDesc, polls-fails, name, "ok")
+			counter(kvStoragePollsDesc, fails, name, "failed")
+		}
 		rev.mu.RLock()
 		pods := append([]*pod(nil), rev.list...)
 		rev.mu.RUnlock()
@@ -260,6 +271,7 @@ func (c kvCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(kvBlocksDesc, ps.Rejected, name, pn, "rejected")
 			gauge(kvHeldDesc, float64(ps.GPUBlocks), name, pn, "GPU")
 			gauge(kvHeldDesc, float64(ps.CPUBlocks), name, pn, "CPU")
+			gauge(kvHeldDesc, float64(ps.DiskBlocks), name, pn, "disk")
 			gauge(kvHeldDesc, float64(ps.OtherBlocks), name, pn, "other")
 			if ps.Observations > 0 {
 				gauge(kvErrDesc, ps.PreciseError, name, pn, "precise")

@@ -130,6 +130,19 @@ func TestStorageFeedRoutesToStoredPrefix(t *testing.T) {
 	if st := rev.rt.PreciseEndpoint(router.StorageEndpoint); st.StorageBlocks != stored || st.TierKeys == 0 {
 		t.Errorf("router's storage endpoint %+v, want %d blocks", st, stored)
 	}
+	mfs, err := f.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gauge := -1.0
+	for _, mf := range mfs {
+		if mf.GetName() == "llmd_activator_kv_storage_blocks" && len(mf.GetMetric()) == 1 {
+			gauge = mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	if gauge != float64(stored) {
+		t.Errorf("llmd_activator_kv_storage_blocks %v, want %d", gauge, stored)
+	}
 
 	// The warm pod goes (scale-down); a cold one takes over.
 	if err := f.act.SetPods(f.key, []PodSpec{{Name: cold.name, URL: cold.url, KVEvents: cold.kv}}); err != nil {
