@@ -243,3 +243,39 @@ func TestStorageFeedHangingServer(t *testing.T) {
 		t.Fatalf("%d %s", c.status, c.body)
 	}
 }
+
+// FuzzManifestEvents: whatever a manifest holds, the feed either refuses
+// it with ErrManifest or produces events the router takes without a shape
+// error, and feeding them twice changes nothing.
+func FuzzManifestEvents(f *testing.F) {
+	good, _ := json.Marshal(chainManifest("m", 3, 1))
+	f.Add(good)
+	f.Add([]byte(`{"version":1,"blocks":{"0000000000000001":{"depth":1,"tokens":[1,2]},"0000000000000002":{"parent":"0000000000000001","depth":2,"tokens":[3]}}}`))
+	f.Add([]byte(`{"version":1,"blocks":{"zz":{}}}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var m kvstore.Manifest
+		if json.Unmarshal(raw, &m) != nil {
+			return
+		}
+		evs, held, err := ManifestEvents(nil, []*kvstore.Manifest{&m}, 64)
+		if err != nil {
+			if !errors.Is(err, ErrManifest) {
+				t.Fatalf("error %v is not ErrManifest", err)
+			}
+			return
+		}
+		if len(held) > 64 {
+			t.Fatalf("%d blocks held, bound 64", len(held))
+		}
+		r, err := router.New(nil, router.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.ApplyStorage(evs...); errors.Is(err, router.ErrEventShape) {
+			t.Fatalf("events the router cannot take: %v", err)
+		}
+		if again, _, err := ManifestEvents(held, []*kvstore.Manifest{&m}, 64); err != nil || len(again) != 0 {
+			t.Fatalf("the same manifest again: %d events, %v", len(again), err)
+		}
+	})
+}
