@@ -41,8 +41,9 @@ approximateIndex:
 # the router's own hash (seeded by hashSeed) of the token ids the events
 # carry, at its own blockSize, so neither needs to match the engines' (any
 # vLLM block_size, PYTHONHASHSEED or --prefix-caching-hash-algo works); an
-# endpoint that reports more than maxBlocksPerEndpoint blocks has lost
-# removal events and is cleared.
+# endpoint that reports more than maxBlocksPerEndpoint blocks on one medium
+# (GPU, CPU, disk: each tier counts apart) has lost removal events and is
+# cleared.
 preciseIndex:
   blockSize: 16
   hashSeed: 0

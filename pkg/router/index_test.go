@@ -131,6 +131,32 @@ func TestPreciseIndexBoundClearsAnEndpointThatLostRemovals(t *testing.T) {
 	}
 }
 
+// The bound is per medium: an engine's CPU and disk tiers hold many times
+// its GPU blocks, and announcing them must not clear the endpoint.
+func TestPreciseIndexBoundIsPerMedium(t *testing.T) {
+	r := mustRouter(t, "preciseIndex: {maxBlocksPerEndpoint: 100}")
+	e := newTestEngine(16)
+	for i, m := range []string{"GPU", "CPU", "STORAGE"} {
+		ev := e.all(tokens(80*16, uint32(i)*100000))
+		ev.Medium = m
+		if err := r.Apply("a", ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := r.Stats(); st.PreciseResets != 0 || st.PreciseEngineBlocks != 240 {
+		t.Fatalf("80 blocks on each of three media under a bound of 100: engine blocks %d, resets %d; want 240 and 0",
+			st.PreciseEngineBlocks, st.PreciseResets)
+	}
+	ev := e.all(tokens(40*16, 900000))
+	ev.Medium = "CPU"
+	if err := r.Apply("a", ev); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.Stats(); st.PreciseResets != 1 {
+		t.Fatalf("120 blocks on CPU under a bound of 100: resets %d, want 1", st.PreciseResets)
+	}
+}
+
 func TestApproxIndexRecordsWhereItSent(t *testing.T) {
 	r := mustRouter(t, "")
 	s, _ := r.Scheduler("prefix-approx")

@@ -314,11 +314,11 @@ func (p *preciseIndex) store(s int32, h uint64, b *engBlock, m medium) (overflow
 	if e.storage {
 		return false
 	}
-	n := 0
-	for _, c := range e.media {
-		n += c
-	}
-	return n > p.maxBlocks
+	// Bounded per medium: an engine's CPU and disk tiers legitimately hold
+	// many times its GPU blocks (a 500 GiB disk tier of 2 MiB blocks is
+	// 256,000), so a bound on their sum cleared such an endpoint as if it
+	// had lost removals.
+	return e.media[m] > p.maxBlocks
 }
 
 // table returns medium m's key table, making it if needed; the caller
