@@ -724,6 +724,11 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 	}
 	rreq := router.Request{Model: req.Model, Tier: tier.Name, Tokens: req.Tokens, ExpectedOutput: req.MaxTokens, HashCache: rev.hashes,
 		CacheSalt: req.CacheSalt}
+	if rev.modelLen.isAdapter(req.Model) {
+		// A LoRA adapter's blocks are its own (KV events and manifests
+		// name it): never the base model's.
+		rreq.LoRA = req.Model
+	}
 	var d router.Decision
 	// The first attempt leaves out pods predicted to start the request
 	// later than its tier allows while others are within it (admission.go);

@@ -120,3 +120,27 @@ func TestContextLengthCheckedBeforeLoad(t *testing.T) {
 		t.Errorf("prompt %d + max_tokens 5 > %d: %d %.200s, want 400", maxLen-4, maxLen, code, msg)
 	}
 }
+
+// A pod's /v1/models lists its LoRA adapters with a parent, as vLLM lists
+// --lora-modules: the activator routes a request for one on the adapter's
+// own blocks.
+func TestFetchModelsListsAdapters(t *testing.T) {
+	pod := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/models" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, `{"object":"list","data":[
+			{"id":"meta-llama/Llama-3.1-8B-Instruct","object":"model","root":"meta-llama/Llama-3.1-8B-Instruct","parent":null,"max_model_len":32768},
+			{"id":"sql-lora","object":"model","root":"/adapters/sql","parent":"meta-llama/Llama-3.1-8B-Instruct","max_model_len":32768},
+			{"id":"odd","object":"model","parent":"odd"}]}`)
+	}))
+	defer pod.Close()
+	m, err := activator.FetchModels(t.Context(), pod.Client(), pod.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.MaxModelLen != 32768 || len(m.Adapters) != 1 || m.Adapters[0] != "sql-lora" {
+		t.Fatalf("got %+v, want max_model_len 32768 and the adapter sql-lora alone (a model that is its own parent is not one)", m)
+	}
+}
