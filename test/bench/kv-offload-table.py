@@ -132,9 +132,12 @@ def main():
     print()
     for r in rows:
         if r["counters"]:
-            print(f"Pods' offload counters, {r['mode']} (last value per pod, summed):")
+            print(f"Pods' offload counters, {r['mode']} (last value per pod, summed; a pod flushes as it"
+                  " leaves, after its last poll: the flush shows as the objects in storage):")
             print()
             for k in sorted(r["counters"]):
+                if "flushed" in k or "written" in k:
+                    continue
                 print(f"    {k} {r['counters'][k]:g}")
             print()
     plan = os.path.join(out, "plan.log")
