@@ -3,6 +3,7 @@ package config_test
 import (
 	"context"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -27,14 +28,24 @@ import (
 	"github.com/llmd-kn/llmd-kn/internal/testutil"
 )
 
+// freePort picks a free loopback port for a component to listen on, below
+// the kernel's ephemeral range (32768-60999 by default): a port drawn from
+// that range and released until the component binds it can be taken in
+// between by any other test's ":0" listener or outgoing connection under
+// `go test ./...` (the autoscaler once failed so: address already in use).
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 200 {
+		p := strconv.Itoa(20000 + rand.IntN(12000))
+		l, err := net.Listen("tcp", "127.0.0.1:"+p)
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p
 	}
-	defer l.Close()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	t.Fatal("no free loopback port in 20000-31999")
+	return ""
 }
 
 var listenArg = regexp.MustCompile(`^:(\d+)$`)
