@@ -135,6 +135,10 @@ func NewAPI(ctx context.Context, opts APIOptions) (*API, error) {
 		}
 		a.batches[st.Batch.ID] = &run{st: st}
 	}
+	if err := a.backfillIndex(ctx); err != nil {
+		stop()
+		return nil, err
+	}
 	a.mux = http.NewServeMux()
 	a.mux.HandleFunc("POST /v1/files", a.uploadFile)
 	a.mux.HandleFunc("GET /v1/files/{id}", a.getFile)
@@ -207,6 +211,157 @@ func validID(id, prefix string) bool {
 }
 
 func fileKey(id, part string) string { return "batch/files/" + id + "/" + part }
+
+func batchKey(id, part string) string { return "batch/batches/" + id + "/" + part }
+
+// The list index: one empty object per batch, named by its creation time
+// and id, so GET /v1/batches lists keys, not every batch's chunks.
+const indexPrefix = "batch/index/"
+
+func indexKey(created int64, id string) string {
+	return fmt.Sprintf("%s%012d_%s", indexPrefix, max(created, 0), id)
+}
+
+// parseIndexKey reads an index key back; ok is false for anything else
+// (a stray object is skipped, never trusted).
+func parseIndexKey(key string) (created int64, id string, ok bool) {
+	rest, found := strings.CutPrefix(key, indexPrefix)
+	if !found || len(rest) < 14 || rest[12] != '_' {
+		return 0, "", false
+	}
+	for _, c := range rest[:12] {
+		if c < '0' || c > '9' {
+			return 0, "", false
+		}
+	}
+	created, _ = strconv.ParseInt(rest[:12], 10, 64)
+	if !validID(rest[13:], "batch_") {
+		return 0, "", false
+	}
+	return created, rest[13:], true
+}
+
+// backfillIndex indexes the batches stored before the index existed.
+func (a *API) backfillIndex(ctx context.Context) error {
+	objs, err := a.opts.Store.List(ctx, indexPrefix, 0)
+	if err != nil {
+		return fmt.Errorf("batch: listing the batch index: %w", err)
+	}
+	have := map[string]bool{}
+	for _, o := range objs {
+		if _, id, ok := parseIndexKey(o.Key); ok {
+			have[id] = true
+		}
+	}
+	for id, rn := range a.batches {
+		if !have[id] {
+			if err := a.opts.Store.Put(ctx, indexKey(rn.st.Batch.CreatedAt, id), nil); err != nil {
+				return fmt.Errorf("batch: indexing %s: %w", id, err)
+			}
+		}
+	}
+	return nil
+}
+
+// cancelMarker is the object any replica writes (create-if-absent) to ask
+// a batch's runner, wherever it runs, to cancel it.
+type cancelMarker struct {
+	At int64 `json:"at"`
+}
+
+// parseCancelMarker validates a stored cancel request: outside input.
+func parseCancelMarker(raw []byte) (cancelMarker, error) {
+	var m cancelMarker
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return m, fmt.Errorf("cancel request: %w", err)
+	}
+	if m.At <= 0 {
+		return m, fmt.Errorf("cancel request: at %d", m.At)
+	}
+	return m, nil
+}
+
+// cancelRequested reads a batch's cancel request: nil when there is none
+// (or it is unreadable: logged, treated as absent).
+func (a *API) cancelRequested(ctx context.Context, id string) (*cancelMarker, error) {
+	raw, err := a.opts.Store.Get(ctx, batchKey(id, "cancel"))
+	if errors.Is(err, kvstore.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil && !errors.Is(err, kvstore.ErrCorrupt) {
+		return nil, err
+	}
+	m, perr := parseCancelMarker(raw)
+	if err != nil || perr != nil {
+		a.opts.Logger.Warn("batch: unreadable cancel request, ignored", "batch", id, "err", errors.Join(err, perr))
+		return nil, nil
+	}
+	return &m, nil
+}
+
+// requestCancel records a cancel request in storage (the first one wins).
+func (a *API) requestCancel(ctx context.Context, id string, at int64) error {
+	raw, _ := json.Marshal(cancelMarker{At: at})
+	err := a.opts.Store.PutIfAbsent(context.WithoutCancel(ctx), batchKey(id, "cancel"), raw)
+	if errors.Is(err, kvstore.ErrExists) {
+		return nil
+	}
+	return err
+}
+
+// running reports whether this process runs the batch now.
+func (r *run) running() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cancel != nil
+}
+
+// view is a batch as clients see it: this process's own state while it
+// runs the batch, else what storage holds (the state its runner saved at
+// its last commit, wherever it runs), with a recorded cancel request.
+func (a *API) view(ctx context.Context, id string) (BatchObject, error) {
+	if !validID(id, "batch_") {
+		return BatchObject{}, kvstore.ErrNotFound
+	}
+	a.mu.Lock()
+	rn := a.batches[id]
+	a.mu.Unlock()
+	if rn != nil && rn.running() {
+		return rn.snapshot(), nil
+	}
+	st, err := a.load(ctx, id)
+	if err != nil {
+		return BatchObject{}, err
+	}
+	b := st.Batch
+	if !Terminal(b.Status) && b.Status != StatusCancelling {
+		m, err := a.cancelRequested(ctx, id)
+		if err != nil {
+			return BatchObject{}, err
+		}
+		if m != nil {
+			at := m.At
+			b.Status, b.CancellingAt = StatusCancelling, &at
+		}
+	}
+	return b, nil
+}
+
+// load reads a batch's stored state.
+func (a *API) load(ctx context.Context, id string) (stored, error) {
+	var st stored
+	raw, err := a.opts.Store.Get(ctx, batchKey(id, "state"))
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return st, fmt.Errorf("batch %s: stored state: %w", id, err)
+	}
+	if st.Batch.ID != id {
+		return st, fmt.Errorf("batch %s: stored state names %q", id, st.Batch.ID)
+	}
+	return st, nil
+}
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -394,6 +549,10 @@ func (a *API) createBatch(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusInternalServerError, "", "storing the batch: "+err.Error())
 		return
 	}
+	if err := a.opts.Store.Put(context.WithoutCancel(r.Context()), indexKey(st.Batch.CreatedAt, st.Batch.ID), nil); err != nil {
+		apiError(w, http.StatusInternalServerError, "", "indexing the batch: "+err.Error())
+		return
+	}
 	rn := &run{st: st}
 	a.mu.Lock()
 	a.batches[st.Batch.ID] = rn
@@ -407,26 +566,21 @@ func (a *API) save(ctx context.Context, st *stored) error {
 	if err != nil {
 		return err
 	}
-	return a.opts.Store.Put(context.WithoutCancel(ctx), "batch/batches/"+st.Batch.ID+"/state", raw)
-}
-
-func (a *API) lookup(w http.ResponseWriter, r *http.Request) *run {
-	id := r.PathValue("id")
-	a.mu.Lock()
-	rn := a.batches[id]
-	a.mu.Unlock()
-	if rn == nil {
-		apiError(w, http.StatusNotFound, "", fmt.Sprintf("no batch with id %q", id))
-	}
-	return rn
+	return a.opts.Store.Put(context.WithoutCancel(ctx), batchKey(st.Batch.ID, "state"), raw)
 }
 
 func (a *API) getBatch(w http.ResponseWriter, r *http.Request) {
-	if rn := a.lookup(w, r); rn != nil {
-		writeJSON(w, http.StatusOK, rn.snapshot())
+	id := r.PathValue("id")
+	b, err := a.view(r.Context(), id)
+	if err != nil {
+		a.storeError(w, "batch", id, err)
+		return
 	}
+	writeJSON(w, http.StatusOK, b)
 }
 
+// listBatches lists the batches in storage, whichever replica created or
+// runs them, newest first with OpenAI's pagination (limit, after).
 func (a *API) listBatches(w http.ResponseWriter, r *http.Request) {
 	limit := 20
 	if s := r.URL.Query().Get("limit"); s != "" {
@@ -438,43 +592,97 @@ func (a *API) listBatches(w http.ResponseWriter, r *http.Request) {
 		limit = n
 	}
 	after := r.URL.Query().Get("after")
-	a.mu.Lock()
-	all := make([]BatchObject, 0, len(a.batches))
-	for _, rn := range a.batches {
-		all = append(all, rn.snapshot())
+	objs, err := a.opts.Store.List(r.Context(), indexPrefix, 0)
+	if err != nil {
+		apiError(w, http.StatusInternalServerError, "", "listing batches: "+err.Error())
+		return
 	}
-	a.mu.Unlock()
+	type entry struct {
+		created int64
+		id      string
+	}
+	all := make([]entry, 0, len(objs))
+	for _, o := range objs {
+		if c, id, ok := parseIndexKey(o.Key); ok {
+			all = append(all, entry{c, id})
+		}
+	}
 	// Newest first, as OpenAI lists them.
 	sort.Slice(all, func(i, j int) bool {
-		if all[i].CreatedAt != all[j].CreatedAt {
-			return all[i].CreatedAt > all[j].CreatedAt
+		if all[i].created != all[j].created {
+			return all[i].created > all[j].created
 		}
-		return all[i].ID > all[j].ID
+		return all[i].id > all[j].id
 	})
 	if after != "" {
-		for i, b := range all {
-			if b.ID == after {
+		for i, e := range all {
+			if e.id == after {
 				all = all[i+1:]
 				break
 			}
 		}
 	}
-	more := len(all) > limit
-	if more {
-		all = all[:limit]
+	data := make([]BatchObject, 0, limit)
+	more := false
+	for _, e := range all {
+		if len(data) == limit {
+			more = true
+			break
+		}
+		b, err := a.view(r.Context(), e.id)
+		if errors.Is(err, kvstore.ErrNotFound) {
+			continue // indexed, state not yet written
+		}
+		if err != nil {
+			apiError(w, http.StatusInternalServerError, "", "listing batches: "+err.Error())
+			return
+		}
+		data = append(data, b)
 	}
-	out := map[string]any{"object": "list", "data": all, "has_more": more}
-	if len(all) > 0 {
-		out["first_id"], out["last_id"] = all[0].ID, all[len(all)-1].ID
+	out := map[string]any{"object": "list", "data": data, "has_more": more}
+	if len(data) > 0 {
+		out["first_id"], out["last_id"] = data[0].ID, data[len(data)-1].ID
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
+// cancelBatch cancels a batch: directly when this process runs it, else
+// by recording the request in storage, which its runner (on any replica)
+// reads at its next commit; either way the answer is "cancelling".
 func (a *API) cancelBatch(w http.ResponseWriter, r *http.Request) {
-	rn := a.lookup(w, r)
-	if rn == nil {
+	id := r.PathValue("id")
+	a.mu.Lock()
+	rn := a.batches[id]
+	a.mu.Unlock()
+	if rn != nil && rn.running() {
+		a.cancelLocal(w, r, rn)
 		return
 	}
+	b, err := a.view(r.Context(), id)
+	if err != nil {
+		a.storeError(w, "batch", id, err)
+		return
+	}
+	switch {
+	case b.Status == StatusCancelled || b.Status == StatusCancelling:
+	case Terminal(b.Status):
+		apiError(w, http.StatusConflict, "", fmt.Sprintf("batch %s is %s: it cannot be cancelled", b.ID, b.Status))
+		return
+	default:
+		now := a.opts.Now().Unix()
+		if err := a.requestCancel(r.Context(), id, now); err != nil {
+			apiError(w, http.StatusInternalServerError, "", err.Error())
+			return
+		}
+		if b, err = a.view(r.Context(), id); err != nil {
+			a.storeError(w, "batch", id, err)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, b)
+}
+
+func (a *API) cancelLocal(w http.ResponseWriter, r *http.Request, rn *run) {
 	rn.mu.Lock()
 	b := &rn.st.Batch
 	switch {
@@ -486,6 +694,12 @@ func (a *API) cancelBatch(w http.ResponseWriter, r *http.Request) {
 		}
 	default:
 		now := a.opts.Now().Unix()
+		// Recorded for whichever runner holds the batch next too.
+		if err := a.requestCancel(r.Context(), b.ID, now); err != nil {
+			rn.mu.Unlock()
+			apiError(w, http.StatusInternalServerError, "", err.Error())
+			return
+		}
 		b.Status, b.CancellingAt = StatusCancelling, &now
 		st := rn.st
 		if err := a.save(r.Context(), &st); err != nil {
@@ -500,6 +714,31 @@ func (a *API) cancelBatch(w http.ResponseWriter, r *http.Request) {
 	out := rn.st.Batch
 	rn.mu.Unlock()
 	writeJSON(w, http.StatusOK, out)
+}
+
+// noticeCancel reads a cancel request another replica recorded and, if
+// there is one, cancels the batch here as a local cancel would.
+func (a *API) noticeCancel(ctx context.Context, rn *run) error {
+	id := rn.snapshot().ID
+	m, err := a.cancelRequested(ctx, id)
+	if err != nil || m == nil {
+		return err
+	}
+	rn.mu.Lock()
+	b := &rn.st.Batch
+	if Terminal(b.Status) || b.Status == StatusCancelling {
+		rn.mu.Unlock()
+		return nil
+	}
+	at := m.At
+	b.Status, b.CancellingAt = StatusCancelling, &at
+	st := rn.st
+	cancel := rn.cancel
+	rn.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	return a.save(ctx, &st)
 }
 
 // start runs a batch's runner; a.mu is held.
@@ -549,12 +788,18 @@ func chunkKey(id string, seq int) string {
 func (a *API) execute(ctx context.Context, rn *run) error {
 	st := func() stored { rn.mu.Lock(); defer rn.mu.Unlock(); return rn.st }()
 	b := st.Batch
-	content, err := a.opts.Store.Get(ctx, fileKey(b.InputFileID, "content"))
+	// Storage is read with a.ctx: a cancel stops the work, not the reads
+	// that finalize it.
+	content, err := a.opts.Store.Get(a.ctx, fileKey(b.InputFileID, "content"))
 	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+		if a.ctx.Err() != nil {
+			return a.ctx.Err()
 		}
 		return a.fail(rn, "invalid_file", fmt.Sprintf("input file %s: %v", b.InputFileID, err))
+	}
+	// A cancel recorded while no replica ran it.
+	if err := a.noticeCancel(a.ctx, rn); err != nil {
+		return err
 	}
 	lines, _ := splitLines(content)
 	if st.Batch.Status == StatusValidating {
@@ -577,7 +822,7 @@ func (a *API) execute(ctx context.Context, rn *run) error {
 	// What earlier runs committed.
 	results := make([]*lineResult, len(lines))
 	for seq := 0; seq < st.Chunks; seq++ {
-		raw, err := a.opts.Store.Get(ctx, chunkKey(b.ID, seq))
+		raw, err := a.opts.Store.Get(a.ctx, chunkKey(b.ID, seq))
 		if err != nil {
 			return fmt.Errorf("chunk %d: %w", seq, err)
 		}
@@ -704,6 +949,14 @@ func (a *API) work(ctx context.Context, rn *run, lines [][]byte, results []*line
 			st.Batch.Usage = addUsage(st.Batch.Usage, batchUsage)
 		})
 	}
+	// Each commit, and each FlushInterval without one, reads whether
+	// another replica recorded a cancel.
+	commit := func() error {
+		if err := flush(); err != nil {
+			return err
+		}
+		return a.noticeCancel(a.ctx, rn)
+	}
 	tick := time.NewTicker(a.opts.FlushInterval)
 	defer tick.Stop()
 	for {
@@ -715,12 +968,12 @@ func (a *API) work(ctx context.Context, rn *run, lines [][]byte, results []*line
 			results[res.Index] = res
 			pending = append(pending, *res)
 			if len(pending) >= a.opts.FlushEvery {
-				if err := flush(); err != nil {
+				if err := commit(); err != nil {
 					return err
 				}
 			}
 		case <-tick.C:
-			if err := flush(); err != nil {
+			if err := commit(); err != nil {
 				return err
 			}
 		}
