@@ -82,7 +82,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		tokDir     = flag.String("tokenizer-dir", "", "folder of models' Hugging Face tokenizer files (a mounted volume or HF cache: org/name, models--org--name or name), for llm-d.ai/tokenizer auto and native; empty: the estimate unless a revision names native:DIR")
 		verbose    = flag.Bool("v", false, "log at debug level")
 		kvBind     = flag.String("kv-events-bind", "", "ZMQ endpoint (tcp://*:5557) to bind for KV-event publishers that connect to a collector (llm-d's direction); pods are told apart by their topic kv@<pod name, IP:port or IP>@<model>. Publishers that bind (vLLM's default) are dialed per pod instead")
-		batchStore = flag.String("batch-storage", "", "object storage for batch files, state and event dedupe (a directory, file://, s3://, gs://, azblob://); in memory when empty (lost on restart)")
+		batchStore = flag.String("batch-storage", os.Getenv("LLMD_BATCH_STORAGE"), "object storage for batch files, state and event dedupe (a directory, file://, s3://, gs://, azblob://; default $LLMD_BATCH_STORAGE, as config/activator sets it from the Secret llmd-activator-batch-storage); in memory when empty (lost on restart, not shared between replicas)")
 		batchSink  = flag.String("batch-sink", os.Getenv("K_SINK"), "where results of CloudEvents go (default $K_SINK, as a SinkBinding sets it); the HTTP reply when empty")
 		batchDLS   = flag.String("batch-dead-letter-sink", "", "where results the sink refused go; kept in --batch-storage when empty")
 		batchConc  = flag.Int("batch-concurrency", batch.DefaultBatchConcurrency, "lines of one Batch API batch in flight at once (held in the batch tier while interactive work needs the pods)")
@@ -223,7 +223,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		_, _ = io.WriteString(w, "ok")
 	})
 	if *batchStore == "" {
-		log.Info("batch state in memory: set --batch-storage to keep it across restarts")
+		log.Info("batch state in memory: lost on restart and not shared between replicas (a batch is seen only through the replica that created it); set --batch-storage (LLMD_BATCH_STORAGE) to storage every replica shares")
 	}
 	if *batchConc < 1 {
 		return fmt.Errorf("--batch-concurrency must be positive, got %d", *batchConc)

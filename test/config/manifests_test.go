@@ -102,6 +102,7 @@ func TestManifests(t *testing.T) {
 	wantEnv(t, "llmd-activator", act, "POD_NAME", "metadata.name")
 	wantEnv(t, "llmd-activator", act, "POD_NAMESPACE", "metadata.namespace")
 	wantArgs(t, "llmd-activator", act, "--addr=:8080", "--admin-addr=:9091")
+	checkBatchStorage(t, act)
 
 	as := deployments["llmd-autoscaler"].Spec.Template.Spec.Containers[0]
 	wantPorts(t, "llmd-autoscaler", as, 8090, 9090, 8081)
@@ -353,6 +354,33 @@ func wantEnv(t *testing.T, name string, c corev1.Container, env, field string) {
 		return e.Name == env && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == field
 	}) {
 		t.Errorf("%s: no env %s from %s", name, env, field)
+	}
+}
+
+// checkBatchStorage: the activator's batch storage (LLMD_BATCH_STORAGE,
+// the default of --batch-storage) and its credentials come from the
+// optional Secret llmd-activator-batch-storage, so the Deployment applies
+// and starts without it; the URL is not also passed as a flag, which
+// would override the variable.
+func checkBatchStorage(t *testing.T, c corev1.Container) {
+	t.Helper()
+	const secret = "llmd-activator-batch-storage"
+	if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool {
+		r := e.ValueFrom
+		return e.Name == "LLMD_BATCH_STORAGE" && r != nil && r.SecretKeyRef != nil && r.SecretKeyRef.Name == secret &&
+			r.SecretKeyRef.Key == "url" && r.SecretKeyRef.Optional != nil && *r.SecretKeyRef.Optional
+	}) {
+		t.Errorf("llmd-activator: no env LLMD_BATCH_STORAGE from key url of the optional Secret %s", secret)
+	}
+	if !slices.ContainsFunc(c.EnvFrom, func(e corev1.EnvFromSource) bool {
+		return e.SecretRef != nil && e.SecretRef.Name == secret && e.SecretRef.Optional != nil && *e.SecretRef.Optional
+	}) {
+		t.Errorf("llmd-activator: no envFrom of the optional Secret %s (the blob driver's credentials)", secret)
+	}
+	for _, a := range c.Args {
+		if strings.HasPrefix(a, "--batch-storage") {
+			t.Errorf("llmd-activator: %s overrides LLMD_BATCH_STORAGE", a)
+		}
 	}
 }
 
