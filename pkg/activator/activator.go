@@ -480,6 +480,9 @@ type call struct {
 	tagTier string
 	tier    Tier
 	code    int // the status the request ended with, for metrics
+	// grant is the request's place in its revision's flow control; its
+	// first response byte starts it (the prefill gate's count).
+	grant *grant
 }
 
 type callKey struct{}
@@ -660,7 +663,7 @@ func (a *Activator) flowControl(next http.Handler) http.Handler {
 		tm := rev.m.tiers[c.tier.Name]
 		tm.queued.Inc()
 		arrivedAs, entered := c.tier.Name, false
-		release, tier, err := a.acquirePromoting(r.Context(), rev, c.tier, int64(c.req.Size), func() {
+		g, tier, err := a.acquirePromoting(r.Context(), rev, c.tier, int64(c.req.Size), func() {
 			entered = true
 			rev.stats.arrive(arrivedAs, len(c.req.Tokens))
 		})
@@ -691,7 +694,8 @@ func (a *Activator) flowControl(next http.Handler) http.Handler {
 			}
 			return
 		}
-		defer release()
+		defer g.release()
+		c.grant = g
 		if tier.Name == BatchTier {
 			rev.stats.batchDispatched(1)
 			defer rev.stats.batchDispatched(-1)
@@ -735,6 +739,10 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 	// a retry leaves out only the pods that failed.
 	exclude := map[string]bool{}
 	var lastErr error
+	// Each pod's requests without their first byte are counted by tier
+	// where a tier has a prefill gate or yields (Tiers.prefill).
+	counting, ti := a.opts.Tiers.prefill, a.opts.Tiers.index(tier.Name)
+	ruled := tier.MaxPrefillPerPod > 0 || tier.YieldToInteractive
 	for attempt := 0; attempt < a.opts.MaxAttempts; attempt++ {
 		skip := exclude
 		if attempt > 0 {
@@ -758,7 +766,31 @@ func (a *Activator) route(w http.ResponseWriter, r *http.Request) {
 			}
 			break
 		}
-		res, err := a.attempt(w, r, c, &d, eps, stripUsage)
+		var held *atomic.Int64
+		if counting {
+			var ok bool
+			held, ok = rev.claim(d.DecodeID, tier, ti, attempt == 0 && ruled)
+			for !ok {
+				// Another request took the pod's room since atCap read
+				// it: decide again without the pod; where no other pod
+				// has room, the request goes anyway (as atCap's nil).
+				skip = union(skip, map[string]bool{d.DecodeID: true})
+				if eps = rev.snapshot(nil, skip); rev.scheduler().Decide(&d, &rreq, eps) == nil {
+					held, ok = rev.claim(d.DecodeID, tier, ti, true)
+					continue
+				}
+				eps = rev.snapshot(nil, exclude)
+				if err = rev.scheduler().Decide(&d, &rreq, eps); err != nil {
+					break
+				}
+				held, ok = rev.claim(d.DecodeID, tier, ti, false)
+			}
+			if err != nil {
+				lastErr = err
+				break
+			}
+		}
+		res, err := a.attempt(w, r, c, &d, eps, stripUsage, held)
 		if err == nil {
 			c.code = res.Code
 			rev.podOK(d.DecodeID)
@@ -831,8 +863,21 @@ func abortStarted(w http.ResponseWriter, stream bool, err error) {
 }
 
 // attempt sends the request to the decided endpoint(s) once.
-func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, c *call, d *router.Decision, eps []router.Endpoint, stripUsage bool) (Result, error) {
+//
+// held is the decode pod's count of the request's tier without a first
+// byte (pod.unstarted; nil: not counted), claimed when it was routed: it
+// is decremented at the first byte or at the end without one, and the
+// flow controller is woken for requests that wait for it.
+func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, c *call, d *router.Decision, eps []router.Endpoint, stripUsage bool, held *atomic.Int64) (Result, error) {
 	rev, req, start := c.rev, c.req, c.start
+	unhold := func() {
+		if held != nil {
+			held.Add(-1)
+			held = nil
+			rev.flow.wake()
+		}
+	}
+	defer unhold()
 	revName := rev.name
 	path := "/v1/completions"
 	if req.Kind == KindChat {
@@ -890,6 +935,8 @@ func (a *Activator) attempt(w http.ResponseWriter, r *http.Request, c *call, d *
 	rev.rt.Record(d)
 	meter := NewMeter(start, req.Stream, a.opts.Now)
 	obs := &firstByte{Meter: meter, onFirst: func() {
+		unhold()
+		c.grant.start()
 		decode.inflightTokens.Add(-uncached)
 		decode.starts.add(a.opts.Now())
 		if queued != nil {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -57,6 +58,12 @@ type FlowController struct {
 	// pods is how many ready decode pods the revision has (the tiers'
 	// per-pod caps scale with it); nil counts one.
 	pods func() int
+	// yieldFree reports whether some ready decode pod has no request of a
+	// tier above t without its first byte (Tier.YieldToInteractive); nil:
+	// always. yieldHeld is set before it is asked, so that a first byte
+	// after the pods were read wakes the queue (wake).
+	yieldFree func(t Tier) bool
+	yieldHeld atomic.Bool
 
 	mu       sync.Mutex
 	queues   map[string]*list.List
@@ -65,6 +72,10 @@ type FlowController struct {
 	admitted int
 	// admittedIn counts the admitted requests by tier (Tier.MaxPerPod).
 	admittedIn map[string]int
+	// unstartedIn counts, for the tiers with a prefill gate
+	// (Tier.MaxPrefillPerPod), the admitted requests without their first
+	// response byte yet (grant.start).
+	unstartedIn map[string]int
 	// lastDispatch is when each tier last had a request dispatched, since
 	// when its queue has been non-empty.
 	lastDispatch map[string]time.Time
@@ -79,6 +90,7 @@ type waiter struct {
 	tier     Tier
 	size     int64
 	admitted chan struct{}
+	grant    *grant // set when admitted
 	err      error
 	elem     *list.Element
 }
@@ -96,7 +108,7 @@ func NewFlowController(tiers *Tiers, limits FlowLimits, gate Gate, poke func()) 
 	f := &FlowController{gate: gate, limits: limits, tiers: tiers.Names(), table: tiers, poke: poke, queues: map[string]*list.List{},
 		drain: func() float64 { return 0 }, now: time.Now,
 		lastDispatch: map[string]time.Time{}, since: map[string]time.Time{}, dispatched: map[string]*rateMeter{},
-		admittedIn: map[string]int{}}
+		admittedIn: map[string]int{}, unstartedIn: map[string]int{}}
 	for _, n := range f.tiers {
 		f.queues[n] = list.New()
 		f.dispatched[n] = &rateMeter{}
@@ -118,17 +130,96 @@ func (f *FlowController) withPods(pods func() int) *FlowController {
 	return f
 }
 
+// withYield gives the controller the test of Tier.YieldToInteractive: some
+// ready decode pod has no request of a higher tier without its first byte.
+func (f *FlowController) withYield(free func(t Tier) bool) *FlowController {
+	f.yieldFree = free
+	return f
+}
+
 // atCapLocked reports whether tier t has as many requests admitted as its
-// per-pod cap allows the revision's pods (f.mu held).
+// per-pod cap allows the revision's pods, or as many without their first
+// byte as its prefill gate allows, or yields and every ready decode pod
+// has a higher tier's request without its first byte (f.mu held).
 func (f *FlowController) atCapLocked(t Tier) bool {
-	if t.MaxPerPod <= 0 {
+	if t.MaxPerPod <= 0 && t.MaxPrefillPerPod <= 0 && !t.YieldToInteractive {
 		return false
 	}
 	n := 1
-	if f.pods != nil {
+	if f.pods != nil && (t.MaxPerPod > 0 || t.MaxPrefillPerPod > 0) {
 		n = f.pods()
 	}
-	return f.admittedIn[t.Name] >= t.MaxPerPod*n
+	if t.MaxPerPod > 0 && f.admittedIn[t.Name] >= t.MaxPerPod*n {
+		return true
+	}
+	if t.MaxPrefillPerPod > 0 && f.unstartedIn[t.Name] >= t.MaxPrefillPerPod*n {
+		return true
+	}
+	if t.YieldToInteractive && f.yieldFree != nil {
+		f.yieldHeld.Store(true) // before the pods' counters are read
+		return !f.yieldFree(t)
+	}
+	return false
+}
+
+// wake re-runs the dispatch after a first byte (or a request's end before
+// it) on a pod, where a request held by Tier.YieldToInteractive may have
+// been waiting for it: a lock only when one was asked since the last wake.
+func (f *FlowController) wake() {
+	if f.yieldHeld.Swap(false) {
+		f.Notify()
+	}
+}
+
+// admitLocked counts a request of tier t as admitted (f.mu held) and
+// returns its grant.
+func (f *FlowController) admitLocked(t Tier) *grant {
+	f.admitted++
+	f.admittedIn[t.Name]++
+	g := &grant{f: f, tier: t.Name, prefill: t.MaxPrefillPerPod > 0}
+	if g.prefill {
+		f.unstartedIn[t.Name]++
+	}
+	f.markDispatch(t.Name)
+	return g
+}
+
+// grant is one admitted request's place in the flow controller: start at
+// its first response byte (the prefill gate's count), release at its end.
+type grant struct {
+	f       *FlowController
+	tier    string
+	prefill bool // counted in unstartedIn until start or release
+	started atomic.Bool
+	once    sync.Once
+}
+
+// start ends the request's prefill for its tier's prefill gate: its first
+// response byte came. Idempotent; a no-op for a tier without the gate.
+func (g *grant) start() {
+	if g == nil || !g.prefill || !g.started.CompareAndSwap(false, true) {
+		return
+	}
+	f := g.f
+	f.mu.Lock()
+	f.unstartedIn[g.tier]--
+	f.dispatchLocked()
+	f.mu.Unlock()
+}
+
+// release ends the request (idempotent).
+func (g *grant) release() {
+	g.once.Do(func() {
+		f := g.f
+		f.mu.Lock()
+		f.admitted--
+		f.admittedIn[g.tier]--
+		if g.prefill && g.started.CompareAndSwap(false, true) {
+			f.unstartedIn[g.tier]--
+		}
+		f.dispatchLocked()
+		f.mu.Unlock()
+	})
 }
 
 // Stats is a snapshot of the queues.
@@ -196,14 +287,18 @@ func (f *FlowController) higherActive(t Tier, now time.Time) bool {
 // its tier's queue has stopped moving, or its tier's queue deadline, or
 // with ctx's error when the client goes away.
 func (f *FlowController) Acquire(ctx context.Context, t Tier, size int64) (release func(), err error) {
-	return f.acquire(ctx, t, size, nil)
+	g, err := f.acquire(ctx, t, size, nil)
+	if err != nil {
+		return nil, err
+	}
+	return g.release, nil
 }
 
 // acquire is Acquire; enter (if not nil) is called once the request is
 // dispatched or queued, not when it is refused on arrival: the activator
 // counts it as arrived load then (a request refused on arrival never
 // reaches a pod and counts apart).
-func (f *FlowController) acquire(ctx context.Context, t Tier, size int64, enter func()) (release func(), err error) {
+func (f *FlowController) acquire(ctx context.Context, t Tier, size int64, enter func()) (g *grant, err error) {
 	if enter == nil {
 		enter = func() {}
 	}
@@ -215,12 +310,10 @@ func (f *FlowController) acquire(ctx context.Context, t Tier, size int64, enter 
 	}
 	ready, ok := f.gate(t, f.admitted)
 	if ready && ok && !f.aheadOf(t) && !f.atCapLocked(t) {
-		f.admitted++
-		f.admittedIn[t.Name]++
-		f.markDispatch(t.Name)
+		g := f.admitLocked(t)
 		f.mu.Unlock()
 		enter()
-		return f.releaser(t.Name), nil
+		return g, nil
 	}
 	if ready {
 		if rej := f.shedEarlyLocked(t); rej != nil {
@@ -270,7 +363,7 @@ wait:
 			if w.err != nil {
 				return nil, w.err
 			}
-			return f.releaser(t.Name), nil
+			return w.grant, nil
 		case <-ctx.Done():
 			err = ctx.Err()
 			break wait
@@ -319,6 +412,9 @@ wait:
 		}
 		f.admitted--
 		f.admittedIn[t.Name]--
+		if w.grant.prefill {
+			f.unstartedIn[t.Name]--
+		}
 		f.dispatchLocked()
 		return nil, err
 	default:
@@ -435,19 +531,6 @@ func (f *FlowController) retryAfter(t Tier) time.Duration {
 	return f.retryAfterLocked(t)
 }
 
-func (f *FlowController) releaser(tier string) func() {
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			f.mu.Lock()
-			f.admitted--
-			f.admittedIn[tier]--
-			f.dispatchLocked()
-			f.mu.Unlock()
-		})
-	}
-}
-
 // Notify re-evaluates the gate; call it when endpoint state changes.
 func (f *FlowController) Notify() {
 	f.mu.Lock()
@@ -458,7 +541,7 @@ func (f *FlowController) Notify() {
 // dispatchLocked admits waiting requests, highest tier first, FIFO within a
 // tier, while the gate allows; a lower tier does not go while a higher
 // tier's head waits (it would take the place the head waits for), nor
-// while a higher tier's head waits for its per-pod cap.
+// while a higher tier's head waits for its per-pod cap or prefill gate.
 func (f *FlowController) dispatchLocked() {
 	for _, name := range f.tiers {
 		q := f.queues[name]
@@ -471,9 +554,7 @@ func (f *FlowController) dispatchLocked() {
 				return
 			}
 			f.removeLocked(w)
-			f.admitted++
-			f.admittedIn[name]++
-			f.markDispatch(name)
+			w.grant = f.admitLocked(w.tier)
 			close(w.admitted)
 		}
 	}

@@ -247,6 +247,28 @@ func TestParseTiersRejectsBadTables(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+	// The prefill gate and yielding: refused with the field named.
+	named := []struct{ name, doc, field string }{
+		{"negative prefill gate", "tiers:\n- name: a\n  maxQueueTime: 1s\n  maxPrefillPerPod: -1\n", "tiers[0].maxPrefillPerPod"},
+		{"prefill gate not a number", "tiers:\n- name: a\n  maxQueueTime: 1s\n  maxPrefillPerPod: one\n", "maxPrefillPerPod"},
+		{"yield not a bool", "tiers:\n- name: a\n  maxQueueTime: 1s\n  yieldToInteractive: sometimes\n", "yieldToInteractive"},
+		{"negative cap, second tier", "tiers:\n- name: a\n  maxQueueTime: 1s\n- name: b\n  maxQueueTime: 1s\n  maxPerPod: -2\n", "tiers[1].maxPerPod"},
+	}
+	for _, c := range named {
+		if _, err := ParseTiers([]byte(c.doc)); err == nil || !strings.Contains(err.Error(), c.field) {
+			t.Errorf("%s: error %v, want one naming %s", c.name, err, c.field)
+		}
+	}
+	ok, err := ParseTiers([]byte("tiers:\n- name: a\n  priority: 1\n  maxQueueTime: 1s\n- name: b\n  maxQueueTime: 1s\n  maxPrefillPerPod: 2\n  yieldToInteractive: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := ok.Get("b"); b.MaxPrefillPerPod != 2 || !b.YieldToInteractive || !ok.prefill {
+		t.Fatalf("tier b read as %+v (counting %v), want maxPrefillPerPod 2 and yielding", b, ok.prefill)
+	}
+	if d := DefaultTiers(); d.prefill {
+		t.Fatal("the default table has a prefill gate or yields: both are off by default")
+	}
 	tiers := DefaultTiers()
 	if got := tiers.Names(); len(got) != 3 || got[0] != "critical" || got[2] != "batch" {
 		t.Fatalf("default tiers order %v", got)

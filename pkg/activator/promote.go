@@ -49,12 +49,12 @@ func (a *Activator) promoted(t Tier) (Tier, bool) {
 // once). It returns the tier the request was admitted in. enter is called
 // once, when the request is first dispatched or queued (FlowController's
 // acquire).
-func (a *Activator) acquirePromoting(ctx context.Context, rev *revision, t Tier, size int64, enter func()) (release func(), tier Tier, err error) {
+func (a *Activator) acquirePromoting(ctx context.Context, rev *revision, t Tier, size int64, enter func()) (g *grant, tier Tier, err error) {
 	at, ok := a.promoteAt(ctx, t)
 	up, hasUp := a.promoted(t)
 	if !ok || !hasUp {
-		release, err = rev.flow.acquire(ctx, t, size, enter)
-		return release, t, err
+		g, err = rev.flow.acquire(ctx, t, size, enter)
+		return g, t, err
 	}
 	entered := false
 	once := func() {
@@ -65,13 +65,13 @@ func (a *Activator) acquirePromoting(ctx context.Context, rev *revision, t Tier,
 	}
 	if a.opts.Now().Before(at) {
 		wctx, cancel := context.WithDeadline(ctx, at)
-		release, err = rev.flow.acquire(wctx, t, size, once)
+		g, err = rev.flow.acquire(wctx, t, size, once)
 		cancel()
 		if err == nil || ctx.Err() != nil || wctx.Err() == nil {
-			return release, t, err
+			return g, t, err
 		}
 	}
 	rev.stats.batchPromoted()
-	release, err = rev.flow.acquire(ctx, up, size, once)
-	return release, up, err
+	g, err = rev.flow.acquire(ctx, up, size, once)
+	return g, up, err
 }

@@ -134,9 +134,14 @@ type pod struct {
 	// active counts, by tier in the same order, the requests sent to the
 	// pod that have not ended (Tier.MaxPerPod).
 	active []atomic.Int64
-	kv     kvCounts
-	cancel context.CancelFunc
-	done   chan struct{}
+	// unstarted counts, by tier in the same order, the requests routed to
+	// the pod without their first response byte yet, streamed or not
+	// (Tier.MaxPrefillPerPod, Tier.YieldToInteractive); counted only when a
+	// tier has one of those rules (Tiers.prefill).
+	unstarted []atomic.Int64
+	kv        kvCounts
+	cancel    context.CancelFunc
+	done      chan struct{}
 
 	// Touched by the pod's watch goroutine only.
 	modelLenKnown bool
@@ -214,7 +219,7 @@ func (a *Activator) newRevision(cfg RevisionConfig) (*revision, error) {
 		if a.opts.Poke != nil {
 			a.opts.Poke(key)
 		}
-	}).withRates(rev.drain, a.opts.Now).withPods(rev.decodePods)
+	}).withRates(rev.drain, a.opts.Now).withPods(rev.decodePods).withYield(rev.yieldFree)
 	rev.storage.ctx, rev.storage.stop = context.WithCancel(context.Background())
 	rev.startStorageFeed()
 	return rev, nil
@@ -240,13 +245,82 @@ func (rev *revision) decodePods() int {
 	return n
 }
 
-// atCap names the decode pods that hold tier t's per-pod cap already
-// (Tier.MaxPerPod), for the router to leave out; nil when the tier has no
-// cap or every decode pod holds it (the flow controller admitted the
-// request within the pods' total, so one is about to free a place).
+// yieldFree reports whether some routable decode pod has no request of a
+// tier above t without its first byte (Tier.YieldToInteractive).
+func (rev *revision) yieldFree(t Tier) bool {
+	tiers := rev.a.opts.Tiers
+	now := rev.a.opts.Now()
+	rev.mu.RLock()
+	defer rev.mu.RUnlock()
+	for _, p := range rev.list {
+		if p.spec.Role == router.RolePrefill || p.higherUnstarted(tiers, t) {
+			continue
+		}
+		p.mu.Lock()
+		up := p.routableLocked(now)
+		p.mu.Unlock()
+		if up {
+			return true
+		}
+	}
+	return false
+}
+
+// higherUnstarted reports whether the pod has a request of a tier above t
+// without its first byte.
+func (p *pod) higherUnstarted(tiers *Tiers, t Tier) bool {
+	for i := range p.unstarted {
+		if tiers.above(i, t) && p.unstarted[i].Load() > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// room reports whether the pod may take one more request of tier t (index
+// ti) under its per-pod cap, its prefill gate and yielding.
+func (p *pod) room(tiers *Tiers, t Tier, ti int) bool {
+	if t.MaxPerPod > 0 && ti < len(p.active) && p.active[ti].Load() >= int64(t.MaxPerPod) {
+		return false
+	}
+	if t.MaxPrefillPerPod > 0 && ti < len(p.unstarted) && p.unstarted[ti].Load() >= int64(t.MaxPrefillPerPod) {
+		return false
+	}
+	return !t.YieldToInteractive || !p.higherUnstarted(tiers, t)
+}
+
+// claim counts a request of tier t (index ti) routed to pod name as
+// without its first byte (pod.unstarted) and returns the counter to
+// decrement at its first byte or its end; nil when nothing is counted.
+// With check, a claim past the tier's prefill gate, or while the pod has a
+// higher tier's request without its first byte where the tier yields, is
+// undone and refused (ok false): another request took the pod's room
+// since the router read it, and the request is routed again without it.
+func (rev *revision) claim(name string, t Tier, ti int, check bool) (held *atomic.Int64, ok bool) {
+	p := rev.pod(name)
+	if p == nil || ti < 0 || ti >= len(p.unstarted) {
+		return nil, true
+	}
+	held = &p.unstarted[ti]
+	n := held.Add(1)
+	if check && ((t.MaxPrefillPerPod > 0 && n > int64(t.MaxPrefillPerPod)) || (t.YieldToInteractive && p.higherUnstarted(rev.a.opts.Tiers, t))) {
+		held.Add(-1)
+		rev.flow.wake()
+		return nil, false
+	}
+	return held, true
+}
+
+// atCap names the decode pods without room for a request of tier t
+// (pod.room: Tier.MaxPerPod, MaxPrefillPerPod, YieldToInteractive), for
+// the router to leave out; nil when the tier has none of those rules or
+// no decode pod has room (the flow controller admitted the request within
+// the pods' totals, so one is about to free a place; kn-llmd plan does
+// the same).
 func (rev *revision) atCap(t Tier) map[string]bool {
-	ti := rev.a.opts.Tiers.index(t.Name)
-	if t.MaxPerPod <= 0 || ti < 0 {
+	tiers := rev.a.opts.Tiers
+	ti := tiers.index(t.Name)
+	if (t.MaxPerPod <= 0 && t.MaxPrefillPerPod <= 0 && !t.YieldToInteractive) || ti < 0 {
 		return nil
 	}
 	rev.mu.RLock()
@@ -258,7 +332,7 @@ func (rev *revision) atCap(t Tier) map[string]bool {
 			continue
 		}
 		decode++
-		if ti < len(p.active) && p.active[ti].Load() >= int64(t.MaxPerPod) {
+		if !p.room(tiers, t, ti) {
 			if full == nil {
 				full = map[string]bool{}
 			}
@@ -284,7 +358,8 @@ func (rev *revision) setPods(specs []PodSpec) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		n := len(rev.a.opts.Tiers.order)
-		p := &pod{spec: s, cancel: cancel, done: make(chan struct{}), queued: make([]atomic.Int64, n), active: make([]atomic.Int64, n)}
+		p := &pod{spec: s, cancel: cancel, done: make(chan struct{}), queued: make([]atomic.Int64, n), active: make([]atomic.Int64, n),
+			unstarted: make([]atomic.Int64, n)}
 		rev.pods[s.Name] = p
 		go rev.watch(ctx, p)
 	}

@@ -42,6 +42,26 @@ type Tier struct {
 	// scheduling orders their waiting queues, not their running batches).
 	// 0 means no cap.
 	MaxPerPod int `json:"maxPerPod,omitempty"`
+	// MaxPrefillPerPod is the tier's prefill gate: the flow controller
+	// admits one of its requests only while fewer than MaxPrefillPerPod
+	// times the ready decode pods are admitted without their first
+	// response byte, and the router sends it to a pod with fewer than
+	// MaxPrefillPerPod of them (sent there, no first byte yet): at most
+	// that many of the tier's prefills share a pod's steps. A streamed
+	// answer's first byte is its first token; a non-streamed answer's
+	// first byte is its end (the activator cannot see its first token), so
+	// for non-streamed requests (the batch ways in never stream) the gate
+	// holds for the whole request, as a per-pod cap of MaxPrefillPerPod.
+	// kn-llmd plan's --batch-max-prefill-per-pod is the same rule. 0 means
+	// no gate.
+	MaxPrefillPerPod int `json:"maxPrefillPerPod,omitempty"`
+	// YieldToInteractive holds the tier's requests off a decode pod while
+	// a request of a higher tier sent there has no first response byte
+	// yet (waiting in its queue or in prefill; a non-streamed one until its
+	// end): the router leaves such pods out, and the flow controller
+	// admits one only while some ready decode pod has none. kn-llmd plan's
+	// --batch-yield is the same rule.
+	YieldToInteractive bool `json:"yieldToInteractive,omitempty"`
 	// Timeout, ResponseStartTimeout and IdleTimeout are the upstream
 	// timeouts of the tier's requests where the revision sets none
 	// (timeoutSeconds, responseStartTimeoutSeconds, idleTimeoutSeconds);
@@ -82,6 +102,10 @@ func (d Duration) MarshalJSON() ([]byte, error) {
 type Tiers struct {
 	byName map[string]Tier
 	order  []string // by priority, highest first
+	// prefill is set when a tier has a prefill gate or yields
+	// (MaxPrefillPerPod, YieldToInteractive): the activator then counts
+	// each pod's requests without their first byte, by tier.
+	prefill bool
 }
 
 // DefaultTiersYAML is the built-in tier table. Only batch work waits for a
@@ -94,7 +118,10 @@ type Tiers struct {
 // orders the engines' waiting queues, not their running batches, so batch
 // sequences once running lengthen every step the interactive ones share
 // (docs/cloudevents.md, Scheduling; the numbers in
-// docs/benchmarks/batch-soak.md).
+// docs/benchmarks/batch-soak.md). The batch tier's prefill gate
+// (maxPrefillPerPod) and yielding (yieldToInteractive) are off: measured
+// in plan (docs/benchmarks/batch-soak.md, "Admission rules beyond the
+// cap"), they are there to be set.
 //
 // The upstream timeouts apply where the revision sets none: an hour in all
 // (Knative's timeoutSeconds default here), the first byte (a non-streamed
@@ -154,9 +181,12 @@ func ParseTiers(data []byte) (*Tiers, error) {
 			return nil, fmt.Errorf("%s.maxSaturation: must not be negative", path)
 		case tier.MaxPerPod < 0:
 			return nil, fmt.Errorf("%s.maxPerPod: must not be negative", path)
+		case tier.MaxPrefillPerPod < 0:
+			return nil, fmt.Errorf("%s.maxPrefillPerPod: must not be negative (0: no prefill gate)", path)
 		}
 		t.byName[tier.Name] = tier
 		t.order = append(t.order, tier.Name)
+		t.prefill = t.prefill || tier.MaxPrefillPerPod > 0 || tier.YieldToInteractive
 	}
 	sort.SliceStable(t.order, func(i, j int) bool {
 		return t.byName[t.order[i]].Priority > t.byName[t.order[j]].Priority
@@ -179,6 +209,12 @@ func (t *Tiers) has(name string) bool { _, ok := t.byName[name]; return ok }
 func (t *Tiers) Get(name string) (Tier, bool) {
 	tier, ok := t.byName[name]
 	return tier, ok
+}
+
+// above reports whether the tier at index i (Names' order) has a higher
+// priority than tier t.
+func (t *Tiers) above(i int, of Tier) bool {
+	return i >= 0 && i < len(t.order) && t.byName[t.order[i]].Priority > of.Priority
 }
 
 // Names lists the tiers, highest priority first.
