@@ -220,7 +220,7 @@ func newPlanCmd() *cobra.Command {
 	fl.Float64Var(&f.o.BatchMaxSaturation, "batch-max-saturation", d.BatchMaxSaturation, "with --batch-soak: pool saturation under which batch requests are dispatched (the batch tier's maxSaturation; 0: no limit)")
 	fl.IntVar(&f.o.BatchMaxPerPod, "batch-max-per-pod", d.BatchMaxPerPod, "with --batch-soak: most batch requests in flight on one engine (the batch tier's maxPerPod; 0: no cap)")
 	fl.IntVar(&f.o.BatchMaxPrefillPerPod, "batch-max-prefill-per-pod", d.BatchMaxPrefillPerPod, "with --batch-soak: most batch requests on one engine without their first token (the batch tier's maxPrefillPerPod; 0: no gate)")
-	fl.BoolVar(&f.o.BatchYield, "batch-yield", d.BatchYield, "with --batch-soak: hold batch off an engine while an interactive request there has no first token")
+	fl.BoolVar(&f.o.BatchYield, "batch-yield", d.BatchYield, "with --batch-soak: hold batch off an engine while an interactive request there has no first token (the batch tier's yieldToInteractive)")
 	fl.Float64Var(&f.o.SoakLoad, "soak-load", d.SoakLoad, "with --batch-soak: the interactive traffic's share of capacity")
 	fl.Float64Var(&f.o.CriticalShare, "critical-share", d.CriticalShare, "with --batch-soak: share of the interactive requests in the critical tier (the rest standard)")
 	return cmd

@@ -51,7 +51,10 @@ type BatchConfig struct {
 	MaxPrefillPerPod int
 	// YieldToInteractive holds batch off an engine while an interactive
 	// request sent to it has no first token yet (waiting or in prefill
-	// there); batch waits while every engine has one.
+	// there); batch waits while every engine has one (the tier table's
+	// yieldToInteractive). The activator counts to the first response
+	// byte, which for a non-streamed answer is its end; the plan counts
+	// every request to its first token (as for MaxPrefillPerPod).
 	YieldToInteractive bool
 	// Dataset, when set, gives the backlog's requests in order (item i is
 	// its request i; set Requests to its length not to repeat prompts)
