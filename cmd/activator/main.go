@@ -85,6 +85,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		batchStore = flag.String("batch-storage", os.Getenv("LLMD_BATCH_STORAGE"), "object storage for batch files, state and event dedupe (a directory, file://, s3://, gs://, azblob://; default $LLMD_BATCH_STORAGE, as config/activator sets it from the Secret llmd-activator-batch-storage); in memory when empty (lost on restart, not shared between replicas)")
 		batchSink  = flag.String("batch-sink", os.Getenv("K_SINK"), "where results of CloudEvents go (default $K_SINK, as a SinkBinding sets it); the HTTP reply when empty")
 		batchDLS   = flag.String("batch-dead-letter-sink", "", "where results the sink refused go; kept in --batch-storage when empty")
+		leaseRenew = flag.Duration("batch-lease-renew", batch.DefaultLeaseRenew, "how often the replica that runs a Batch API batch renews its ownership in --batch-storage")
+		leaseTTL   = flag.Duration("batch-lease-ttl", batch.DefaultLeaseTTL, "how long a replica must see a batch's ownership unrenewed (by its own clock) before it takes the batch over; longer than --batch-lease-renew")
 		batchConc  = flag.Int("batch-concurrency", batch.DefaultBatchConcurrency, "lines of one Batch API batch in flight at once (held in the batch tier while interactive work needs the pods)")
 		promote    = flag.Duration("batch-promote-before", activator.DefaultBatchPromoteBefore, "how long before its deadline (CloudEvents llmddeadline, the Batch API's completion_window) a batch request moves to the tier above batch; negative: never")
 	)
@@ -228,7 +230,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if *batchConc < 1 {
 		return fmt.Errorf("--batch-concurrency must be positive, got %d", *batchConc)
 	}
+	if *leaseRenew <= 0 || *leaseTTL <= *leaseRenew {
+		return fmt.Errorf("--batch-lease-ttl (%v) must be longer than --batch-lease-renew (%v), which must be positive", *leaseTTL, *leaseRenew)
+	}
 	front, closeBatch, err := act.BatchFront(ctx, activator.BatchConfig{Storage: *batchStore, Sink: *batchSink, Concurrency: *batchConc,
+		LeaseRenew: *leaseRenew, LeaseTTL: *leaseTTL, ReplicaID: os.Getenv("POD_NAME"),
 		DeadLetterSink: *batchDLS, Logger: log.With("component", "batch")})
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/llmd-kn/llmd-kn/pkg/batch"
 	"github.com/llmd-kn/llmd-kn/pkg/kvstore"
@@ -21,7 +22,13 @@ type BatchConfig struct {
 	// Concurrency is how many lines of one Batch API batch are in flight
 	// at once (batch.DefaultBatchConcurrency).
 	Concurrency int
-	Logger      *slog.Logger
+	// LeaseRenew and LeaseTTL: how often the replica that runs a batch
+	// renews its ownership in the shared storage, and how long others wait
+	// on an unrenewed one before taking the batch over (batch.APIOptions;
+	// zero: the defaults). ReplicaID names this replica in its leases.
+	LeaseRenew, LeaseTTL time.Duration
+	ReplicaID            string
+	Logger               *slog.Logger
 }
 
 // BatchFront puts batch work in front of the activator's API: CloudEvents
@@ -59,7 +66,8 @@ func (a *Activator) BatchFront(ctx context.Context, cfg BatchConfig) (http.Handl
 		_ = store.Close()
 		return nil, nil, err
 	}
-	api, err := batch.NewAPI(ctx, batch.APIOptions{Backend: backend, Store: store, Tiers: policy, Concurrency: cfg.Concurrency, Logger: log})
+	api, err := batch.NewAPI(ctx, batch.APIOptions{Backend: backend, Store: store, Tiers: policy, Concurrency: cfg.Concurrency,
+		LeaseRenew: cfg.LeaseRenew, LeaseTTL: cfg.LeaseTTL, ReplicaID: cfg.ReplicaID, Logger: log})
 	if err != nil {
 		events.Close()
 		_ = store.Close()
@@ -68,6 +76,8 @@ func (a *Activator) BatchFront(ctx context.Context, cfg BatchConfig) (http.Handl
 	if n, err := events.Resume(ctx); err != nil || n > 0 {
 		log.Info("batch: resumed accepted events", "count", n, "err", err)
 	}
+	// Takes over what no replica holds now, then (every LeaseRenew)
+	// batches whose runner's lease expired.
 	if n := api.Resume(); n > 0 {
 		log.Info("batch: resumed batches", "count", n)
 	}

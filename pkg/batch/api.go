@@ -12,10 +12,12 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/llmd-kn/llmd-kn/pkg/kvstore"
@@ -43,9 +45,16 @@ type APIOptions struct {
 	FlushEvery    int
 	FlushInterval time.Duration
 	// Retry for transient failures (until the completion window closes).
-	Retry  Retry
-	Now    func() time.Time
-	Logger *slog.Logger
+	Retry Retry
+	// LeaseRenew is how often the replica that runs a batch renews its
+	// ownership in storage (DefaultLeaseRenew); LeaseTTL how long another
+	// replica must see a lease unrenewed before it takes the batch over
+	// (DefaultLeaseTTL; more than LeaseRenew). See lease.go.
+	LeaseRenew, LeaseTTL time.Duration
+	// ReplicaID names this process in its leases (random by default).
+	ReplicaID string
+	Now       func() time.Time
+	Logger    *slog.Logger
 }
 
 // API serves OpenAI's /v1/files and /v1/batches.
@@ -55,17 +64,28 @@ type API struct {
 
 	mu      sync.Mutex
 	batches map[string]*run
+	seen    map[string]observation // leases of batches run elsewhere
 	ctx     context.Context
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
+
+	scanning   sync.Once
+	crashed    atomic.Bool // tests: stop as a crash would (no release, no commit)
+	pauseRenew atomic.Bool // tests: a replica whose renewals stall
 }
 
 // run is one batch in this process.
 type run struct {
+	id     string
 	mu     sync.Mutex
 	st     stored
 	cancel context.CancelFunc // stops its workers (nil when not running)
 	done   chan struct{}
+	// The lease epoch this process runs it under, the heartbeats written,
+	// and whether a higher epoch was seen (then it writes nothing more).
+	epoch      int64
+	beats      uint64
+	superseded bool
 }
 
 func (r *run) snapshot() BatchObject {
@@ -112,8 +132,20 @@ func NewAPI(ctx context.Context, opts APIOptions) (*API, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.LeaseRenew <= 0 {
+		opts.LeaseRenew = DefaultLeaseRenew
+	}
+	if opts.LeaseTTL <= 0 {
+		opts.LeaseTTL = DefaultLeaseTTL
+	}
+	if opts.LeaseTTL <= opts.LeaseRenew {
+		return nil, fmt.Errorf("batch: lease TTL %v must be longer than its renew interval %v", opts.LeaseTTL, opts.LeaseRenew)
+	}
+	if opts.ReplicaID == "" {
+		opts.ReplicaID = newID("replica-")
+	}
 	bctx, stop := context.WithCancel(context.Background())
-	a := &API{opts: opts, batches: map[string]*run{}, ctx: bctx, stop: stop}
+	a := &API{opts: opts, batches: map[string]*run{}, seen: map[string]observation{}, ctx: bctx, stop: stop}
 	objs, err := opts.Store.List(ctx, "batch/batches/", 0)
 	if err != nil {
 		stop()
@@ -133,7 +165,14 @@ func NewAPI(ctx context.Context, opts APIOptions) (*API, error) {
 			opts.Logger.Warn("batch: unreadable batch state", "key", o.Key, "err", err)
 			continue
 		}
-		a.batches[st.Batch.ID] = &run{st: st}
+		if !validID(st.Batch.ID, "batch_") || o.Key != batchKey(st.Batch.ID, "state") {
+			opts.Logger.Warn("batch: batch state under another id, ignored", "key", o.Key, "id", st.Batch.ID)
+			continue
+		}
+		a.batches[st.Batch.ID] = &run{id: st.Batch.ID, st: st}
+		if Terminal(st.Batch.Status) {
+			a.seen[st.Batch.ID] = observation{terminal: true}
+		}
 	}
 	if err := a.backfillIndex(ctx); err != nil {
 		stop()
@@ -153,18 +192,29 @@ func NewAPI(ctx context.Context, opts APIOptions) (*API, error) {
 // ServeHTTP serves the API's routes.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
 
-// Resume restarts the batches a previous process left unfinished; lines
-// whose results were committed are not sent again.
+// Resume makes this process one of the replicas that run batches: it
+// takes over at once the unfinished batches nobody holds (their runner
+// stopped gracefully, or never had a lease) and returns how many, then
+// every LeaseRenew takes over those whose lease expired (lease.go).
+// Lines whose results were committed are not sent again.
 func (a *API) Resume() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	n := 0
-	for _, r := range a.batches {
-		if !Terminal(r.st.Batch.Status) && r.cancel == nil {
-			a.start(r)
-			n++
-		}
-	}
+	n := a.scan(a.ctx)
+	a.scanning.Do(func() {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			tick := time.NewTicker(a.opts.LeaseRenew)
+			defer tick.Stop()
+			for {
+				select {
+				case <-a.ctx.Done():
+					return
+				case <-tick.C:
+					a.scan(a.ctx)
+				}
+			}
+		}()
+	})
 	return n
 }
 
@@ -360,7 +410,27 @@ func (a *API) load(ctx context.Context, id string) (stored, error) {
 	if st.Batch.ID != id {
 		return st, fmt.Errorf("batch %s: stored state names %q", id, st.Batch.ID)
 	}
-	return st, nil
+	if Terminal(st.Batch.Status) {
+		return st, nil
+	}
+	// The terminal state is created once, before the state is rewritten
+	// with it: it wins over a state a superseded runner wrote late.
+	raw, err = a.opts.Store.Get(ctx, batchKey(id, "final"))
+	if errors.Is(err, kvstore.ErrNotFound) {
+		return st, nil
+	}
+	if err != nil && !errors.Is(err, kvstore.ErrCorrupt) {
+		return st, err
+	}
+	var fin stored
+	if err == nil {
+		err = json.Unmarshal(raw, &fin)
+	}
+	if err != nil || fin.Batch.ID != id || !Terminal(fin.Batch.Status) {
+		a.opts.Logger.Warn("batch: unreadable final state, ignored", "batch", id, "err", err)
+		return st, nil
+	}
+	return fin, nil
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -545,6 +615,12 @@ func (a *API) createBatch(w http.ResponseWriter, r *http.Request) {
 	st := stored{Batch: BatchObject{ID: newID("batch_"), Object: "batch", Endpoint: req.Endpoint, InputFileID: f.ID,
 		CompletionWindow: req.CompletionWindow, Status: StatusValidating, CreatedAt: now.Unix(), ExpiresAt: &exp,
 		Metadata: req.Metadata}, Origin: OriginOf(r), Tier: tier}
+	// The lease first: no replica sees the batch (in the index) before
+	// its owner holds it.
+	if won, err := a.claim(r.Context(), st.Batch.ID, 1); err != nil || !won {
+		apiError(w, http.StatusInternalServerError, "", fmt.Sprintf("leasing the batch: %v", err))
+		return
+	}
 	if err := a.save(r.Context(), &st); err != nil {
 		apiError(w, http.StatusInternalServerError, "", "storing the batch: "+err.Error())
 		return
@@ -553,7 +629,7 @@ func (a *API) createBatch(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusInternalServerError, "", "indexing the batch: "+err.Error())
 		return
 	}
-	rn := &run{st: st}
+	rn := &run{id: st.Batch.ID, st: st, epoch: 1}
 	a.mu.Lock()
 	a.batches[st.Batch.ID] = rn
 	a.start(rn)
@@ -683,37 +759,30 @@ func (a *API) cancelBatch(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) cancelLocal(w http.ResponseWriter, r *http.Request, rn *run) {
-	rn.mu.Lock()
-	b := &rn.st.Batch
+	b := rn.snapshot()
 	switch {
-	case Terminal(b.Status) || b.Status == StatusCancelling:
-		if b.Status != StatusCancelled && b.Status != StatusCancelling {
-			rn.mu.Unlock()
-			apiError(w, http.StatusConflict, "", fmt.Sprintf("batch %s is %s: it cannot be cancelled", b.ID, b.Status))
-			return
-		}
+	case b.Status == StatusCancelled || b.Status == StatusCancelling:
+	case Terminal(b.Status):
+		apiError(w, http.StatusConflict, "", fmt.Sprintf("batch %s is %s: it cannot be cancelled", b.ID, b.Status))
+		return
 	default:
-		now := a.opts.Now().Unix()
 		// Recorded for whichever runner holds the batch next too.
-		if err := a.requestCancel(r.Context(), b.ID, now); err != nil {
-			rn.mu.Unlock()
+		if err := a.requestCancel(r.Context(), b.ID, a.opts.Now().Unix()); err != nil {
 			apiError(w, http.StatusInternalServerError, "", err.Error())
 			return
 		}
-		b.Status, b.CancellingAt = StatusCancelling, &now
-		st := rn.st
-		if err := a.save(r.Context(), &st); err != nil {
-			rn.mu.Unlock()
+		if err := a.noticeCancel(r.Context(), rn); err != nil && !errors.Is(err, errSuperseded) {
 			apiError(w, http.StatusInternalServerError, "", err.Error())
 			return
 		}
-		if rn.cancel != nil {
-			rn.cancel()
+		b = rn.snapshot()
+		if b.Status != StatusCancelling && !Terminal(b.Status) {
+			// Superseded meanwhile: its new runner reads the request.
+			at := a.opts.Now().Unix()
+			b.Status, b.CancellingAt = StatusCancelling, &at
 		}
 	}
-	out := rn.st.Batch
-	rn.mu.Unlock()
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, b)
 }
 
 // noticeCancel reads a cancel request another replica recorded and, if
@@ -724,21 +793,22 @@ func (a *API) noticeCancel(ctx context.Context, rn *run) error {
 	if err != nil || m == nil {
 		return err
 	}
-	rn.mu.Lock()
-	b := &rn.st.Batch
-	if Terminal(b.Status) || b.Status == StatusCancelling {
-		rn.mu.Unlock()
+	if b := rn.snapshot(); Terminal(b.Status) || b.Status == StatusCancelling {
 		return nil
 	}
-	at := m.At
-	b.Status, b.CancellingAt = StatusCancelling, &at
-	st := rn.st
+	err = a.update(rn, func(st *stored) {
+		if b := &st.Batch; !Terminal(b.Status) && b.Status != StatusCancelling {
+			at := m.At
+			b.Status, b.CancellingAt = StatusCancelling, &at
+		}
+	})
+	rn.mu.Lock()
 	cancel := rn.cancel
 	rn.mu.Unlock()
 	if cancel != nil {
 		cancel()
 	}
-	return a.save(ctx, &st)
+	return err
 }
 
 // start runs a batch's runner; a.mu is held.
@@ -749,22 +819,38 @@ func (a *API) start(rn *run) {
 	rn.done = make(chan struct{})
 	done := rn.done
 	rn.mu.Unlock()
-	a.wg.Add(1)
+	a.wg.Add(2)
+	go func() {
+		defer a.wg.Done()
+		a.renew(ctx, rn)
+	}()
 	go func() {
 		defer a.wg.Done()
 		defer close(done)
 		defer cancel()
-		if err := a.execute(ctx, rn); err != nil && a.ctx.Err() == nil {
-			a.opts.Logger.Warn("batch: runner stopped", "batch", rn.snapshot().ID, "err", err)
+		err := a.execute(ctx, rn)
+		if err != nil && a.ctx.Err() == nil && !errors.Is(err, errSuperseded) {
+			a.opts.Logger.Warn("batch: runner stopped", "batch", rn.id, "err", err)
 		}
 		rn.mu.Lock()
 		rn.cancel = nil
+		gone := rn.superseded
 		rn.mu.Unlock()
+		// Stopped unfinished (shutdown, a storage error), not taken over:
+		// released, so a replica (this one too) takes it over at once.
+		if !Terminal(rn.snapshot().Status) && !gone && !errors.Is(err, errSuperseded) && !a.crashed.Load() {
+			if err := a.beat(rn, true); err != nil {
+				a.opts.Logger.Warn("batch: releasing its lease", "batch", rn.id, "err", err)
+			}
+		}
 	}()
 }
 
 // update changes a batch's state under its lock and stores it.
 func (a *API) update(rn *run, f func(st *stored)) error {
+	if err := a.fence(rn); err != nil {
+		return err
+	}
 	rn.mu.Lock()
 	f(&rn.st)
 	st := rn.st
@@ -819,23 +905,23 @@ func (a *API) execute(ctx context.Context, rn *run) error {
 			return err
 		}
 	}
-	// What earlier runs committed.
+	// What earlier runs committed: every chunk there is (a runner that
+	// stopped between a chunk and the state that counts it left one more).
 	results := make([]*lineResult, len(lines))
-	for seq := 0; seq < st.Chunks; seq++ {
-		raw, err := a.opts.Store.Get(a.ctx, chunkKey(b.ID, seq))
+	seq := 0
+	for ; ; seq++ {
+		chunk, err := a.readChunk(b.ID, seq)
+		if errors.Is(err, kvstore.ErrNotFound) && seq >= st.Chunks {
+			break
+		}
 		if err != nil {
 			return fmt.Errorf("chunk %d: %w", seq, err)
 		}
-		var chunk []lineResult
-		if err := json.Unmarshal(raw, &chunk); err != nil {
-			return fmt.Errorf("chunk %d: %w", seq, err)
-		}
-		for i := range chunk {
-			if c := &chunk[i]; c.Index >= 0 && c.Index < len(results) {
-				results[c.Index] = c
-			}
-		}
+		merge(results, chunk)
 	}
+	rn.mu.Lock()
+	rn.st.Chunks = seq
+	rn.mu.Unlock()
 	status := func() string { rn.mu.Lock(); defer rn.mu.Unlock(); return rn.st.Batch.Status }
 	if status() == StatusInProgress {
 		deadline := time.Unix(*b.ExpiresAt, 0)
@@ -865,6 +951,45 @@ func (a *API) execute(ctx context.Context, rn *run) error {
 		}
 	}
 	return a.finalize(rn, lines, results, final)
+}
+
+func (a *API) readChunk(id string, seq int) ([]lineResult, error) {
+	raw, err := a.opts.Store.Get(a.ctx, chunkKey(id, seq))
+	if err != nil {
+		return nil, err
+	}
+	var chunk []lineResult
+	if err := json.Unmarshal(raw, &chunk); err != nil {
+		return nil, err
+	}
+	return chunk, nil
+}
+
+// merge adds a chunk's lines to results; the first chunk that holds a
+// line wins (two runners of one batch may both have committed it).
+func merge(results []*lineResult, chunk []lineResult) {
+	for i := range chunk {
+		if c := &chunk[i]; c.Index >= 0 && c.Index < len(results) && results[c.Index] == nil {
+			results[c.Index] = c
+		}
+	}
+}
+
+// tally counts and sums the finished lines.
+func tally(results []*lineResult) (ok, failed int, u *BatchUsage) {
+	var done []lineResult
+	for _, r := range results {
+		if r == nil {
+			continue
+		}
+		if r.OK {
+			ok++
+		} else {
+			failed++
+		}
+		done = append(done, *r)
+	}
+	return ok, failed, sumUsage(done)
 }
 
 func slicesHasNil(rs []*lineResult) bool {
@@ -920,33 +1045,58 @@ func (a *API) work(ctx context.Context, rn *run, lines [][]byte, results []*line
 		if len(pending) == 0 {
 			return nil
 		}
-		raw, err := json.Marshal(pending)
-		if err != nil {
-			return err
-		}
 		rn.mu.Lock()
 		seq := rn.st.Chunks
 		rn.mu.Unlock()
 		// The chunk first, then the state that counts it: a crash between
-		// the two redoes the chunk's lines, never loses them.
-		if err := a.opts.Store.Put(context.WithoutCancel(ctx), chunkKey(b.ID, seq), raw); err != nil {
-			return err
-		}
-		ok, failed := 0, 0
-		for _, p := range pending {
-			if p.OK {
-				ok++
-			} else {
-				failed++
+		// the two redoes the chunk's lines, never loses them. A chunk is
+		// created only if absent: one already there was committed by a
+		// runner this one superseded (or that supersedes it: the fence).
+		for len(pending) > 0 {
+			if err := a.fence(rn); err != nil {
+				return err
 			}
+			raw, err := json.Marshal(pending)
+			if err != nil {
+				return err
+			}
+			err = a.opts.Store.PutIfAbsent(context.WithoutCancel(ctx), chunkKey(b.ID, seq), raw)
+			if err == nil {
+				seq++
+				break
+			}
+			if !errors.Is(err, kvstore.ErrExists) {
+				return err
+			}
+			if err := a.fence(rn); err != nil {
+				return err
+			}
+			other, err := a.readChunk(b.ID, seq)
+			if err != nil {
+				return fmt.Errorf("chunk %d: %w", seq, err)
+			}
+			// Its lines stand (as they will for whoever reads the chunks
+			// again); ours that it holds are dropped.
+			mine := map[int]bool{}
+			for _, p := range pending {
+				mine[p.Index] = true
+			}
+			held := map[int]bool{}
+			for i := range other {
+				if c := &other[i]; c.Index >= 0 && c.Index < len(results) && (results[c.Index] == nil || mine[c.Index]) {
+					results[c.Index], held[c.Index] = c, true
+				}
+			}
+			pending = slices.DeleteFunc(pending, func(p lineResult) bool { return held[p.Index] })
+			seq++
 		}
-		batchUsage := sumUsage(pending)
 		pending = pending[:0]
+		ok, failed, u := tally(results)
 		return a.update(rn, func(st *stored) {
-			st.Chunks = seq + 1
-			st.Batch.RequestCounts.Completed += ok
-			st.Batch.RequestCounts.Failed += failed
-			st.Batch.Usage = addUsage(st.Batch.Usage, batchUsage)
+			st.Chunks = seq
+			st.Batch.RequestCounts.Completed = ok
+			st.Batch.RequestCounts.Failed = failed
+			st.Batch.Usage = u
 		})
 	}
 	// Each commit, and each FlushInterval without one, reads whether
@@ -964,6 +1114,9 @@ func (a *API) work(ctx context.Context, rn *run, lines [][]byte, results []*line
 		case res, open := <-out:
 			if !open {
 				return flush()
+			}
+			if results[res.Index] != nil {
+				continue // committed meanwhile by a runner this one superseded
 			}
 			results[res.Index] = res
 			pending = append(pending, *res)
@@ -1035,19 +1188,6 @@ func sumUsage(rs []lineResult) *BatchUsage {
 	return u
 }
 
-// addUsage returns a+b in a new value (snapshots share the old one).
-func addUsage(old, b *BatchUsage) *BatchUsage {
-	if old == nil {
-		return b
-	}
-	a := *old
-	a.InputTokens += b.InputTokens
-	a.OutputTokens += b.OutputTokens
-	a.TotalTokens += b.TotalTokens
-	a.InputTokensDetails.CachedTokens += b.InputTokensDetails.CachedTokens
-	return &a
-}
-
 // finalize writes the output and error files (in input order) and the
 // terminal status.
 func (a *API) finalize(rn *run, lines [][]byte, results []*lineResult, final string) error {
@@ -1073,6 +1213,9 @@ func (a *API) finalize(rn *run, lines [][]byte, results []*lineResult, final str
 		buf.Write(r.Line)
 		buf.WriteByte('\n')
 	}
+	if err := a.fence(rn); err != nil {
+		return err
+	}
 	now := a.opts.Now()
 	var outID, errID *string
 	for _, f := range []struct {
@@ -1094,17 +1237,55 @@ func (a *API) finalize(rn *run, lines [][]byte, results []*lineResult, final str
 		*f.id = &id
 	}
 	t := now.Unix()
-	return a.update(rn, func(st *stored) {
-		st.Batch.Status = final
-		st.Batch.OutputFileID, st.Batch.ErrorFileID = outID, errID
-		st.Batch.RequestCounts.Failed += failed
-		switch final {
-		case StatusCompleted:
-			st.Batch.CompletedAt = &t
-		case StatusCancelled:
-			st.Batch.CancelledAt = &t
-		case StatusExpired:
-			st.Batch.ExpiredAt = &t
+	ok, done, u := tally(results)
+	rn.mu.Lock()
+	st := rn.st
+	rn.mu.Unlock()
+	st.Batch.Status = final
+	st.Batch.OutputFileID, st.Batch.ErrorFileID = outID, errID
+	st.Batch.RequestCounts.Completed, st.Batch.RequestCounts.Failed, st.Batch.Usage = ok, done+failed, u
+	switch final {
+	case StatusCompleted:
+		st.Batch.CompletedAt = &t
+	case StatusCancelled:
+		st.Batch.CancelledAt = &t
+	case StatusExpired:
+		st.Batch.ExpiredAt = &t
+	}
+	// The terminal state is created once: of two runners that got here
+	// (one superseded after its last check) only one result is shown.
+	if err := a.fence(rn); err != nil {
+		a.dropFiles(outID, errID)
+		return err
+	}
+	raw, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := a.opts.Store.PutIfAbsent(context.WithoutCancel(a.ctx), batchKey(b.ID, "final"), raw); err != nil {
+		a.dropFiles(outID, errID)
+		if errors.Is(err, kvstore.ErrExists) {
+			rn.supersede()
+			return errSuperseded
 		}
-	})
+		return fmt.Errorf("writing the final state: %w", err)
+	}
+	rn.mu.Lock()
+	rn.st = st
+	rn.mu.Unlock()
+	return a.save(a.ctx, &st)
+}
+
+// dropFiles deletes the result files of a finalization that lost.
+func (a *API) dropFiles(ids ...*string) {
+	for _, id := range ids {
+		if id == nil {
+			continue
+		}
+		for _, part := range []string{"meta", "content"} {
+			if err := a.opts.Store.Delete(context.WithoutCancel(a.ctx), fileKey(*id, part)); err != nil {
+				a.opts.Logger.Warn("batch: deleting an unused result file", "file", *id, "err", err)
+			}
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -37,12 +38,22 @@ type engine struct {
 	gate      chan struct{}
 	entered   chan struct{}
 	holdAfter int64
+	// prompts counts the requests per first message (the Batch API
+	// tests' lines are "question N").
+	prompts map[string]int
+}
+
+// sent is how many requests the engine got for a line of inputFile.
+func (e *engine) sent(line int) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.prompts[fmt.Sprintf("question %d", line)]
 }
 
 func startEngine(t *testing.T) *engine {
 	t.Helper()
 	sim, _ := simtest.Start(t, testModel)
-	e := &engine{}
+	e := &engine{prompts: map[string]int{}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost {
 			// Read the body first: only then does the server notice a
@@ -50,7 +61,16 @@ func startEngine(t *testing.T) *engine {
 			body, _ := io.ReadAll(r.Body)
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			n := e.calls.Add(1)
+			var req struct {
+				Messages []struct {
+					Content string `json:"content"`
+				} `json:"messages"`
+			}
+			_ = json.Unmarshal(body, &req)
 			e.mu.Lock()
+			if len(req.Messages) > 0 {
+				e.prompts[req.Messages[0].Content]++
+			}
 			e.tiers = append(e.tiers, r.Header.Get(TierHeader))
 			gate, entered, holdAfter := e.gate, e.entered, e.holdAfter
 			e.mu.Unlock()

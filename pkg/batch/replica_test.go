@@ -2,7 +2,10 @@ package batch
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/openai/openai-go/v3"
 
@@ -108,6 +111,8 @@ func TestBatchCancelThroughOtherReplica(t *testing.T) {
 // formed: no panic, and what parses round-trips.
 func FuzzStoredObjects(f *testing.F) {
 	f.Add([]byte(`{"at":1700000000}`), "batch/index/000001700000_batch_abc")
+	f.Add([]byte(`{"owner":"replica-1","beat":3,"released":true}`), "")
+	f.Add([]byte(`{"owner":"","beat":-1}`), "")
 	f.Add([]byte(`{"at":-1}`), "batch/index/x_batch_abc")
 	f.Add([]byte(`null`), "batch/index/000001700000_batch_../x")
 	f.Add([]byte(`{}`), "batch/index/+00001700000_batch_abc")
@@ -115,10 +120,171 @@ func FuzzStoredObjects(f *testing.F) {
 		if m, err := parseCancelMarker(raw); err == nil && m.At <= 0 {
 			t.Fatalf("accepted %+v", m)
 		}
+		if l, err := parseLease(raw); err == nil && (l.Owner == "" || len(l.Owner) > 128) {
+			t.Fatalf("accepted lease %+v", l)
+		}
 		if c, id, ok := parseIndexKey(key); ok {
 			if indexKey(c, id) != key || !validID(id, "batch_") {
 				t.Fatalf("%q parsed as %d %q", key, c, id)
 			}
 		}
 	})
+}
+
+// Short leases for the takeover tests: outcomes are asserted, never how
+// long anything took (poll's deadline is only a hang guard).
+const testRenew, testTTL = 10 * time.Millisecond, 50 * time.Millisecond
+
+// crash stops an API as a crash would: runners and renewals stop, nothing
+// is committed, finalized or released.
+func crash(a *API) {
+	a.crashed.Store(true)
+	a.Close()
+}
+
+func releaseGate(e *engine) {
+	e.mu.Lock()
+	close(e.gate)
+	e.gate = nil
+	e.mu.Unlock()
+}
+
+// checkOutput: every line of an n-line batch exactly once, in order.
+func checkOutput(t *testing.T, c openai.Client, b *openai.Batch, n int) {
+	t.Helper()
+	if b.Status != openai.BatchStatusCompleted || b.RequestCounts.Completed != int64(n) || b.RequestCounts.Failed != 0 {
+		t.Fatalf("finished %+v", b)
+	}
+	outs := content(t, c, b.OutputFileID)
+	if len(outs) != n {
+		t.Fatalf("%d output lines, want %d", len(outs), n)
+	}
+	for i, o := range outs {
+		if o["custom_id"] != fmt.Sprintf("req-%d", i) {
+			t.Fatalf("output line %d is %v", i, o["custom_id"])
+		}
+	}
+}
+
+// TestBatchTakeoverAfterCrash: the replica that runs a batch dies mid-way
+// (no release); another takes it over once it has seen the lease
+// unrenewed for the TTL, and finishes it without resending what the dead
+// one committed.
+func TestBatchTakeoverAfterCrash(t *testing.T) {
+	eng := startEngine(t)
+	eng.gate, eng.entered, eng.holdAfter = make(chan struct{}), make(chan struct{}, 1), 3
+	stores := openShared(t, 2)
+	lease := APIOptions{LeaseRenew: testRenew, LeaseTTL: testTTL}
+	optsA := lease
+	optsA.Concurrency, optsA.FlushEvery = 1, 1
+	apiA, a := startAPI(t, HTTPBackend{URL: eng.url}, stores[0], optsA)
+	apiB, b := startAPI(t, HTTPBackend{URL: eng.url}, stores[1], lease)
+	created := create(t, a, upload(t, a, inputFile(10, nil)), "24h")
+	<-eng.entered
+	poll(t, b, created.ID, func(x *openai.Batch) bool { return x.RequestCounts.Completed == 3 })
+	crash(apiA)
+	releaseGate(eng)
+	if n := apiB.Resume(); n != 0 {
+		t.Fatalf("took over %d batches at once: the dead replica's lease has not expired yet", n)
+	}
+	got := poll(t, b, created.ID, terminal)
+	checkOutput(t, b, got, 10)
+	for i := 0; i < 10; i++ {
+		want := 1
+		if i == 3 {
+			want = 2 // in flight when A died
+		}
+		if n := eng.sent(i); n != want {
+			t.Errorf("line %d sent %d times, want %d", i, n, want)
+		}
+	}
+}
+
+// TestBatchStalledOwnerIsFenced: the owner's renewals stall while its
+// runner lives; another replica takes the batch over and finishes it; the
+// stalled runner, at its next commit, finds the higher epoch and stops
+// without writing a chunk, a state or a result.
+func TestBatchStalledOwnerIsFenced(t *testing.T) {
+	engA, engB := startEngine(t), startEngine(t)
+	engA.gate, engA.entered, engA.holdAfter = make(chan struct{}), make(chan struct{}, 1), 3
+	stores := openShared(t, 2)
+	lease := APIOptions{LeaseRenew: testRenew, LeaseTTL: testTTL}
+	optsA := lease
+	optsA.Concurrency, optsA.FlushEvery = 1, 1
+	apiA, a := startAPI(t, HTTPBackend{URL: engA.url}, stores[0], optsA)
+	apiB, b := startAPI(t, HTTPBackend{URL: engB.url}, stores[1], lease)
+	created := create(t, a, upload(t, a, inputFile(10, nil)), "24h")
+	<-engA.entered
+	poll(t, b, created.ID, func(x *openai.Batch) bool { return x.RequestCounts.Completed == 3 })
+	apiA.pauseRenew.Store(true)
+	apiB.Resume()
+	done := poll(t, b, created.ID, terminal)
+	checkOutput(t, b, done, 10)
+	chunks := func() int {
+		objs, err := stores[1].List(context.Background(), batchKey(created.ID, "chunks/"), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(objs)
+	}
+	before := chunks()
+	// A's held line finishes now: its commit is fenced.
+	releaseGate(engA)
+	apiA.Wait(created.ID)
+	after, err := b.Batches.Get(context.Background(), created.ID)
+	if err != nil || after.OutputFileID != done.OutputFileID || after.Status != openai.BatchStatusCompleted {
+		t.Fatalf("after the stalled runner woke: %+v %v", after, err)
+	}
+	if n := chunks(); n != before {
+		t.Fatalf("%d chunks after the stalled runner woke, %d before", n, before)
+	}
+	// B sent every line A had not committed, once; never one A had. (A
+	// may have sent one more line before its commit was fenced.)
+	for i := 0; i < 10; i++ {
+		want := 0
+		if i >= 3 {
+			want = 1
+		}
+		if n := engB.sent(i); n != want {
+			t.Errorf("line %d sent %d times by the replica that took over, want %d", i, n, want)
+		}
+		if i < 3 && engA.sent(i) != 1 {
+			t.Errorf("line %d sent %d times by the stalled replica", i, engA.sent(i))
+		}
+	}
+}
+
+// TestBatchOneRunnerWhenReplicasStartTogether: a batch left by a replica
+// that stopped gracefully (lease released); two replicas start on it at
+// once; exactly one runs it.
+func TestBatchOneRunnerWhenReplicasStartTogether(t *testing.T) {
+	eng := startEngine(t)
+	eng.gate, eng.entered, eng.holdAfter = make(chan struct{}), make(chan struct{}, 1), 2
+	stores := openShared(t, 3)
+	lease := APIOptions{LeaseRenew: testRenew, LeaseTTL: time.Hour}
+	optsA := lease
+	optsA.Concurrency, optsA.FlushEvery = 1, 1
+	apiA, a := startAPI(t, HTTPBackend{URL: eng.url}, stores[0], optsA)
+	created := create(t, a, upload(t, a, inputFile(8, nil)), "24h")
+	<-eng.entered
+	poll(t, a, created.ID, func(x *openai.Batch) bool { return x.RequestCounts.Completed == 2 })
+	apiA.Close()
+	releaseGate(eng)
+	apiB, b := startAPI(t, HTTPBackend{URL: eng.url}, stores[1], lease)
+	apiC, _ := startAPI(t, HTTPBackend{URL: eng.url}, stores[2], lease)
+	var nB, nC int
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); nB = apiB.Resume() }()
+	go func() { defer wg.Done(); nC = apiC.Resume() }()
+	wg.Wait()
+	if nB+nC != 1 {
+		t.Fatalf("replicas took over %d and %d batches, want one in all", nB, nC)
+	}
+	checkOutput(t, b, poll(t, b, created.ID, terminal), 8)
+	for i := 0; i < 8; i++ {
+		if n := eng.sent(i); i != 2 && n != 1 || i == 2 && n != 2 {
+			t.Errorf("line %d sent %d times", i, n)
+		}
+	}
 }
