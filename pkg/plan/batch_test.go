@@ -6,9 +6,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/workload"
 )
+
+// TestDefaultBatchIsTheBatchTier: plan's batch defaults (and so its
+// --batch-* flags' defaults) are the activator's default batch tier: its
+// saturation gate, per-pod cap, prefill gate, yielding and queue deadline,
+// so that a default plan run and the real path apply the same rules.
+func TestDefaultBatchIsTheBatchTier(t *testing.T) {
+	tier, ok := activator.DefaultTiers().Get(activator.BatchTier)
+	if !ok {
+		t.Fatal("no batch tier in the activator's default table")
+	}
+	b := DefaultBatch(1)
+	got := []any{b.MaxSaturation, b.MaxPerPod, b.MaxPrefillPerPod, b.YieldToInteractive, b.MaxQueueTime}
+	want := []any{tier.MaxSaturation, tier.MaxPerPod, tier.MaxPrefillPerPod, tier.YieldToInteractive, time.Duration(tier.MaxQueueTime)}
+	if !slices.Equal(got, want) {
+		t.Fatalf("plan's batch defaults (maxSaturation, maxPerPod, maxPrefillPerPod, yieldToInteractive, maxQueueTime) %v, the activator's batch tier %v", got, want)
+	}
+}
 
 // TestBatchBacklogSoaksIdleCapacity: a batch backlog beside a light
 // workload is served; the workload's records stay the workload's (in
