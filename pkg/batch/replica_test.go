@@ -9,7 +9,9 @@ import (
 
 	"github.com/openai/openai-go/v3"
 
+	"github.com/llmd-kn/llmd-kn/internal/testutil"
 	"github.com/llmd-kn/llmd-kn/pkg/kvstore"
+	_ "github.com/llmd-kn/llmd-kn/pkg/kvstore/drivers" // s3:// for TestBatchReplicasOnS3
 )
 
 // openShared opens n stores on one directory: replicas sharing storage,
@@ -285,6 +287,45 @@ func TestBatchOneRunnerWhenReplicasStartTogether(t *testing.T) {
 	for i := 0; i < 8; i++ {
 		if n := eng.sent(i); i != 2 && n != 1 || i == 2 && n != 2 {
 			t.Errorf("line %d sent %d times", i, n)
+		}
+	}
+}
+
+// TestBatchReplicasOnS3: the same through a real S3 server (versitygw):
+// create through A, read through B, A dies, B takes over and finishes;
+// create-if-absent (leases, chunks, the final state) is S3's
+// If-None-Match there.
+func TestBatchReplicasOnS3(t *testing.T) {
+	url, _ := testutil.VersityGW(t)
+	eng := startEngine(t)
+	eng.gate, eng.entered, eng.holdAfter = make(chan struct{}), make(chan struct{}, 1), 2
+	var stores []*kvstore.Store
+	for range 2 {
+		st, err := kvstore.Open(context.Background(), url, kvstore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		stores = append(stores, st)
+	}
+	lease := APIOptions{LeaseRenew: testRenew, LeaseTTL: testTTL}
+	optsA := lease
+	optsA.Concurrency, optsA.FlushEvery = 1, 1
+	apiA, a := startAPI(t, HTTPBackend{URL: eng.url}, stores[0], optsA)
+	apiB, b := startAPI(t, HTTPBackend{URL: eng.url}, stores[1], lease)
+	created := create(t, a, upload(t, b, inputFile(6, nil)), "24h")
+	<-eng.entered
+	got := poll(t, b, created.ID, func(x *openai.Batch) bool { return x.RequestCounts.Completed == 2 })
+	if got.Status != openai.BatchStatusInProgress {
+		t.Fatalf("through the other replica: %+v", got)
+	}
+	crash(apiA)
+	releaseGate(eng)
+	apiB.Resume()
+	checkOutput(t, b, poll(t, b, created.ID, terminal), 6)
+	for i := 0; i < 2; i++ {
+		if n := eng.sent(i); n != 1 {
+			t.Errorf("committed line %d sent %d times", i, n)
 		}
 	}
 }

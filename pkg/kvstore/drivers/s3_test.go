@@ -11,91 +11,21 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/llmd-kn/llmd-kn/internal/testutil"
 	"github.com/llmd-kn/llmd-kn/pkg/kvstore"
 	_ "github.com/llmd-kn/llmd-kn/pkg/kvstore/drivers"
 	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
 )
 
-// versitygw runs a real S3-compatible server (github.com/versity/versitygw,
-// built from Go modules by `hack/build-k8s.sh versitygw`, part of `all`,
-// into $KUBEBUILDER_ASSETS, default _output/k8s/bin) on a loopback port over a POSIX directory, with
-// one bucket, and returns the bucket's URL for kvstore and the directory
-// that holds its objects. Without the binary the test is skipped, unless
-// LLMD_REQUIRE_S3=1.
-func versitygw(t *testing.T) (url, bucketDir string) {
-	t.Helper()
-	dir := os.Getenv("KUBEBUILDER_ASSETS")
-	if dir == "" {
-		dir = "../../../_output/k8s/bin"
-	}
-	bin, _ := filepath.Abs(filepath.Join(dir, "versitygw"))
-	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("LLMD_REQUIRE_S3") == "1" {
-			t.Fatalf("versitygw binary %s: %v (hack/build-k8s.sh versitygw builds it)", bin, err)
-		}
-		t.Skipf("no versitygw binary at %s (hack/build-k8s.sh versitygw builds it; LLMD_REQUIRE_S3=1 makes this a failure)", bin)
-	}
-	root := t.TempDir()
-	bucketDir = filepath.Join(root, "kvtest")
-	if err := os.Mkdir(bucketDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	const access, secret = "llmdtestaccess", "llmdtestsecret"
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "--access", access, "--secret", secret, "--port", addr, "posix", "--nometa", root)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("versitygw output:\n%s", out.String())
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/")
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("versitygw did not answer on %s: %v\n%s", addr, err, out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	// The s3 driver reads credentials from the SDK's usual environment.
-	t.Setenv("AWS_ACCESS_KEY_ID", access)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", secret)
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	t.Setenv("AWS_CONFIG_FILE", filepath.Join(root, "none"))
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(root, "none"))
-	// versitygw sends no response checksums: without
-	// response_checksum_validation=when_required the SDK logs that on
-	// every read.
-	return fmt.Sprintf("s3://kvtest?endpoint=http://%s&region=us-east-1&use_path_style=true&response_checksum_validation=when_required", addr), bucketDir
-}
-
 // TestS3RoundTrip: framed objects and the KV layout through a real S3
 // server; an object altered on the server's disk is detected, never served.
 func TestS3RoundTrip(t *testing.T) {
-	url, dir := versitygw(t)
+	url, dir := testutil.VersityGW(t)
 	ctx := context.Background()
 	st, err := kvstore.Open(ctx, url, kvstore.Options{})
 	if err != nil {
@@ -147,7 +77,7 @@ func TestS3RoundTrip(t *testing.T) {
 // TestS3OffloadRestore: a simulated replica flushes its KV into the S3
 // server and a fresh one restores it on demand.
 func TestS3OffloadRestore(t *testing.T) {
-	url, _ := versitygw(t)
+	url, _ := testutil.VersityGW(t)
 	kc := vllmsim.KVOffloadConfig{Mode: "on-scale-down", URI: url, PayloadScale: 1.0 / 1024, Deadline: 20 * time.Second}
 	start := func() (*vllmsim.Server, string) {
 		s, err := vllmsim.New(vllmsim.Config{KVOffload: kc, TimeScale: 0.02, Logger: slog.New(slog.DiscardHandler)})
