@@ -977,7 +977,7 @@ func merge(results []*lineResult, chunk []lineResult) {
 
 // tally counts and sums the finished lines.
 func tally(results []*lineResult) (ok, failed int, u *BatchUsage) {
-	var done []lineResult
+	u = &BatchUsage{}
 	for _, r := range results {
 		if r == nil {
 			continue
@@ -987,9 +987,16 @@ func tally(results []*lineResult) (ok, failed int, u *BatchUsage) {
 		} else {
 			failed++
 		}
-		done = append(done, *r)
+		if r.Usage != nil {
+			u.InputTokens += r.Usage.PromptTokens
+			u.OutputTokens += r.Usage.CompletionTokens
+			if r.Usage.PromptTokensDetails != nil {
+				u.InputTokensDetails.CachedTokens += r.Usage.PromptTokensDetails.CachedTokens
+			}
+		}
 	}
-	return ok, failed, sumUsage(done)
+	u.TotalTokens = u.InputTokens + u.OutputTokens
+	return ok, failed, u
 }
 
 func slicesHasNil(rs []*lineResult) bool {
@@ -1170,22 +1177,6 @@ func errorLine(i int, reqID, customID, code, msg string, out *Outcome) *lineResu
 	}
 	line, _ := json.Marshal(ol)
 	return &lineResult{Index: i, Line: line}
-}
-
-func sumUsage(rs []lineResult) *BatchUsage {
-	u := &BatchUsage{}
-	for _, r := range rs {
-		if r.Usage == nil {
-			continue
-		}
-		u.InputTokens += r.Usage.PromptTokens
-		u.OutputTokens += r.Usage.CompletionTokens
-		if r.Usage.PromptTokensDetails != nil {
-			u.InputTokensDetails.CachedTokens += r.Usage.PromptTokensDetails.CachedTokens
-		}
-	}
-	u.TotalTokens = u.InputTokens + u.OutputTokens
-	return u
 }
 
 // finalize writes the output and error files (in input order) and the
