@@ -53,6 +53,11 @@ func TestSoakSmall(t *testing.T) {
 	if len(r.AloneBeside) == 0 {
 		t.Error("no figures beside batch")
 	}
+	for tr, a := range r.AloneBeside {
+		if !(a.TTFTMean > 0 && a.TTFTP50 > 0 && a.TTFTP50 <= a.TTFTP90) {
+			t.Errorf("%s beside batch alone: mean %v, p50 %v, p90 %v", tr, a.TTFTMean, a.TTFTP50, a.TTFTP90)
+		}
+	}
 	if !(r.IdleUsed > 0) {
 		t.Errorf("idle capacity used %.2f", r.IdleUsed)
 	}
@@ -62,7 +67,7 @@ func TestSoakSmall(t *testing.T) {
 	}
 	md, err := os.ReadFile(filepath.Join(dir, SoakMD))
 	if err != nil || !strings.Contains(string(md), "idle capacity used by batch") || !strings.Contains(string(md), "| critical |") ||
-		!strings.Contains(string(md), "kn-llmd plan --batch-soak 2000") {
+		!strings.Contains(string(md), "kn-llmd plan --batch-soak 2000") || !strings.Contains(string(md), "| TTFT mean alone |") {
 		t.Fatalf("table: %s %v", md, err)
 	}
 }
