@@ -119,6 +119,10 @@ func (s *simRunner) stop(grace time.Duration, force <-chan struct{}) {
 	}
 	fcancel()
 	_ = s.srv.Close()
+	if lag := s.srv.ClockLag(); lag.Dropped > 0 {
+		s.cfg.Logger.Warn("the simulated engine fell behind its clock: the machine was too busy for the time scale, and the latencies it served are longer than the modelled hardware's",
+			"dropped_modelled_ms", lag.Dropped.Milliseconds(), "most_late_step_ms", lag.Late.Milliseconds(), "time_scale", s.cfg.TimeScale)
+	}
 }
 
 // simConfig is the simulator configuration of one pod of svc.
@@ -269,6 +273,9 @@ type pod struct {
 	// stats reads an in-process simulator's engine statistics; nil for
 	// process pods and before the pod started.
 	stats func() engine.Stats
+	// clock reads an in-process simulator's clock lag (ClockLag); nil
+	// like stats.
+	clock func() vllmsim.ClockLag
 	// stopping is closed when the pod is asked to stop, so that a pod
 	// still starting stops waiting for readiness.
 	stopping chan struct{}
@@ -302,6 +309,18 @@ func (p *pod) engineStats() (engine.Stats, bool) {
 		return engine.Stats{}, false
 	}
 	return f(), true
+}
+
+// clockLag is how far the pod's in-process simulator fell behind its
+// clock (zero for process pods and before the pod started).
+func (p *pod) clockLag() vllmsim.ClockLag {
+	p.mu.Lock()
+	f := p.clock
+	p.mu.Unlock()
+	if f == nil {
+		return vllmsim.ClockLag{}
+	}
+	return f()
 }
 
 // terminate asks the pod to stop: it leaves the endpoints at the next

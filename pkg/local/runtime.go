@@ -31,6 +31,7 @@ import (
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
+	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
 )
 
 // Defaults of Options.
@@ -48,6 +49,11 @@ const (
 // Options configure a Runtime. Zero fields take the defaults above.
 type Options struct {
 	Services []*Service
+	// Tiers is the activator's SLO tier table: its queues, admission and
+	// sheds (activator.DefaultTiers() when nil). What Parse derived from
+	// a tier's targets (the step budget, the SLO autoscaler's targets)
+	// came from the default table and stays.
+	Tiers *activator.Tiers
 	// Addr serves the OpenAI API (the activator); MetricsAddr serves the
 	// status page, /status.json, /metrics, /stats, the pods' metrics
 	// under /pods/ and POST /scale. MetricsAddr "off" disables that
@@ -231,6 +237,7 @@ func New(opts Options) (*Runtime, error) {
 		Debug:        opts.DebugRouting,
 		Logger:       opts.Logger.With("component", "activator"),
 		Poke:         r.poke,
+		Tiers:        opts.Tiers,
 		TokenizerDir: opts.TokenizerDir,
 		// Revisions offloading without a URI use the pods' default.
 		KVStorageDefaultURI: opts.KVOffloadDir,
@@ -488,6 +495,12 @@ func (r *Runtime) Registry() *prometheus.Registry { return r.reg }
 
 // APIURL is the base URL of the OpenAI API, e.g. http://127.0.0.1:8080.
 func (r *Runtime) APIURL() string { return baseURL(r.apiLn) }
+
+// SimClockLag is how far the in-process simulated pods fell behind their
+// clocks so far: the largest step lateness and dropped modelled time of any
+// pod now running (vllmsim.ClockLag). A measurement taken while a pod
+// dropped time measured the machine as well as the modelled hardware.
+func (r *Runtime) SimClockLag() vllmsim.ClockLag { return r.scaler.clockLag() }
 
 // StatusURL is the status page's URL, empty when the metrics server is off.
 func (r *Runtime) StatusURL() string {

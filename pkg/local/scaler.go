@@ -13,6 +13,7 @@ import (
 
 	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/router"
+	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
 )
 
 // Role names one of a revision's sets of pods: its decode pods (all its
@@ -396,7 +397,7 @@ func (g *group) run(p *pod) {
 	p.mu.Lock()
 	p.url, p.kv = url, kv
 	if sr, ok := r.(*simRunner); ok && sr.srv != nil {
-		p.stats = sr.srv.Stats
+		p.stats, p.clock = sr.srv.Stats, sr.srv.ClockLag
 	}
 	p.mu.Unlock()
 	log.Debug("pod started", "url", url, "kv_events", kv)
@@ -478,6 +479,29 @@ func (rs *revState) publish() {
 	if err := s.act.SetPods(key, specs); err != nil {
 		s.log.Debug("set pods", "revision", key.String(), "err", err)
 	}
+}
+
+// clockLag is the largest lateness and dropped time of any in-process
+// simulator pod of any revision (Runtime.SimClockLag).
+func (s *podScaler) clockLag() vllmsim.ClockLag {
+	s.mu.Lock()
+	revs := make([]*revState, 0, len(s.revs))
+	for _, rs := range s.revs {
+		revs = append(revs, rs)
+	}
+	s.mu.Unlock()
+	var out vllmsim.ClockLag
+	for _, rs := range revs {
+		for _, g := range rs.groups {
+			g.mu.Lock()
+			for _, p := range g.pods {
+				lag := p.clockLag()
+				out.Late, out.Dropped = max(out.Late, lag.Late), max(out.Dropped, lag.Dropped)
+			}
+			g.mu.Unlock()
+		}
+	}
+	return out
 }
 
 // podView is a pod as the status page shows it.

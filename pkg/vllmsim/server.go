@@ -109,6 +109,10 @@ type Server struct {
 	events     []kvevents.Event
 	stepNo     uint64
 	stepStarts [stepRing]time.Time
+
+	// clockLate and clockDropped are ClockLag's figures (nanoseconds),
+	// written by the loop.
+	clockLate, clockDropped atomic.Int64
 }
 
 // reqState is one request's mailbox between the engine loop and its handler.
@@ -261,6 +265,24 @@ func (s *Server) Stats() engine.Stats {
 	return s.eng.Stats()
 }
 
+// ClockLag is how far the engine loop fell behind its schedule: the
+// modelled hardware runs at the time scale only while the machine gives the
+// loop the CPU it needs. Late is the most wall time a step started after
+// its scheduled start; Dropped is the modelled time the engine clock
+// skipped because the loop fell more than maxLag behind (every request on
+// the engine then waited that much longer than the modelled hardware would
+// have made it). Latencies measured against a simulator whose clock
+// dropped time are inflated by the machine, not by the model.
+type ClockLag struct {
+	Late, Dropped time.Duration
+}
+
+// ClockLag returns how far the engine loop has fallen behind its schedule
+// since the server started.
+func (s *Server) ClockLag() ClockLag {
+	return ClockLag{Late: time.Duration(s.clockLate.Load()), Dropped: time.Duration(s.clockDropped.Load())}
+}
+
 // KVEventsAddr returns the address the KV-event publisher is bound to, or nil
 // when it does not bind (disabled, or connecting to a subscriber).
 func (s *Server) KVEventsAddr() net.Addr {
@@ -397,8 +419,16 @@ func (s *Server) loop() {
 		default:
 		}
 		wallStart := time.Now()
+		if !resync {
+			if late := int64(wallStart.Sub(s.wallAt(simT))); late > s.clockLate.Load() {
+				s.clockLate.Store(late)
+			}
+		}
 		s.mu.Lock()
 		if now := s.simAt(wallStart); resync || now.Sub(simT) > time.Duration(float64(maxLag)/s.cfg.TimeScale) {
+			if !resync {
+				s.clockDropped.Add(int64(now.Sub(simT)))
+			}
 			simT = now
 		}
 		res := s.eng.Step(simT)
