@@ -41,14 +41,17 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/bench"
 	"github.com/llmd-kn/llmd-kn/pkg/engine"
 	"github.com/llmd-kn/llmd-kn/pkg/local"
 	"github.com/llmd-kn/llmd-kn/pkg/plan"
+	"github.com/llmd-kn/llmd-kn/pkg/vllmsim"
 	"github.com/llmd-kn/llmd-kn/pkg/workload"
 )
 
@@ -123,26 +126,26 @@ func TestFidelity(t *testing.T) {
 	real := make(map[string]sample)
 	lateness := make(map[string][]time.Duration)
 	var diffs []time.Duration
-	busy := map[string]time.Duration{}
+	busy := map[string]string{}
 	for _, p := range profiles {
-		got, d, late, err := runLocal(t, p)
-		if err == nil && quantileOf(late, 0.9) > tooLate {
-			// The generator could not keep to the time scale: the machine
-			// was too busy for this run to measure the path (simulated
-			// pods that miss their clock look like queueing). That is a
-			// property of the run, known before any comparison, so the
-			// run is repeated once; a second late run is compared as it
-			// is, and a disagreement says that the machine was busy.
-			t.Logf("%s: the generator ran %s late at p90 (modelled time): the machine is too busy for the time scale; running again once",
-				p, quantileOf(late, 0.9).Round(time.Millisecond))
+		got, d, late, lag, err := runLocal(t, p)
+		if why := tooBusy(late, lag); err == nil && why != "" {
+			// The generator or the simulated pods could not keep to the
+			// time scale: the machine was too busy for this run to
+			// measure the path (simulated pods that miss their clock look
+			// like queueing). That is a property of the run, known before
+			// any comparison, so the run is repeated once; a second busy
+			// run is compared as it is, and a disagreement says that the
+			// machine was busy.
+			t.Logf("%s: %s: the machine is too busy for the time scale; running again once", p, why)
 			time.Sleep(5 * time.Second)
-			got, d, late, err = runLocal(t, p)
+			got, d, late, lag, err = runLocal(t, p)
 		}
 		if err != nil {
 			t.Fatalf("%s: local: %v", p, err)
 		}
 		real[p], lateness[p] = got, late
-		busy[p] = quantileOf(late, 0.9)
+		busy[p] = tooBusy(late, lag)
 		diffs = append(diffs, d...)
 	}
 	// The real path's overhead: the median of both profiles' probes (the
@@ -227,13 +230,37 @@ func quantileOf(xs []time.Duration, q float64) time.Duration {
 	return s[min(len(s)-1, int(q*float64(len(s))))]
 }
 
+// podsTooLate is the modelled time a simulated pod's engine clock may drop
+// (vllmsim.ClockLag) before the run counts as too busy: each dropped
+// millisecond delays every request queued on that pod by as much. Quiet
+// runs dropped none, or up to 54 ms on one pod; a run beside a load of 6
+// on two cores dropped 130-165 ms per pod under round-robin and put its
+// TTFT p90 at the band's edge (real 0.576 s, band up to 0.589 s), with the
+// generator on time. The CI failures this check answers were
+// round-robin's p90 alone: the profile whose tail is queueing.
+const podsTooLate = 100 * time.Millisecond
+
+// tooBusy says why a real run did not keep to its time scale ("" when it
+// did): the generator's p90 lateness or a simulated pod's dropped time.
+func tooBusy(late []time.Duration, lag vllmsim.ClockLag) string {
+	var why []string
+	if l := quantileOf(late, 0.9); l > tooLate {
+		why = append(why, fmt.Sprintf("the generator ran %s late at p90 (modelled time)", l.Round(time.Millisecond)))
+	}
+	if lag.Dropped > podsTooLate {
+		why = append(why, fmt.Sprintf("a simulated pod's clock dropped %s of modelled time (a step started %s late)",
+			lag.Dropped.Round(time.Millisecond), lag.Late.Round(time.Millisecond)))
+	}
+	return strings.Join(why, "; ")
+}
+
 // busyNote says, beside a disagreement, that the real run could not keep
 // to its time scale, so that nobody reads it as the router's fault.
-func busyNote(late time.Duration) string {
-	if late <= tooLate {
+func busyNote(why string) string {
+	if why == "" {
 		return ""
 	}
-	return fmt.Sprintf("; the real run's generator was %s late at p90 twice: the machine was too busy to measure", late.Round(time.Millisecond))
+	return "; the real run was too busy twice (" + why + "): the machine was too busy to measure"
 }
 
 // ranking orders the profiles from the lowest TTFT to the highest.
@@ -262,11 +289,31 @@ func openWorkload(s workload.Spec, speedup float64) (*workload.Workload, error) 
 	return workload.Open(s, "")
 }
 
+// fidelityTiers is the activator's tier table in the real run: the
+// default one without its TTFT targets. Plan does not model the activator's
+// admission by predicted wait (issue 17: a tier with a TTFT target is sent
+// only where it is predicted to start within half of it, and a lower tier
+// keeps room for a higher one's next request); with the default table it
+// held up to a dozen of the workload's requests in the activator and left
+// pods out of round-robin's rotation in bursts, where its wait prediction
+// (queued requests over a two-second start rate) runs ahead of the pods,
+// and round-robin's TTFT p80-p90 came out 1.15-1.5x plan's in some runs.
+// Both instruments compare routing and the engines here, not admission.
+func fidelityTiers() (*activator.Tiers, error) {
+	var kept []string
+	for _, l := range strings.Split(activator.DefaultTiersYAML, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(l), "ttft:") {
+			kept = append(kept, l)
+		}
+	}
+	return activator.ParseTiers([]byte(strings.Join(kept, "\n")))
+}
+
 // runLocal runs the workload through an in-process `kn-llmd local` with
 // routing profile p, at the time scale, and returns its TTFTs in modelled
 // time, the probes' differences from plan (the real path's overhead, see
 // probeSpec) and each request's lateness (modelled time).
-func runLocal(t *testing.T, p string) (sample, []time.Duration, []time.Duration, error) {
+func runLocal(t *testing.T, p string) (sample, []time.Duration, []time.Duration, vllmsim.ClockLag, error) {
 	manifest := fmt.Sprintf(`apiVersion: serving.knative.dev/v1
 kind: Service
 metadata:
@@ -287,53 +334,57 @@ spec:
 `, pods, pods, p, simProfile, model)
 	svcs, err := local.Parse(p+".yaml", []byte(manifest), local.DefaultVocabulary())
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, vllmsim.ClockLag{}, err
 	}
-	rt, err := local.New(local.Options{Services: svcs, Addr: "127.0.0.1:0", MetricsAddr: "off",
+	tiers, err := fidelityTiers()
+	if err != nil {
+		return nil, nil, nil, vllmsim.ClockLag{}, err
+	}
+	rt, err := local.New(local.Options{Services: svcs, Tiers: tiers, Addr: "127.0.0.1:0", MetricsAddr: "off",
 		SimTimeScale: scale, GracePeriod: 2 * time.Second, DrainTimeout: 5 * time.Second, PodOutput: io.Discard})
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, vllmsim.ClockLag{}, err
 	}
 	defer rt.Close()
 	if err := rt.Start(); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, vllmsim.ClockLag{}, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if err := rt.WaitReady(ctx); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, vllmsim.ClockLag{}, err
 	}
 	pw, err := openWorkload(probeSpec(), 1/scale)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, vllmsim.ClockLag{}, err
 	}
 	probe, err := bench.Run(ctx, bench.Config{URL: rt.APIURL(), Model: model}, pw.Source())
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, vllmsim.ClockLag{}, err
 	}
 	pp, err := runPlanRecords(p, 0, probeSpec(), nil)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, vllmsim.ClockLag{}, err
 	}
 	var diffs []time.Duration
 	for i, r := range probe.Records {
 		if r.Error != "" || i >= len(pp) {
-			return nil, nil, nil, fmt.Errorf("probe %d failed: %s", i, r.Error)
+			return nil, nil, nil, vllmsim.ClockLag{}, fmt.Errorf("probe %d failed: %s", i, r.Error)
 		}
 		diffs = append(diffs, time.Duration(float64(r.TTFT)/scale)-pp[i].TTFT)
 	}
 
 	w, err := openWorkload(spec(), 1/scale)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, vllmsim.ClockLag{}, err
 	}
 	res, err := bench.Run(ctx, bench.Config{URL: rt.APIURL(), Model: model}, w.Source())
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, vllmsim.ClockLag{}, err
 	}
 	sum := bench.Summarize(p, res.Records, bench.SummaryOptions{})
 	if n := sum.Requests.Completed; n != w.Len() {
-		return nil, nil, nil, fmt.Errorf("%d of %d requests completed (errors %v)", n, w.Len(), sum.ErrorExamples)
+		return nil, nil, nil, vllmsim.ClockLag{}, fmt.Errorf("%d of %d requests completed (errors %v)", n, w.Len(), sum.ErrorExamples)
 	}
 	if late := sum.LatencySeconds.Lateness.P90; late > 0.005 {
 		t.Logf("%s: the generator ran %.1f ms late at p90: the machine is too busy for the time scale", p, 1000*late)
@@ -342,7 +393,7 @@ spec:
 	for i, r := range res.Records {
 		late[i] = time.Duration(float64(r.Sent-r.Scheduled) / scale)
 	}
-	return ttfts(res.Records, scale), diffs, late, nil
+	return ttfts(res.Records, scale), diffs, late, rt.SimClockLag(), nil
 }
 
 // ttfts are the records' TTFTs in modelled seconds (wall time divided by
