@@ -860,10 +860,36 @@ func (a *API) update(rn *run, f func(st *stored)) error {
 
 func (a *API) fail(rn *run, code, msg string) error {
 	now := a.opts.Now().Unix()
-	return a.update(rn, func(st *stored) {
-		st.Batch.Status, st.Batch.FailedAt = StatusFailed, &now
-		st.Batch.Errors = &BatchErrors{Object: "list", Data: []BatchError{{Code: code, Message: msg}}}
-	})
+	rn.mu.Lock()
+	st := rn.st
+	rn.mu.Unlock()
+	st.Batch.Status, st.Batch.FailedAt = StatusFailed, &now
+	st.Batch.Errors = &BatchErrors{Object: "list", Data: []BatchError{{Code: code, Message: msg}}}
+	return a.commitFinal(rn, st)
+}
+
+// commitFinal stores a terminal state: created once (the final object),
+// so of two runners that got here (one superseded after its last check)
+// only one result is ever shown, then as the batch's state.
+func (a *API) commitFinal(rn *run, st stored) error {
+	if err := a.fence(rn); err != nil {
+		return err
+	}
+	raw, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := a.opts.Store.PutIfAbsent(context.WithoutCancel(a.ctx), batchKey(st.Batch.ID, "final"), raw); err != nil {
+		if errors.Is(err, kvstore.ErrExists) {
+			rn.supersede()
+			return errSuperseded
+		}
+		return fmt.Errorf("writing the final state: %w", err)
+	}
+	rn.mu.Lock()
+	rn.st = st
+	rn.mu.Unlock()
+	return a.save(a.ctx, &st)
 }
 
 func chunkKey(id string, seq int) string {
@@ -1243,28 +1269,13 @@ func (a *API) finalize(rn *run, lines [][]byte, results []*lineResult, final str
 	case StatusExpired:
 		st.Batch.ExpiredAt = &t
 	}
-	// The terminal state is created once: of two runners that got here
-	// (one superseded after its last check) only one result is shown.
-	if err := a.fence(rn); err != nil {
+	err := a.commitFinal(rn, st)
+	if errors.Is(err, errSuperseded) {
+		// Not after another error: the final state may have been stored
+		// with them though its write answered an error.
 		a.dropFiles(outID, errID)
-		return err
 	}
-	raw, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	if err := a.opts.Store.PutIfAbsent(context.WithoutCancel(a.ctx), batchKey(b.ID, "final"), raw); err != nil {
-		a.dropFiles(outID, errID)
-		if errors.Is(err, kvstore.ErrExists) {
-			rn.supersede()
-			return errSuperseded
-		}
-		return fmt.Errorf("writing the final state: %w", err)
-	}
-	rn.mu.Lock()
-	rn.st = st
-	rn.mu.Unlock()
-	return a.save(a.ctx, &st)
+	return err
 }
 
 // dropFiles deletes the result files of a finalization that lost.

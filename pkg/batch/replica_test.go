@@ -2,6 +2,8 @@ package batch
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -332,5 +334,44 @@ func TestBatchReplicasOnS3(t *testing.T) {
 		if n := eng.sent(i); n != 1 {
 			t.Errorf("committed line %d sent %d times", i, n)
 		}
+	}
+}
+
+// TestBatchFinalWrittenOnce: a runner that passed its last fence check
+// (still at the winner's epoch) after another finalized the batch loses at
+// the final state, created only once: the result shown is the first, and
+// the loser's files are deleted.
+func TestBatchFinalWrittenOnce(t *testing.T) {
+	eng := startEngine(t)
+	stores := openShared(t, 2)
+	_, a := startAPI(t, HTTPBackend{URL: eng.url}, stores[0], APIOptions{})
+	apiB, b := startAPI(t, HTTPBackend{URL: eng.url}, stores[1], APIOptions{})
+	created := create(t, a, upload(t, a, inputFile(2, nil)), "24h")
+	done := poll(t, a, created.ID, terminal)
+	ctx := context.Background()
+	files := func() int {
+		objs, err := stores[1].List(ctx, "batch/files/", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(objs)
+	}
+	before := files()
+	st, err := apiB.load(ctx, created.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Batch.Status = StatusInProgress
+	late := &run{id: created.ID, st: st, epoch: 1}
+	results := []*lineResult{{Index: 0, Line: json.RawMessage(`{"late":0}`), OK: true}, {Index: 1, Line: json.RawMessage(`{"late":1}`), OK: true}}
+	if err := apiB.finalize(late, [][]byte{[]byte(`{}`), []byte(`{}`)}, results, StatusCompleted); !errors.Is(err, errSuperseded) {
+		t.Fatalf("late finalize: %v, want errSuperseded", err)
+	}
+	after, err := b.Batches.Get(ctx, created.ID)
+	if err != nil || after.OutputFileID != done.OutputFileID || after.Status != openai.BatchStatusCompleted {
+		t.Fatalf("after a late finalize: %+v %v", after, err)
+	}
+	if n := files(); n != before {
+		t.Fatalf("%d file objects after the late finalize, %d before", n, before)
 	}
 }
