@@ -820,15 +820,21 @@ func (a *API) start(rn *run) {
 	done := rn.done
 	rn.mu.Unlock()
 	a.wg.Add(2)
+	renewCtx, stopRenew := context.WithCancel(ctx)
+	renewed := make(chan struct{})
 	go func() {
 		defer a.wg.Done()
-		a.renew(ctx, rn)
+		defer close(renewed)
+		a.renew(renewCtx, rn)
 	}()
 	go func() {
 		defer a.wg.Done()
 		defer close(done)
 		defer cancel()
 		err := a.execute(ctx, rn)
+		// No heartbeat may land after the release below.
+		stopRenew()
+		<-renewed
 		if err != nil && a.ctx.Err() == nil && !errors.Is(err, errSuperseded) {
 			a.opts.Logger.Warn("batch: runner stopped", "batch", rn.id, "err", err)
 		}
