@@ -374,3 +374,38 @@ func TestBatchFinalWrittenOnce(t *testing.T) {
 		t.Fatalf("%d file objects after the late finalize, %d before", n, before)
 	}
 }
+
+// TestBatchCancelWhileNobodyRunsIt: a cancel recorded after its runner
+// died is carried out by the replica that takes the batch over.
+func TestBatchCancelWhileNobodyRunsIt(t *testing.T) {
+	eng := startEngine(t)
+	eng.gate, eng.entered, eng.holdAfter = make(chan struct{}), make(chan struct{}, 1), 2
+	stores := openShared(t, 2)
+	lease := APIOptions{LeaseRenew: testRenew, LeaseTTL: testTTL}
+	optsA := lease
+	optsA.Concurrency, optsA.FlushEvery = 1, 1
+	apiA, a := startAPI(t, HTTPBackend{URL: eng.url}, stores[0], optsA)
+	apiB, b := startAPI(t, HTTPBackend{URL: eng.url}, stores[1], lease)
+	created := create(t, a, upload(t, a, inputFile(5, nil)), "24h")
+	<-eng.entered
+	poll(t, b, created.ID, func(x *openai.Batch) bool { return x.RequestCounts.Completed == 2 })
+	crash(apiA)
+	releaseGate(eng)
+	cb, err := b.Batches.Cancel(context.Background(), created.ID)
+	if err != nil || cb.Status != openai.BatchStatusCancelling {
+		t.Fatalf("cancel: %+v %v", cb, err)
+	}
+	apiB.Resume()
+	got := poll(t, b, created.ID, terminal)
+	if got.Status != openai.BatchStatusCancelled || got.RequestCounts.Completed != 2 || got.RequestCounts.Failed != 3 {
+		t.Fatalf("cancelled after takeover: %+v", got)
+	}
+	if outs := content(t, b, got.OutputFileID); len(outs) != 2 {
+		t.Fatalf("%d output lines, want the 2 committed", len(outs))
+	}
+	for i := 3; i < 5; i++ {
+		if n := eng.sent(i); n != 0 {
+			t.Errorf("line %d of a cancelled batch sent %d times", i, n)
+		}
+	}
+}
