@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/llmd-kn/llmd-kn/pkg/activator"
 	"github.com/llmd-kn/llmd-kn/pkg/local"
 )
 
@@ -40,6 +41,12 @@ type localFlags struct {
 	scaleToZeroGrace  time.Duration
 	stableWindow      time.Duration
 	scaleDownDelay    time.Duration
+	// The batch tier's admission rules (the built-in table's batch tier
+	// otherwise), named as kn-llmd plan's flags for the same rules.
+	batchMaxSaturation    float64
+	batchMaxPerPod        int
+	batchMaxPrefillPerPod int
+	batchYield            bool
 }
 
 func newLocalCmd() *cobra.Command {
@@ -116,6 +123,11 @@ a second Ctrl-C cuts the requests and kills the pods at once.`,
 	fl.DurationVar(&f.scaleToZeroGrace, "scale-to-zero-grace-period", local.DefaultScaleToZeroGracePeriod, "time without traffic before a revision whose min-scale is 0 scales to zero")
 	fl.DurationVar(&f.stableWindow, "stable-window", local.DefaultStableWindow, "the decider's averaging window (its panic window is 10% of it)")
 	fl.DurationVar(&f.scaleDownDelay, "scale-down-delay", 0, "how long the decider holds a recommendation before scaling down")
+	batch, _ := activator.DefaultTiers().Get(activator.BatchTier)
+	fl.Float64Var(&f.batchMaxSaturation, "batch-max-saturation", batch.MaxSaturation, "pool saturation under which batch requests are dispatched (the batch tier's maxSaturation; 0: no limit; as kn-llmd plan's flag)")
+	fl.IntVar(&f.batchMaxPerPod, "batch-max-per-pod", batch.MaxPerPod, "most batch requests in flight on one decode pod (the batch tier's maxPerPod; 0: no cap; as kn-llmd plan's flag)")
+	fl.IntVar(&f.batchMaxPrefillPerPod, "batch-max-prefill-per-pod", batch.MaxPrefillPerPod, "most batch requests on one decode pod without their first response byte, a non-streamed answer's end (the batch tier's maxPrefillPerPod; 0: no gate; as kn-llmd plan's flag)")
+	fl.BoolVar(&f.batchYield, "batch-yield", batch.YieldToInteractive, "hold batch off a pod while an interactive request there has no first byte (the batch tier's yieldToInteractive; as kn-llmd plan's flag)")
 	fl.DurationVar(&f.coldStart, "cold-start", 0, "how long a new pod takes to become ready, which the decider provisions burst headroom for at the SLO percentile (config-llmd-autoscaler's cold-start); 0: --sim-startup-delay for simulated pods, none for --pod-command pods")
 	return cmd
 }
@@ -145,10 +157,13 @@ func (f *localFlags) run(cmd *cobra.Command) error {
 			return fmt.Errorf("--pod-command: %w", err)
 		}
 	}
+	tiers, err := f.tiers()
+	if err != nil {
+		return err
+	}
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 	vocab := local.DefaultVocabulary()
 	var svcs []*local.Service
-	var err error
 	if len(f.files) == 0 {
 		svcs, err = local.Quickstart(vocab)
 	} else {
@@ -162,7 +177,7 @@ func (f *localFlags) run(cmd *cobra.Command) error {
 		Services: svcs, Addr: f.addr, MetricsAddr: f.metricsAddr, AllowedHosts: splitList(f.allowedHosts), BatchStorage: f.batchStorage,
 		SimTimeScale: f.timeScale, SimStartupDelay: f.startupDelay, SimTokenizerDir: f.simTokenizer,
 		PodCommand: f.podCommand, GracePeriod: f.grace, DrainTimeout: f.drain, StartupTimeout: f.startup,
-		DebugRouting: f.debugRouting, Logger: log, PodOutput: cmd.ErrOrStderr(), TokenizerDir: f.tokenizerDir,
+		DebugRouting: f.debugRouting, Logger: log, PodOutput: cmd.ErrOrStderr(), TokenizerDir: f.tokenizerDir, Tiers: tiers,
 		KVEventsBind: f.kvEventsBind, KVOffloadDir: f.kvOffloadDir, KVPayloadScale: f.kvPayloadScale,
 		Autoscale: local.AutoscaleOptions{Disabled: f.noAutoscale, Tick: f.autoscaleTick, ScaleToZeroGracePeriod: f.scaleToZeroGrace,
 			StableWindow: f.stableWindow, ScaleDownDelay: f.scaleDownDelay, ColdStart: f.coldStart},
@@ -254,4 +269,22 @@ func splitList(v string) []string {
 		}
 	}
 	return out
+}
+
+// tiers is the built-in tier table with the batch tier's admission rules
+// from the flags; errors name the flag.
+func (f *localFlags) tiers() (*activator.Tiers, error) {
+	switch {
+	case !(f.batchMaxSaturation >= 0):
+		return nil, fmt.Errorf("--batch-max-saturation must not be negative, got %v", f.batchMaxSaturation)
+	case f.batchMaxPerPod < 0:
+		return nil, fmt.Errorf("--batch-max-per-pod must not be negative, got %d", f.batchMaxPerPod)
+	case f.batchMaxPrefillPerPod < 0:
+		return nil, fmt.Errorf("--batch-max-prefill-per-pod must not be negative, got %d", f.batchMaxPrefillPerPod)
+	}
+	def := activator.DefaultTiers()
+	batch, _ := def.Get(activator.BatchTier)
+	batch.MaxSaturation, batch.MaxPerPod, batch.MaxPrefillPerPod, batch.YieldToInteractive =
+		f.batchMaxSaturation, f.batchMaxPerPod, f.batchMaxPrefillPerPod, f.batchYield
+	return def.With(batch)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -268,6 +269,27 @@ func TestParseTiersRejectsBadTables(t *testing.T) {
 	}
 	if d := DefaultTiers(); d.prefill {
 		t.Fatal("the default table has a prefill gate or yields: both are off by default")
+	}
+	// With: a copy with one tier replaced, validated, the original kept.
+	d := DefaultTiers()
+	batch, _ := d.Get("batch")
+	batch.MaxPrefillPerPod, batch.YieldToInteractive = 1, true
+	w, err := d.With(batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := w.Get("batch"); got != batch || !w.prefill || !slices.Equal(w.Names(), d.Names()) {
+		t.Fatalf("With: batch %+v (counting %v), tiers %v", got, w.prefill, w.Names())
+	}
+	if orig, _ := d.Get("batch"); orig.MaxPrefillPerPod != 0 || d.prefill {
+		t.Fatal("With changed the table it was called on")
+	}
+	batch.MaxPrefillPerPod = -1
+	if _, err := d.With(batch); err == nil || !strings.Contains(err.Error(), "maxPrefillPerPod") {
+		t.Fatalf("With a negative prefill gate: %v", err)
+	}
+	if _, err := d.With(Tier{Name: "gold", MaxQueueTime: Duration(time.Second)}); err == nil || !strings.Contains(err.Error(), "gold") {
+		t.Fatalf("With an unknown tier: %v", err)
 	}
 	tiers := DefaultTiers()
 	if got := tiers.Names(); len(got) != 3 || got[0] != "critical" || got[2] != "batch" {

@@ -2,8 +2,10 @@ package activator
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -170,28 +172,63 @@ func ParseTiers(data []byte) (*Tiers, error) {
 	t := &Tiers{byName: map[string]Tier{}}
 	for i, tier := range doc.Tiers {
 		path := fmt.Sprintf("tiers[%d]", i)
-		switch {
-		case !validTierName(tier.Name):
-			return nil, fmt.Errorf("%s.name: %q must be a lowercase DNS label", path, tier.Name)
-		case t.has(tier.Name):
+		if t.has(tier.Name) {
 			return nil, fmt.Errorf("%s.name: duplicate tier %q", path, tier.Name)
-		case tier.MaxQueueTime <= 0:
-			return nil, fmt.Errorf("%s.maxQueueTime: must be positive (nothing waits forever)", path)
-		case tier.MaxSaturation < 0 || math.IsNaN(tier.MaxSaturation):
-			return nil, fmt.Errorf("%s.maxSaturation: must not be negative", path)
-		case tier.MaxPerPod < 0:
-			return nil, fmt.Errorf("%s.maxPerPod: must not be negative", path)
-		case tier.MaxPrefillPerPod < 0:
-			return nil, fmt.Errorf("%s.maxPrefillPerPod: must not be negative (0: no prefill gate)", path)
+		}
+		if err := checkTier(path, tier); err != nil {
+			return nil, err
 		}
 		t.byName[tier.Name] = tier
 		t.order = append(t.order, tier.Name)
+	}
+	t.arrange()
+	return t, nil
+}
+
+// checkTier validates one tier; errors name the field under path.
+func checkTier(path string, tier Tier) error {
+	switch {
+	case !validTierName(tier.Name):
+		return fmt.Errorf("%s.name: %q must be a lowercase DNS label", path, tier.Name)
+	case tier.MaxQueueTime <= 0:
+		return fmt.Errorf("%s.maxQueueTime: must be positive (nothing waits forever)", path)
+	case tier.MaxSaturation < 0 || math.IsNaN(tier.MaxSaturation):
+		return fmt.Errorf("%s.maxSaturation: must not be negative", path)
+	case tier.MaxPerPod < 0:
+		return fmt.Errorf("%s.maxPerPod: must not be negative", path)
+	case tier.MaxPrefillPerPod < 0:
+		return fmt.Errorf("%s.maxPrefillPerPod: must not be negative (0: no prefill gate)", path)
+	}
+	return nil
+}
+
+// arrange orders the tiers by priority and notes whether any counts
+// requests without their first byte.
+func (t *Tiers) arrange() {
+	t.prefill = false
+	for _, tier := range t.byName {
 		t.prefill = t.prefill || tier.MaxPrefillPerPod > 0 || tier.YieldToInteractive
 	}
 	sort.SliceStable(t.order, func(i, j int) bool {
 		return t.byName[t.order[i]].Priority > t.byName[t.order[j]].Priority
 	})
-	return t, nil
+}
+
+// With returns a copy of the table with the tier of tier.Name replaced by
+// tier (validated as ParseTiers does); t is not changed. An unknown name
+// is an error: the table's tiers are what requests and Services name.
+func (t *Tiers) With(tier Tier) (*Tiers, error) {
+	i := slices.Index(t.order, tier.Name)
+	if i < 0 {
+		return nil, fmt.Errorf("tiers: no tier %q", tier.Name)
+	}
+	if err := checkTier(fmt.Sprintf("tiers[%s]", tier.Name), tier); err != nil {
+		return nil, err
+	}
+	c := &Tiers{byName: maps.Clone(t.byName), order: slices.Clone(t.order)}
+	c.byName[tier.Name] = tier
+	c.arrange()
+	return c, nil
 }
 
 // DefaultTiers returns the built-in table.
