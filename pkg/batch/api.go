@@ -771,11 +771,14 @@ func (a *API) cancelLocal(w http.ResponseWriter, r *http.Request, rn *run) {
 			apiError(w, http.StatusInternalServerError, "", err.Error())
 			return
 		}
-		if err := a.noticeCancel(r.Context(), rn); err != nil && !errors.Is(err, errSuperseded) {
+		marked, err := a.markCancel(r.Context(), rn)
+		if err != nil && !errors.Is(err, errSuperseded) {
 			apiError(w, http.StatusInternalServerError, "", err.Error())
 			return
 		}
-		b = rn.snapshot()
+		// The batch as the cancel left it (OpenAI answers cancelling),
+		// not as the stopped runner may already have finished it.
+		b = marked
 		if b.Status != StatusCancelling && !Terminal(b.Status) {
 			// Superseded meanwhile: its new runner reads the request.
 			at := a.opts.Now().Unix()
@@ -788,13 +791,20 @@ func (a *API) cancelLocal(w http.ResponseWriter, r *http.Request, rn *run) {
 // noticeCancel reads a cancel request another replica recorded and, if
 // there is one, cancels the batch here as a local cancel would.
 func (a *API) noticeCancel(ctx context.Context, rn *run) error {
+	_, err := a.markCancel(ctx, rn)
+	return err
+}
+
+// markCancel is noticeCancel returning the batch as marking it cancelling
+// left it, before its runner, told to stop, finishes it.
+func (a *API) markCancel(ctx context.Context, rn *run) (BatchObject, error) {
 	id := rn.snapshot().ID
 	m, err := a.cancelRequested(ctx, id)
 	if err != nil || m == nil {
-		return err
+		return rn.snapshot(), err
 	}
 	if b := rn.snapshot(); Terminal(b.Status) || b.Status == StatusCancelling {
-		return nil
+		return b, nil
 	}
 	err = a.update(rn, func(st *stored) {
 		if b := &st.Batch; !Terminal(b.Status) && b.Status != StatusCancelling {
@@ -802,13 +812,14 @@ func (a *API) noticeCancel(ctx context.Context, rn *run) error {
 			b.Status, b.CancellingAt = StatusCancelling, &at
 		}
 	})
+	marked := rn.snapshot()
 	rn.mu.Lock()
 	cancel := rn.cancel
 	rn.mu.Unlock()
 	if cancel != nil {
 		cancel()
 	}
-	return err
+	return marked, err
 }
 
 // start runs a batch's runner; a.mu is held.
