@@ -52,7 +52,10 @@ func admitBudget(t Tier) time.Duration {
 // budget and, once it is placed, a request of that higher tier would still
 // start within its budget: lower tiers never take the last place a higher
 // tier's next request needs (batch, without a target, goes only where a
-// critical request would still start in time after it).
+// critical request would still start in time after it). The reserve
+// applies while a higher tier with a target has had a request dispatched
+// within rateWindow (FlowController.higherActive): a revision that serves
+// one tier is held to that tier's own budget.
 func (ts *Tiers) budgets(t Tier) (own, reserve time.Duration) {
 	for _, o := range ts.byName {
 		if o.Priority <= t.Priority {
@@ -363,7 +366,9 @@ func (rev *revision) waits(dst []podWait, admitted int, t Tier) []podWait {
 func (rev *revision) overBudget(t Tier) map[string]bool {
 	own, reserve := rev.a.opts.Tiers.budgets(t)
 	priority := rev.config().PriorityScheduling
-	if priority {
+	if priority || reserve > 0 && !rev.flow.higherActive(t, rev.a.opts.Now()) {
+		// Under priority scheduling lower tiers yield; otherwise room
+		// is kept only while a higher tier has traffic (gate).
 		reserve = 0
 	}
 	budget := own.Seconds()

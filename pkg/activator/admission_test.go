@@ -611,3 +611,71 @@ func TestAdmitsBesideARequestInPrefill(t *testing.T) {
 		t.Errorf("the pod left out of routing: %v", over)
 	}
 }
+
+// A lower tier keeps room for a higher tier's next request only while that
+// tier has traffic: without priority scheduling, a standard request
+// predicted to start in about 500 ms (within its own 1 s budget, over
+// critical's 250 ms) is admitted and routed to the busy pod while no critical request
+// was dispatched in the rate window, and held to critical's budget once
+// one was. (A revision serving standard requests alone held them in the
+// activator and left busy pods out of routing for critical requests that
+// never came: the fidelity test's round-robin tail, issue 17.)
+func TestReserveOnlyWhileAHigherTierHasTraffic(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	var sims []*sim
+	for i := range 2 {
+		sims = append(sims, startSim(t, fmt.Sprintf("pod-%d", i), engine.RoleBoth, 0.01, nil))
+	}
+	f := newFixtureOpts(t, func(o *Options) { o.Now = clock.Now }, apis.Spec{}, sims...)
+	f.act.mu.Lock()
+	rev := f.act.revs[f.key]
+	f.act.mu.Unlock()
+	std := tier(t, "standard")
+	si := f.act.opts.Tiers.index("standard")
+	// Both pods full (8 of 8 slots) and starting 20 requests in the last
+	// 1.9 s (10.5/s); pod-0 has 4 standard requests waiting: a fifth
+	// starts there in 475 ms, a sixth in 570 ms. pod-1 has 12 waiting
+	// (1.23 s).
+	for i, p := range []*pod{rev.pod("pod-0"), rev.pod("pod-1")} {
+		p.mu.Lock()
+		p.slots = 8
+		p.mu.Unlock()
+		q := int64(4)
+		if i == 1 {
+			q = 12
+		}
+		p.inflight.Store(8 + q)
+		p.queued[si].Store(q)
+		for k := range 20 { // oldest first: the meter's span starts at its first event
+			p.starts.add(clock.now.Add(-time.Duration(19-k) * 100 * time.Millisecond))
+		}
+	}
+	defer func() {
+		for _, p := range []*pod{rev.pod("pod-0"), rev.pod("pod-1")} {
+			p.inflight.Store(0)
+			p.queued[si].Store(0)
+		}
+	}()
+	admitted := func() bool {
+		ready, ok := rev.gate(std, 0)
+		if !ready {
+			t.Fatal("the revision has ready pods")
+		}
+		return ok
+	}
+	if !admitted() {
+		t.Error("no critical traffic: a standard request predicted to start in 475 ms (its budget 1 s) was held")
+	}
+	if over := rev.overBudget(std); len(over) != 1 || !over["pod-1"] {
+		t.Errorf("no critical traffic: %v left out of routing, want pod-1 alone (over standard's 1 s)", over)
+	}
+	rev.flow.mu.Lock()
+	rev.flow.markDispatch("critical")
+	rev.flow.mu.Unlock()
+	if admitted() {
+		t.Error("critical traffic in the window: a standard request that leaves critical's next request 570 ms was admitted")
+	}
+	if over := rev.overBudget(std); over != nil {
+		t.Errorf("critical traffic: %v left out; want none (every pod over critical's 250 ms: the router picks among all)", over)
+	}
+}

@@ -612,6 +612,13 @@ func (rev *revision) gate(t Tier, admitted int) (ready, ok bool) {
 		if len(ws) == 0 {
 			return false, false
 		}
+		// Room is kept for a higher tier only while one with a target
+		// has traffic: a revision serving standard requests alone is
+		// held to standard's budget, not to critical's for requests
+		// that never come.
+		if reserve > 0 && !rev.flow.higherActive(t, now) {
+			reserve = 0
+		}
 		var keep float64
 		if rev.config().PriorityScheduling {
 			// The pods order their queues by tier (vLLM's priority
@@ -619,7 +626,7 @@ func (rev *revision) gate(t Tier, admitted int) (ready, ok bool) {
 			// tiers' requests. They do not preempt for a slot: while a
 			// higher tier with a target has traffic, a lower tier starts
 			// only where it leaves some slots free for it (keepFree).
-			if reserve > 0 && rev.flow.higherActive(t, now) {
+			if reserve > 0 {
 				keep = keepFree(ws)
 			}
 			reserve = 0
