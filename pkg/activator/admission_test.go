@@ -323,16 +323,23 @@ func TestFlowShedsBehindHigherTiersOnArrival(t *testing.T) {
 // where one has it: the engine does not preempt for a slot, so on the full
 // pod it would wait for a running request to finish, even within its
 // budget. Without priority scheduling the budget alone decides.
-func TestOverBudgetPrefersAFreeSlotUnderPriority(t *testing.T) {
-	clock := &fakeClock{now: time.Unix(1000, 0)}
+// twoPods is an activator on a fixed clock in front of two simulated pods,
+// pod-0 and pod-1, and their revision.
+func twoPods(t *testing.T, clock *fakeClock) (*fixture, *revision) {
+	t.Helper()
 	var sims []*sim
 	for i := range 2 {
 		sims = append(sims, startSim(t, fmt.Sprintf("pod-%d", i), engine.RoleBoth, 0.01, nil))
 	}
 	f := newFixtureOpts(t, func(o *Options) { o.Now = clock.Now }, apis.Spec{}, sims...)
 	f.act.mu.Lock()
-	rev := f.act.revs[f.key]
-	f.act.mu.Unlock()
+	defer f.act.mu.Unlock()
+	return f, f.act.revs[f.key]
+}
+
+func TestOverBudgetPrefersAFreeSlotUnderPriority(t *testing.T) {
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	f, rev := twoPods(t, clock)
 	// pod-0 runs 8 of 8 of ours and started one 100 ms ago: 10/s, a
 	// critical request would start there in 100 ms (within its 250 ms);
 	// pod-1 has 8 slots and nothing on it.
@@ -622,14 +629,7 @@ func TestAdmitsBesideARequestInPrefill(t *testing.T) {
 // never came: the fidelity test's round-robin tail, issue 17.)
 func TestReserveOnlyWhileAHigherTierHasTraffic(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1000, 0)}
-	var sims []*sim
-	for i := range 2 {
-		sims = append(sims, startSim(t, fmt.Sprintf("pod-%d", i), engine.RoleBoth, 0.01, nil))
-	}
-	f := newFixtureOpts(t, func(o *Options) { o.Now = clock.Now }, apis.Spec{}, sims...)
-	f.act.mu.Lock()
-	rev := f.act.revs[f.key]
-	f.act.mu.Unlock()
+	f, rev := twoPods(t, clock)
 	std := tier(t, "standard")
 	si := f.act.opts.Tiers.index("standard")
 	// Both pods full (8 of 8 slots) and starting 20 requests in the last
