@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -19,7 +21,9 @@ import (
 // dedupe remembers each event's result by id+source for a retention
 // window, bounded in memory (oldest first out) and, with a store, kept
 // in object storage so a restarted activator still knows it. An event in
-// flight is shared: a duplicate waits for the first delivery's result.
+// flight is shared: a duplicate waits for the first delivery's result,
+// in this process or, through a claim in shared storage, in another
+// replica (claim.go).
 type dedupe struct {
 	mu        sync.Mutex
 	byKey     map[string]*list.Element
@@ -29,6 +33,13 @@ type dedupe struct {
 	store     *kvstore.Store
 	now       func() time.Time
 	puts      int
+
+	// Claims across replicas that share the store (claim.go).
+	id                           string
+	renew, ttl, pollMin, pollMax time.Duration
+	log                          *slog.Logger
+	crashed                      atomic.Bool  // tests: stop as a crash would (no beats, releases or results)
+	waits                        atomic.Int64 // deliveries that waited for another replica's result
 }
 
 type entry struct {
@@ -36,11 +47,28 @@ type entry struct {
 	at     time.Time
 	done   chan struct{}
 	result *event.Event // nil: still in flight, or abandoned (transient)
+	remote bool         // result computed by a replica that held the event's claim
+	// The claim this replica holds in storage for the event (epoch 0:
+	// none) and its heartbeat.
+	epoch       int64
+	stopBeat    chan struct{}
+	beatStopped chan struct{}
 }
 
 func newDedupe(max int, retention time.Duration, store *kvstore.Store, now func() time.Time) *dedupe {
-	return &dedupe{byKey: map[string]*list.Element{}, order: list.New(), max: max, retention: retention, store: store, now: now}
+	return &dedupe{byKey: map[string]*list.Element{}, order: list.New(), max: max, retention: retention, store: store, now: now,
+		id: newID("replica-"), renew: DefaultClaimRenew, ttl: DefaultClaimTTL, pollMin: DefaultClaimPollMin, pollMax: DefaultClaimPollMax,
+		log: slog.New(slog.DiscardHandler)}
 }
+
+// role is what begin makes of a delivery.
+type role int
+
+const (
+	roleOwner  role = iota // infer, then finish or abandon
+	roleWait               // wait on entry.done (this process has, or will have, the result)
+	roleRemote             // another replica holds the event's claim: await its result
+)
 
 // record is what storage keeps per event.
 type record struct {
@@ -57,17 +85,18 @@ func storeKey(key string) string {
 	return "batch/events/" + hex.EncodeToString(h[:16])
 }
 
-// begin returns the entry for key and whether the caller owns it (must
-// compute the result and call finish or abandon). A non-owner waits on
-// entry.done. A result found in storage is loaded as a finished entry.
-func (d *dedupe) begin(ctx context.Context, key string) (*entry, bool) {
+// begin returns the entry for key and what the caller is to do with it.
+// A result found in storage is loaded as a finished entry (roleWait). With
+// a store, an event no replica has answered is claimed there first, so
+// only one replica infers it (claim.go).
+func (d *dedupe) begin(ctx context.Context, key string) (*entry, role) {
 	now := d.now()
 	d.mu.Lock()
 	if el, ok := d.byKey[key]; ok {
 		e := el.Value.(*entry)
 		if e.result == nil || now.Sub(e.at) < d.retention {
 			d.mu.Unlock()
-			return e, false
+			return e, roleWait
 		}
 		d.order.Remove(el)
 		delete(d.byKey, key)
@@ -76,19 +105,13 @@ func (d *dedupe) begin(ctx context.Context, key string) (*entry, bool) {
 	d.byKey[key] = d.order.PushBack(e)
 	d.evictLocked()
 	d.mu.Unlock()
-	if d.store != nil {
-		if rec, err := d.load(ctx, key); err == nil && rec.Result != nil && now.Sub(rec.At) < d.retention {
-			var ev event.Event
-			if json.Unmarshal(rec.Result, &ev) == nil {
-				d.mu.Lock()
-				e.result, e.at = &ev, rec.At
-				close(e.done)
-				d.mu.Unlock()
-				return e, false
-			}
-		}
+	if d.store == nil {
+		return e, roleOwner
 	}
-	return e, true
+	if d.adopt(ctx, e, false) {
+		return e, roleWait
+	}
+	return e, d.claimFor(ctx, e)
 }
 
 func (d *dedupe) evictLocked() {
@@ -117,9 +140,14 @@ func (d *dedupe) finish(ctx context.Context, e *entry, result event.Event) error
 	if err != nil {
 		return err
 	}
+	if d.crashed.Load() {
+		return nil
+	}
 	if err := d.save(ctx, e.key, record{At: e.at, Result: raw}); err != nil {
+		d.release(e)
 		return err
 	}
+	d.release(e) // after the result: a replica that sees the release finds it
 	d.maybeSweep(ctx)
 	return nil
 }
@@ -134,6 +162,9 @@ func (d *dedupe) abandon(e *entry) {
 	}
 	close(e.done)
 	d.mu.Unlock()
+	if d.store != nil {
+		d.release(e)
+	}
 }
 
 // savePending stores accepted work before it is answered, so a restart
@@ -229,6 +260,16 @@ func (d *dedupe) sweep(ctx context.Context) error {
 			continue
 		}
 		_ = d.store.Delete(ctx, o.Key)
+	}
+	// Claims: renewed while their work runs, so an old one is finished.
+	claims, err := d.store.List(ctx, "batch/claims/", 0)
+	if err != nil {
+		return err
+	}
+	for _, o := range claims {
+		if now.Sub(o.ModTime) >= d.retention {
+			_ = d.store.Delete(ctx, o.Key)
+		}
 	}
 	return nil
 }

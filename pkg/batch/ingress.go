@@ -53,6 +53,17 @@ type IngressOptions struct {
 	// backoff (5 retries from 200 ms).
 	SinkRetries int
 	SinkBackoff time.Duration
+	// ReplicaID names this process in its event claims (random by
+	// default). With a Store shared by replicas, an event is claimed
+	// there by the first delivery; the owner renews its claim every
+	// ClaimRenew (10 s); a delivery that finds another replica's claim
+	// polls storage for the result every ClaimPollMin doubling to
+	// ClaimPollMax (200 ms, 1 s) and takes the event over once it has
+	// seen the claim unrenewed for ClaimTTL (30 s, longer than
+	// ClaimRenew) by its own clock. See claim.go.
+	ReplicaID                  string
+	ClaimRenew, ClaimTTL       time.Duration
+	ClaimPollMin, ClaimPollMax time.Duration
 	// HTTPClient sends to sinks (a client with a 30 s timeout).
 	HTTPClient *http.Client
 	Now        func() time.Time
@@ -118,13 +129,32 @@ func NewIngress(opts IngressOptions) (*Ingress, error) {
 	if opts.Sink == nil {
 		opts.Sink = func(*http.Request) string { return "" }
 	}
+	if opts.ClaimRenew <= 0 {
+		opts.ClaimRenew = DefaultClaimRenew
+	}
+	if opts.ClaimTTL <= 0 {
+		opts.ClaimTTL = DefaultClaimTTL
+	}
+	if opts.ClaimPollMin <= 0 {
+		opts.ClaimPollMin = DefaultClaimPollMin
+	}
+	if opts.ClaimPollMax < opts.ClaimPollMin {
+		opts.ClaimPollMax = max(DefaultClaimPollMax, opts.ClaimPollMin)
+	}
+	if opts.ClaimTTL <= opts.ClaimRenew {
+		return nil, fmt.Errorf("batch: claim TTL %v must be longer than its renew interval %v", opts.ClaimTTL, opts.ClaimRenew)
+	}
 	c, err := cloudevents.NewClientHTTP(cehttp.WithClient(*opts.HTTPClient))
 	if err != nil {
 		return nil, fmt.Errorf("batch: CloudEvents client: %w", err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	in := &Ingress{opts: opts, client: c, jobs: make(chan job, opts.Queue), ctx: ctx, stop: stop,
-		dedupe: newDedupe(opts.MaxEntries, opts.Retention, opts.Store, opts.Now)}
+	d := newDedupe(opts.MaxEntries, opts.Retention, opts.Store, opts.Now)
+	if opts.ReplicaID != "" {
+		d.id = opts.ReplicaID
+	}
+	d.renew, d.ttl, d.pollMin, d.pollMax, d.log = opts.ClaimRenew, opts.ClaimTTL, opts.ClaimPollMin, opts.ClaimPollMax, opts.Logger
+	in := &Ingress{opts: opts, client: c, jobs: make(chan job, opts.Queue), ctx: ctx, stop: stop, dedupe: d}
 	for i := 0; i < opts.Workers; i++ {
 		in.wg.Add(1)
 		go in.worker()
@@ -239,9 +269,12 @@ func (in *Ingress) runJob(j job) {
 	if retry.Attempts <= 0 {
 		retry.Attempts = 8
 	}
-	ev, ok := in.process(in.ctx, j.req, j.origin, retry, true)
+	ev, ok, remote := in.process(in.ctx, j.req, j.origin, retry, true)
 	if !ok {
 		return // shutting down: the pending record resumes it
+	}
+	if remote {
+		return // the replica that inferred it delivers it and stores the result
 	}
 	in.deliver(in.ctx, ev, j.sink)
 	if in.opts.Store != nil {
@@ -270,7 +303,7 @@ func (in *Ingress) reply(w http.ResponseWriter, r *http.Request, reqs []*Request
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			ev, ok := in.process(r.Context(), rq, o, retry, false)
+			ev, ok, _ := in.process(r.Context(), rq, o, retry, false)
 			if !ok {
 				transient[i] = true
 			}
@@ -302,20 +335,33 @@ func (in *Ingress) reply(w http.ResponseWriter, r *http.Request, reqs []*Request
 // process computes (or recalls) the result event of one request. It
 // returns false when no final result came: a transient failure the caller
 // should let the sender retry (reply mode) or the process is stopping.
-func (in *Ingress) process(ctx context.Context, rq *Request, o Origin, retry Retry, final bool) (event.Event, bool) {
+// remote: another replica computed the result (and delivers it to a sink).
+func (in *Ingress) process(ctx context.Context, rq *Request, o Origin, retry Retry, final bool) (ev event.Event, ok, remote bool) {
 	for {
-		e, owner := in.dedupe.begin(ctx, rq.Key())
-		if !owner {
+		e, r := in.dedupe.begin(ctx, rq.Key())
+		if r == roleWait {
 			select {
 			case <-e.done:
 			case <-ctx.Done():
-				return event.Event{}, false
+				return event.Event{}, false, false
 			}
 			if e.result != nil {
 				in.duplicates.Add(1)
-				return *e.result, true
+				return *e.result, true, e.remote
 			}
 			continue // the first delivery gave up: try ourselves
+		}
+		if r == roleRemote {
+			// Another replica infers it (and, with a sink, delivers it).
+			done, owner := in.dedupe.await(ctx, e)
+			if done {
+				in.duplicates.Add(1)
+				return *e.result, true, true
+			}
+			if !owner {
+				in.dedupe.abandon(e)
+				return event.Event{}, false, false
+			}
 		}
 		out := in.run(ctx, rq, o, retry)
 		// The caller went away (not the request's own deadline), or a
@@ -323,9 +369,9 @@ func (in *Ingress) process(ctx context.Context, rq *Request, o Origin, retry Ret
 		gaveUp := ctx.Err() != nil && (rq.Deadline.IsZero() || in.opts.Now().Before(rq.Deadline))
 		if gaveUp || out.Transient && !final {
 			in.dedupe.abandon(e)
-			return in.resultEvent(rq, out), false
+			return in.resultEvent(rq, out), false, false
 		}
-		ev := in.resultEvent(rq, out)
+		ev = in.resultEvent(rq, out)
 		if err := in.dedupe.finish(ctx, e, ev); err != nil {
 			in.opts.Logger.Warn("batch: storing a result", "err", err)
 		}
@@ -334,7 +380,7 @@ func (in *Ingress) process(ctx context.Context, rq *Request, o Origin, retry Ret
 		} else {
 			in.failed.Add(1)
 		}
-		return ev, true
+		return ev, true, false
 	}
 }
 

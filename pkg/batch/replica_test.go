@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/openai/openai-go/v3"
 
 	"github.com/llmd-kn/llmd-kn/internal/testutil"
@@ -120,7 +121,21 @@ func FuzzStoredObjects(f *testing.F) {
 	f.Add([]byte(`{"at":-1}`), "batch/index/x_batch_abc")
 	f.Add([]byte(`null`), "batch/index/000001700000_batch_../x")
 	f.Add([]byte(`{}`), "batch/index/+00001700000_batch_abc")
+	f.Add([]byte(`{"at":"2026-01-01T00:00:00Z","result":{"specversion":"1.0","id":"x","source":"/s","type":"t"}}`), "")
+	f.Add([]byte(`{"at":"2026-01-01T00:00:00Z","result":{"specversion":"1.0"}}`), "")
+	f.Add([]byte(`{"pending":true}`), "")
 	f.Fuzz(func(t *testing.T, raw []byte, key string) {
+		if rec, err := parseRecord(raw); err == nil {
+			if rec.Pending && rec.Request == nil {
+				t.Fatalf("accepted a pending record without a request")
+			}
+			if rec.Result != nil {
+				var ev event.Event
+				if json.Unmarshal(rec.Result, &ev) != nil || ev.Validate() != nil {
+					t.Fatalf("accepted result %s", rec.Result)
+				}
+			}
+		}
 		if m, err := parseCancelMarker(raw); err == nil && m.At <= 0 {
 			t.Fatalf("accepted %+v", m)
 		}
