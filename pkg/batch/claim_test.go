@@ -3,6 +3,7 @@ package batch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -147,5 +148,55 @@ func TestDeadOwnerTakenOver(t *testing.T) {
 	// B's result is stored: C answers a duplicate from storage.
 	if ev := (<-request(c, context.Background(), urlC, chatEvent("hd-1", testModel))).check(t, "hd-1"); ev.ID() != evB.ID() || eng.calls.Load() != 2 {
 		t.Fatal("C answered a duplicate with another result")
+	}
+}
+
+// TestDeadOwnerTakenOverAsync: the same with a sink: A dies with the
+// work accepted; B answers 202 to the redelivery, takes the event over
+// after the TTL and delivers the result once.
+func TestDeadOwnerTakenOverAsync(t *testing.T) {
+	eng := startEngine(t)
+	eng.gate, eng.entered = make(chan struct{}), make(chan struct{}, 1)
+	snk := startSink(t)
+	a, b, urlA, urlB, _ := twoIngresses(t, eng, IngressOptions{Sink: func(*http.Request) string { return snk.url }}, false)
+	c := sender(t)
+	if res := c.Send(cloudevents.ContextWithTarget(context.Background(), urlA), chatEvent("hda-1", testModel)); !cloudevents.IsACK(res) {
+		t.Fatal(res)
+	}
+	<-eng.entered
+	a.dedupe.crashed.Store(true)
+	a.Close() // its worker gives up; the crash leaves its claim as it was
+	releaseGate(eng)
+	if res := c.Send(cloudevents.ContextWithTarget(context.Background(), urlB), chatEvent("hda-1", testModel)); !cloudevents.IsACK(res) {
+		t.Fatal(res)
+	}
+	ev := snk.next(t)
+	checkResponse(t, &ev, "hda-1")
+	waitFor(t, func() bool { return b.Stats().Delivered == 1 })
+	if n, hits, sa := eng.calls.Load(), snk.hits.Load(), a.Stats(); n != 2 || hits != 1 || sa.Delivered != 0 {
+		t.Fatalf("%d inferences, %d deliveries to the sink, A %+v", n, hits, sa)
+	}
+}
+
+// TestBadClaimExpires: a claim object that does not validate (anyone with
+// write access to the bucket may have written it) blocks nothing for
+// longer than the TTL: it is taken over, and the event inferred once.
+func TestBadClaimExpires(t *testing.T) {
+	eng := startEngine(t)
+	store := openShared(t, 1)[0]
+	in, url := newIngress(t, HTTPBackend{URL: eng.url}, IngressOptions{Store: store,
+		ClaimRenew: 10 * time.Millisecond, ClaimTTL: 50 * time.Millisecond})
+	for i, raw := range []string{`{"owner":""}`, `not json`} {
+		ev := chatEvent(fmt.Sprintf("bad-%d", i), testModel)
+		if err := store.Put(context.Background(), claimKey(ev.Source()+"\x00"+ev.ID(), 1), []byte(raw)); err != nil {
+			t.Fatal(err)
+		}
+		(<-request(sender(t), context.Background(), url, ev)).check(t, ev.ID())
+		if w, s := in.dedupe.waits.Load(), in.Stats(); w != int64(i+1) || s.Answered != int64(i+1) {
+			t.Fatalf("%q: %d waits, %+v", raw, w, s)
+		}
+	}
+	if n := eng.calls.Load(); n != 2 {
+		t.Fatalf("%d inferences for two events", n)
 	}
 }
