@@ -2,6 +2,7 @@ package batch
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -198,5 +199,41 @@ func TestBadClaimExpires(t *testing.T) {
 	}
 	if n := eng.calls.Load(); n != 2 {
 		t.Fatalf("%d inferences for two events", n)
+	}
+}
+
+// TestSavePendingKeepsResults: accepted work is recorded only where no
+// live record is: a result another replica stored (between this replica's
+// look and its write) stays; only an expired result is replaced.
+func TestSavePendingKeepsResults(t *testing.T) {
+	store := openShared(t, 1)[0]
+	now := time.Unix(1_800_000_000, 0)
+	d := newDedupe(10, time.Hour, store, func() time.Time { return now })
+	ctx := context.Background()
+	result, _ := json.Marshal(chatEvent("r-1", testModel))
+	req := json.RawMessage(`{"specversion":"1.0","id":"r-1","source":"/s","type":"t"}`)
+	if err := d.save(ctx, "k", record{At: now, Result: result}); err != nil {
+		t.Fatal(err)
+	}
+	stored := func() record {
+		raw, err := store.Get(ctx, storeKey("k"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := parseRecord(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	if err := d.savePending(ctx, "k", record{Request: req}); err != nil || stored().Pending {
+		t.Fatalf("%v: a live result was overwritten", err)
+	}
+	now = now.Add(2 * time.Hour) // the result expired
+	if err := d.savePending(ctx, "k", record{Request: req, Sink: "http://first"}); err != nil || !stored().Pending {
+		t.Fatalf("%v: an expired result was kept", err)
+	}
+	if err := d.savePending(ctx, "k", record{Request: req, Sink: "http://second"}); err != nil || stored().Sink != "http://first" {
+		t.Fatalf("%v: pending work was rewritten", err)
 	}
 }

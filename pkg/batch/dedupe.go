@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -168,29 +167,30 @@ func (d *dedupe) abandon(e *entry) {
 }
 
 // savePending stores accepted work before it is answered, so a restart
-// resumes it.
+// resumes it. It never overwrites a live record: another delivery's
+// pending record is the same work, and a result another replica stored
+// meanwhile must stay (it is created only if absent; only an expired or
+// invalid record is replaced).
 func (d *dedupe) savePending(ctx context.Context, key string, rec record) error {
 	if d.store == nil {
 		return nil
 	}
-	if old, err := d.load(ctx, key); err == nil && old.Result != nil {
-		return nil // a redelivery of finished work: keep the result
-	}
 	rec.Pending = true
 	rec.At = d.now()
-	return d.save(ctx, key, rec)
-}
-
-func (d *dedupe) load(ctx context.Context, key string) (record, error) {
-	var rec record
-	raw, err := d.store.Get(ctx, storeKey(key))
+	raw, err := json.Marshal(rec)
 	if err != nil {
-		return rec, err
+		return err
 	}
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		return rec, fmt.Errorf("%w: %v", kvstore.ErrCorrupt, err)
+	err = d.store.PutIfAbsent(ctx, storeKey(key), raw)
+	if !errors.Is(err, kvstore.ErrExists) {
+		return err
 	}
-	return rec, nil
+	if old, err := d.store.Get(ctx, storeKey(key)); err == nil {
+		if o, perr := parseRecord(old); perr == nil && (o.Pending || o.Result != nil && d.now().Sub(o.At) < d.retention) {
+			return nil // the same work, pending or done
+		}
+	}
+	return d.store.Put(ctx, storeKey(key), raw)
 }
 
 func (d *dedupe) save(ctx context.Context, key string, rec record) error {
