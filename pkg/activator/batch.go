@@ -59,9 +59,12 @@ func (a *Activator) BatchFront(ctx context.Context, cfg BatchConfig) (http.Handl
 	if _, ok := tiers.Get("batch"); !ok && len(names) > 0 {
 		policy.Default = names[len(names)-1] // the lowest tier
 	}
+	// Event claims renew and expire as batch leases do, under the same
+	// replica name (a pod restarted under its name resumes its own).
 	events, err := batch.NewIngress(batch.IngressOptions{Backend: backend, Store: store, Tiers: policy,
 		Sink:           a.batchSink(cfg.Sink),
-		DeadLetterSink: cfg.DeadLetterSink, Logger: log})
+		DeadLetterSink: cfg.DeadLetterSink, ReplicaID: cfg.ReplicaID, ClaimRenew: cfg.LeaseRenew, ClaimTTL: cfg.LeaseTTL,
+		Logger: log})
 	if err != nil {
 		_ = store.Close()
 		return nil, nil, err
