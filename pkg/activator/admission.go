@@ -365,6 +365,12 @@ func (rev *revision) waits(dst []podWait, admitted int, t Tier) []podWait {
 // does not preempt for a slot (keepFree).
 func (rev *revision) overBudget(t Tier) map[string]bool {
 	own, reserve := rev.a.opts.Tiers.budgets(t)
+	if own == 0 && reserve == 0 {
+		// No target at or above the tier: nothing to keep room for, and
+		// the routing profile alone picks (a free slot is preferred only
+		// for a target's sake).
+		return nil
+	}
 	priority := rev.config().PriorityScheduling
 	if priority || reserve > 0 && !rev.flow.higherActive(t, rev.a.opts.Now()) {
 		// Under priority scheduling lower tiers yield; otherwise room

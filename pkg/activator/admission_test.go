@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -325,13 +326,18 @@ func TestFlowShedsBehindHigherTiersOnArrival(t *testing.T) {
 // budget. Without priority scheduling the budget alone decides.
 // twoPods is an activator on a fixed clock in front of two simulated pods,
 // pod-0 and pod-1, and their revision.
-func twoPods(t *testing.T, clock *fakeClock) (*fixture, *revision) {
+func twoPods(t *testing.T, clock *fakeClock, mods ...func(*Options)) (*fixture, *revision) {
 	t.Helper()
 	var sims []*sim
 	for i := range 2 {
 		sims = append(sims, startSim(t, fmt.Sprintf("pod-%d", i), engine.RoleBoth, 0.01, nil))
 	}
-	f := newFixtureOpts(t, func(o *Options) { o.Now = clock.Now }, apis.Spec{}, sims...)
+	f := newFixtureOpts(t, func(o *Options) {
+		o.Now = clock.Now
+		for _, m := range mods {
+			m(o)
+		}
+	}, apis.Spec{}, sims...)
 	f.act.mu.Lock()
 	defer f.act.mu.Unlock()
 	return f, f.act.revs[f.key]
@@ -677,5 +683,47 @@ func TestReserveOnlyWhileAHigherTierHasTraffic(t *testing.T) {
 	}
 	if over := rev.overBudget(std); over != nil {
 		t.Errorf("critical traffic: %v left out; want none (every pod over critical's 250 ms: the router picks among all)", over)
+	}
+}
+
+// A tier table without targets leaves routing to the profile: under
+// priority scheduling a full pod is left out only for a target's sake (a
+// free slot elsewhere lets a request start at once), so without any, no
+// pod is (kn-llmd local's pods schedule by priority: round-robin there
+// skipped pods with a queue in bursts, which plan does not model).
+func TestNoTargetsNoPodLeftOut(t *testing.T) {
+	var kept []string
+	for _, l := range strings.Split(DefaultTiersYAML, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(l), "ttft:") {
+			kept = append(kept, l)
+		}
+	}
+	noTargets, err := ParseTiers([]byte(strings.Join(kept, "\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{now: time.Unix(1000, 0)}
+	f, rev := twoPods(t, clock, func(o *Options) { o.Tiers = noTargets })
+	f.act.mu.Lock()
+	rev.config().PriorityScheduling = true
+	f.act.mu.Unlock()
+	p := rev.pod("pod-0")
+	p.mu.Lock()
+	p.slots = 8
+	p.mu.Unlock()
+	p.inflight.Store(9)
+	p.queued[noTargets.index("standard")].Store(1)
+	p.starts.add(clock.now.Add(-100 * time.Millisecond))
+	defer func() { p.inflight.Store(0); p.queued[noTargets.index("standard")].Store(0) }()
+	for _, name := range []string{"critical", "standard", "batch"} {
+		tr, _ := noTargets.Get(name)
+		if over := rev.overBudget(tr); over != nil {
+			t.Errorf("%s without targets: %v left out, want none", name, over)
+		}
+	}
+	// With the default table, a standard request keeps to pod-1's free
+	// slot (the check above is not vacuous).
+	if over := rev.overBudget(tier(t, "standard")); len(over) != 1 || !over["pod-0"] {
+		t.Errorf("standard with its target: %v left out, want the full pod-0", over)
 	}
 }
