@@ -193,9 +193,7 @@ func TestBatchTakeoverAfterCrash(t *testing.T) {
 	eng := startEngine(t)
 	eng.gate, eng.entered, eng.holdAfter = make(chan struct{}), make(chan struct{}, 1), 3
 	stores := openShared(t, 3)
-	lease := APIOptions{LeaseRenew: testRenew, LeaseTTL: testTTL}
-	optsA := lease
-	optsA.Concurrency, optsA.FlushEvery = 1, 1
+	lease, optsA := leaseOpts(testTTL)
 	apiA, a := startAPI(t, HTTPBackend{URL: eng.url}, stores[0], optsA)
 	apiB, b := startAPI(t, HTTPBackend{URL: eng.url}, stores[1], lease)
 	apiC, _ := startAPI(t, HTTPBackend{URL: eng.url}, stores[2], lease)
@@ -231,9 +229,7 @@ func TestBatchStalledOwnerIsFenced(t *testing.T) {
 	engA, engB := startEngine(t), startEngine(t)
 	engA.gate, engA.entered, engA.holdAfter = make(chan struct{}), make(chan struct{}, 1), 3
 	stores := openShared(t, 2)
-	lease := APIOptions{LeaseRenew: testRenew, LeaseTTL: testTTL}
-	optsA := lease
-	optsA.Concurrency, optsA.FlushEvery = 1, 1
+	lease, optsA := leaseOpts(testTTL)
 	apiA, a := startAPI(t, HTTPBackend{URL: engA.url}, stores[0], optsA)
 	apiB, b := startAPI(t, HTTPBackend{URL: engB.url}, stores[1], lease)
 	created := create(t, a, upload(t, a, inputFile(10, nil)), "24h")
@@ -284,9 +280,7 @@ func TestBatchOneRunnerWhenReplicasStartTogether(t *testing.T) {
 	eng := startEngine(t)
 	eng.gate, eng.entered, eng.holdAfter = make(chan struct{}), make(chan struct{}, 1), 2
 	stores := openShared(t, 3)
-	lease := APIOptions{LeaseRenew: testRenew, LeaseTTL: time.Hour}
-	optsA := lease
-	optsA.Concurrency, optsA.FlushEvery = 1, 1
+	lease, optsA := leaseOpts(time.Hour)
 	apiA, a := startAPI(t, HTTPBackend{URL: eng.url}, stores[0], optsA)
 	created := create(t, a, upload(t, a, inputFile(8, nil)), "24h")
 	<-eng.entered
@@ -329,9 +323,7 @@ func TestBatchReplicasOnS3(t *testing.T) {
 		t.Cleanup(func() { _ = st.Close() })
 		stores = append(stores, st)
 	}
-	lease := APIOptions{LeaseRenew: testRenew, LeaseTTL: testTTL}
-	optsA := lease
-	optsA.Concurrency, optsA.FlushEvery = 1, 1
+	lease, optsA := leaseOpts(testTTL)
 	apiA, a := startAPI(t, HTTPBackend{URL: eng.url}, stores[0], optsA)
 	apiB, b := startAPI(t, HTTPBackend{URL: eng.url}, stores[1], lease)
 	created := create(t, a, upload(t, b, inputFile(6, nil)), "24h")
@@ -396,9 +388,7 @@ func TestBatchCancelWhileNobodyRunsIt(t *testing.T) {
 	eng := startEngine(t)
 	eng.gate, eng.entered, eng.holdAfter = make(chan struct{}), make(chan struct{}, 1), 2
 	stores := openShared(t, 2)
-	lease := APIOptions{LeaseRenew: testRenew, LeaseTTL: testTTL}
-	optsA := lease
-	optsA.Concurrency, optsA.FlushEvery = 1, 1
+	lease, optsA := leaseOpts(testTTL)
 	apiA, a := startAPI(t, HTTPBackend{URL: eng.url}, stores[0], optsA)
 	apiB, b := startAPI(t, HTTPBackend{URL: eng.url}, stores[1], lease)
 	created := create(t, a, upload(t, a, inputFile(5, nil)), "24h")
@@ -423,4 +413,14 @@ func TestBatchCancelWhileNobodyRunsIt(t *testing.T) {
 			t.Errorf("line %d of a cancelled batch sent %d times", i, n)
 		}
 	}
+}
+
+// leaseOpts are the replicas' options with short lease intervals (ttl for
+// the TTL), and the same for the replica whose progress a test follows line
+// by line: one line in flight, each committed at once.
+func leaseOpts(ttl time.Duration) (lease, oneByOne APIOptions) {
+	lease = APIOptions{LeaseRenew: testRenew, LeaseTTL: ttl}
+	oneByOne = lease
+	oneByOne.Concurrency, oneByOne.FlushEvery = 1, 1
+	return lease, oneByOne
 }
